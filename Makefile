@@ -1,0 +1,55 @@
+# edgefpn: `make all` runs the whole pipeline on the default config; `make test` runs the tests.
+# Both install what they need (uv + the locked environment in .venv) by themselves.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+CONFIG ?= configs/default.yaml
+OUT ?= runs/default
+ARGS ?=
+UV_VERSION := 0.13.8
+
+# Use uv from PATH when it is there, else bootstrap a private copy into .tools/ (pip from PyPI).
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+EDGEFPN := .venv/bin/edgefpn
+STAGE_ARGS := --config $(CONFIG) --out $(OUT) $(ARGS)
+
+.PHONY: all setup data train export check run predict test lint benchmark clean help
+
+all: run ## data -> train -> export -> check on the default config
+
+help:
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --all-extras --python 3.11
+	@touch $@
+
+setup: .venv/.synced ## create .venv from uv.lock
+
+data: setup ## make / validate the dataset
+	$(EDGEFPN) data $(STAGE_ARGS)
+
+train: setup ## train (or load model.weights)
+	$(EDGEFPN) train $(STAGE_ARGS)
+
+export: setup ## export the static-shape ONNX
+	$(EDGEFPN) export $(STAGE_ARGS)
+
+check: setup ## check every engine against the PyTorch reference
+	$(EDGEFPN) check $(STAGE_ARGS)
+
+run: setup ## every stage in order
+	$(EDGEFPN) run $(STAGE_ARGS)
+
+test: setup ## the test suite (< 10 minutes on 2 cores)
+	.venv/bin/python -m pytest -q $(ARGS)
+
+lint: setup
+	.venv/bin/ruff check edgefpn tests benchmarks
+
+clean:
+	rm -rf runs data/synth .pytest_cache

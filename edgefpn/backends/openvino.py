@@ -1,0 +1,164 @@
+"""OpenVINO: ONNX -> IR conversion and a CPU runner with pinned inference precision.
+
+Precision on CPU. OpenVINO separates the IR's *storage* precision from the *inference* precision, and
+on a CPU with AVX-512 BF16 or AMX its default inference precision is bf16, even for an FP32 IR
+(https://docs.openvino.ai/2025/openvino-workflow/running-inference/optimize-inference/precision-control.html).
+An "fp32" engine silently running bf16 would fail (or worse, pass) the check stage for the wrong
+reason, so every engine here is compiled with ``INFERENCE_PRECISION_HINT=f32``, and the runner
+verifies the compiled model reports f32:
+
+* fp32 IR: f32 weights, f32 compute.
+* fp16 IR (``compress_to_fp16=True``): f16 *weights*, decompressed and computed in f32. CPUs have no
+  general fp16 compute (only AVX512-FP16 / AMX-FP16 parts do), so "fp16" on CPU measures the effect
+  of fp16 weight storage, which is what an fp16 IR deploys.
+* int8 IR (NNCF or converted Q/DQ): quantized ops run int8; the rest is pinned to f32 so the engine
+  measures int8 quantization alone, not int8 plus bf16.
+
+Nothing here runs bf16 unless a caller passes ``inference_precision="bf16"`` explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefpn.artifacts import sha256_file
+from edgefpn.backends.base import EngineSpec
+from edgefpn.errors import BackendUnavailable, ModelFileError
+
+__all__ = ["IR_NAME", "OpenVinoRunner", "ir_xml", "onnx_to_openvino", "openvino_version"]
+
+IR_NAME = "model.xml"
+_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+_INSTALL = "pip install 'edgefpn[openvino]' (or: pip install openvino)"
+
+
+def openvino_version() -> str:
+    import openvino as ov
+
+    return ov.get_version()
+
+
+def ir_xml(path: Path) -> Path:
+    """The ``.xml`` of an IR given as the xml itself or as its folder (an engine artifact)."""
+    return path / IR_NAME if path.is_dir() else path
+
+
+def onnx_to_openvino(onnx_path: Path, xml_path: Path, *, compress_to_fp16: bool) -> list[str]:
+    """Convert an ONNX file to IR (``xml_path`` + ``.bin``); return the output names.
+
+    ``compress_to_fp16`` is always given explicitly: ``openvino.save_model`` compresses to fp16 by
+    default, which would quietly turn an "fp32" IR into fp16 weights.
+
+    Raises:
+        ModelFileError: conversion failed, or an output lost its ONNX name on the way.
+    """
+    import onnx
+    import openvino as ov
+
+    expected = [o.name for o in onnx.load(str(onnx_path), load_external_data=False).graph.output]
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as exc:  # OpenVINO raises its own untyped errors for bad graphs
+        raise ModelFileError(f"{onnx_path}: OpenVINO cannot convert it: {_first_line(exc)}") from exc
+    names = [port.get_any_name() if port.get_names() else "" for port in model.outputs]
+    if names != expected:
+        raise ModelFileError(f"{onnx_path}: OpenVINO IR outputs {names} do not match the ONNX outputs {expected}")
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    return names
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class OpenVinoRunner:
+    """Runs an OpenVINO IR on the CPU: fixed threads, a performance hint, f32 inference precision.
+
+    Compiled models are cached (OpenVINO's ``CACHE_DIR``) in ``cache_root/<key>``, where the key hashes
+    the IR's xml and bin, the OpenVINO version and the compile config: a changed IR or setting never
+    reuses a stale blob. By default ``cache_root`` is ``.ov-cache`` beside the engine's folder (for
+    ``RUN_DIR/openvino/fp32/model.xml``: ``RUN_DIR/openvino/.ov-cache``), outside the artifact.
+    """
+
+    def __init__(self, spec: EngineSpec, *, threads: int, hint: str = "latency",
+                 inference_precision: str = "f32", cache_root: Path | None = None,
+                 use_cache: bool = True) -> None:
+        if hint not in _HINTS:
+            raise ValueError(f"hint must be one of {sorted(_HINTS)}, got {hint!r}")
+        self.spec = spec
+        self.threads = threads
+        self.hint = hint
+        self.inference_precision = inference_precision
+        self.cache_root = cache_root
+        self.use_cache = use_cache
+        self.cache_dir: Path | None = None
+        self.compiled = None
+        self._request = None
+        self._outputs: list[tuple[Any, str]] = []
+
+    @staticmethod
+    def is_available() -> bool:
+        try:
+            import openvino  # noqa: F401
+        except (ImportError, OSError):
+            return False
+        return True
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": _HINTS[self.hint],
+            "INFERENCE_PRECISION_HINT": self.inference_precision,
+        }
+
+    def __enter__(self) -> OpenVinoRunner:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise BackendUnavailable(f"openvino is not installed: {_INSTALL}") from None
+        xml = ir_xml(self.spec.path)
+        bin_ = xml.with_suffix(".bin")
+        if not xml.is_file() or not bin_.is_file():
+            raise ModelFileError(f"{xml}: OpenVINO IR not found (needs {xml.name} and {bin_.name})")
+        config = self.config()
+        if self.use_cache:
+            self.cache_dir = self._cache_dir(xml, bin_, config, ov.get_version())
+            config["CACHE_DIR"] = str(self.cache_dir)
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(str(xml), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError for anything from a bad IR to a bad config
+            raise ModelFileError(f"{xml}: OpenVINO cannot compile it: {_first_line(exc)}") from exc
+        got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        if got != getattr(ov.Type, self.inference_precision):
+            raise ModelFileError(
+                f"{xml}: compiled with inference precision {got}, not the requested {self.inference_precision}")
+        self._outputs = [(port, port.get_any_name()) for port in self.compiled.outputs]
+        self._request = self.compiled.create_infer_request()
+        return self
+
+    def _cache_dir(self, xml: Path, bin_: Path, config: Mapping[str, Any], version: str) -> Path:
+        blob = json.dumps({"xml": sha256_file(xml), "bin": sha256_file(bin_), "openvino": version,
+                           "config": dict(config)}, sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:24]
+        root = self.cache_root if self.cache_root is not None else xml.parent.parent / ".ov-cache"
+        return root / key
+
+    def __exit__(self, *exc: object) -> None:
+        self._request = None
+        self.compiled = None
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._request is None:
+            raise RuntimeError("OpenVinoRunner.infer called outside its context")
+        inputs = {name: np.ascontiguousarray(arr, dtype=np.float32) for name, arr in feed.items()}
+        result = self._request.infer(inputs)  # copies the outputs (share_outputs=False)
+        return {name: np.asarray(result[port]) for port, name in self._outputs}

@@ -1,0 +1,248 @@
+"""The `edgefpn` command line: thin commands that parse, call a stage, print.
+
+One place (:class:`_Group`) turns library errors into a one-line message and an exit code; the
+traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgefpn.errors import EdgefpnError
+
+_DEBUG = False
+
+
+class _Group(click.Group):
+    """Explicit command order in --help, and the single error choke point."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgefpnError as exc:
+            if _DEBUG:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except OSError as exc:
+            if _DEBUG:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(2)
+        except Exception as exc:
+            if _DEBUG:
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                       err=True)
+            ctx.exit(1)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    global _DEBUG
+    _DEBUG = _DEBUG or value
+    return value
+
+
+_debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                             help="Show tracebacks instead of one-line errors.")
+
+
+def stage_options(fn: Callable) -> Callable:
+    """--config / --set / --out / --force / --quiet, shared by every stage command."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                  default=None, help="YAML config (default: configs/default.yaml if present, else built-in defaults).")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+                  help="Override one config value; repeatable (e.g. --set train.epochs=2).")
+    @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Run directory for artifacts (default: run.out from the config).")
+    @click.option("--force", is_flag=True, help="Redo this stage even if it is up to date.")
+    @click.option("--quiet", is_flag=True, help="No progress bars or progress messages.")
+    @_debug_option
+    @functools.wraps(fn)
+    def wrapper(*args: Any, config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
+                force: bool, quiet: bool, **kwargs: Any) -> Any:
+        from edgefpn.config import load_config
+        from edgefpn.pipeline import common
+
+        common.QUIET = quiet
+        if config_path is None and Path("configs/default.yaml").is_file():
+            config_path = Path("configs/default.yaml")
+        cfg = load_config(config_path, overrides)
+        run_dir = common.run_dir(cfg, out)
+        return fn(*args, cfg=cfg, run_dir=run_dir, force=force, progress=not quiet and sys.stderr.isatty(),
+                  **kwargs)
+
+    return wrapper
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@_debug_option
+@click.version_option(package_name="edgefpn")
+def main() -> None:
+    """edgefpn: compile FPN detectors for the edge and prove they are still the same detector.
+
+    \b
+    Stages (each skips itself when up to date and first brings its inputs up to date):
+      data      make / validate the dataset       train     train or load the model
+      export    static ONNX, one output per level quantize  INT8 (QDQ, NNCF) and FP16 models
+      build     OpenVINO IR, TensorRT engines     check     every engine vs PyTorch, report
+      run       all stages in order               predict   detections for a folder of images
+      lint      TensorRT compatibility lint of ONNX files
+    """
+    os.environ.setdefault("TQDM_MININTERVAL", "1")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+@stage_options
+def data(ctx: click.Context, cfg, run_dir: Path, force: bool, progress: bool) -> None:
+    """Make sure the configured dataset exists (generating the built-in one) and is readable."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgefpn.pipeline import data as data_stage
+
+    info = data_stage.run(cfg, force=force, progress=progress)
+    for split, digest in info.annotation_hashes.items():
+        n = len(info.split(split).images)
+        click.echo(f"{split}: {n} images ({info.ann_file(split)}, sha256 {digest[:12]})")
+
+
+@data.command("synth")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write the dataset into (images/, annotations/).")
+@click.option("--num-train", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--num-val", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--num-calib", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_debug_option
+def data_synth(out: Path, num_train: int, num_val: int, num_calib: int, seed: int) -> None:
+    """Write the built-in deterministic synthetic COCO dataset."""
+    from edgefpn.data.synth import generate
+
+    summary = generate(out, num_train=num_train, num_val=num_val, num_calib=num_calib, seed=seed,
+                       show_progress=sys.stderr.isatty())
+    click.echo(f"wrote {out}: {summary}")
+
+
+@main.command()
+@stage_options
+def train(cfg, run_dir: Path, force: bool, progress: bool) -> None:
+    """Train the detector (or load model.weights) into RUN_DIR/model.pt."""
+    from edgefpn.pipeline import train as stage
+
+    click.echo(stage.run(cfg, run_dir, force=force, progress=progress).path)
+
+
+@main.command()
+@stage_options
+def export(cfg, run_dir: Path, force: bool, progress: bool) -> None:
+    """Export RUN_DIR/model.pt to a static-shape ONNX (cls/box/ctr outputs for p3..p7)."""
+    from edgefpn.pipeline import export as stage
+
+    click.echo(stage.run(cfg, run_dir, force=force, progress=progress).path)
+
+
+@main.command()
+@stage_options
+def quantize(cfg, run_dir: Path, force: bool, progress: bool) -> None:
+    """INT8 QDQ ONNX from calibration images with mAP in the loop, plus FP16 ONNX and OpenVINO INT8."""
+    from edgefpn.pipeline import quantize as stage
+
+    art = stage.run(cfg, run_dir, force=force, progress=progress)
+    if art is not None:
+        click.echo(art.path)
+
+
+@main.command()
+@stage_options
+@click.option("--target", "targets", multiple=True, type=click.Choice(["openvino", "tensorrt"]),
+              help="Engine target; repeatable (default: build.targets, skipping those missing here).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Engine precision; repeatable (default: build.precisions).")
+def build(cfg, run_dir: Path, force: bool, progress: bool, targets: tuple[str, ...],
+          precisions: tuple[str, ...]) -> None:
+    """Build OpenVINO IR and TensorRT engines from the exported (and quantized) ONNX."""
+    from edgefpn.pipeline import build as stage
+
+    for art in stage.run(cfg, run_dir, targets=targets or None, precisions=precisions or None,
+                         force=force, progress=progress):
+        click.echo(art.path)
+
+
+@main.command()
+@click.argument("onnx_files", nargs=-1, required=True, metavar="ONNX...",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_debug_option
+def lint(onnx_files: tuple[Path, ...]) -> None:
+    """Check ONNX files for TensorRT 10 compatibility; exit 1 if any error is found."""
+    from edgefpn.lint import errors, lint_onnx
+
+    failed = False
+    for path in onnx_files:
+        findings = lint_onnx(path)
+        n_err = len(errors(findings))
+        failed = failed or n_err > 0
+        click.echo(f"{path}: {n_err} error(s), {len(findings) - n_err} warning(s)")
+        for finding in findings:
+            click.echo(f"  {finding}")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@main.command()
+@stage_options
+def check(cfg, run_dir: Path, force: bool, progress: bool) -> None:
+    """Check every engine against the PyTorch reference; exit non-zero if a gate fails."""
+    from edgefpn.pipeline import check as stage
+
+    art = stage.run(cfg, run_dir, force=force, progress=progress)
+    click.echo(art.path)
+    click.echo((art.path.parent / "report.md").read_text(encoding="utf-8"))
+
+
+@main.command("run")
+@stage_options
+def run_cmd(cfg, run_dir: Path, force: bool, progress: bool) -> None:
+    """Run every stage in order (data, train, export, quantize, build, check)."""
+    from edgefpn.pipeline import run_all
+
+    run_all(cfg, run_dir, force=force, progress=progress)
+    click.echo((run_dir / "report.md").read_text(encoding="utf-8"))
+
+
+@main.command()
+@stage_options
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="onnxruntime", show_default=True)
+@click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images.")
+@click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write detections as a COCO-style JSON list here (default: print to stdout).")
+def predict(cfg, run_dir: Path, force: bool, progress: bool, backend: str, images: Path, save: Path | None) -> None:
+    """Detect objects in every image of a folder; boxes in original image pixels."""
+    import json
+
+    from edgefpn.pipeline import predict as stage
+
+    dets = stage.run(cfg, run_dir, backend=backend, images=images, save=save, progress=progress)
+    if save is None:
+        click.echo(json.dumps(dets, indent=1))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,386 @@
+"""Frozen, typed configuration loaded from YAML, with dotted ``--set a.b=c`` overrides.
+
+The config is resolved once, validated on load and never mutated: a stage that must change a
+setting builds a new config with :func:`dataclasses.replace` and records it in its manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgefpn.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; anything bigger is a mistake or an attack
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/default"
+    seed: int = 0
+    threads: int = 2  # torch / ORT / OpenVINO intra-op threads, fixed and recorded
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    num_train: int = 2000
+    num_val: int = 200
+    num_calib: int = 300
+    seed: int = 0
+    min_side: int = 224
+    max_side: int = 384
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/synth"
+    builtin: bool = True  # generate the built-in synthetic dataset into `root` when it is missing
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    train_split: str = "train"
+    val_split: str = "val"
+    calib_split: str = "calib"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "fcos"
+    backbone: str = "resnet18"
+    neck: str = "fpn"
+    norm: str = "bn"
+    fpn_channels: int = 64
+    head_convs: int = 2
+    input_size: tuple[int, int] = (320, 320)  # (H, W), static
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    num_classes: int | None = None  # None: taken from the training annotations
+    class_names: tuple[str, ...] | None = None
+    weights: str | None = None  # a checkpoint to load instead of training
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.6
+    topk_candidates: int = 1000
+    detections_per_img: int = 100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 8
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 200
+    hflip: bool = True
+    eval_every: int = 4  # epochs; 0 disables periodic val mAP
+    eval_images: int = 100  # val images used by periodic evaluation (the check stage uses all)
+    channels_last: bool = False
+    grad_clip: float = 10.0
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    batch: int = 1
+    simplify: bool = True
+    atol: float = 1e-4
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    enabled: bool = True  # part of `edgefpn run` / `make all`
+    method: str = "minmax"  # minmax | percentile | entropy (QDQ ONNX calibration)
+    percentile: float = 99.99
+    num_images: int = 300  # calibration images, chosen deterministically
+    batch_size: int = 8  # calibration images streamed per batch (memory stays flat)
+    calib_folder: str | None = None  # a folder of the user's images instead of data.calib_split
+    exclude_nodes: tuple[str, ...] = ()  # ONNX node names kept in float
+    max_map_drop: float = 0.5  # AP points; past it, sensitive layers are kept in float
+    fp16: bool = True  # also write the FP16 ONNX
+    openvino: bool = True  # also quantize for OpenVINO with NNCF (needs the openvino extra)
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    workspace_mb: int = 2048
+    dla_core: int | None = None  # Jetson DLA core, with GPU fallback
+    hardware_compatible: bool = False  # Ampere+ hardware-compatible engine
+    version_compatible: bool = False
+    builder_optimization_level: int = 3
+    timing_cache: bool = True
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    targets: tuple[str, ...] = ("openvino", "tensorrt")  # those missing on this machine are skipped
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    openvino_hint: str = "latency"  # latency | throughput
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    backends: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
+    max_map_drop: Mapping[str, float] = field(
+        default_factory=lambda: {"fp32": 0.05, "fp16": 0.2, "int8": 0.5}
+    )
+    min_cosine: Mapping[str, float] = field(
+        default_factory=lambda: {"fp32": 0.99999, "fp16": 0.999, "int8": 0.97}
+    )
+    max_images: int | None = None  # None: the full val split
+    warmup: int = 5
+    latency_iters: int = 50
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors/aliases: configs never need them and alias bombs exist."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases are not allowed in configs", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config is {size} bytes, more than the {MAX_CONFIG_BYTES} byte cap")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    try:
+        value = yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _merge_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return _build(tp, value, key, source)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{source}: {key} has an invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: {key} must have {len(args)} items, got {list(value)!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin in (Mapping, dict) or tp is Mapping:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        vt = args[1] if args else Any
+        return types.MappingProxyType({str(k): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()})
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key} must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {key}: unsupported type {tp!r}")  # a bug in this module
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key {full}{hint}")
+        kwargs[key] = _coerce(value, hints[key], full, source)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config, source: str) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{source}: {key} {why}")
+
+    h, w = cfg.model.input_size
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise bad("model.input_size", f"must be positive multiples of 32, got {[h, w]}")
+    if cfg.model.fpn_channels <= 0 or cfg.model.fpn_channels % 32:
+        raise bad("model.fpn_channels", f"must be a positive multiple of 32, got {cfg.model.fpn_channels}")
+    if cfg.model.head_convs < 0:
+        raise bad("model.head_convs", f"must be >= 0, got {cfg.model.head_convs}")
+    if any(s <= 0 for s in cfg.model.std):
+        raise bad("model.std", f"must be positive, got {list(cfg.model.std)}")
+    if cfg.model.num_classes is not None and cfg.model.num_classes <= 0:
+        raise bad("model.num_classes", f"must be positive, got {cfg.model.num_classes}")
+    if cfg.run.threads <= 0:
+        raise bad("run.threads", f"must be positive, got {cfg.run.threads}")
+    if cfg.train.epochs < 0 or cfg.train.batch_size <= 0 or cfg.train.lr <= 0:
+        raise bad("train", "needs epochs >= 0, batch_size > 0 and lr > 0")
+    if cfg.train.optimizer not in ("sgd", "adamw"):
+        raise bad("train.optimizer", f"must be sgd or adamw, got {cfg.train.optimizer!r}")
+    pp = cfg.postprocess
+    if not 0.0 <= pp.score_thresh < 1.0 or not 0.0 < pp.nms_thresh <= 1.0:
+        raise bad("postprocess", f"thresholds out of range: score {pp.score_thresh}, nms {pp.nms_thresh}")
+    if pp.topk_candidates <= 0 or pp.detections_per_img <= 0:
+        raise bad("postprocess", "topk_candidates and detections_per_img must be positive")
+    for name, table in (("check.max_map_drop", cfg.check.max_map_drop), ("check.min_cosine", cfg.check.min_cosine)):
+        unknown = sorted(set(table) - set(PRECISIONS))
+        if unknown:
+            raise bad(name, f"has unknown precisions {unknown}; valid: {list(PRECISIONS)}")
+    q = cfg.quantize
+    if q.method not in ("minmax", "percentile", "entropy"):
+        raise bad("quantize.method", f"must be minmax, percentile or entropy, got {q.method!r}")
+    if q.num_images <= 0 or q.batch_size <= 0 or not 0.0 < q.percentile <= 100.0:
+        raise bad("quantize", "needs num_images > 0, batch_size > 0 and 0 < percentile <= 100")
+    for t in cfg.build.targets:
+        if t not in ("openvino", "tensorrt"):
+            raise bad("build.targets", f"has unknown target {t!r}; valid: ['openvino', 'tensorrt']")
+    for p_ in cfg.build.precisions:
+        if p_ not in PRECISIONS:
+            raise bad("build.precisions", f"has unknown precision {p_!r}; valid: {list(PRECISIONS)}")
+    if cfg.build.openvino_hint not in ("latency", "throughput"):
+        raise bad("build.openvino_hint", f"must be latency or throughput, got {cfg.build.openvino_hint!r}")
+    if cfg.export.batch <= 0:
+        raise bad("export.batch", f"must be positive, got {cfg.export.batch}")
+    for split_key in ("train_split", "val_split", "calib_split"):
+        split = getattr(cfg.data, split_key)
+        if not split or "/" in split or split.startswith("."):
+            raise bad(f"data.{split_key}", f"must be a plain split name, got {split!r}")
+    if cfg.data.val_split in (cfg.data.train_split, cfg.data.calib_split):
+        raise bad("data.val_split", f"must differ from the train and calib splits, got {cfg.data.val_split!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (or the defaults), apply dotted overrides, validate, return a frozen Config."""
+    tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    for item in overrides:
+        keys, value = _parse_override(item)
+        _merge_override(tree, keys, value)
+    if overrides:
+        source += " + --set"
+    cfg = _build(Config, tree, "", source)
+    _validate(cfg, source)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# hashing and dumping
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain, JSON-able view of a config (or any part of one)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def config_hash(*parts: Any) -> str:
+    """sha256 over the canonical JSON of the given config sections (order matters)."""
+    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,45 @@
+"""The end-to-end path every backend shares: image file -> preprocess -> infer -> decode -> boxes.
+
+numpy + Pillow only (no torch), so the device runtime can use it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgefpn.backends.base import INPUT_NAME, Runner
+from edgefpn.data.preprocess import Letterbox, boxes_to_original, load_image, preprocess
+from edgefpn.postprocess import Detections, PostprocessParams, fcos_decode
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Pre- and post-processing parameters: everything but the engine."""
+
+    input_size: tuple[int, int]  # (H, W)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    post: PostprocessParams
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        chw, lb = preprocess(image, size=self.input_size, mean=self.mean, std=self.std)
+        return chw[None], lb  # [1, 3, H, W]
+
+    def decode(self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[Detections]:
+        """Raw per-level outputs -> detections in original image pixels, one per batch item."""
+        dets = fcos_decode(outputs, self.post, image_size=self.input_size)
+        return [
+            replace(d, boxes=boxes_to_original(d.boxes, lb).astype(np.float32))
+            for d, lb in zip(dets, letterboxes, strict=True)
+        ]
+
+
+def detect_file(runner: Runner, pipeline: Pipeline, path: str | Path) -> Detections:
+    """Decode one image file and detect objects in it (the end-to-end latency path)."""
+    batch, lb = pipeline.prepare(load_image(path))
+    outputs = runner.infer({INPUT_NAME: batch})
+    return pipeline.decode(outputs, [lb])[0]

@@ -1,0 +1,139 @@
+"""FCOS built from torchvision's own ``FCOS`` and ``FCOSHead``, on already-preprocessed images.
+
+Using torchvision's classes unchanged keeps its training losses, its initialisation and its state-dict
+layout: ``fcos(backbone_name="resnet50", num_classes=91, fpn_channels=256, head_convs=4,
+norm="frozen_bn")`` has exactly the keys and shapes of ``torchvision.models.detection.fcos_resnet50_fpn``.
+The only swap is ``model.transform``: our numpy preprocessing letterboxes and normalises before the
+model, so the model itself must neither resize nor normalise (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from edgefpn.models.backbones import resnet_fpn
+
+__all__ = ["FCOS_LEVELS", "IdentityTransform", "fcos"]
+
+FCOS_LEVELS = ("p3", "p4", "p5", "p6", "p7")
+# torchvision's FCOSClassificationHead / FCOSRegressionHead hard-code GroupNorm(32, C).
+_HEAD_NORM_GROUPS = 32
+
+
+class IdentityTransform(GeneralizedRCNNTransform):
+    """A ``GeneralizedRCNNTransform`` that only batches: no resizing, no normalisation, no padding.
+
+    Images must already be letterboxed and normalised (``edgefpn.data.preprocess``) and all share one
+    size, so boxes in targets and detections stay in input (letterboxed) pixels.
+    """
+
+    def __init__(self) -> None:
+        # The parent's sizes and statistics are never used; these values only satisfy its constructor.
+        super().__init__(min_size=0, max_size=0, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])
+
+    def forward(
+        self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[ImageList, list[dict[str, Tensor]] | None]:
+        """Stack ``N`` images ``[3, H, W]`` (or take a ``[N, 3, H, W]`` batch) into an ``ImageList``."""
+        if isinstance(images, Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"expected images of shape [N, 3, H, W], got {list(images.shape)}")
+            batch = images
+        else:
+            if len(images) == 0:
+                raise ValueError("expected at least one image, got an empty list")
+            shapes = [list(img.shape) for img in images]
+            if any(len(s) != 3 or s[0] != 3 for s in shapes) or any(s != shapes[0] for s in shapes):
+                raise ValueError(
+                    f"expected images of one shape [3, H, W] (already letterboxed), got {shapes}"
+                )
+            batch = torch.stack(images)  # [N, 3, H, W]
+        if targets is not None:
+            if len(targets) != batch.shape[0]:
+                raise ValueError(f"expected one target per image ({batch.shape[0]}), got {len(targets)}")
+            targets = [dict(t) for t in targets]  # shallow copies, as the parent makes
+        height, width = int(batch.shape[-2]), int(batch.shape[-1])
+        return ImageList(batch, [(height, width)] * batch.shape[0]), targets
+
+    def postprocess(
+        self,
+        result: list[dict[str, Tensor]],
+        image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Detections are already in input pixels: nothing was resized, so nothing is mapped back."""
+        return result
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}()"
+
+
+def fcos(
+    *,
+    backbone_name: str = "resnet18",
+    num_classes: int,
+    fpn_channels: int = 256,
+    head_convs: int = 4,
+    norm: str = "bn",
+    score_thresh: float = 0.2,
+    nms_thresh: float = 0.6,
+    detections_per_img: int = 100,
+    topk_candidates: int = 1000,
+    center_sampling_radius: float = 1.5,
+) -> FCOS:
+    """torchvision's FCOS on a ResNet-FPN (P3..P7) backbone, taking preprocessed images.
+
+    ``model(images, targets)`` in train mode returns torchvision's loss dict (``classification``,
+    ``bbox_regression``, ``bbox_ctrness``); in eval mode ``model(images)`` returns torchvision's
+    detections with ``xyxy`` boxes in input pixels and labels ``0..num_classes-1``.
+
+    Args:
+        backbone_name: ``resnet18``, ``resnet34`` or ``resnet50``.
+        num_classes: number of object classes (no background class: FCOS uses sigmoid scores).
+        fpn_channels: FPN and head width; a multiple of 32 because the head uses ``GroupNorm(32, C)``.
+        head_convs: conv + GroupNorm + ReLU blocks in each head tower (torchvision uses 4).
+        norm: backbone norm, ``"bn"`` (trainable) or ``"frozen_bn"`` (torchvision's pretrained layout).
+        score_thresh, nms_thresh, detections_per_img, topk_candidates, center_sampling_radius:
+            passed to torchvision's ``FCOS``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if (
+        isinstance(fpn_channels, bool)
+        or not isinstance(fpn_channels, int)
+        or fpn_channels <= 0
+        or fpn_channels % _HEAD_NORM_GROUPS
+    ):
+        raise ValueError(
+            f"fpn_channels must be a positive multiple of {_HEAD_NORM_GROUPS} "
+            f"(the FCOS head uses GroupNorm({_HEAD_NORM_GROUPS}, C)), got {fpn_channels!r}"
+        )
+    if isinstance(head_convs, bool) or not isinstance(head_convs, int) or head_convs < 0:
+        raise ValueError(f"head_convs must be an int >= 0, got {head_convs!r}")
+
+    backbone = resnet_fpn(
+        name=backbone_name, fpn_channels=fpn_channels, returned_levels=FCOS_LEVELS[:3], norm=norm
+    )
+    strides = [spec.stride for spec in backbone.output_shape().values()]
+    # One square anchor per location whose side equals the level's stride: FCOS's "points".
+    anchor_generator = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+    head = FCOSHead(backbone.out_channels, 1, num_classes, num_convs=head_convs)
+    model = FCOS(
+        backbone,
+        num_classes,
+        anchor_generator=anchor_generator,
+        head=head,
+        center_sampling_radius=center_sampling_radius,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+        topk_candidates=topk_candidates,
+    )
+    model.transform = IdentityTransform()
+    return model

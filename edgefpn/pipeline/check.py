@@ -1,0 +1,235 @@
+"""Stage `check`: every engine in the run directory against the PyTorch reference, at three depths.
+
+One pass over the val split runs all engines on each image (memory stays flat however large the
+split), comparing raw per-level tensors, decoded detections and, at the end, COCO mAP. Latency is
+measured afterwards, one engine at a time, with the same thread count for all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefpn.artifacts import Artifact, read_manifest, sha256_path, up_to_date, write_json, write_manifest
+from edgefpn.backends import EngineSpec, open_runner
+from edgefpn.backends.base import INPUT_NAME
+from edgefpn.config import Config, config_hash, to_dict
+from edgefpn.data.preprocess import load_image
+from edgefpn.errors import CheckFailed
+from edgefpn.inference import detect_file
+from edgefpn.metrics.coco import coco_map, detections_to_coco
+from edgefpn.metrics.detections import DetectionAgreement
+from edgefpn.metrics.tensors import aggregate_agreement, tensor_agreement
+from edgefpn.pipeline import export as export_stage
+from edgefpn.pipeline import train as train_stage
+from edgefpn.pipeline.common import log, make_pipeline
+from edgefpn.pipeline.report import render_markdown, system_info
+
+REPORT = "report.json"
+REFERENCE = EngineSpec("torch-fp32", "torch", "fp32", Path(train_stage.ARTIFACT))
+
+# Engines the check stage looks for, in report order: (name, backend, precision, file in run dir).
+ENGINE_FILES: tuple[tuple[str, str, str, str], ...] = (
+    ("onnxruntime-fp32", "onnxruntime", "fp32", "model.onnx"),
+    ("onnxruntime-fp16", "onnxruntime", "fp16", "model.fp16.onnx"),
+    ("onnxruntime-int8", "onnxruntime", "int8", "model.int8.onnx"),
+    # OpenVINO engines are IR folders (model.xml + model.bin), so their manifest covers both files
+    ("openvino-fp32", "openvino", "fp32", "openvino/fp32"),
+    ("openvino-fp16", "openvino", "fp16", "openvino/fp16"),
+    ("openvino-int8", "openvino", "int8", "openvino/int8"),
+    ("tensorrt-fp16", "tensorrt", "fp16", "tensorrt/fp16/model.engine"),
+    ("tensorrt-int8", "tensorrt", "int8", "tensorrt/int8/model.engine"),
+)
+
+
+def discover_engines(run_dir: Path, backends: Sequence[str]) -> list[EngineSpec]:
+    """Complete engines (file + manifest) present in ``run_dir`` for the requested backends."""
+    found = []
+    for name, backend, precision, rel in ENGINE_FILES:
+        path = run_dir / rel
+        if backend in backends and path.exists() and read_manifest(path) is not None:
+            found.append(EngineSpec(name, backend, precision, path))
+    return found
+
+
+def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:
+    export_stage.run(cfg, run_dir, progress=progress)
+    from edgefpn.pipeline import data as data_stage
+
+    data = data_stage.run(cfg, progress=progress)
+    reference = EngineSpec(REFERENCE.name, REFERENCE.backend, REFERENCE.precision, run_dir / REFERENCE.path)
+    engines = discover_engines(run_dir, cfg.check.backends)
+    out = run_dir / REPORT
+    inputs = {e.name: sha256_path(e.path) for e in [reference, *engines]}
+    inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
+    chash = config_hash(cfg.check, cfg.postprocess, cfg.model.input_size, cfg.run.threads)
+    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+        log(f"[check] up to date: {out}")
+        _raise_on_failures(art.manifest.get("failures", []), out)
+        return art
+
+    report = evaluate(cfg, data, reference, engines, progress=progress)
+    write_json(out, report)
+    md = run_dir / "report.md"
+    from edgefpn.artifacts import atomic_write_text
+
+    atomic_write_text(md, render_markdown(report))
+    failures = [f"{e['name']}: {g}" for e in report["engines"] for g in e["gates"]["failed"]]
+    art = write_manifest(out, stage="check", config_hash=chash, inputs=inputs, extra={"failures": failures})
+    log(f"[check] wrote {out} and {md}")
+    _raise_on_failures(failures, out)
+    return art
+
+
+def _raise_on_failures(failures: list[str], out: Path) -> None:
+    if failures:
+        raise CheckFailed(f"{out}: {len(failures)} gate(s) failed: " + "; ".join(failures))
+
+
+def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec], *,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the reference and ``engines`` over the val split; return the report dict."""
+    from tqdm import tqdm
+
+    pipe = make_pipeline(cfg)
+    split = data.split(cfg.data.val_split)
+    records = split.images[: cfg.check.max_images] if cfg.check.max_images else split.images
+    image_ids = [r.id for r in records]
+    threads = cfg.run.threads
+
+    all_specs = [reference, *engines]
+    results: dict[str, list[dict]] = {s.name: [] for s in all_specs}
+    tensors: dict[str, dict[str, list[dict]]] = {s.name: {} for s in engines}
+    agreement = {s.name: DetectionAgreement() for s in engines}
+    with contextlib.ExitStack() as stack:
+        runners = {s.name: stack.enter_context(open_runner(s, threads=threads)) for s in all_specs}
+        bar = tqdm(records, desc=f"[check] {len(all_specs)} engines x val", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        for rec in bar:
+            batch, lb = pipe.prepare(load_image(rec.path))
+            ref_out = runners[reference.name].infer({INPUT_NAME: batch})
+            ref_det = pipe.decode(ref_out, [lb])[0]
+            results[reference.name].extend(detections_to_coco(ref_det, rec.id, split.category_ids))
+            for spec in engines:
+                out = runners[spec.name].infer({INPUT_NAME: batch})
+                for name, ref in ref_out.items():
+                    tensors[spec.name].setdefault(name, []).append(tensor_agreement(ref, out[name]))
+                det = pipe.decode(_finite(out), [lb])[0]
+                agreement[spec.name].update(ref_det, det)
+                results[spec.name].extend(detections_to_coco(det, rec.id, split.category_ids))
+        bar.close()
+
+        ann_file = data.ann_file(cfg.data.val_split)
+        ref_map = coco_map(ann_file, results[reference.name], image_ids=image_ids)
+        report_engines = []
+        for spec in all_specs:
+            log(f"[check] latency: {spec.name}")
+            latency = _latency(runners[spec.name], pipe, records, cfg)
+            entry = _engine_entry(spec, coco_map(ann_file, results[spec.name], image_ids=image_ids),
+                                  ref_map, latency)
+            if spec is not reference:
+                entry["levels"], entry["outputs"] = _levels(tensors[spec.name])
+                entry["detections"] = agreement[spec.name].compute()
+            entry["gates"] = _gates(entry, cfg, is_reference=spec is reference)
+            report_engines.append(entry)
+
+    return {
+        "schema": "edgefpn.report/1",
+        "reference": {k: ref_map[k] for k in ("map", "map50", "map75", "map_small", "map_medium", "map_large")}
+        | {"per_class": ref_map["per_class"], "engine": reference.name},
+        "engines": report_engines,
+        "dataset": {"root": str(data.root), "split": cfg.data.val_split, "images": len(records)},
+        "config": {"check": to_dict(cfg.check), "postprocess": to_dict(cfg.postprocess),
+                   "input_size": list(cfg.model.input_size), "threads": threads},
+        "machine": system_info(threads),
+    }
+
+
+def _finite(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """NaN/Inf are reported by the tensor gate; keep them from crashing NMS."""
+    return {k: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in outputs.items()}
+
+
+def _levels(per_output: dict[str, list[dict]]) -> tuple[dict, dict]:
+    outputs = {name: aggregate_agreement(stats) for name, stats in per_output.items()}
+    levels: dict[str, dict[str, Any]] = {}
+    for name, agg in outputs.items():
+        branch, _, level = name.partition("_")
+        levels.setdefault(level, {})[branch] = agg
+    return dict(sorted(levels.items())), outputs
+
+
+def _percentiles(samples_ms: list[float]) -> dict[str, float]:
+    arr = np.asarray(samples_ms)
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 3),
+        "p90": round(float(np.percentile(arr, 90)), 3),
+        "p99": round(float(np.percentile(arr, 99)), 3),
+        "mean": round(float(arr.mean()), 3),
+        "fps": round(float(1000.0 / arr.mean()), 2),
+        "samples": len(samples_ms),
+    }
+
+
+def _latency(runner, pipe, records, cfg: Config) -> dict[str, Any]:
+    c = cfg.check
+    batch, _ = pipe.prepare(load_image(records[0].path))
+    feed = {INPUT_NAME: batch}
+    for _ in range(c.warmup):
+        runner.infer(feed)
+    model_only = []
+    for _ in range(c.latency_iters):
+        t0 = time.perf_counter()
+        runner.infer(feed)
+        model_only.append((time.perf_counter() - t0) * 1e3)
+    end_to_end = []
+    paths = [r.path for r in records]
+    for i in range(c.latency_iters):
+        t0 = time.perf_counter()
+        detect_file(runner, pipe, paths[i % len(paths)])
+        end_to_end.append((time.perf_counter() - t0) * 1e3)
+    return {"model_only": _percentiles(model_only), "end_to_end": _percentiles(end_to_end)}
+
+
+def _engine_entry(spec: EngineSpec, m: dict, ref: dict, latency: dict) -> dict[str, Any]:
+    mo = latency["model_only"]
+    return {
+        "name": spec.name,
+        "backend": spec.backend,
+        "precision": spec.precision,
+        "path": spec.path.name if spec.path.parent.name != "openvino" else str(spec.path),
+        "map": m["map"],
+        "map50": m["map50"],
+        "map_delta": round(m["map"] - ref["map"], 4),
+        "map50_delta": round(m["map50"] - ref["map50"], 4),
+        "ap_small_delta": round(m["map_small"] - ref["map_small"], 4),
+        "ap_medium_delta": round(m["map_medium"] - ref["map_medium"], 4),
+        "ap_large_delta": round(m["map_large"] - ref["map_large"], 4),
+        "per_class_delta": {k: round(v - ref["per_class"].get(k, 0.0), 4) for k, v in m["per_class"].items()},
+        "metrics": m,
+        "latency_ms": {k: mo[k] for k in ("p50", "p90", "p99", "mean")},
+        "fps": mo["fps"],
+        "latency": latency,
+    }
+
+
+def _gates(entry: dict, cfg: Config, *, is_reference: bool) -> dict[str, Any]:
+    precision = entry["precision"]
+    max_drop = cfg.check.max_map_drop.get(precision)
+    min_cos = cfg.check.min_cosine.get(precision)
+    failed: list[str] = []
+    if not is_reference:
+        if max_drop is not None and abs(entry["map_delta"]) > max_drop:
+            failed.append(f"mAP delta {entry['map_delta']:+.3f} exceeds ±{max_drop} AP points")
+        for level, branches in entry.get("levels", {}).items():
+            for branch, stats in branches.items():
+                if stats["nonfinite"]:
+                    failed.append(f"{branch}_{level}: {stats['nonfinite']} NaN/Inf values (level {level})")
+                elif min_cos is not None and stats["cosine"] < min_cos:
+                    failed.append(f"{branch}_{level}: cosine {stats['cosine']:.6f} < {min_cos} (level {level})")
+    return {"max_map_drop": max_drop, "min_cosine": min_cos, "failed": failed, "passed": not failed}

@@ -1,0 +1,71 @@
+"""Stage `data`: make sure the dataset exists (generating the built-in one) and is readable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefpn.artifacts import sha256_file, up_to_date, write_manifest
+from edgefpn.config import Config, config_hash
+from edgefpn.data.coco import CocoSplit, load_split
+from edgefpn.data.synth import generate
+from edgefpn.errors import DataError
+from edgefpn.pipeline.common import log
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    root: Path
+    annotation_hashes: dict[str, str]  # split -> sha256 of its instances file
+
+    def ann_file(self, split: str) -> Path:
+        return self.root / "annotations" / f"instances_{split}.json"
+
+    def split(self, split: str) -> CocoSplit:
+        return load_split(self.root, split)
+
+
+_CHECKED: dict[tuple[str, str], DatasetInfo] = {}  # (root, settings) already brought up to date here
+
+
+def run(cfg: Config, *, force: bool = False, progress: bool = True) -> DatasetInfo:
+    key = (str(Path(cfg.data.root).resolve()), config_hash(cfg.data))
+    if not force and key in _CHECKED:
+        return _CHECKED[key]
+    info = _run(cfg, force=force, progress=progress)
+    _CHECKED[key] = info
+    return info
+
+
+def _run(cfg: Config, *, force: bool, progress: bool) -> DatasetInfo:
+    root = Path(cfg.data.root)
+    splits = (cfg.data.train_split, cfg.data.val_split, cfg.data.calib_split)
+    if cfg.data.builtin:
+        chash = config_hash(cfg.data.synth)
+        if force or up_to_date(root, config_hash=chash, inputs={}) is None:
+            s = cfg.data.synth
+            log(f"[data] generating the built-in dataset into {root}")
+            generate(
+                root,
+                num_train=s.num_train,
+                num_val=s.num_val,
+                num_calib=s.num_calib,
+                seed=s.seed,
+                min_side=s.min_side,
+                max_side=s.max_side,
+                show_progress=progress,
+            )
+            write_manifest(root, stage="data", config_hash=chash, inputs={}, extra={"synth": vars(s)})
+        else:
+            log(f"[data] up to date: {root}")
+    elif not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found (data.root)")
+    hashes = {}
+    for split in splits:
+        ann = root / "annotations" / f"instances_{split}.json"
+        if not ann.is_file():
+            if split == cfg.data.calib_split:
+                continue  # calibration may come from elsewhere; quantize says so if it needs it
+            raise DataError(f"{ann}: annotation file not found (split {split!r} of data.root {root})")
+        hashes[split] = sha256_file(ann)
+    return DatasetInfo(root=root, annotation_hashes=hashes)

@@ -1,0 +1,132 @@
+"""Stage `export`: the trained model to a static-shape ONNX with one output per level and branch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgefpn.artifacts import Artifact, atomic_output, up_to_date, write_manifest
+from edgefpn.config import Config, config_hash
+from edgefpn.errors import ExportError
+from edgefpn.pipeline import train as train_stage
+from edgefpn.pipeline.common import log, make_pipeline
+
+ARTIFACT = "model.onnx"
+
+
+def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:
+    model_art = train_stage.run(cfg, run_dir, progress=progress)
+    out = run_dir / ARTIFACT
+    chash = config_hash(cfg.export, cfg.postprocess, cfg.model.input_size)
+    inputs = {"model": model_art.sha256}
+    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+        log(f"[export] up to date: {out}")
+        return art
+    return _export(cfg, model_art, out, chash, inputs)
+
+
+def _sample_input(cfg: Config) -> np.ndarray:
+    """A real val image through the one preprocessing function (random data hides real errors)."""
+    from edgefpn.data.coco import load_split
+    from edgefpn.data.preprocess import load_image
+
+    pipe = make_pipeline(cfg)
+    try:
+        split = load_split(cfg.data.root, cfg.data.val_split)
+    except Exception:  # no dataset (a torchvision checkpoint loaded alone): fall back to a fixed image
+        split = None
+    if split is not None and split.images:
+        batch, _ = pipe.prepare(load_image(split.images[0].path))
+    else:
+        rng = np.random.default_rng(0)
+        image = rng.integers(0, 256, size=(*cfg.model.input_size, 3), dtype=np.uint8)
+        batch, _ = pipe.prepare(image)
+    return np.repeat(batch, cfg.export.batch, axis=0)
+
+
+def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dict[str, str]) -> Artifact:
+    import onnx
+    import torch
+
+    from edgefpn.backends import EngineSpec
+    from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
+    from edgefpn.models.export import ExportWrapper, export_onnx
+    from edgefpn.models.loading import model_from_checkpoint
+
+    torch.set_num_threads(cfg.run.threads)
+    model, meta = model_from_checkpoint(model_art.path)
+    wrapper = ExportWrapper(model).eval()
+    names = list(wrapper.output_names())
+    sample = _sample_input(cfg)
+    with torch.inference_mode():
+        reference = [t.numpy() for t in wrapper(torch.from_numpy(sample))]
+
+    with atomic_output(out) as tmp:
+        log(f"[export] exporting {len(names)} outputs at {list(sample.shape)} (opset {cfg.export.opset})")
+        export_onnx(wrapper, tmp, input_size=cfg.model.input_size, batch=cfg.export.batch, opset=cfg.export.opset)
+        model_proto = onnx.load(str(tmp))
+        if cfg.export.simplify:
+            model_proto = _simplify(model_proto)
+        _set_metadata(model_proto, cfg, meta)
+        _check_static(model_proto, tmp)
+        onnx.save(model_proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+        with OnnxRuntimeRunner(EngineSpec("verify", "onnxruntime", "fp32", tmp), threads=cfg.run.threads) as r:
+            got = r.infer({"images": sample})
+        errors = {n: float(np.max(np.abs(got[n] - ref))) for n, ref in zip(names, reference, strict=True)}
+        worst = max(errors, key=errors.get)
+        if errors[worst] > cfg.export.atol:
+            raise ExportError(
+                f"{out}: ONNX Runtime disagrees with PyTorch on {worst}: max abs error "
+                f"{errors[worst]:.3g} > export.atol {cfg.export.atol:g}"
+            )
+        log(f"[export] ONNX Runtime vs PyTorch: max abs error {errors[worst]:.2e} ({worst}) <= {cfg.export.atol:g}")
+
+    outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model_proto.graph.output}
+    return write_manifest(
+        out, stage="export", config_hash=chash, inputs=inputs,
+        extra={"input": {"name": "images", "shape": list(sample.shape), "dtype": "float32"},
+               "outputs": outputs, "verify_max_abs_error": errors, "opset": cfg.export.opset,
+               "class_names": meta.get("class_names"), "category_ids": meta.get("category_ids")},
+    )
+
+
+def _simplify(model_proto):
+    import onnxslim
+
+    try:
+        return onnxslim.slim(model_proto)
+    except Exception as exc:  # a simplifier bug must not lose the export: keep the unsimplified graph
+        log(f"[export] warning: onnxslim failed ({type(exc).__name__}: {exc}); keeping the unsimplified graph")
+        return model_proto
+
+
+def _set_metadata(model_proto, cfg: Config, meta: dict) -> None:
+    from edgefpn.postprocess import STRIDES
+
+    props = {
+        "edgefpn.arch": meta["arch"],
+        "edgefpn.input_size": json.dumps(list(cfg.model.input_size)),
+        "edgefpn.strides": json.dumps(list(STRIDES)),
+        "edgefpn.mean": json.dumps(list(cfg.model.mean)),
+        "edgefpn.std": json.dumps(list(cfg.model.std)),
+        "edgefpn.class_names": json.dumps(meta.get("class_names")),
+        "edgefpn.category_ids": json.dumps(meta.get("category_ids")),
+        "edgefpn.postprocess": json.dumps({k: getattr(cfg.postprocess, k) for k in (
+            "score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")}),
+    }
+    del model_proto.metadata_props[:]
+    for k, v in props.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    model_proto.producer_name = "edgefpn"
+
+
+def _check_static(model_proto, path: Path) -> None:
+    for value in list(model_proto.graph.input) + list(model_proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+            raise ExportError(f"{path}: {value.name} has a dynamic dimension ({[d.dim_param or d.dim_value for d in dims]})")

@@ -1,0 +1,193 @@
+"""Stage `quantize`: INT8 from calibration data with mAP in the loop, plus FP16.
+
+Writes, each with its own manifest:
+
+* ``model.int8.onnx``: explicit symmetric INT8 QDQ (ONNX Runtime and TensorRT explicit quantization),
+  from streamed, cached calibration ranges; its mAP on val is measured against PyTorch, and when the
+  drop is over ``quantize.max_map_drop`` the most sensitive network parts are kept in float.
+* ``model.fp16.onnx``: FP16 weights and compute, float32 inputs and outputs.
+* ``openvino/int8/model.xml``: OpenVINO INT8 through NNCF from the same calibration images
+  (skipped, with the reason in the int8 manifest, when openvino / nncf are not installed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgefpn.artifacts import Artifact, atomic_output, up_to_date, write_manifest
+from edgefpn.backends import EngineSpec
+from edgefpn.calibration import CalibrationSet, cache_key, calibrate, nncf_dataset
+from edgefpn.config import Config, config_hash, to_dict
+from edgefpn.pipeline import export as export_stage
+from edgefpn.pipeline import train as train_stage
+from edgefpn.pipeline.common import log, make_pipeline
+
+ARTIFACT = "model.int8.onnx"
+FP16 = "model.fp16.onnx"
+OPENVINO_INT8 = Path("openvino") / "int8"
+CACHE_DIR = "cache"
+
+
+def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact | None:
+    """Bring ``model.int8.onnx`` (and the FP16 / OpenVINO INT8 files) up to date; None when disabled."""
+    if not cfg.quantize.enabled:
+        log("[quantize] skipped: quantize.enabled is false")
+        return None
+    onnx_art = export_stage.run(cfg, run_dir, progress=progress)
+    from edgefpn.pipeline import data as data_stage
+
+    data = data_stage.run(cfg, progress=progress)
+    calib = CalibrationSet(cfg)  # refuses val overlap / empty folders before anything is written
+    key = cache_key(onnx_art.sha256, calib, cfg)
+    q = cfg.quantize
+    chash = config_hash(q, cfg.model.input_size, cfg.model.mean, cfg.model.std, cfg.postprocess)
+    inputs = {"model": onnx_art.sha256, "calibration": key,
+              "val_annotations": data.annotation_hashes[cfg.data.val_split]}
+
+    out = run_dir / ARTIFACT
+    art = None if force else up_to_date(out, config_hash=chash, inputs=inputs)
+    if art is not None:
+        log(f"[quantize] up to date: {out}")
+    else:
+        art = _int8_qdq(cfg, run_dir, onnx_art, data, calib, chash, inputs, progress=progress)
+    kept = list(art.manifest.get("exclude_nodes", []))
+    if q.fp16:
+        _fp16(cfg, run_dir, onnx_art, calib, force=force)
+    if q.openvino:
+        _openvino(cfg, run_dir, onnx_art, calib, key, kept, force=force)
+    return art
+
+
+# ----------------------------------------------------------------------------------------------
+# INT8 QDQ with accuracy in the loop
+
+
+def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: CalibrationSet, chash: str,
+              inputs: dict[str, str], *, progress: bool) -> Artifact:
+    import onnx
+
+    from edgefpn.quantize.accuracy import Evaluator, greedy_keep_float
+    from edgefpn.quantize.qdq import check_qdq, node_groups, quantize_qdq
+
+    q = cfg.quantize
+    model_path = onnx_art.path
+    calib_res = calibrate(cfg, model_path, onnx_art.sha256, calib, run_dir / CACHE_DIR, log=log)
+    base_exclude = list(q.exclude_nodes)
+
+    def quantize(dst: Path, exclude) -> None:
+        quantize_qdq(model_path, dst, calib_res.cache, q.method, exclude=exclude)
+
+    split = data.split(cfg.data.val_split)
+    evaluator = Evaluator(make_pipeline(cfg), split.images, split.category_ids,
+                          data.ann_file(cfg.data.val_split), threads=cfg.run.threads)
+    ref_spec = EngineSpec("torch-fp32", "torch", "fp32", run_dir / train_stage.ARTIFACT)
+    log(f"[quantize] reference mAP: PyTorch on {len(split.images)} val images")
+    ref_results = evaluator.detect(ref_spec)
+    ref_map = evaluator.map_of(ref_results)
+
+    out = run_dir / ARTIFACT
+    sensitivity = None
+    exclude = base_exclude
+    with atomic_output(out) as tmp:
+        quantize(tmp, exclude)
+        int8_map = _map_of_file(evaluator, tmp)
+        log(f"[quantize] INT8 QDQ mAP {int8_map:.2f} vs PyTorch {ref_map:.2f} "
+            f"(drop {ref_map - int8_map:.2f}, budget {q.max_map_drop:g})")
+        if ref_map - int8_map > q.max_map_drop:
+            groups = node_groups(onnx.load(str(model_path)))
+            sensitivity = greedy_keep_float(evaluator, reference_results=ref_results, groups=groups,
+                                            base_exclude=base_exclude, budget=q.max_map_drop,
+                                            quantize=quantize, log=log)
+            if sensitivity.kept_float:
+                exclude = [*base_exclude, *(n for g in sensitivity.kept_float for n in groups[g])]
+                quantize(tmp, exclude)
+                int8_map = _map_of_file(evaluator, tmp)
+        problems = check_qdq(onnx.load(str(tmp)))
+        if problems:  # a bug here, not a user error: TensorRT would reject or mis-read the file
+            raise RuntimeError(f"{out}: QDQ model breaks the TensorRT contract: {problems[0]}")
+    drop = ref_map - int8_map
+    met = drop <= q.max_map_drop
+    if met:
+        log(f"[quantize] INT8 mAP {int8_map:.2f}, drop {drop:.2f} <= {q.max_map_drop:g}: {out}")
+    else:
+        log(f"[quantize] WARNING: INT8 mAP drop {drop:.2f} exceeds quantize.max_map_drop {q.max_map_drop:g} "
+            f"even with {sensitivity.kept_float if sensitivity else []} kept in float; the check stage gates it")
+    accuracy = {"reference_map": round(ref_map, 3), "int8_map": round(int8_map, 3), "drop": round(drop, 3),
+                "budget": q.max_map_drop, "budget_met": met, "val_images": len(split.images),
+                "kept_float_groups": sensitivity.kept_float if sensitivity else [],
+                "sensitivity": sensitivity.to_dict() if sensitivity else None}
+    return write_manifest(out, stage="quantize", config_hash=chash, inputs=inputs, extra={
+        "precision": "int8", "format": "onnx-qdq",
+        "scheme": {"activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel (axis 0)",
+                   "bias": "float", "outputs": "float"},
+        "method": q.method, "percentile": q.percentile if q.method == "percentile" else None,
+        "calibration": {**calib.describe(), "key": calib_res.key, "cache": str(calib_res.cache),
+                        "reused": calib_res.reused, "seconds": round(calib_res.seconds, 2)},
+        "exclude_nodes": sorted(set(exclude)), "accuracy": accuracy, "quantize": to_dict(q),
+    })
+
+
+def _map_of_file(evaluator, path: Path) -> float:
+    spec = EngineSpec("onnxruntime-int8", "onnxruntime", "int8", path)
+    return evaluator.map_of(evaluator.detect(spec))
+
+
+# ----------------------------------------------------------------------------------------------
+# FP16 ONNX and OpenVINO INT8
+
+
+def _fp16(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: CalibrationSet, *, force: bool) -> Artifact:
+    from edgefpn.quantize.targets import fp16_onnx
+
+    out = run_dir / FP16
+    chash = config_hash("fp16", "keep_io_types")
+    inputs = {"model": onnx_art.sha256}
+    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+        log(f"[quantize] up to date: {out}")
+        return art
+    sample = next(calib.iter_model_inputs(_batch(onnx_art), batch_size=cfg.quantize.batch_size))
+    with atomic_output(out) as tmp:
+        info = fp16_onnx(onnx_art.path, tmp, sample, threads=cfg.run.threads)
+    note = "runs in ONNX Runtime CPU" if info["ort_cpu_runs"] else f"ONNX Runtime CPU cannot run it: {info['ort_cpu_error']}"
+    log(f"[quantize] FP16 ONNX ({note}): {out}")
+    return write_manifest(out, stage="quantize", config_hash=chash, inputs=inputs,
+                          extra={"precision": "fp16", "io_dtype": "float32", **info})
+
+
+def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: CalibrationSet, key: str,
+              ignored: list[str], *, force: bool) -> Artifact | None:
+    from edgefpn.quantize.targets import openvino_int8, openvino_missing
+
+    out = run_dir / OPENVINO_INT8
+    if reason := openvino_missing():
+        log(f"[quantize] OpenVINO INT8 skipped: {reason}")
+        _record_skip(run_dir / ARTIFACT, {"openvino_int8": {"skipped": reason}})
+        return None
+    chash = config_hash("nncf", "performance", sorted(ignored))
+    inputs = {"model": onnx_art.sha256, "calibration": key}
+    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+        log(f"[quantize] up to date: {out}")
+        return art
+    log(f"[quantize] OpenVINO INT8 with NNCF on {len(calib)} calibration images")
+    dataset = nncf_dataset(calib, model_batch=_batch(onnx_art), batch_size=cfg.quantize.batch_size)
+    with atomic_output(out) as tmp:
+        info = openvino_int8(onnx_art.path, tmp, dataset, subset_size=len(calib), ignored=ignored)
+    log(f"[quantize] OpenVINO INT8 ({info['fake_quantize_ops']} FakeQuantize ops): {out / 'model.xml'}")
+    return write_manifest(out, stage="quantize", config_hash=chash, inputs=inputs,
+                          extra={"precision": "int8", "format": "openvino-ir", "calibration": calib.describe(),
+                                 **info})
+
+
+def _batch(onnx_art: Artifact) -> int:
+    shape = onnx_art.manifest.get("input", {}).get("shape")
+    return int(shape[0]) if shape else 1
+
+
+def _record_skip(path: Path, extra: dict[str, Any]) -> None:
+    """Add a skip note to an existing manifest (rewritten whole, atomically)."""
+    from edgefpn.artifacts import manifest_path, read_manifest, write_json
+
+    manifest = read_manifest(path)
+    if manifest is not None and not all(manifest.get(k) == v for k, v in extra.items()):
+        write_json(manifest_path(path), {**manifest, **extra})

@@ -1,0 +1,44 @@
+"""Shared fixtures: one tiny trained run (data, model, ONNX) built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TINY = [
+    "data.synth.num_train=16",
+    "data.synth.num_val=6",
+    "data.synth.num_calib=6",
+    "data.synth.min_side=128",
+    "data.synth.max_side=192",
+    "model.input_size=[160, 160]",
+    "model.fpn_channels=32",
+    "model.head_convs=1",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.warmup_iters=2",
+    "train.eval_every=0",
+    "check.latency_iters=3",
+    "check.warmup=1",
+]
+
+
+def tiny_overrides(tmp: Path) -> list[str]:
+    return [*TINY, f"data.root={tmp / 'data'}", f"run.out={tmp / 'run'}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[list[str], Path]:
+    """A tiny run directory after `export`: (overrides, run_dir). Do not modify it in tests."""
+    from edgefpn.config import load_config
+    from edgefpn.pipeline import export
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    overrides = tiny_overrides(tmp)
+    cfg = load_config(None, overrides)
+    export.run(cfg, Path(cfg.run.out), progress=False)
+    return overrides, Path(cfg.run.out)

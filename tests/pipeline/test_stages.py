@@ -1,0 +1,84 @@
+"""The stage contract on a tiny run: artifacts + manifests, skipping, rebuilding, the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edgefpn.artifacts import manifest_path, read_manifest, sha256_file
+from edgefpn.config import load_config
+from edgefpn.errors import CheckFailed
+from edgefpn.pipeline import check, export, train
+from edgefpn.pipeline.report import render_markdown
+
+
+def test_export_is_static_with_15_named_outputs(tiny_run):
+    _, run_dir = tiny_run
+    model = onnx.load(str(run_dir / "model.onnx"))
+    names = [o.name for o in model.graph.output]
+    assert names == [f"{b}_p{k}" for b in ("cls", "box", "ctr") for k in range(3, 8)]
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        assert all(d.HasField("dim_value") and d.dim_value > 0 for d in dims), value.name
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["edgefpn.input_size"]) == [160, 160]
+    assert json.loads(props["edgefpn.mean"]) == [0.485, 0.456, 0.406]
+    assert "edgefpn.class_names" in props and "edgefpn.postprocess" in props
+    m = read_manifest(run_dir / "model.onnx")
+    assert m["inputs"]["model"] == sha256_file(run_dir / "model.pt")
+    assert max(m["verify_max_abs_error"].values()) <= 1e-4
+
+
+def test_up_to_date_stages_are_skipped_and_changes_rebuild(tiny_run, tmp_path):
+    overrides, run_dir = tiny_run
+    cfg = load_config(None, overrides)
+    before = {p: p.stat().st_mtime_ns for p in (run_dir / "model.pt", run_dir / "model.onnx")}
+    export.run(cfg, run_dir, progress=False)  # everything up to date: nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    # a new export setting rebuilds the ONNX but not the model, in a copy of the run
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg2 = load_config(None, [*overrides, "export.simplify=false"])
+    t_model = (copy / "model.pt").stat().st_mtime_ns
+    export.run(cfg2, copy, progress=False)
+    assert (copy / "model.pt").stat().st_mtime_ns == t_model
+    assert read_manifest(copy / "model.onnx")["config_hash"] != read_manifest(run_dir / "model.onnx")["config_hash"]
+
+
+def test_check_writes_report_and_gates(tiny_run, tmp_path):
+    import shutil
+
+    overrides, run_dir = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg = load_config(None, overrides)
+    art = check.run(cfg, copy, progress=False)
+    report = json.loads(art.path.read_text())
+    assert report["reference"]["engine"] == "torch-fp32"
+    ort = next(e for e in report["engines"] if e["name"] == "onnxruntime-fp32")
+    for key in ("name", "backend", "precision", "map", "map50", "map_delta", "latency_ms", "fps", "levels"):
+        assert key in ort
+    assert set(ort["levels"]) == {"p3", "p4", "p5", "p6", "p7"}
+    assert ort["levels"]["p3"]["cls"]["cosine"] >= 0.99999
+    assert abs(ort["map_delta"]) <= 0.05
+    assert {"p50", "p90"} <= set(ort["latency_ms"])
+    assert (copy / "report.md").read_text().startswith("# edgefpn check report")
+    # an impossible gate fails the check loudly and names the engine
+    strict = load_config(None, [*overrides, "check.min_cosine.fp32=1.1"])
+    with pytest.raises(CheckFailed, match="onnxruntime-fp32: cls_p3: cosine"):
+        check.run(strict, copy, progress=False)
+    assert "GATES FAILED" in render_markdown(json.loads((copy / "report.json").read_text()))
+
+
+def test_train_resume_state_is_not_left_behind(tiny_run):
+    _, run_dir = tiny_run
+    assert not (run_dir / train.RESUME).exists()
+    assert manifest_path(run_dir / "model.pt").exists()
+    meta = read_manifest(run_dir / "model.pt")["meta"]
+    assert meta["num_classes"] == len(meta["class_names"]) >= 6
+    assert Path(meta["class_names"][0])  # plain strings

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from edgefpn.artifacts import (
+    atomic_output,
+    manifest_path,
+    require,
+    sha256_file,
+    up_to_date,
+    write_manifest,
+)
+from edgefpn.errors import EdgefpnError
+
+
+def test_manifest_roundtrip_and_staleness(tmp_path):
+    art = tmp_path / "a.bin"
+    art.write_bytes(b"hello")
+    write_manifest(art, stage="t", config_hash="c1", inputs={"x": "1"})
+    m = json.loads(manifest_path(art).read_text())
+    assert m["sha256"] == sha256_file(art) and m["stage"] == "t" and "torch" in m["versions"]
+    assert up_to_date(art, config_hash="c1", inputs={"x": "1"}) is not None
+    assert up_to_date(art, config_hash="c2", inputs={"x": "1"}) is None  # settings changed
+    assert up_to_date(art, config_hash="c1", inputs={"x": "2"}) is None  # input changed
+    art.write_bytes(b"tampered")
+    assert up_to_date(art, config_hash="c1", inputs={"x": "1"}) is None  # file changed under us
+    with pytest.raises(EdgefpnError, match="does not match its manifest"):
+        require(art, "thing")
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    write_manifest(target, stage="t", config_hash="c", inputs={})
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    # the old file stays, its manifest is gone (so it is rebuilt), no temp litter
+    assert target.read_bytes() == b"old"
+    assert not manifest_path(target).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_atomic_output_folder(tmp_path):
+    target = tmp_path / "ir"
+    with atomic_output(target) as tmp:
+        tmp.mkdir()
+        (tmp / "model.xml").write_text("x")
+    assert (target / "model.xml").read_text() == "x"
+    with atomic_output(target) as tmp:
+        tmp.mkdir()
+        (tmp / "other.xml").write_text("y")
+    assert sorted(p.name for p in target.iterdir()) == ["other.xml"]

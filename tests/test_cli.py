@@ -1,0 +1,84 @@
+"""The CLI's contract: one line naming the file and the problem, non-zero exit, nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgefpn.cli import main
+from tests.conftest import tiny_overrides
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def sets(overrides):
+    out = []
+    for o in overrides:
+        out += ["--set", o]
+    return out
+
+
+def files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")} if folder.exists() else {}
+
+
+def test_help_everywhere():
+    for cmd in ([], ["data"], ["data", "synth"], ["train"], ["export"], ["check"], ["run"], ["predict"]):
+        res = invoke(*cmd, "--help")
+        assert res.exit_code == 0, res.output
+        assert "Usage:" in res.output
+
+
+def test_unknown_config_key_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epoch: 1\n")
+    res = invoke("train", "--config", str(cfg), "--out", str(tmp_path / "run"))
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and str(cfg) in lines[0] and "train.epoch" in lines[0]
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_dataset_without_annotations(tmp_path):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    run = tmp_path / "run"
+    res = invoke("train", "--set", f"data.root={root}", "--set", "data.builtin=false", "--out", str(run))
+    assert res.exit_code == 2
+    assert "instances_train.json" in res.output and "not found" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not run.exists()
+
+
+def test_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 this is not a whole zip")
+    run = tmp_path / "run"
+    res = invoke("train", "--set", f"model.weights={bad}", "--set", "model.num_classes=6", "--out", str(run))
+    assert res.exit_code == 2, res.output
+    assert str(bad) in res.output and len(res.output.strip().splitlines()) == 1
+    assert files(run) == {}
+
+
+def test_checkpoint_that_does_not_fit(tiny_run, tmp_path):
+    overrides, run_dir = tiny_run
+    run = tmp_path / "run"
+    # the tiny model has fpn_channels=32; ask for 64 so every FPN/head shape mismatches
+    res = invoke("train", *sets(tiny_overrides(tmp_path)), "--set", f"model.weights={run_dir / 'model.pt'}",
+                 "--set", "model.fpn_channels=64", "--out", str(run))
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert str(run_dir / "model.pt") in line and "shape mismatch" in line
+    assert files(run) == {}
+
+
+def test_debug_shows_traceback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("nope: 1\n")
+    with pytest.raises(Exception, match="unknown key nope"):
+        CliRunner().invoke(main, ["--debug", "train", "--config", str(cfg)], catch_exceptions=False)
