@@ -13,9 +13,9 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 EDGEFPN := .venv/bin/edgefpn
 STAGE_ARGS := --config $(CONFIG) --out $(OUT) $(ARGS)
 
-.PHONY: all setup data train export check run predict test lint benchmark clean help
+.PHONY: all setup data train export quantize build check package run test lint benchmark clean help
 
-all: run ## data -> train -> export -> check on the default config
+all: run ## data -> train -> export -> quantize -> build -> check on the default config
 
 help:
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,11 +39,23 @@ train: setup ## train (or load model.weights)
 export: setup ## export the static-shape ONNX
 	$(EDGEFPN) export $(STAGE_ARGS)
 
+quantize: setup ## INT8 (QDQ ONNX, NNCF OpenVINO) and FP16 models
+	$(EDGEFPN) quantize $(STAGE_ARGS)
+
+build: setup ## every engine this machine can build (OpenVINO; TensorRT where installed)
+	$(EDGEFPN) build $(STAGE_ARGS)
+
 check: setup ## check every engine against the PyTorch reference
 	$(EDGEFPN) check $(STAGE_ARGS)
 
+package: setup ## bundle.tar: the engines that passed check, with a verified manifest
+	$(EDGEFPN) package $(STAGE_ARGS)
+
 run: setup ## every stage in order
 	$(EDGEFPN) run $(STAGE_ARGS)
+
+benchmark: setup ## latency / throughput of every engine in the run dir (+ OpenVINO benchmark_app cross-check)
+	$(EDGEFPN) benchmark $(STAGE_ARGS)
 
 test: setup ## the test suite (< 10 minutes on 2 cores)
 	.venv/bin/python -m pytest -q $(ARGS)

@@ -6,8 +6,10 @@ the export stage does). Data: the built-in synthetic generator's calib split. Th
     .venv/bin/python benchmarks/calibration.py            # writes benchmarks/calibration.{json,md}
     .venv/bin/python benchmarks/calibration.py --counts 100 300 1000 --methods minmax percentile
 
-Peak RSS (``ru_maxrss``) is read in a child process per (method, count), so an earlier run's peak
-never hides a later one; "growth" is peak(1000) - peak(100) for the same method.
+Peak RSS is read in a child process per (method, count) from ``/proc/self/status`` ``VmHWM`` (falling
+back to ``ru_maxrss``): ``ru_maxrss`` survives ``execve`` on Linux, so a child started by a big parent
+would report the parent's peak. The data and model are made in a child too, so the parent stays
+small. "growth" is peak(1000) - peak(100) for the same method.
 """
 
 from __future__ import annotations
@@ -46,9 +48,19 @@ def _prepare(work: Path, num_calib: int) -> tuple[Path, Path]:
     return data, path
 
 
-def _child(data: Path, model: Path, count: int, method: str, cache: Path) -> dict:
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(data: Path, model: Path, count: int, method: str, cache: Path) -> dict:
     from edgefpn.artifacts import sha256_file
     from edgefpn.calibration import CalibrationSet, calibrate
     from edgefpn.config import load_config
@@ -56,11 +68,11 @@ def _child(data: Path, model: Path, count: int, method: str, cache: Path) -> dic
     cfg = load_config(None, [f"data.root={data}", "data.builtin=false", f"quantize.num_images={count}",
                              f"quantize.method={method}", "run.threads=2"])
     calib = CalibrationSet(cfg)
-    before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before_mb = _peak_rss_mb()
     t0 = time.perf_counter()
     res = calibrate(cfg, model, sha256_file(model), calib, cache, threads=2, log=lambda m: None)
     seconds = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_rss_mb()
     return {"method": method, "images": len(calib), "seconds": round(seconds, 2),
             "images_per_s": round(len(calib) / seconds, 2), "peak_rss_mb": round(peak_mb, 1),
             "rss_before_calibration_mb": round(before_mb, 1), "reused_cache": res.reused}
@@ -71,8 +83,12 @@ def main() -> None:
     ap.add_argument("--counts", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--methods", nargs="+", default=["minmax"])
     ap.add_argument("--child", nargs=4, metavar=("DATA", "MODEL", "COUNT", "METHOD"), help=argparse.SUPPRESS)
+    ap.add_argument("--prepare", nargs=2, metavar=("WORK", "COUNT"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=HERE / "calibration.json")
     args = ap.parse_args()
+    if args.prepare:
+        _prepare(Path(args.prepare[0]), int(args.prepare[1]))
+        return
     if args.child:
         data, model, count, method = args.child
         with tempfile.TemporaryDirectory() as cache:  # a fresh cache: always a real calibration pass
@@ -82,7 +98,9 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     with tempfile.TemporaryDirectory(prefix="edgefpn-bench-") as tmp:
         t0 = time.perf_counter()
-        data, model = _prepare(Path(tmp), max(args.counts))
+        subprocess.run([sys.executable, __file__, "--prepare", tmp, str(max(args.counts))], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        data, model = Path(tmp) / "data", Path(tmp) / "model.onnx"
         print(f"prepared {max(args.counts)} synthetic calib images + model in {time.perf_counter() - t0:.0f} s",
               file=sys.stderr)
         runs = []

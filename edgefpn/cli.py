@@ -104,7 +104,7 @@ def main() -> None:
       export    static ONNX, one output per level quantize  INT8 (QDQ, NNCF) and FP16 models
       build     OpenVINO IR, TensorRT engines     check     every engine vs PyTorch, report
       run       all stages in order               predict   detections for a folder of images
-      lint      TensorRT compatibility lint of ONNX files
+      benchmark latency / throughput of every engine   lint      TensorRT compatibility lint of ONNX
     """
     os.environ.setdefault("TQDM_MININTERVAL", "1")
 
@@ -215,6 +215,36 @@ def check(cfg, run_dir: Path, force: bool, progress: bool) -> None:
     art = stage.run(cfg, run_dir, force=force, progress=progress)
     click.echo(art.path)
     click.echo((art.path.parent / "report.md").read_text(encoding="utf-8"))
+
+
+@main.command()
+@stage_options
+@click.option("--engines", "engines", multiple=True, metavar="NAME",
+              help="Engine to package, e.g. openvino-int8; repeatable (default: every checked engine that passed).")
+def package(cfg, run_dir: Path, force: bool, progress: bool, engines: tuple[str, ...]) -> None:
+    """Bundle the checked engines, their ONNX, pre/postprocessing and report into RUN_DIR/bundle.tar."""
+    from edgefpn.pipeline import package as stage
+
+    click.echo(stage.run(cfg, run_dir, engines=engines or None, force=force, progress=progress).path)
+
+
+@main.command()
+@stage_options
+@click.option("--iters", type=click.IntRange(1), default=None,
+              help="Timed batch-1 calls per engine (default: check.latency_iters).")
+@click.option("--app-seconds", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="Duration of the benchmark_app cross-check per OpenVINO engine (0: skip it).")
+@click.option("--throughput-seconds", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              help="Duration of the OpenVINO THROUGHPUT-hint run per engine.")
+def benchmark(cfg, run_dir: Path, force: bool, progress: bool, iters: int | None, app_seconds: float,
+              throughput_seconds: float) -> None:
+    """Latency and throughput of every engine in RUN_DIR (no PyTorch, no dataset needed)."""
+    from edgefpn.pipeline import benchmark as stage
+
+    art = stage.run(cfg, run_dir, force=force, progress=progress, iters=iters, app_seconds=app_seconds,
+                    throughput_seconds=throughput_seconds)
+    click.echo(art.path)
+    click.echo((art.path.parent / "benchmark.md").read_text(encoding="utf-8"))
 
 
 @main.command("run")

@@ -57,6 +57,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = "fcos"
     backbone: str = "resnet18"
+    backbone_width: int = 64  # first ResNet stage; 32 is the slim edge variant
     neck: str = "fpn"
     norm: str = "bn"
     fpn_channels: int = 64
@@ -145,6 +146,11 @@ class CheckConfig:
     max_images: int | None = None  # None: the full val split
     warmup: int = 5
     latency_iters: int = 50
+
+    def __post_init__(self) -> None:
+        # defaults are plain dicts; freeze them like the ones loaded from YAML
+        for name in ("max_map_drop", "min_cosine"):
+            object.__setattr__(self, name, types.MappingProxyType(dict(getattr(self, name))))
 
 
 @dataclass(frozen=True)
@@ -290,7 +296,13 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
             raise ConfigError(f"{source}: unknown key {full}{hint}")
-        kwargs[key] = _coerce(value, hints[key], full, source)
+        tp = hints[key]
+        if isinstance(value, dict) and (typing.get_origin(tp) in (Mapping, dict) or tp is Mapping):
+            # a partial table (`--set check.max_map_drop.int8=0.3`) updates the default table
+            default = next(f for f in dataclasses.fields(cls) if f.name == key)
+            if default.default_factory is not dataclasses.MISSING:
+                value = {**default.default_factory(), **value}
+        kwargs[key] = _coerce(value, tp, full, source)
     return cls(**kwargs)
 
 

@@ -84,10 +84,42 @@ class ResNetFPN(BackboneWithFPN):
         return super().forward(x)  # {"p3": [N, C, ceil(H/8), ceil(W/8)], ...}
 
 
+_BASIC_LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+class _SlimResNet(resnet.ResNet):
+    """torchvision's ResNet with BasicBlocks whose stage widths are ``width * (1, 2, 4, 8)``.
+
+    torchvision fixes the stem at 64 channels; edge-sized variants (``width=32``) cost about a
+    quarter of the FLOPs, which is what makes from-scratch CPU training in minutes possible.
+    The module names match torchvision's, so only the shapes differ from a standard ResNet.
+    """
+
+    def __init__(self, layers: Sequence[int], *, width: int, norm_layer: type[nn.Module]) -> None:
+        nn.Module.__init__(self)
+        self._norm_layer = norm_layer
+        self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(resnet.BasicBlock, width, layers[0])
+        self.layer2 = self._make_layer(resnet.BasicBlock, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(resnet.BasicBlock, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(resnet.BasicBlock, 8 * width, layers[3], stride=2)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
 def resnet_fpn(
     *,
     name: str,
     fpn_channels: int,
+    width: int = 64,
     returned_levels: Sequence[str] = ("p3", "p4", "p5"),
     extra_levels: bool = True,
     norm: str = "bn",
@@ -101,6 +133,8 @@ def resnet_fpn(
         extra_levels: append P6/P7 (``LastLevelP6P7`` on P5, as torchvision's ``fcos_resnet50_fpn``).
         norm: ``"bn"`` for trainable ``BatchNorm2d`` (training from scratch) or ``"frozen_bn"`` for
             ``FrozenBatchNorm2d`` (the layout of torchvision's pretrained detectors).
+        width: channels of the first ResNet stage; 64 is torchvision's network, smaller values give
+            slim edge variants (``resnet18`` and ``resnet34`` only).
 
     Returns:
         The backbone; ``output_shape()`` lists its levels, channels and strides.
@@ -122,7 +156,15 @@ def resnet_fpn(
         # LastLevelP6P7 names its outputs p6/p7 and reads the last FPN level, so that level must be P5.
         raise ValueError(f"extra_levels=True needs returned_levels to end with 'p5', got {levels}")
 
-    body = BACKBONES[name](weights=None, norm_layer=NORMS[norm])
+    if width == 64:
+        body = BACKBONES[name](weights=None, norm_layer=NORMS[norm])
+    elif name in _BASIC_LAYERS and isinstance(width, int) and width > 0 and width % 8 == 0:
+        body = _SlimResNet(_BASIC_LAYERS[name], width=width, norm_layer=NORMS[norm])
+    else:
+        raise ValueError(
+            f"width must be 64, or a positive multiple of 8 for {', '.join(_BASIC_LAYERS)}; "
+            f"got width={width!r} for {name!r}"
+        )
     # torchvision's rule: C5 has inplanes = 512 * expansion channels and each stage below has half.
     c2_channels = body.inplanes // 8
     in_channels_list = [c2_channels * 2 ** (int(level[1:]) - 2) for level in levels]

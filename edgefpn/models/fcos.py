@@ -81,6 +81,7 @@ def fcos(
     fpn_channels: int = 256,
     head_convs: int = 4,
     norm: str = "bn",
+    backbone_width: int = 64,
     score_thresh: float = 0.2,
     nms_thresh: float = 0.6,
     detections_per_img: int = 100,
@@ -99,6 +100,7 @@ def fcos(
         fpn_channels: FPN and head width; a multiple of 32 because the head uses ``GroupNorm(32, C)``.
         head_convs: conv + GroupNorm + ReLU blocks in each head tower (torchvision uses 4).
         norm: backbone norm, ``"bn"`` (trainable) or ``"frozen_bn"`` (torchvision's pretrained layout).
+        backbone_width: first-stage width of the ResNet; 64 is torchvision's, 32 a slim edge variant.
         score_thresh, nms_thresh, detections_per_img, topk_candidates, center_sampling_radius:
             passed to torchvision's ``FCOS``.
     """
@@ -118,7 +120,11 @@ def fcos(
         raise ValueError(f"head_convs must be an int >= 0, got {head_convs!r}")
 
     backbone = resnet_fpn(
-        name=backbone_name, fpn_channels=fpn_channels, returned_levels=FCOS_LEVELS[:3], norm=norm
+        name=backbone_name,
+        fpn_channels=fpn_channels,
+        returned_levels=FCOS_LEVELS[:3],
+        norm=norm,
+        width=backbone_width,
     )
     strides = [spec.stride for spec in backbone.output_shape().values()]
     # One square anchor per location whose side equals the level's stride: FCOS's "points".

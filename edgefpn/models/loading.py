@@ -15,11 +15,12 @@ from edgefpn.models.registry import build_model
 
 # checkpoint meta keys that are builder arguments
 _BUILD_KEYS = ("backbone_name", "fpn_channels", "head_convs", "norm")
+_OPTIONAL_BUILD_KEYS = ("backbone_width",)
 
 
 def build_from_meta(meta: Mapping[str, Any]) -> nn.Module:
     try:
-        kwargs = {k: meta[k] for k in _BUILD_KEYS}
+        kwargs = {k: meta[k] for k in _BUILD_KEYS} | {k: meta[k] for k in _OPTIONAL_BUILD_KEYS if k in meta}
         return build_model(arch=meta["arch"], num_classes=int(meta["num_classes"]), **kwargs)
     except KeyError as exc:
         raise CheckpointError(f"checkpoint metadata lacks {exc.args[0]!r}") from None

@@ -1,9 +1,10 @@
-"""Rendering the check report (Markdown) and describing the machine it ran on."""
+"""Rendering the check report (Markdown), describing the machine it ran on, and the compute figures."""
 
 from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 from edgefpn.artifacts import tool_versions
@@ -34,6 +35,53 @@ def system_info(threads: int) -> dict[str, Any]:
     }
 
 
+def with_compute(report: dict[str, Any], onnx_path: Path, threads: int) -> dict[str, Any]:
+    """``report`` plus the model's FLOPs (top-level ``flops``) and, per engine, the achieved GFLOP/s at
+    the model-only p50 and its fraction of this CPU's peak (int8 engines: the int8 peak)."""
+    from edgefpn.flops import achieved, count_flops, cpu_peak
+
+    flops = count_flops(onnx_path)
+    peak = cpu_peak(threads)
+    engines = [e | achieved(flops["gflops_per_image"], e["latency"]["model_only"]["p50"], e["precision"], peak)
+               for e in report["engines"]]
+    section = {k: flops[k] for k in ("gflops_per_image", "flops_per_image", "by_op", "convention")}
+    return report | {"engines": engines, "flops": section | {"peak": peak}}
+
+
+TABLE_HEADER = ("engine", "precision", "mAP", "ΔmAP", "mAP50", "min cosine", "max abs err", "det. matched",
+                "model p50 ms", "e2e p50 ms", "FPS", "GFLOP/s (% peak)", "gates")
+
+
+def table_row(e: dict[str, Any]) -> list[str]:
+    """One engine's cells under :data:`TABLE_HEADER` (shared by report.md and report.html)."""
+    outs = e.get("outputs", {})
+    min_cos = min((o["cosine"] for o in outs.values()), default=None)
+    max_abs = max((o["max_abs"] for o in outs.values()), default=None)
+    matched = e.get("detections", {}).get("matched_fraction")
+    lat = e["latency"]
+    gate = "✅" if e["gates"]["passed"] else "❌ " + "; ".join(e["gates"]["failed"])
+    compute = "–"
+    if e.get("achieved_gflops") is not None:
+        frac = e.get("fraction_of_peak")
+        compute = f"{e['achieved_gflops']:.1f}" + (f" ({100 * frac:.1f}% {e.get('peak_basis', '')})" if frac else "")
+    return [e["name"], e["precision"], f"{e['map']:.2f}", f"{e['map_delta']:+.3f}", f"{e['map50']:.2f}",
+            _fmt(min_cos, 6), "–" if max_abs is None else f"{max_abs:.2e}", _fmt(matched, 4),
+            f"{lat['model_only']['p50']:.2f}", f"{lat['end_to_end']['p50']:.2f}", f"{e['fps']:.1f}", compute, gate]
+
+
+def compute_note(report: dict[str, Any]) -> str | None:
+    """One sentence on the FLOPs convention and the peak the fractions refer to (None without them)."""
+    f = report.get("flops")
+    if not f:
+        return None
+    p = f["peak"]
+    return (f"Compute: {f['gflops_per_image']:.3f} GFLOPs per image ({f['convention']}). Peak of "
+            f"{p['cores']} core(s) at {p['ghz']:.2f} GHz: {p['fp32_gflops']:.0f} GFLOP/s fp32 "
+            f"({p['fp32_flop_per_cycle_per_core']} FLOP/cycle/core, {p['fp32_basis']}), {p['int8_gops']:.0f} "
+            f"GOP/s int8 ({p['int8_factor']}x{', VNNI' if p['int8_vnni'] else ''}); int8 engines are measured "
+            "against the int8 peak.")
+
+
 def _fmt(v: Any, nd: int = 2) -> str:
     if v is None:
         return "–"
@@ -54,23 +102,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['dataset']['split']} images · {report['machine']['cpu']}, "
         f"{report['machine']['threads']} threads",
         "",
-        "| engine | precision | mAP | ΔmAP | mAP50 | min cosine | max abs err | det. matched | "
-        "model p50 ms | e2e p50 ms | FPS | gates |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|---|---|" + "---:|" * (len(TABLE_HEADER) - 3) + "---|",
     ]
     for e in engines:
-        outs = e.get("outputs", {})
-        min_cos = min((o["cosine"] for o in outs.values()), default=None)
-        max_abs = max((o["max_abs"] for o in outs.values()), default=None)
-        matched = e.get("detections", {}).get("matched_fraction")
-        lat = e["latency"]
-        gate = "✅" if e["gates"]["passed"] else "❌ " + "; ".join(e["gates"]["failed"])
-        lines.append(
-            f"| {e['name']} | {e['precision']} | {e['map']:.2f} | {e['map_delta']:+.3f} | {e['map50']:.2f} | "
-            f"{_fmt(min_cos, 6)} | {_fmt(max_abs, 6) if max_abs is None else f'{max_abs:.2e}'} | "
-            f"{_fmt(matched, 4)} | {lat['model_only']['p50']:.2f} | {lat['end_to_end']['p50']:.2f} | "
-            f"{e['fps']:.1f} | {gate} |"
-        )
+        lines.append("| " + " | ".join(table_row(e)) + " |")
     for e in engines:
         if not e.get("levels"):
             continue
@@ -80,5 +116,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             for branch, s in branches.items():
                 lines.append(f"| {level} | {branch} | {s['cosine']:.7f} | {s['max_abs']:.2e} | {s['snr_db']:.1f} |")
     lines += ["", "mAP is COCO bbox AP in points (0–100); latency is batch 1, "
-              f"{report['machine']['threads']} threads; model = engine call only, e2e = image file → detections.", ""]
+              f"{report['machine']['threads']} threads; model = engine call only, e2e = image file → detections."]
+    if note := compute_note(report):
+        lines += ["", note]
+    lines.append("")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ def _meta(cfg: Config, num_classes: int, class_names: tuple[str, ...] | None,
     return {
         "arch": m.arch,
         "backbone_name": m.backbone,
+        "backbone_width": m.backbone_width,
         "neck": m.neck,
         "norm": m.norm,
         "fpn_channels": m.fpn_channels,
@@ -46,6 +47,7 @@ def _build(cfg: Config, num_classes: int):
         arch=m.arch,
         num_classes=num_classes,
         backbone_name=m.backbone,
+        backbone_width=m.backbone_width,
         fpn_channels=m.fpn_channels,
         head_convs=m.head_convs,
         norm=m.norm,
@@ -182,8 +184,11 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
             step += 1
             seen += images.shape[0]
             running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-            bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - t0):.1f}")
+            rate = seen / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.1f}")
+            if not progress and step % 50 == 0:  # no bar (not a terminal): still show signs of life
+                log(f"[train] epoch {epoch + 1} step {step}/{total_steps} loss={running:.3f} lr={lr:.5f} "
+                    f"img/s={rate:.1f}")
         bar.close()
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": round(float(running or 0.0), 4),
                                   "images_per_s": round(seen / (time.perf_counter() - t0), 2)}

@@ -51,7 +51,7 @@ def test_default_build_makes_openvino_and_records_skips(run_copy):
         assert m["sha256"] == sha256_path(art.path)  # the folder: model.xml and model.bin
         assert sorted(p.name for p in art.path.iterdir()) == ["model.bin", "model.xml"]
         assert m["source"] == {"path": "model.onnx", "sha256": onnx_sha} and m["inputs"] == {"onnx": onnx_sha}
-        assert m["precision"] == precision and m["input"] == {"name": "images", "shape": [1, 3, 128, 128],
+        assert m["precision"] == precision and m["input"] == {"name": "images", "shape": [1, 3, 160, 160],
                                                               "dtype": "float32"}
         assert m["settings"]["compress_to_fp16"] is (precision == "fp16")
         assert m["settings"]["inference_precision_hint"] == "f32"
@@ -109,7 +109,7 @@ def _fake_quantize(run_dir: Path, monkeypatch, *, nncf_ir: bool):
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             rng = np.random.default_rng(0)
-            self.batches = iter([{"images": rng.standard_normal((1, 3, 128, 128)).astype(np.float32)}])
+            self.batches = iter([{"images": rng.standard_normal((1, 3, 160, 160)).astype(np.float32)}])
 
         def get_next(self):
             return next(self.batches, None)
@@ -138,7 +138,7 @@ def test_int8_from_qdq_onnx(run_copy, monkeypatch):
     assert art.path == run_dir / "openvino/int8"
     assert art.manifest["stage"] == "build" and art.manifest["source"]["path"] == "model.int8.onnx"
     assert art.manifest["lint"] == []  # symmetric, per-channel weights, no int32 bias
-    assert art.manifest["input"]["shape"] == [1, 3, 128, 128]
+    assert art.manifest["input"]["shape"] == [1, 3, 160, 160]
 
 
 def test_int8_uses_the_quantize_stage_nncf_ir(run_copy, monkeypatch):

@@ -1,0 +1,76 @@
+"""torch ``Dataset`` + ``collate`` for training, built on :mod:`edgefpn.data.preprocess`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from edgefpn.data.coco import CocoSplit
+from edgefpn.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, boxes_to_input, load_image, preprocess
+from edgefpn.errors import DataError
+
+__all__ = ["DetectionDataset", "collate"]
+
+MIN_BOX_SIDE = 1.0  # input pixels; smaller boxes after letterboxing are dropped
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Images of a :class:`CocoSplit`, letterboxed and normalised exactly like every backend sees them.
+
+    Items are ``(image [3, H, W] float32, {"boxes": float32 [K, 4] xyxy input pixels,
+    "labels": int64 [K]})``. With ``hflip`` the original image is flipped with probability 0.5
+    (drawn from torch's global generator, which the trainer seeds).
+    """
+
+    def __init__(
+        self,
+        split: CocoSplit,
+        size: tuple[int, int],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        hflip: bool = False,
+    ) -> None:
+        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise ValueError(f"size must be (H, W) with positive integers, got {size!r}")
+        self.split = split
+        self.size = (int(size[0]), int(size[1]))
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.hflip = bool(hflip)
+
+    def __len__(self) -> int:
+        return len(self.split.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        rec = self.split.images[index]
+        image = load_image(rec.path)  # [h, w, 3] uint8
+        h, w = image.shape[:2]
+        if (w, h) != (rec.width, rec.height):
+            raise DataError(
+                f"{rec.path}: image is {w}x{h} but the annotations say {rec.width}x{rec.height}"
+            )
+        boxes = rec.boxes  # [K, 4] xyxy original pixels
+        if self.hflip and torch.rand(()).item() < 0.5:
+            # Flip the original, not the letterboxed input: the padding must stay bottom/right.
+            image = np.ascontiguousarray(image[:, ::-1])
+            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
+        x, lb = preprocess(image, size=self.size, mean=self.mean, std=self.std)
+        boxes = boxes_to_input(boxes.reshape(-1, 4), lb)
+        in_h, in_w = self.size
+        np.clip(boxes[:, 0::2], 0, in_w, out=boxes[:, 0::2])
+        np.clip(boxes[:, 1::2], 0, in_h, out=boxes[:, 1::2])
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
+        target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], dtype=np.float32)),
+            "labels": torch.from_numpy(np.ascontiguousarray(rec.labels[keep], dtype=np.int64)),
+        }
+        return torch.from_numpy(x), target
+
+
+def collate(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, list[dict[str, Tensor]]]:
+    """Stack images into ``[N, 3, H, W]``; keep targets as a list (their ``K`` differ)."""
+    images = torch.stack([item[0] for item in batch])
+    return images, [item[1] for item in batch]

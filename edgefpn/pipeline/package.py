@@ -1,0 +1,188 @@
+"""Stage `package`: the checked engines, their source ONNX and everything around them in ``bundle.tar``.
+
+The bundle (see :mod:`edgefpn.bundle`) holds, at their run-directory paths:
+
+* the engines that passed the check stage's gates (``model*.onnx``, ``openvino/<p>/model.{xml,bin}``,
+  ``tensorrt/<p>/model.engine`` as plain engine bytes),
+* the ONNX each engine came from, ``report.json`` / ``report.md`` from the check stage,
+* ``pipeline.json``: class names, category ids, preprocessing (input size, mean, std, letterbox rule)
+  and postprocessing (thresholds, strides, levels),
+* ``manifest.json``, the last member: every file's sha256, size and role; per engine its file(s), source
+  ONNX, target (backend, version, precision; for TensorRT the engine manifest's version and compute
+  capability), check result and the tool versions that built it; the versions that packaged it.
+
+The manifest has no wall-clock timestamp: packaging the same run twice gives a byte-identical tar.
+(``check_report_created_unix`` is the check report's own creation time, an input, not a clock read.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgefpn import bundle
+from edgefpn.artifacts import (
+    Artifact,
+    atomic_output,
+    manifest_path,
+    read_manifest,
+    sha256_path,
+    tool_versions,
+    up_to_date,
+    write_manifest,
+)
+from edgefpn.config import Config, config_hash
+from edgefpn.errors import CheckFailed, ConfigError
+from edgefpn.pipeline import check as check_stage
+from edgefpn.pipeline import train as train_stage
+from edgefpn.pipeline.common import log, postprocess_params
+
+ARTIFACT = "bundle.tar"
+PIPELINE = "pipeline.json"
+_ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
+_ENGINES = {name: (backend, precision, rel) for name, backend, precision, rel in check_stage.ENGINE_FILES}
+LETTERBOX_RULE = ("keep aspect ratio; scale = min(H/h, W/w); Pillow BILINEAR resize to (round(w*scale), "
+                  "round(h*scale)); image at the top-left (pad_x = pad_y = 0); padding 0.0 after normalisation; "
+                  "normalise (x/255 - mean)/std per RGB channel; layout [1, 3, H, W] float32")
+
+
+def run(cfg: Config, run_dir: Path, *, engines: Sequence[str] | None = None, force: bool = False,
+        progress: bool = True) -> Artifact:
+    """Bring check up to date, then bundle the engines that passed (default: all of them)."""
+    unknown = [e for e in engines or () if e not in _ENGINES]
+    if unknown:
+        raise ConfigError(f"--engines: unknown engine {unknown[0]!r}; valid: {', '.join(_ENGINES)}")
+    try:
+        check_stage.run(cfg, run_dir, progress=progress)
+    except CheckFailed as exc:  # package what passed; the failures are in the report
+        log(f"[package] {exc}")
+    report = json.loads((run_dir / check_stage.REPORT).read_text(encoding="utf-8"))
+    chosen = _choose(report, run_dir, engines)
+
+    files, entries = _collect(run_dir, chosen)
+    pipeline_json = json.dumps(_pipeline(cfg, run_dir), indent=2, sort_keys=True) + "\n"
+    out = run_dir / ARTIFACT
+    inputs = {name: e["sha256"] for name, e in files.items()}
+    inputs[PIPELINE] = _sha256_text(pipeline_json)
+    chash = config_hash({"schema": bundle.SCHEMA, "engines": sorted(chosen)})
+    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+        log(f"[package] up to date: {out}")
+        return art
+
+    with atomic_output(out) as tmp:
+        tmp.parent.joinpath("src").mkdir()
+        pj = tmp.parent / "src" / PIPELINE
+        pj.write_text(pipeline_json, encoding="utf-8")
+        files[PIPELINE] = bundle.file_entry(pj, ["pipeline"])
+        sources = {name: run_dir / name for name in files if name != PIPELINE} | {PIPELINE: pj}
+        report_manifest = read_manifest(run_dir / check_stage.REPORT) or {}
+        manifest = {
+            "schema": bundle.SCHEMA,
+            "files": dict(sorted(files.items())),
+            "engines": entries,
+            "pipeline": PIPELINE,
+            "report": {"json": check_stage.REPORT, "md": "report.md",
+                       "check_report_created_unix": report_manifest.get("created_unix")},
+            "packaged_with": tool_versions(),
+        }
+        bundle.write_tar(tmp, sources, manifest)
+    log(f"[package] wrote {out}: {', '.join(e['name'] for e in entries)}")
+    return write_manifest(out, stage="package", config_hash=chash, inputs=inputs,
+                          extra={"engines": [e["name"] for e in entries]})
+
+
+def _sha256_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _choose(report: dict[str, Any], run_dir: Path, requested: Sequence[str] | None) -> list[str]:
+    passed = {e["name"]: e for e in report["engines"] if e["name"] in _ENGINES}
+    where = run_dir / check_stage.REPORT
+    if requested:
+        for name in requested:
+            if name not in passed:
+                raise CheckFailed(f"{where}: engine {name} was not checked (not built, or not in check.backends)")
+            if not passed[name]["gates"]["passed"]:
+                raise CheckFailed(f"{where}: engine {name} failed its gates: {'; '.join(passed[name]['gates']['failed'])}")
+        return list(dict.fromkeys(requested))
+    chosen = [name for name, e in passed.items() if e["gates"]["passed"]]
+    if not chosen:
+        raise CheckFailed(f"{where}: no engine passed its gates; nothing to package")
+    return chosen
+
+
+def _engine_files(run_dir: Path, rel: str) -> list[str]:
+    path = run_dir / rel
+    if path.is_dir():
+        return sorted(p.relative_to(run_dir).as_posix() for p in path.rglob("*") if p.is_file())
+    return [rel]
+
+
+def _source_onnx(run_dir: Path, rel: str, manifest: dict[str, Any]) -> str:
+    """The ONNX an engine came from: named by its build manifest, else matched by input sha256."""
+    src = manifest.get("source")
+    if isinstance(src, dict) and src.get("path") in _ONNX_FILES:
+        return str(src["path"])
+    wanted = set((manifest.get("inputs") or {}).values())
+    for name in _ONNX_FILES:
+        m = read_manifest(run_dir / name)
+        if m is not None and m.get("sha256") in wanted:
+            return name
+    return rel  # model.onnx is its own source
+
+
+def _target(backend: str, precision: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    versions = manifest.get("versions") or {}
+    target: dict[str, Any] = {"backend": backend, "precision": precision,
+                              "version": manifest.get("backend_version") or versions.get(backend)}
+    if backend == "openvino":
+        target |= {"device": "CPU", "inference_precision": "f32"}
+    if backend == "tensorrt":
+        target["tensorrt"] = manifest.get("tensorrt")  # version, compute capability, compat flags
+    return target
+
+
+def _collect(run_dir: Path, chosen: list[str]) -> tuple[dict[str, dict], list[dict[str, Any]]]:
+    roles: dict[str, set[str]] = {check_stage.REPORT: {"report"}, "report.md": {"report"}}
+    entries = []
+    for name in chosen:
+        backend, precision, rel = _ENGINES[name]
+        manifest = read_manifest(run_dir / rel) or {}
+        if manifest.get("sha256") != sha256_path(run_dir / rel):
+            raise CheckFailed(f"{run_dir / rel}: does not match its manifest; rerun build and check")
+        names = _engine_files(run_dir, rel)
+        source = _source_onnx(run_dir, rel, manifest)
+        for n in names:
+            roles.setdefault(n, set()).add("engine")
+        # the engine's own sidecar manifest travels with it: the TensorRT runner reads it before loading
+        roles.setdefault(manifest_path(Path(rel)).as_posix(), set()).add("engine-manifest")
+        roles.setdefault(source, set()).add("source")
+        entries.append({
+            "name": name, "backend": backend, "precision": precision, "path": rel, "files": names,
+            "manifest": manifest_path(Path(rel)).as_posix(),
+            "source": source, "target": _target(backend, precision, manifest),
+            "built_with": manifest.get("versions", {}), "stage": manifest.get("stage"),
+        })
+    files = {n: bundle.file_entry(run_dir / n, sorted(r)) for n, r in sorted(roles.items())}
+    return files, entries
+
+
+def _pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    meta = (read_manifest(run_dir / train_stage.ARTIFACT) or {}).get("meta", {})
+    num_classes = int(meta.get("num_classes") or 0)
+    pp = postprocess_params(cfg)
+    m = cfg.model
+    return {
+        "classes": {"num_classes": num_classes,
+                    "names": meta.get("class_names") or [str(i) for i in range(num_classes)],
+                    "category_ids": meta.get("category_ids") or list(range(num_classes))},
+        "preprocess": {"input_name": "images", "input_size": list(m.input_size), "mean": list(m.mean),
+                       "std": list(m.std), "letterbox": LETTERBOX_RULE},
+        "postprocess": {"score_thresh": pp.score_thresh, "nms_thresh": pp.nms_thresh,
+                        "topk_candidates": pp.topk_candidates, "detections_per_img": pp.detections_per_img,
+                        "strides": list(pp.strides), "levels": list(pp.levels)},
+    }

@@ -1,0 +1,313 @@
+"""report.html: the check report as one self-contained page (inline CSS, plots as inline PNG).
+
+Nothing on the page is fetched from anywhere: it opens the same offline, attached to a ticket or
+from a CI artifact. The plots are drawn with matplotlib's Agg renderer on a bare ``Figure`` (no
+pyplot, so no global backend state and no display needed).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+from html import escape
+from typing import Any
+
+from edgefpn.pipeline.report import TABLE_HEADER, compute_note, table_row
+
+__all__ = ["render_html", "ship_choice"]
+
+LEVELS = ("p3", "p4", "p5", "p6", "p7")
+_PASS, _FAIL, _REF = "#2e7d32", "#c62828", "#455a64"
+_FLOOR = 1e-12  # log-scale floor for errors that are exactly zero
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2329}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
+.sub{color:#5f6b76;margin-bottom:16px}
+.card{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:16px 20px;margin:12px 0}
+.ship{border-left:6px solid #2e7d32}.noship{border-left:6px solid #c62828}
+.ship .big,.noship .big{font-size:20px;font-weight:600}
+.kpis{display:flex;gap:28px;flex-wrap:wrap;margin-top:8px}.kpi b{display:block;font-size:18px}
+.kpi span{color:#5f6b76;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
+table{border-collapse:collapse;width:100%;font-size:12.5px}
+th,td{padding:4px 6px;border-bottom:1px solid #e3e6ea;text-align:right;white-space:nowrap}
+th{background:#eef1f4;position:sticky;top:0}
+td:first-child,th:first-child,td:nth-child(2),th:nth-child(2),td:last-child,th:last-child{text-align:left}
+td:last-child{white-space:normal;min-width:5em}
+tr.pass td:first-child{border-left:4px solid #2e7d32}tr.fail td:first-child{border-left:4px solid #c62828}
+tr.fail{background:#fdecea}tr.ref{background:#f1f3f5}
+.wide{overflow-x:auto}.fails li{color:#c62828}code{background:#eef1f4;padding:1px 4px;border-radius:3px}
+img{max-width:100%;height:auto;display:block;margin:auto}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}@media(max-width:900px){.grid{grid-template-columns:1fr}}
+details summary{cursor:pointer;font-weight:600;margin:6px 0}
+.note{color:#5f6b76;font-size:12px}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}dt{color:#5f6b76}dd{margin:0}
+"""
+
+
+def ship_choice(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The engine to ship: the fastest (end-to-end p50) non-reference engine that passed every gate.
+
+    Returns:
+        ``{"engine", "map_delta", "e2e_p50_ms", "speedup_e2e", "speedup_model"}`` (speed-ups against
+        the PyTorch reference), or None when no engine passed.
+    """
+    ref_name = report["reference"]["engine"]
+    ref = next((e for e in report["engines"] if e["name"] == ref_name), None)
+    passed = [e for e in report["engines"] if e["name"] != ref_name and e["gates"]["passed"]]
+    if not passed:
+        return None
+    best = min(passed, key=lambda e: e["latency"]["end_to_end"]["p50"])
+    e2e, model = best["latency"]["end_to_end"]["p50"], best["latency"]["model_only"]["p50"]
+    return {
+        "engine": best,
+        "map_delta": best["map_delta"],
+        "e2e_p50_ms": e2e,
+        "speedup_e2e": ref["latency"]["end_to_end"]["p50"] / e2e if ref and e2e > 0 else None,
+        "speedup_model": ref["latency"]["model_only"]["p50"] / model if ref and model > 0 else None,
+    }
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole page as a string (UTF-8, no external references)."""
+    engines = report["engines"]
+    ok = all(e["gates"]["passed"] for e in engines)
+    ref = report["reference"]
+    m = report["machine"]
+    sub = (f"reference {escape(ref['engine'])}: mAP {ref['map']:.2f}, mAP50 {ref['map50']:.2f} on "
+           f"{report['dataset']['images']} {escape(str(report['dataset']['split']))} images · "
+           f"{escape(str(m['cpu']))}, {m['threads']} threads · {'all gates passed' if ok else 'GATES FAILED'}")
+    plots = [
+        ("Accuracy vs latency", _plot_accuracy_latency(report),
+         "x: model-only p50 (whisker to p90), y: COCO mAP; ✕ = an engine that failed a gate."),
+        ("Per-level error vs the reference", _plot_levels(report),
+         "Worst branch (cls/box/ctr) per level, worst image; dashed: the cosine gate of each precision."),
+        ("Latency distribution (model only, batch 1)", _plot_latency(report),
+         "Every timed iteration; box = quartiles, whiskers = 1.5 IQR."),
+    ]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>",
+        f"<title>edgefpn check report</title><style>{_CSS}</style></head><body><main>",
+        f"<h1>edgefpn check report</h1><div class='sub'>{sub}</div>",
+        _headline(report),
+        "<h2>Engines</h2><div class='card wide'>", _engine_table(report), "</div>",
+    ]
+    if note := compute_note(report):
+        parts.append(f"<p class='note'>{escape(note)}</p>")
+    parts.append("<div class='grid'>")
+    for title, png, caption in plots:
+        body = (f"<img alt='{escape(title)}' src='data:image/png;base64,{png}'>" if png
+                else "<p class='note'>no data for this plot in the report</p>")
+        parts.append(f"<div class='card'><h2>{escape(title)}</h2>{body}<p class='note'>{escape(caption)}</p></div>")
+    parts += ["</div>", _level_tables(report), _machine(report), "</main></body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _headline(report: dict[str, Any]) -> str:
+    choice = ship_choice(report)
+    failed = [(e["name"], g) for e in report["engines"] for g in e["gates"]["failed"]]
+    fails = ""
+    if failed:
+        items = "".join(f"<li><b>{escape(n)}</b>: {escape(g)}</li>" for n, g in failed)
+        fails = f"<p><b>{len(failed)} gate(s) failed</b></p><ul class='fails'>{items}</ul>"
+    if choice is None:
+        return (f"<div class='card noship'><div class='big'>No engine to ship: none passed all gates</div>"
+                f"{fails}</div>")
+    e = choice["engine"]
+
+    def x(v: float | None) -> str:
+        return "–" if v is None else f"{v:.2f}×"
+
+    kpis = [
+        (f"{choice['e2e_p50_ms']:.2f} ms", "end-to-end p50"),
+        (f"{e['latency']['model_only']['p50']:.2f} ms", "model-only p50"),
+        (x(choice["speedup_e2e"]), f"e2e speed-up vs {report['reference']['engine']}"),
+        (x(choice["speedup_model"]), "model speed-up"),
+        (f"{e['map']:.2f} ({choice['map_delta']:+.3f})", "mAP (Δ vs reference)"),
+    ]
+    if e.get("achieved_gflops") is not None:
+        kpis.append((f"{e['achieved_gflops']:.1f}", "achieved GFLOP/s"))
+    kpi_html = "".join(f"<div class='kpi'><b>{escape(v)}</b><span>{escape(k)}</span></div>" for v, k in kpis)
+    return (f"<div class='card ship'><div class='big'>Ship <code>{escape(e['name'])}</code></div>"
+            f"<div class='note'>the fastest engine (end-to-end p50) that passed every gate</div>"
+            f"<div class='kpis'>{kpi_html}</div>{fails}</div>")
+
+
+def _engine_table(report: dict[str, Any]) -> str:
+    ref_name = report["reference"]["engine"]
+    head = "".join(f"<th>{escape(h)}</th>" for h in TABLE_HEADER)
+    rows = []
+    for e in report["engines"]:
+        cls = "ref" if e["name"] == ref_name else ("pass" if e["gates"]["passed"] else "fail")
+        *cells, _ = table_row(e)
+        # the gate cell as text, not emoji: headless browsers and CI boxes often lack an emoji font
+        # (the full gate messages are listed in the headline card)
+        failed = e["gates"]["failed"]
+        levels = sorted({m for g in failed for m in re.findall(r"\(level (p\d)\)", g)})
+        gate = "✓ pass" if not failed else f"✗ {len(failed)} failed" + (f" ({', '.join(levels)})" if levels else "")
+        cells = "".join(f"<td>{escape(c)}</td>" for c in [*cells, gate])
+        rows.append(f"<tr class='{cls}'>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _level_tables(report: dict[str, Any]) -> str:
+    parts = ["<h2>Per-level agreement</h2><div class='card'>"]
+    for e in report["engines"]:
+        if not e.get("levels"):
+            continue
+        rows = []
+        for level, branches in e["levels"].items():
+            for branch, s in branches.items():
+                bad = s["nonfinite"] or any(f"{branch}_{level}" in g for g in e["gates"]["failed"])
+                rows.append(f"<tr class='{'fail' if bad else ''}'><td>{level}</td><td>{branch}</td>"
+                            f"<td>{s['cosine']:.7f}</td><td>{s['max_abs']:.2e}</td><td>{s['snr_db']:.1f}</td>"
+                            f"<td>{s['nonfinite']}</td></tr>")
+        mark = "✓" if e["gates"]["passed"] else "✗"
+        parts.append(f"<details{'' if e['gates']['passed'] else ' open'}><summary>{mark} {escape(e['name'])}"
+                     "</summary><table><thead><tr><th>level</th><th>branch</th><th>cosine</th><th>max abs</th>"
+                     f"<th>SNR dB</th><th>NaN/Inf</th></tr></thead><tbody>{''.join(rows)}</tbody></table></details>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _machine(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    rows = [("CPU", m.get("cpu")), ("machine", m.get("machine")), ("logical cores", m.get("logical_cores")),
+            ("threads", m.get("threads")), ("CPU flags", " ".join(m.get("cpu_flags", [])) or "–"),
+            ("OS", m.get("os"))]
+    if peak := report.get("flops", {}).get("peak"):
+        rows.append(("peak assumptions", peak["assumptions"]))
+    versions = m.get("versions", {})
+    dl = "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(str(v))}</dd>" for k, v in rows)
+    vl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in sorted(versions.items()))
+    cfg = report.get("config", {})
+    gates = cfg.get("check", {})
+    gl = (f"<dt>max mAP drop</dt><dd>{escape(str(gates.get('max_map_drop')))}</dd>"
+          f"<dt>min cosine</dt><dd>{escape(str(gates.get('min_cosine')))}</dd>"
+          f"<dt>input size</dt><dd>{escape(str(cfg.get('input_size')))}</dd>")
+    return (f"<h2>Machine and versions</h2><div class='grid'><div class='card'><dl>{dl}{gl}</dl></div>"
+            f"<div class='card'><dl>{vl}</dl></div></div>")
+
+
+# ------------------------------------------------------------------------------------------------
+# plots
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=110, layout="constrained")
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _maybe_log_x(ax, values: list[float]) -> None:
+    """Log x when the values span more than 5x (a PyTorch reference next to compiled engines)."""
+    pos = [v for v in values if v > 0]
+    if pos and max(pos) / min(pos) > 5:
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _colour(e: dict[str, Any], ref_name: str) -> str:
+    return _REF if e["name"] == ref_name else (_PASS if e["gates"]["passed"] else _FAIL)
+
+
+def _plot_accuracy_latency(report: dict[str, Any]) -> str:
+    ref_name = report["reference"]["engine"]
+    fig = _figure(5.6, 3.9)
+    ax = fig.add_subplot()
+    for i, e in enumerate(sorted(report["engines"], key=lambda e: e["latency"]["model_only"]["p50"])):
+        mo = e["latency"]["model_only"]
+        colour = _colour(e, ref_name)
+        marker = "*" if e["name"] == ref_name else ("o" if e["gates"]["passed"] else "X")
+        ax.errorbar([mo["p50"]], [e["map"]], xerr=[[0.0], [max(mo["p90"] - mo["p50"], 0.0)]], fmt=marker,
+                    color=colour, ms=11 if marker == "*" else 8, capsize=3, lw=1)
+        # labels of neighbouring points alternate above and below so that clusters stay readable
+        ax.annotate(e["name"], (mo["p50"], e["map"]), textcoords="offset points",
+                    xytext=(6, (8, -14, 20, -26)[i % 4]), fontsize=8, color=colour,
+                    arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.6})
+    _maybe_log_x(ax, [e["latency"]["model_only"]["p50"] for e in report["engines"]])
+    ax.set_xlabel("model-only p50 latency (ms), batch 1")
+    ax.set_ylabel("COCO mAP")
+    ax.grid(alpha=0.3, which="both")
+    ax.margins(x=0.25, y=0.2)
+    return _png(fig)
+
+
+def _plot_levels(report: dict[str, Any]) -> str | None:
+    engines = [e for e in report["engines"] if e.get("levels")]
+    if not engines:
+        return None
+    import numpy as np
+
+    fig = _figure(5.6, 5.2)
+    ax_cos, ax_abs = fig.subplots(2, 1, sharex=True)
+    width = 0.8 / len(engines)
+    x = np.arange(len(LEVELS))
+    for i, e in enumerate(engines):
+        deficit, max_abs, nonfinite = [], [], []
+        for level in LEVELS:
+            branches = e["levels"].get(level, {})
+            cos = min((s["cosine"] for s in branches.values()), default=1.0)
+            deficit.append(max(1.0 - cos, _FLOOR))
+            max_abs.append(max(max((s["max_abs"] for s in branches.values()), default=0.0), _FLOOR))
+            nonfinite.append(sum(s["nonfinite"] for s in branches.values()))
+        colour = None if e["gates"]["passed"] else _FAIL
+        offs = x - 0.4 + width * (i + 0.5)
+        bars = ax_cos.bar(offs, deficit, width, label=e["name"], color=colour,
+                          hatch=None if e["gates"]["passed"] else "//", edgecolor="white")
+        ax_abs.bar(offs, max_abs, width, color=bars.patches[0].get_facecolor(),
+                   hatch=None if e["gates"]["passed"] else "//", edgecolor="white")
+        for xo, n in zip(offs, nonfinite, strict=True):
+            if n:
+                for ax in (ax_cos, ax_abs):
+                    ax.annotate("NaN", (xo, 1.0), xycoords=("data", "axes fraction"), ha="center", va="top",
+                                color=_FAIL, fontsize=7, fontweight="bold")
+    gates = report.get("config", {}).get("check", {}).get("min_cosine", {})
+    for precision in sorted({e["precision"] for e in engines}):
+        if (g := gates.get(precision)) is not None and g < 1.0:
+            ax_cos.axhline(1.0 - g, ls="--", lw=0.8, color="#888")
+            ax_cos.annotate(f"{precision} gate", (1.0, 1.0 - g), xycoords=("axes fraction", "data"),
+                            ha="right", va="bottom", fontsize=7, color="#666")
+    for ax, label in ((ax_cos, "1 − cosine"), (ax_abs, "max abs error")):
+        ax.set_yscale("log")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    ax_abs.set_xticks(x, LEVELS)
+    ax_abs.set_xlabel("pyramid level")
+    fig.legend(*ax_cos.get_legend_handles_labels(), loc="outside upper center", fontsize=7,
+               ncol=min(len(engines), 3), frameon=False)
+    return _png(fig)
+
+
+def _plot_latency(report: dict[str, Any]) -> str | None:
+    ref_name = report["reference"]["engine"]
+    rows = [(e, e["latency"]["model_only"].get("samples_ms")) for e in report["engines"]]
+    rows = [(e, s) for e, s in rows if s and all(math.isfinite(v) for v in s)]
+    if not rows:
+        return None
+    fig = _figure(5.6, 0.6 + 0.45 * len(rows) + 0.9)
+    ax = fig.add_subplot()
+    parts = ax.boxplot([s for _, s in rows], orientation="horizontal", widths=0.6, patch_artist=True,
+                       tick_labels=[e["name"] for e, _ in rows], flierprops={"markersize": 3})
+    for patch, (e, _) in zip(parts["boxes"], rows, strict=True):
+        patch.set_facecolor(_colour(e, ref_name))
+        patch.set_alpha(0.45)
+    ax.invert_yaxis()
+    _maybe_log_x(ax, [v for _, s in rows for v in s])
+    ax.set_xlabel("model-only latency per iteration (ms)")
+    ax.grid(alpha=0.3, axis="x", which="both")
+    return _png(fig)

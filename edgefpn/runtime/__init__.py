@@ -1,0 +1,232 @@
+"""The device runtime: run an engine bundle with numpy, Pillow and one backend; no PyTorch.
+
+``python -m edgefpn.runtime infer --bundle bundle.tar --images DIR --out dets.json`` and
+``python -m edgefpn.runtime bench --bundle bundle.tar``. Loading a bundle:
+
+1. :func:`edgefpn.bundle.read_verified` checks the tar headers, the manifest and every member's sha256
+   from the tar stream, writing nothing;
+2. :func:`select_engine` picks an engine from the manifest alone (below), or refuses with one line;
+3. :func:`edgefpn.bundle.extract` writes the bundle to a fresh folder, re-hashes it and renames it
+   into place; only then is the engine loaded, through the same runner, preprocessing
+   (:mod:`edgefpn.data.preprocess`), decoding (:mod:`edgefpn.postprocess`) and
+   :func:`edgefpn.inference.detect_file` as the check stage.
+
+Engine preference (first one in the bundle that this device can run wins): TensorRT int8 > fp16 >
+OpenVINO int8 > fp32 > fp16 > ONNX Runtime int8 > fp32 > fp16. OpenVINO fp16 and ONNX Runtime fp16
+rank below fp32 because CPUs compute them in f32 anyway (fp16 storage only) or insert casts.
+An engine can run here when its backend imports and its target matches: TensorRT version and compute
+capability per :func:`edgefpn.backends.tensorrt.compat_problem`; OpenVINO not older than the one
+that built the IR. ONNX files run on any ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefpn import bundle as bundle_io
+from edgefpn.backends.base import EngineSpec, Runner
+from edgefpn.errors import BackendUnavailable, ModelFileError
+from edgefpn.inference import Pipeline, detect_file
+from edgefpn.postprocess import Detections, PostprocessParams
+
+__all__ = ["PREFERENCE", "BundleSession", "detections_to_records", "select_engine", "target_problem"]
+
+PREFERENCE: tuple[str, ...] = (
+    "tensorrt-int8", "tensorrt-fp16",
+    "openvino-int8", "openvino-fp32", "openvino-fp16",
+    "onnxruntime-int8", "onnxruntime-fp32", "onnxruntime-fp16",
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _vtuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in str(v).split(".")[:3]:
+        digits = "".join(ch for ch in part.split("-")[0] if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def _installed(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def target_problem(engine: Mapping[str, Any], *, tensorrt_probe: Callable[[], tuple] | None = None) -> str | None:
+    """Why this device cannot run ``engine`` (a bundle manifest entry), or None. Imports no backend."""
+    import importlib.util
+
+    backend, target, path = engine["backend"], engine.get("target") or {}, engine["path"]
+    if backend == "onnxruntime":
+        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
+    if backend == "openvino":
+        have = _installed("openvino")
+        if have is None:
+            return "openvino is not installed"
+        built = target.get("version")
+        if built and _vtuple(have)[:2] < _vtuple(built)[:2]:
+            return f"{path}: IR built with OpenVINO {built}, this device has OpenVINO {have}"
+        return None
+    if backend == "tensorrt":
+        from edgefpn.backends.tensorrt import compat_problem
+        from edgefpn.runtime import device
+
+        version, gpu = (tensorrt_probe or device.tensorrt_probe)()
+        problem = compat_problem({"tensorrt": target.get("tensorrt")}, version=version, device=gpu)
+        if problem is not None:
+            return f"{path}: {problem}"
+        if importlib.util.find_spec("torch") is None:  # TensorRTRunner keeps its CUDA buffers in torch
+            return f"{path}: the TensorRT runner needs torch for CUDA buffers, which is not installed"
+        return None
+    return f"{path}: unknown backend {backend!r}"
+
+
+def select_engine(manifest: Mapping[str, Any], bundle: Path, *, name: str | None = None,
+                  tensorrt_probe: Callable[[], tuple] | None = None) -> dict[str, Any]:
+    """The engine to run: ``name`` if given, else the first of :data:`PREFERENCE` this device can run.
+
+    Raises:
+        ModelFileError: ``name`` is not in the bundle, its target does not match this device, or no
+            engine in the bundle can run here (each reason listed on the one line).
+    """
+    engines = {e["name"]: e for e in manifest.get("engines", [])}
+    if name is not None:
+        if name not in engines:
+            raise ModelFileError(f"{bundle}: no engine {name!r} in the bundle (it has: {', '.join(engines) or 'none'})")
+        problem = target_problem(engines[name], tensorrt_probe=tensorrt_probe)
+        if problem is not None:
+            raise ModelFileError(f"{bundle}: {problem}")
+        return engines[name]
+    reasons = []
+    for candidate in sorted(engines, key=lambda n: PREFERENCE.index(n) if n in PREFERENCE else len(PREFERENCE)):
+        problem = target_problem(engines[candidate], tensorrt_probe=tensorrt_probe)
+        if problem is None:
+            return engines[candidate]
+        reasons.append(f"{candidate}: {problem}")
+    raise ModelFileError(f"{bundle}: no engine in the bundle can run here ({'; '.join(reasons) or 'it has none'})")
+
+
+def pipeline_from(params: Mapping[str, Any]) -> Pipeline:
+    pre, post = params["preprocess"], params["postprocess"]
+    return Pipeline(
+        input_size=tuple(pre["input_size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+        post=PostprocessParams(score_thresh=post["score_thresh"], nms_thresh=post["nms_thresh"],
+                               topk_candidates=post["topk_candidates"],
+                               detections_per_img=post["detections_per_img"],
+                               strides=tuple(post["strides"]), levels=tuple(post["levels"])),
+    )
+
+
+def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
+    """The backend's runner class, imported by module (never the torch runner)."""
+    if spec.backend == "onnxruntime":
+        from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(spec, threads=threads)
+    if spec.backend == "openvino":
+        from edgefpn.backends.openvino import OpenVinoRunner
+
+        # no compile cache: it would write into the verified bundle folder
+        return OpenVinoRunner(spec, threads=threads, use_cache=False)
+    if spec.backend == "tensorrt":
+        from edgefpn.backends.tensorrt import TensorRTRunner
+
+        return TensorRTRunner(spec, threads=threads)
+    raise BackendUnavailable(f"{spec.path}: unknown backend {spec.backend!r}")
+
+
+@dataclass
+class BundleSession:
+    """A verified, extracted bundle with one engine loaded. Use as a context manager.
+
+    ``extract_to`` (default: a temporary folder, removed on exit) is replaced if present, and only
+    after the bundle verified and an engine was chosen.
+    """
+
+    bundle: Path
+    extract_to: Path | None = None
+    engine: str | None = None
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    tensorrt_probe: Callable[[], tuple] | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def __enter__(self) -> BundleSession:
+        try:
+            return self._enter()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def _enter(self) -> BundleSession:
+        import json
+        import time
+
+        self._tmp = None
+        t0 = time.perf_counter()
+        self.bundle = Path(self.bundle)
+        manifest = bundle_io.read_verified(self.bundle)  # nothing written before this passes
+        t1 = time.perf_counter()
+        self.entry = select_engine(manifest, self.bundle, name=self.engine, tensorrt_probe=self.tensorrt_probe)
+        if self.extract_to is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="edgefpn-bundle-"))
+            self.root = self._tmp / "bundle"
+        else:
+            self.root = Path(self.extract_to)
+        self.manifest = bundle_io.extract(self.bundle, self.root)
+        t2 = time.perf_counter()
+        params = json.loads((self.root / manifest["pipeline"]).read_text(encoding="utf-8"))
+        self.pipeline = pipeline_from(params)
+        self.category_ids = [int(c) for c in params["classes"]["category_ids"]]
+        e = self.entry
+        self.spec = EngineSpec(e["name"], e["backend"], e["precision"], self.root / e["path"])
+        self.runner = open_runner(self.spec, threads=self.threads).__enter__()
+        self.timings_s = {"verify": t1 - t0, "extract": t2 - t1, "load": time.perf_counter() - t2}
+        _log(f"[runtime] {self.bundle}: verified {len(manifest['files'])} files; engine {e['name']}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            runner.__exit__(*exc)
+            self.runner = None
+        if getattr(self, "_tmp", None) is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def detect(self, path: str | Path) -> Detections:
+        return detect_file(self.runner, self.pipeline, path)
+
+
+def detections_to_records(det: Detections, file_name: str, category_ids: Sequence[int]) -> list[dict]:
+    """The records of ``edgefpn predict``: file_name, category_id, bbox [x, y, w, h], score."""
+    out = []
+    for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
+        x1, y1, x2, y2 = box
+        out.append({"file_name": file_name, "category_id": int(category_ids[label]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    return out
+
+
+def list_images(folder: Path) -> list[Path]:
+    from edgefpn.errors import DataError
+
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images

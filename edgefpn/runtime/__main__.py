@@ -1,0 +1,111 @@
+"""``python -m edgefpn.runtime {infer,bench}``: the device command line (argparse; no click, no torch).
+
+Errors are one line on stderr (``error: <file>: <problem>``) and the exit code of the edgefpn error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from edgefpn.errors import EdgefpnError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edgefpn.runtime",
+                                description="Run an edgefpn engine bundle (bundle.tar) on this device.")
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bundle", type=Path, required=True, help="bundle.tar made by `edgefpn package`")
+    common.add_argument("--engine", default=None, help="engine name (default: the best this device can run)")
+    common.add_argument("--extract-to", type=Path, default=None,
+                        help="folder to extract the verified bundle into (default: a temporary folder)")
+    common.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    infer = sub.add_parser("infer", parents=[common], help="detections for a folder of images")
+    infer.add_argument("--images", type=Path, required=True, help="folder of images")
+    infer.add_argument("--out", type=Path, default=None, help="write detections JSON here (default: stdout)")
+    bench = sub.add_parser("bench", parents=[common], help="start-up and latency of the chosen engine")
+    bench.add_argument("--iters", type=int, default=50)
+    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--images", type=Path, default=None, help="also time end-to-end on these images")
+    return p
+
+
+def _infer(args: argparse.Namespace) -> None:
+    from edgefpn.artifacts import atomic_write_text
+    from edgefpn.runtime import BundleSession, detections_to_records, list_images
+
+    paths = list_images(args.images)
+    records: list[dict] = []
+    with BundleSession(args.bundle, extract_to=args.extract_to, engine=args.engine, threads=args.threads) as s:
+        for path in paths:
+            records.extend(detections_to_records(s.detect(path), path.name, s.category_ids))
+    text = json.dumps(records, indent=1) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(args.out, text)
+        print(f"[runtime] {len(records)} detections on {len(paths)} images -> {args.out}", file=sys.stderr)
+
+
+def _stats(ms: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    a = np.asarray(ms)
+    return {"p50": round(float(np.percentile(a, 50)), 3), "p90": round(float(np.percentile(a, 90)), 3),
+            "mean": round(float(a.mean()), 3), "samples": len(ms)}
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from edgefpn.backends.base import INPUT_NAME
+    from edgefpn.runtime import BundleSession, list_images
+
+    t0 = time.perf_counter()
+    with BundleSession(args.bundle, extract_to=args.extract_to, engine=args.engine, threads=args.threads) as s:
+        h, w = s.pipeline.input_size
+        feed = {INPUT_NAME: np.zeros((1, 3, h, w), np.float32)}
+        s.runner.infer(feed)
+        first = time.perf_counter() - t0
+        for _ in range(args.warmup):
+            s.runner.infer(feed)
+        model_only = []
+        for _ in range(args.iters):
+            t = time.perf_counter()
+            s.runner.infer(feed)
+            model_only.append((time.perf_counter() - t) * 1e3)
+        result = {"engine": s.spec.name, "threads": args.threads,
+                  "startup_s": {k: round(v, 4) for k, v in s.timings_s.items()} | {"to_first_inference": round(first, 4)},
+                  "model_only_ms": _stats(model_only)}
+        if args.images is not None:
+            paths = list_images(args.images)
+            e2e = []
+            for i in range(args.iters):
+                t = time.perf_counter()
+                s.detect(paths[i % len(paths)])
+                e2e.append((time.perf_counter() - t) * 1e3)
+            result["end_to_end_ms"] = _stats(e2e)
+    print(json.dumps(result, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        (_infer if args.command == "infer" else _bench)(args)
+    except EdgefpnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""What this device can run, probed without torch: TensorRT's version and the GPU's compute capability.
+
+The GPU is read through the CUDA driver API (``libcuda.so.1``) with ctypes, so a TensorRT engine built
+for another compute capability is refused on a device that has TensorRT but no PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.metadata
+
+from edgefpn.backends.tensorrt import DeviceInfo
+
+_CC_MAJOR, _CC_MINOR = 75, 76  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_{MAJOR,MINOR}
+
+
+def cuda_device(index: int = 0) -> DeviceInfo | None:
+    """CUDA device ``index`` from the driver API, or None without a driver / GPU. Never raises."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        if cuda.cuInit(0) != 0:
+            return None
+        dev = ctypes.c_int()
+        if cuda.cuDeviceGet(ctypes.byref(dev), index) != 0:
+            return None
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        cuda.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, dev)
+        cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, dev)
+        name = ctypes.create_string_buffer(256)
+        cuda.cuDeviceGetName(name, 256, dev)
+        version = ctypes.c_int()
+        cuda.cuDriverGetVersion(ctypes.byref(version))
+        v = version.value
+        return DeviceInfo(name.value.decode(errors="replace"), f"{major.value}.{minor.value}",
+                          f"{v // 1000}.{(v % 1000) // 10}")
+    except (OSError, AttributeError):
+        return None
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT version (package metadata, else the module), or None."""
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11", "tensorrt-lean"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(dist)
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError):
+        return None
+    return str(trt.__version__)
+
+
+def tensorrt_probe() -> tuple[str | None, DeviceInfo | None]:
+    """(TensorRT version, GPU 0) on this device; either is None when absent."""
+    return tensorrt_version(), cuda_device()

@@ -1,0 +1,187 @@
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import edgefpn.data.preprocess as pp
+from edgefpn.data.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Letterbox,
+    boxes_to_input,
+    boxes_to_original,
+    letterbox,
+    load_image,
+    normalize,
+    preprocess,
+)
+from edgefpn.errors import DataError
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (640, 480), (100, 100), (37, 500)])
+def test_preprocess_dtype_shape_contiguity(hw):
+    x, lb = preprocess(_image(*hw), size=(320, 256), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert x.shape == (3, 320, 256)
+    assert x.dtype == np.float32
+    assert x.flags.c_contiguous
+    assert (lb.orig_h, lb.orig_w) == hw
+    assert (lb.pad_x, lb.pad_y) == (0, 0)
+    assert lb.scale == pytest.approx(min(320 / hw[0], 256 / hw[1]))
+
+
+def test_padding_is_exactly_zero_and_image_sits_top_left():
+    image = np.full((50, 100, 3), 255, dtype=np.uint8)  # white, wide: fills the top 160 rows
+    x, lb = preprocess(image, size=(320, 320), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert lb.scale == pytest.approx(3.2)
+    assert np.all(x[:, 160:, :] == 0.0)
+    white = (1.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    np.testing.assert_allclose(x[:, :160, :], np.broadcast_to(white[:, None, None], (3, 160, 320)), rtol=1e-6)
+
+
+def test_padding_zero_for_any_mean_std():
+    x, _ = preprocess(_image(30, 90), size=(64, 64), mean=(0.1, 0.9, 0.5), std=(0.3, 0.2, 1.5))
+    assert np.all(x[:, 21:, :] == 0.0)
+    assert np.count_nonzero(x[:, :21, :]) > 0
+
+
+def test_normalize_formula():
+    image = _image(7, 9)
+    out = normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+    ref = ((image / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)).transpose(2, 0, 1)
+    assert out.shape == (3, 7, 9) and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_preprocess_equals_normalized_letterbox_inside_the_image():
+    image = _image(240, 400)
+    x, lb = preprocess(image, size=(128, 128), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    boxed, lb2 = letterbox(image, (128, 128))
+    assert lb == lb2
+    assert boxed.shape == (128, 128, 3) and boxed.dtype == np.uint8
+    np.testing.assert_array_equal(x[:, :77, :], normalize(boxed, IMAGENET_MEAN, IMAGENET_STD)[:, :77, :])
+
+
+def test_box_round_trip():
+    lb = Letterbox(scale=0.5, pad_x=0, pad_y=0, orig_w=640, orig_h=480)
+    boxes = np.array([[0, 0, 640, 480], [10.5, 20.25, 30, 400], [600, 1, 639, 2]], dtype=np.float32)
+    inp = boxes_to_input(boxes, lb)
+    np.testing.assert_allclose(inp[0], [0, 0, 320, 240])
+    np.testing.assert_allclose(boxes_to_original(inp, lb), boxes, rtol=1e-6)
+
+
+def test_box_round_trip_with_padding_and_clipping():
+    lb = Letterbox(scale=2.0, pad_x=3, pad_y=5, orig_w=100, orig_h=50)
+    boxes = np.array([[1, 2, 50, 49]], dtype=np.float32)
+    inp = boxes_to_input(boxes, lb)
+    np.testing.assert_allclose(inp, [[5, 9, 103, 103]])
+    np.testing.assert_allclose(boxes_to_original(inp, lb), boxes)
+    out = boxes_to_original(np.array([[-50, -50, 1000, 1000]], dtype=np.float32), lb)
+    np.testing.assert_allclose(out, [[0, 0, 100, 50]])
+
+
+def test_boxes_empty_and_bad_shape():
+    lb = Letterbox(scale=1.0, pad_x=0, pad_y=0, orig_w=10, orig_h=10)
+    assert boxes_to_input(np.zeros((0, 4)), lb).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        boxes_to_input(np.zeros(3), lb)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"size": (0, 320)}, r"\(0, 320\)"),
+        ({"size": (320,)}, r"\(320,\)"),
+        ({"size": (320, 320), "std": (0.2, 0.0, 0.2)}, r"0\.0"),
+        ({"size": (320, 320), "mean": (0.5, 0.5)}, r"\(0\.5, 0\.5\)"),
+    ],
+)
+def test_preprocess_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        preprocess(_image(10, 10), **{"mean": IMAGENET_MEAN, "std": IMAGENET_STD, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "image",
+    [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 4), np.uint8), np.zeros((10, 10, 3), np.float32)],
+)
+def test_preprocess_rejects_bad_images(image):
+    with pytest.raises(ValueError, match="image"):
+        preprocess(image, size=(32, 32))
+
+
+def test_load_image_missing(tmp_path):
+    with pytest.raises(DataError, match="nope.jpg: image file not found"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_load_image_zero_byte(tmp_path):
+    p = tmp_path / "empty.jpg"
+    p.write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.jpg: empty file"):
+        load_image(p)
+
+
+def test_load_image_not_an_image(tmp_path):
+    p = tmp_path / "notes.jpg"
+    p.write_text("definitely not a JPEG\n" * 10)
+    with pytest.raises(DataError, match=r"notes\.jpg: not an image"):
+        load_image(p)
+
+
+def test_load_image_truncated(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(_image(64, 64)).save(buf, format="JPEG", quality=90)
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(DataError, match=r"cut\.jpg: cannot decode"):
+        load_image(p)
+
+
+def test_load_image_decompression_bomb(tmp_path, monkeypatch):
+    p = tmp_path / "bomb.png"
+    Image.new("RGB", (40, 40)).save(p)
+    monkeypatch.setattr(pp, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # our own limit still holds
+    with pytest.raises(DataError, match=r"bomb\.png: .*decompression bomb"):
+        load_image(p)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "1", "LA"])
+def test_load_image_converts_modes_to_rgb(tmp_path, mode):
+    if mode == "I;16":
+        im = Image.fromarray(np.full((6, 5), 0x8000, dtype=np.uint16))
+        assert im.mode == "I;16"
+    else:
+        im = Image.fromarray(_image(6, 5)).convert(mode)
+    p = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    im.save(p)
+    out = load_image(p)
+    assert out.shape == (6, 5, 3) and out.dtype == np.uint8
+    assert out.flags.writeable
+    if mode == "I;16":
+        assert np.all(out == 0x80)
+
+
+def test_load_image_keeps_stored_geometry(tmp_path):
+    # EXIF orientation 6 (rotate 90) must NOT be applied: COCO boxes refer to stored pixels.
+    im = Image.fromarray(_image(20, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = tmp_path / "rot.jpg"
+    im.save(p, exif=exif)
+    assert load_image(p).shape == (20, 40, 3)
+
+
+def test_preprocess_module_imports_without_torch():
+    code = (
+        "import sys; import edgefpn.data.preprocess, edgefpn.data.coco, edgefpn.data; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

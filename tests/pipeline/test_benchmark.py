@@ -1,0 +1,73 @@
+"""`edgefpn benchmark` on the tiny run: every engine timed, benchmark_app cross-check, no torch import."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edgefpn.pipeline.benchmark import parse_benchmark_app
+
+APP_LOG = """
+[Step 11/11] Dumping statistics report
+[ INFO ] Execution Devices:['CPU']
+[ INFO ] Count:            46 iterations
+[ INFO ] Duration:         2051.83 ms
+[ INFO ] Latency:
+[ INFO ]    Median:        47.11 ms
+[ INFO ]    Average:       44.40 ms
+[ INFO ]    Min:           14.10 ms
+[ INFO ]    Max:           151.09 ms
+[ INFO ] Throughput:   22.42 FPS
+"""
+
+
+def test_parse_benchmark_app():
+    assert parse_benchmark_app(APP_LOG) == {"median_ms": 47.11, "average_ms": 44.40, "min_ms": 14.10,
+                                            "max_ms": 151.09, "fps": 22.42, "count": 46.0}
+    assert parse_benchmark_app("[ ERROR ] nothing") == {}
+
+
+_SCRIPT = """
+import json, sys
+from pathlib import Path
+from edgefpn.config import load_config
+from edgefpn.pipeline import benchmark
+cfg = load_config(None, json.loads(sys.argv[1]))
+benchmark.run(cfg, Path(sys.argv[2]), progress=False, iters=3, app_seconds=1, throughput_seconds=0.5)
+assert "torch" not in sys.modules, "the benchmark path imported torch"
+"""
+
+
+def test_benchmark_every_engine_without_torch(tiny_run, tmp_path):
+    pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
+    from edgefpn.config import load_config
+    from edgefpn.pipeline import build
+
+    overrides, src = tiny_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    cfg = load_config(None, [*overrides, "quantize.enabled=false"])
+    build.run(cfg, run_dir, targets=("openvino",), precisions=("fp32",), progress=False)
+    # no dataset on disk: the synthetic input is used
+    args = [*overrides, "quantize.enabled=false", f"data.root={tmp_path / 'absent'}"]
+    subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(args), str(run_dir)], check=True, timeout=300)
+
+    report = json.loads((run_dir / "benchmark.json").read_text())
+    assert report["input"]["source"].startswith("synthetic") and report["input"]["shape"] == [1, 3, 160, 160]
+    rows = {r["name"]: r for r in report["engines"]}
+    assert set(rows) == {"onnxruntime-fp32", "openvino-fp32"}
+    for r in rows.values():
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] and len(r["samples_ms"]) == 3
+        assert r["fps"] > 0 and r["throughput"]["fps"] > 0
+    ov = rows["openvino-fp32"]
+    assert ov["throughput"]["requests"] >= 1 and "THROUGHPUT" in ov["throughput"]["mode"]
+    app = ov["benchmark_app"]
+    assert "skipped" not in app, app
+    assert app["median_ms"] > 0 and app["ours_over_app_p50"] > 0
+    assert "-infer_precision f32" in app["command"] and app["load_config"] == {"CPU": {"INFERENCE_NUM_THREADS": 2}}
+    md = (run_dir / "benchmark.md").read_text()
+    assert md.startswith("# edgefpn benchmark") and "| openvino-fp32 |" in md and "benchmark_app" in md

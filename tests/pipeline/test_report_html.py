@@ -1,0 +1,108 @@
+"""report.html on a real tiny run, and fault injection: a perturbed engine fails and is named by level."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import edgefpn.backends
+from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
+from edgefpn.config import load_config
+from edgefpn.errors import CheckFailed
+from edgefpn.pipeline import check
+from edgefpn.pipeline.report_html import render_html, ship_choice
+
+FAST = ["check.backends=[onnxruntime]", "check.max_images=2"]
+
+
+@pytest.fixture(scope="module")
+def checked(tiny_run, tmp_path_factory):
+    """A copy of the tiny run after a passing `check` (torch reference + ONNX Runtime)."""
+    overrides, src = tiny_run
+    run_dir = tmp_path_factory.mktemp("html") / "run"
+    shutil.copytree(src, run_dir)
+    check.run(load_config(None, [*overrides, "check.backends=[onnxruntime]"]), run_dir, progress=False)
+    return overrides, run_dir, json.loads((run_dir / "report.json").read_text())
+
+
+def test_report_has_samples_and_flops(checked):
+    _, _, report = checked
+    for e in report["engines"]:
+        mo = e["latency"]["model_only"]
+        assert len(mo["samples_ms"]) == mo["samples"] == 3
+        assert e["achieved_gflops"] > 0 and 0 < e["fraction_of_peak"] < 1
+    assert report["flops"]["gflops_per_image"] > 0.01 and "2 x MACs" in report["flops"]["convention"]
+    assert report["flops"]["peak"]["fp32_gflops"] > 0
+
+
+def test_report_html_is_self_contained(checked):
+    _, run_dir, report = checked
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<title>edgefpn check report</title>" in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page and "<link" not in page
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 3  # accuracy vs latency, per-level error, latency distribution
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert "Ship <code>onnxruntime-fp32</code>" in page and ship_choice(report)["engine"]["name"] == "onnxruntime-fp32"
+    assert "GFLOP/s" in page and report["machine"]["versions"]["onnxruntime"] in page
+    assert render_html(report).count("data:image/png;base64,") == 3  # re-rendered from report.json alone
+
+
+def _perturbing(fn):
+    class Perturbed(OnnxRuntimeRunner):
+        def infer(self, feed):
+            return fn(super().infer(feed))
+
+    return Perturbed
+
+
+def _scale_cls_p5(out):
+    return out | {"cls_p5": out["cls_p5"] * 1.5}
+
+
+def _nan_box_p4(out):
+    bad = out["box_p4"].copy()
+    bad[0, 0, 0, 0] = np.nan
+    return out | {"box_p4": bad}
+
+
+@pytest.mark.parametrize(("perturb", "output", "needle"), [
+    (_scale_cls_p5, "cls_p5", "SNR"),  # scaling keeps cosine at 1: the SNR floor catches it
+    (_nan_box_p4, "box_p4", "NaN/Inf"),
+])
+def test_perturbed_engine_fails_and_names_the_level(checked, tmp_path, monkeypatch, perturb, output, needle):
+    overrides, src, _ = checked
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    monkeypatch.setitem(edgefpn.backends.RUNNERS, "onnxruntime", _perturbing(perturb))
+    level = output.split("_")[1]
+    with pytest.raises(CheckFailed, match=f"onnxruntime-fp32: {output}: .*{needle}.*\\(level {level}\\)"):
+        check.run(load_config(None, [*overrides, *FAST]), run_dir, progress=False)
+    report = json.loads((run_dir / "report.json").read_text())
+    ort = next(e for e in report["engines"] if e["name"] == "onnxruntime-fp32")
+    assert not ort["gates"]["passed"]
+    assert all(f"level {level}" in g for g in ort["gates"]["failed"])  # only the perturbed level fails
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "No engine to ship" in page and f"{output}: " in page and "<tr class='fail'>" in page
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium is not installed (apt-get install -y chromium); the page is checked without it")
+def test_screenshot_in_headless_chromium(checked, tmp_path):
+    _, run_dir, _ = checked
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1280,1800", f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.size == (1280, 1800)
+        colours = img.convert("RGB").resize((64, 90)).getcolors(64 * 90)
+    assert colours is not None and len(colours) > 50  # a rendered page with plots, not a blank canvas
