@@ -233,10 +233,11 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
                 [cx - r, cy - r, cx + r, cy + r], start, start + float(rng.uniform(30, 150)),
                 fill=colour, width=int(rng.integers(1, 4)),
             )
-        else:  # irregular splat: many vertices with jagged radii, never a regular polygon
+        else:  # lumpy blob: many vertices, mildly uneven radii; never a regular polygon, and
+            # not spiky either: radii down to 0.25 drew blobs that read as stars, an unlabelled class
             k = int(rng.integers(9, 15))
             ang = (np.arange(k) + rng.uniform(-0.3, 0.3, size=k)) * (2 * math.pi / k)
-            rad = rng.uniform(0.25, 1.0, size=k) * float(rng.uniform(0.02, 0.1) * side)
+            rad = rng.uniform(0.7, 1.0, size=k) * float(rng.uniform(0.02, 0.1) * side)
             draw.polygon(list(zip(cx + rad * np.cos(ang), cy + rad * np.sin(ang), strict=True)), fill=colour)
     return np.asarray(pil, dtype=np.float32)
 

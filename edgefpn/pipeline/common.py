@@ -15,10 +15,19 @@ from edgefpn.postprocess import PostprocessParams
 QUIET = False
 
 
+_SAID: set[str] = set()
+
+
 def log(message: str) -> None:
-    """Progress messages go to stderr so that stdout stays machine-readable."""
-    if not QUIET:
-        print(message, file=sys.stderr, flush=True)
+    """Progress messages go to stderr so that stdout stays machine-readable.
+
+    Stages bring their inputs up to date, so "up to date" lines would repeat once per dependent
+    stage; each is said once per process.
+    """
+    if QUIET or (message in _SAID and "up to date" in message):
+        return
+    _SAID.add(message)
+    print(message, file=sys.stderr, flush=True)
 
 
 def run_dir(cfg: Config, out: str | Path | None = None) -> Path:

@@ -111,10 +111,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         if not e.get("levels"):
             continue
         lines += ["", f"## {e['name']}: per-level agreement with the reference", "",
-                  "| level | branch | cosine | max abs | SNR dB |", "|---|---|---:|---:|---:|"]
+                  "| level | branch | cosine | SNR dB | worst-image cosine | max abs |",
+                  "|---|---|---:|---:|---:|---:|"]
         for level, branches in e["levels"].items():
             for branch, s in branches.items():
-                lines.append(f"| {level} | {branch} | {s['cosine']:.7f} | {s['max_abs']:.2e} | {s['snr_db']:.1f} |")
+                lines.append(f"| {level} | {branch} | {s['cosine']:.7f} | {s['snr_db']:.1f} | "
+                             f"{s.get('min_image_cosine', s['cosine']):.5f} | {s['max_abs']:.2e} |")
     lines += ["", "mAP is COCO bbox AP in points (0–100); latency is batch 1, "
               f"{report['machine']['threads']} threads; model = engine call only, e2e = image file → detections."]
     if note := compute_note(report):

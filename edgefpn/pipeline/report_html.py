@@ -84,7 +84,7 @@ def render_html(report: dict[str, Any]) -> str:
         ("Accuracy vs latency", _plot_accuracy_latency(report),
          "x: model-only p50 (whisker to p90), y: COCO mAP; ✕ = an engine that failed a gate."),
         ("Per-level error vs the reference", _plot_levels(report),
-         "Worst branch (cls/box/ctr) per level, worst image; dashed: the cosine gate of each precision."),
+         "Worst branch (cls/box/ctr) per level, over the split; dashed: the cosine gate of each precision."),
         ("Latency distribution (model only, batch 1)", _plot_latency(report),
          "Every timed iteration; box = quartiles, whiskers = 1.5 IQR."),
     ]

@@ -24,7 +24,7 @@ from edgefpn.metrics.coco import coco_map, detections_to_coco
 
 __all__ = ["SENSITIVITY_IMAGES", "Evaluator", "SensitivityResult", "greedy_keep_float"]
 
-SENSITIVITY_IMAGES = 50
+SENSITIVITY_IMAGES = 200  # the whole default val split: a 50-image subset hid a 0.77 AP drop as 0.47
 
 
 class Evaluator:

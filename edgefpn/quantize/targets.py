@@ -55,11 +55,28 @@ def openvino_int8(model_path: Path, folder: Path, dataset, *, subset_size: int, 
     import openvino as ov
 
     model = ov.convert_model(str(model_path))
-    ignored_scope = nncf.IgnoredScope(names=list(ignored), validate=False) if ignored else None
+    ov_names = _openvino_names(model, ignored)
+    # validate=True: a name that matches no op is an error, not a silently quantized layer
+    ignored_scope = nncf.IgnoredScope(names=ov_names, validate=True) if ov_names else None
     kwargs = {"ignored_scope": ignored_scope} if ignored_scope is not None else {}
     quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
                               subset_size=subset_size, model_type=None, **kwargs)
     folder.mkdir(parents=True)
     ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)
     fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
-    return {"fake_quantize_ops": fq, "ignored": list(ignored), "preset": "performance", "subset_size": subset_size}
+    return {"fake_quantize_ops": fq, "ignored": list(ignored), "ignored_openvino_ops": ov_names,
+            "preset": "performance", "subset_size": subset_size}
+
+
+def _openvino_names(model, onnx_names: Sequence[str]) -> list[str]:
+    """OpenVINO op names for ONNX node names.
+
+    The ONNX frontend keeps a node's name for its op but splits a Conv with bias into
+    ``<name>/WithoutBiases`` (the Convolution, which NNCF quantizes) plus an Add, so a plain name
+    lookup matches nothing and NNCF would quantize the layers the QDQ loop kept in float.
+    """
+    wanted = set(onnx_names)
+    return sorted(
+        op.get_friendly_name() for op in model.get_ops()
+        if op.get_friendly_name() in wanted or op.get_friendly_name().rsplit("/", 1)[0] in wanted
+    )

@@ -12,6 +12,8 @@ from edgefpn.metrics.tensors import SNR_CAP_DB, aggregate_agreement, tensor_agre
 def test_identical_tensors():
     ref = np.random.default_rng(0).normal(size=(2, 6, 40, 40)).astype(np.float32)
     a = tensor_agreement(ref, ref.copy())
+    sums = a.pop("sums")
+    assert sums["err_sq"] == 0.0 and sums["dot"] == pytest.approx(sums["ref_sq"])
     assert a == {
         "max_abs": 0.0,
         "mean_abs": 0.0,
@@ -74,9 +76,24 @@ def test_aggregate_is_worst_case():
     assert agg == {
         "max_abs": 0.3,
         "mean_abs": pytest.approx(0.02),
-        "cosine": 0.990,
+        "cosine": 0.990,  # no sums: falls back to the worst image
         "snr_db": 30.0,
+        "min_image_cosine": 0.990,
+        "min_image_snr_db": 30.0,
         "nonfinite": 2,
     }
     with pytest.raises(ValueError):
         aggregate_agreement([])
+
+
+def test_aggregate_cosine_is_split_wide_and_keeps_the_worst_image():
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(4,))
+    tiny = np.array([1e-3, -1e-3, 2e-3, 0.0])
+    per_image = [tensor_agreement(big, big + 0.01), tensor_agreement(tiny, tiny + 0.01)]
+    agg = aggregate_agreement(per_image)
+    assert agg["min_image_cosine"] < 0.6  # the near-zero image looks terrible on its own
+    assert agg["cosine"] > 0.999  # but the engine's error over the split is small
+    assert agg["min_image_cosine"] == min(a["cosine"] for a in per_image)
+    scaled = aggregate_agreement([tensor_agreement(big, 1.5 * big)])
+    assert scaled["cosine"] == pytest.approx(1.0) and scaled["snr_db"] < 10.0  # SNR sees scale
