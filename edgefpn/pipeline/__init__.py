@@ -32,6 +32,20 @@ STAGES: tuple[tuple[str, Callable[..., object]], ...] = (
 )
 
 
-def run_all(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> None:
-    for _, stage in STAGES:
-        stage(cfg, run_dir, force=force, progress=progress)
+def run_all(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict[str, float]:
+    """Every stage in order; returns (and logs) the wall seconds each took."""
+    import time
+
+    from edgefpn.pipeline.common import log
+
+    seconds: dict[str, float] = {}
+    try:
+        for name, stage in STAGES:
+            t0 = time.perf_counter()
+            try:
+                stage(cfg, run_dir, force=force, progress=progress)
+            finally:
+                seconds[name] = round(time.perf_counter() - t0, 1)
+    finally:
+        log("[run] stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    return seconds

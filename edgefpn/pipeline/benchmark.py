@@ -244,7 +244,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['input']['shape']} · {report['settings']['iters']} timed iterations after "
         f"{report['settings']['warmup']} warm-up",
         "",
-        "| engine | precision | p50 ms | p90 ms | p99 ms | FPS (batch 1) | throughput FPS | GFLOP/s (% peak) | "
+        "| engine | precision | p50 ms | p90 ms | p99 ms | FPS (batch 1) | throughput FPS | GFLOP/s (% nominal peak) | "
         "benchmark_app median ms | ours / benchmark_app |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

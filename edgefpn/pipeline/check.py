@@ -60,8 +60,12 @@ def discover_engines(run_dir: Path, backends: Sequence[str]) -> list[EngineSpec]
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:
-    export_stage.run(cfg, run_dir, progress=progress)
+    from edgefpn.pipeline import build as build_stage
     from edgefpn.pipeline import data as data_stage
+
+    # As make would: every engine is brought up to date first (build brings export and quantize),
+    # so an engine left from an older model is rebuilt, never compared against a newer reference.
+    build_stage.run(cfg, run_dir, progress=progress)
 
     data = data_stage.run(cfg, progress=progress)
     reference = EngineSpec(REFERENCE.name, REFERENCE.backend, REFERENCE.precision, run_dir / REFERENCE.path)
@@ -135,7 +139,7 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
             log(f"[check] latency: {spec.name}")
             latency = _latency(runners[spec.name], pipe, records, cfg)
             entry = _engine_entry(spec, coco_map(ann_file, results[spec.name], image_ids=image_ids),
-                                  ref_map, latency)
+                                  ref_map, latency, reference.path.parent)
             if spec is not reference:
                 entry["levels"], entry["outputs"] = _levels(tensors[spec.name])
                 entry["detections"] = agreement[spec.name].compute()
@@ -202,13 +206,13 @@ def _latency(runner, pipe, records, cfg: Config) -> dict[str, Any]:
             "end_to_end": _percentiles(end_to_end)}
 
 
-def _engine_entry(spec: EngineSpec, m: dict, ref: dict, latency: dict) -> dict[str, Any]:
+def _engine_entry(spec: EngineSpec, m: dict, ref: dict, latency: dict, run_dir: Path) -> dict[str, Any]:
     mo = latency["model_only"]
     return {
         "name": spec.name,
         "backend": spec.backend,
         "precision": spec.precision,
-        "path": spec.path.name if spec.path.parent.name != "openvino" else str(spec.path),
+        "path": spec.path.relative_to(run_dir).as_posix() if spec.path.is_relative_to(run_dir) else str(spec.path),
         "map": m["map"],
         "map50": m["map50"],
         "map_delta": round(m["map"] - ref["map"], 4),

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
+import edgefpn.pipeline
 from edgefpn.artifacts import read_manifest, sha256_path, up_to_date, write_manifest
 from edgefpn.backends.tensorrt import unavailable_reason
 from edgefpn.config import load_config
@@ -127,7 +128,10 @@ def _fake_quantize(run_dir: Path, monkeypatch, *, nncf_ir: bool):
             write_manifest(rd / "openvino/int8", stage="quantize", config_hash="fake", inputs={})
         return art
 
-    monkeypatch.setitem(sys.modules, "edgefpn.pipeline.quantize", types.SimpleNamespace(run=run))
+    fake = types.SimpleNamespace(run=run)
+    monkeypatch.setitem(sys.modules, "edgefpn.pipeline.quantize", fake)
+    # `from edgefpn.pipeline import quantize` reads the package attribute once the real module was imported
+    monkeypatch.setattr(edgefpn.pipeline, "quantize", fake, raising=False)
 
 
 def test_int8_from_qdq_onnx(run_copy, monkeypatch):

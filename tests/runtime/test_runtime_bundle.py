@@ -34,7 +34,8 @@ def packaged(tiny_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("package")
     run_dir = tmp / "run"
     shutil.copytree(src, run_dir)
-    cfg = load_config(None, overrides)
+    # check (which package brings up to date) builds what the config asks for: keep it to fp32
+    cfg = load_config(None, [*overrides, "quantize.enabled=false", "build.precisions=[fp32]"])
     build.run(cfg, run_dir, targets=["openvino"], precisions=["fp32"], progress=False)
     art = package.run(cfg, run_dir, progress=False)
     images = tmp / "val_images"
