@@ -54,8 +54,10 @@ class _Group(click.Group):
 
 
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    # `edgefpn --debug cmd` and `edgefpn cmd --debug` both work; the group's flag is read first in
+    # every invocation and resets the state, so one call's --debug never leaks into the next.
     global _DEBUG
-    _DEBUG = _DEBUG or value
+    _DEBUG = value if ctx.parent is None else (_DEBUG or value)
     return value
 
 

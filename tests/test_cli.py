@@ -82,3 +82,41 @@ def test_debug_shows_traceback(tmp_path):
     cfg.write_text("nope: 1\n")
     with pytest.raises(Exception, match="unknown key nope"):
         CliRunner().invoke(main, ["--debug", "train", "--config", str(cfg)], catch_exceptions=False)
+
+
+def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
+    import json
+
+    from edgefpn.config import load_config
+    from edgefpn.pipeline import data as data_stage
+
+    overrides, run_dir = tiny_run
+    split = data_stage.run(load_config(None, overrides), progress=False).split("val")
+    images = tmp_path / "images"
+    images.mkdir()
+    for rec in split.images[:3]:
+        (images / rec.path.name).write_bytes(rec.path.read_bytes())
+    saved = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / f"{backend}.json"
+        res = invoke("predict", *sets(overrides), "--out", str(run_dir), "--backend", backend,
+                     "--images", str(images), "--save", str(out), "--set", "postprocess.score_thresh=0.0")
+        assert res.exit_code == 0, res.output
+        saved[backend] = json.loads(out.read_text())
+    torch_dets, ort_dets = saved["torch"], saved["onnxruntime"]
+    assert torch_dets and len(torch_dets) == len(ort_dets)
+    names = {p.name for p in images.iterdir()}
+    widths = {rec.path.name: rec.width for rec in split.images}
+    for a, b in zip(torch_dets, ort_dets, strict=True):
+        assert set(a) == {"file_name", "category_id", "bbox", "score"} and a["file_name"] in names
+        assert a["file_name"] == b["file_name"] and a["category_id"] == b["category_id"]
+        assert abs(a["score"] - b["score"]) < 1e-4
+        assert max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"], strict=True)) < 1e-2
+        x, _, w, _ = a["bbox"]
+        assert 0 <= x and x + w <= widths[a["file_name"]] + 1e-3  # original image pixels
+
+
+def test_predict_missing_folder(tiny_run, tmp_path):
+    overrides, run_dir = tiny_run
+    res = invoke("predict", *sets(overrides), "--out", str(run_dir), "--images", str(tmp_path / "nope"))
+    assert res.exit_code == 2 and "image folder not found" in res.output

@@ -43,7 +43,7 @@ INSTALL_HINT = (
     "the `tensorrt` Python package is not installed; install it with `pip install tensorrt` on an x86-64 "
     "Linux machine with an NVIDIA GPU and driver, or `sudo apt install python3-libnvinfer` (JetPack) on a Jetson"
 )
-_DIST_NAMES = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11")
+_DIST_NAMES = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11", "tensorrt-lean")
 
 
 # ----------------------------------------------------------------------------------------------

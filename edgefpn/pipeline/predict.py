@@ -8,22 +8,11 @@ from pathlib import Path
 from edgefpn.artifacts import atomic_write_text, read_manifest
 from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.config import Config
-from edgefpn.errors import DataError
 from edgefpn.inference import detect_file
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_pipeline
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise DataError(f"{folder}: image folder not found")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return images
+from edgefpn.runtime import detections_to_records, list_images
 
 
 def run(cfg: Config, run_dir: Path, *, backend: str, images: Path, save: Path | None,
@@ -42,11 +31,7 @@ def run(cfg: Config, run_dir: Path, *, backend: str, images: Path, save: Path | 
     dets_out: list[dict] = []
     with open_runner(EngineSpec(f"{backend}-fp32", backend, "fp32", art.path), threads=cfg.run.threads) as runner:
         for path in tqdm(paths, desc=f"[predict] {backend}", disable=not progress, leave=False):
-            det = detect_file(runner, pipe, path)
-            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
-                x1, y1, x2, y2 = box
-                dets_out.append({"file_name": path.name, "category_id": int(category_ids[label]),
-                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+            dets_out.extend(detections_to_records(detect_file(runner, pipe, path), path.name, category_ids))
     if save is not None:
         atomic_write_text(save, json.dumps(dets_out, indent=1) + "\n")
         log(f"[predict] {len(dets_out)} detections on {len(paths)} images -> {save}")

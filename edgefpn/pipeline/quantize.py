@@ -51,11 +51,10 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         log(f"[quantize] up to date: {out}")
     else:
         art = _int8_qdq(cfg, run_dir, onnx_art, data, calib, chash, inputs, progress=progress)
-    kept = list(art.manifest.get("exclude_nodes", []))
     if q.fp16:
         _fp16(cfg, run_dir, onnx_art, calib, force=force)
     if q.openvino:
-        _openvino(cfg, run_dir, onnx_art, calib, key, kept, force=force)
+        _openvino(cfg, run_dir, onnx_art, calib, key, art, data, force=force)
     return art
 
 
@@ -156,7 +155,19 @@ def _fp16(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: CalibrationSet,
 
 
 def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: CalibrationSet, key: str,
-              ignored: list[str], *, force: bool) -> Artifact | None:
+              int8_art: Artifact, data, *, force: bool) -> Artifact | None:
+    """NNCF INT8 IR with its own accuracy loop.
+
+    It starts from what the QDQ loop kept in float; NNCF quantizes differently (its own ranges and
+    op coverage), so its mAP is measured on val too, and while the drop is over budget the next most
+    sensitive group of the QDQ ranking is kept in float as well.
+    """
+    import shutil
+
+    import onnx
+
+    from edgefpn.quantize.accuracy import Evaluator
+    from edgefpn.quantize.qdq import node_groups
     from edgefpn.quantize.targets import openvino_int8, openvino_missing
 
     out = run_dir / OPENVINO_INT8
@@ -164,19 +175,61 @@ def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: Calibration
         log(f"[quantize] OpenVINO INT8 skipped: {reason}")
         _record_skip(run_dir / ARTIFACT, {"openvino_int8": {"skipped": reason}})
         return None
-    chash = config_hash("nncf", "performance", sorted(ignored))
-    inputs = {"model": onnx_art.sha256, "calibration": key}
+    q = cfg.quantize
+    kept = list(int8_art.manifest.get("exclude_nodes", []))
+    accuracy = int8_art.manifest.get("accuracy", {})
+    chash = config_hash("nncf", "performance", sorted(kept), q.max_map_drop, cfg.postprocess)
+    inputs = {"model": onnx_art.sha256, "calibration": key, "int8_qdq": int8_art.sha256}
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[quantize] up to date: {out}")
         return art
+
+    groups = node_groups(onnx.load(str(onnx_art.path)))
+    ranking = _openvino_ranking(accuracy, groups)
+    split = data.split(cfg.data.val_split)
+    evaluator = Evaluator(make_pipeline(cfg), split.images, split.category_ids,
+                          data.ann_file(cfg.data.val_split), threads=cfg.run.threads)
+    ref_map = float(accuracy["reference_map"])
+    dataset = nncf_dataset(calib, model_batch=_batch(onnx_art), batch_size=q.batch_size)
     log(f"[quantize] OpenVINO INT8 with NNCF on {len(calib)} calibration images")
-    dataset = nncf_dataset(calib, model_batch=_batch(onnx_art), batch_size=cfg.quantize.batch_size)
+    steps: list[dict[str, Any]] = []
+    extra_groups: list[str] = []
     with atomic_output(out) as tmp:
-        info = openvino_int8(onnx_art.path, tmp, dataset, subset_size=len(calib), ignored=ignored)
+        while True:
+            ignored = [*kept, *(n for g in extra_groups for n in groups[g])]
+            shutil.rmtree(tmp, ignore_errors=True)
+            info = openvino_int8(onnx_art.path, tmp, dataset, subset_size=len(calib), ignored=ignored)
+            ov_map = evaluator.map_of(evaluator.detect(EngineSpec("openvino-int8", "openvino", "int8", tmp)))
+            drop = ref_map - ov_map
+            steps.append({"extra_float_groups": list(extra_groups), "map": round(ov_map, 3), "drop": round(drop, 3)})
+            log(f"[quantize] OpenVINO INT8 mAP {ov_map:.2f} (drop {drop:.2f}, budget {q.max_map_drop:g})"
+                + (f" with {', '.join(extra_groups)} also in float" if extra_groups else ""))
+            if drop <= q.max_map_drop or not ranking:
+                break
+            extra_groups.append(ranking.pop(0))
+    if drop > q.max_map_drop:
+        log(f"[quantize] WARNING: OpenVINO INT8 drop {drop:.2f} stays over budget; the check stage gates it")
     log(f"[quantize] OpenVINO INT8 ({info['fake_quantize_ops']} FakeQuantize ops): {out / 'model.xml'}")
     return write_manifest(out, stage="quantize", config_hash=chash, inputs=inputs,
                           extra={"precision": "int8", "format": "openvino-ir", "calibration": calib.describe(),
+                                 "accuracy": {"reference_map": ref_map, "int8_map": round(ov_map, 3),
+                                              "drop": round(drop, 3), "budget": q.max_map_drop,
+                                              "budget_met": drop <= q.max_map_drop, "steps": steps,
+                                              "extra_float_groups": extra_groups},
                                  **info})
+
+
+def _openvino_ranking(accuracy: dict[str, Any], groups: dict[str, list[str]]) -> list[str]:
+    """Groups to keep in float next, most helpful first: the QDQ loop's measured ranking where it ran
+    (gains > 0 only), else a fixed prior (head branches, then FPN, then backbone; finest level first)."""
+    already = set(accuracy.get("kept_float_groups") or [])
+    sens = accuracy.get("sensitivity") or {}
+    candidates = sens.get("candidates") or []
+    if candidates:
+        ranked = sorted((c for c in candidates if c["recovered"] > 0), key=lambda c: -c["recovered"])
+        return [c["group"] for c in ranked if c["group"] not in already and c["group"] in groups]
+    order = {"head": 0, "fpn": 1, "backbone": 2}
+    return sorted((g for g in groups if g not in already), key=lambda g: (order.get(g.split("/")[0].split("-")[0], 3), g))
 
 
 def _batch(onnx_art: Artifact) -> int:

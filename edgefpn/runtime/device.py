@@ -6,11 +6,9 @@ for another compute capability is refused on a device that has TensorRT but no P
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import importlib.metadata
 
-from edgefpn.backends.tensorrt import DeviceInfo
+from edgefpn.backends.tensorrt import DeviceInfo, tensorrt_version
 
 _CC_MAJOR, _CC_MINOR = 75, 76  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_{MAJOR,MINOR}
 
@@ -36,18 +34,6 @@ def cuda_device(index: int = 0) -> DeviceInfo | None:
                           f"{v // 1000}.{(v % 1000) // 10}")
     except (OSError, AttributeError):
         return None
-
-
-def tensorrt_version() -> str | None:
-    """The installed TensorRT version (package metadata, else the module), or None."""
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11", "tensorrt-lean"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            return importlib.metadata.version(dist)
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError):
-        return None
-    return str(trt.__version__)
 
 
 def tensorrt_probe() -> tuple[str | None, DeviceInfo | None]:
