@@ -113,7 +113,7 @@ def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
         assert abs(a["score"] - b["score"]) < 1e-4
         assert max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"], strict=True)) < 1e-2
         x, _, w, _ = a["bbox"]
-        assert 0 <= x and x + w <= widths[a["file_name"]] + 1e-3  # original image pixels
+        assert x >= 0 and x + w <= widths[a["file_name"]] + 1e-3  # original image pixels
 
 
 def test_predict_missing_folder(tiny_run, tmp_path):

@@ -153,3 +153,18 @@ def test_bad_calibration_input_is_one_line_and_writes_nothing(tiny_run, tmp_path
         stage.run(cfg, run_dir, progress=False)
     assert want in str(err.value) and "\n" not in str(err.value)
     assert _listing(run_dir) == before
+
+
+def test_openvino_ranking_follows_the_measured_sensitivity():
+    from edgefpn.pipeline.quantize import _openvino_ranking
+
+    groups = {"backbone/layer1": ["a"], "fpn/p3": ["b"], "head-reg/p3": ["c"], "head-cls/p4": ["d"]}
+    accuracy = {"kept_float_groups": ["head-reg/p3"], "sensitivity": {"candidates": [
+        {"group": "backbone/layer1", "recovered": 0.16},
+        {"group": "fpn/p3", "recovered": 0.21},
+        {"group": "head-reg/p3", "recovered": 0.32},  # already kept in float by the QDQ loop
+        {"group": "head-cls/p4", "recovered": -0.05},  # measured no gain: never tried
+    ]}}
+    assert _openvino_ranking(accuracy, groups) == ["fpn/p3", "backbone/layer1"]
+    # no QDQ sensitivity run (QDQ was within budget at once): heads first, then FPN, then backbone
+    assert _openvino_ranking({}, groups) == ["head-cls/p4", "head-reg/p3", "fpn/p3", "backbone/layer1"]
