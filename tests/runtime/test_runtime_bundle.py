@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -236,3 +237,64 @@ def test_bench_reports_startup_and_latency(packaged, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["engine"] == "openvino-fp32"
     assert result["startup_s"]["to_first_inference"] > 0 and result["model_only_ms"]["samples"] == 3
+
+
+def _uv() -> str | None:
+    import shutil as _shutil
+
+    root = Path(__file__).resolve().parents[2]
+    found = _shutil.which("uv")
+    return found or (str(root / ".tools/bin/uv") if (root / ".tools/bin/uv").exists() else None)
+
+
+@pytest.mark.slow
+def test_runtime_in_a_fresh_venv_without_torch(packaged, tmp_path):
+    """A new virtual environment with only the runtime's locked needs (numpy, Pillow, onnxruntime,
+    openvino) and edgefpn itself: the runtime's detections equal the check pipeline's."""
+    uv = _uv()
+    if uv is None:
+        pytest.skip("uv is not installed (make test bootstraps it into .tools/)")
+    root = Path(__file__).resolve().parents[2]
+    venv = tmp_path / "venv"
+    reqs = tmp_path / "runtime-requirements.txt"
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    run = {"capture_output": True, "text": True, "timeout": 300, "env": env}
+    exported = subprocess.run([uv, "export", "--frozen", "--no-hashes", "--extra", "runtime", "--no-dev",
+                               "--no-emit-project", "--project", str(root)], check=True, **run).stdout
+    reqs.write_text(exported)
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, **run)
+    py = str(venv / "bin" / "python")
+    subprocess.run([uv, "pip", "install", "-q", "--python", py, "-r", str(reqs)], check=True, **run)
+    subprocess.run([uv, "pip", "install", "-q", "--python", py, "--no-deps", str(root)], check=True, **run)
+    probe = subprocess.run([py, "-c", "import importlib.util as u; print([m for m in "
+                            "('torch', 'torchvision', 'click', 'yaml', 'tqdm') if u.find_spec(m)])"],
+                           check=True, **run)
+    assert probe.stdout.strip() == "[]"  # none of the pipeline's packages is there
+
+    _, run_dir, art, images = packaged
+    cfg = packaged[0]
+    for engine in ("onnxruntime-fp32", "openvino-fp32"):
+        out = tmp_path / f"{engine}.json"
+        proc = subprocess.run([py, "-m", "edgefpn.runtime", "infer", "--bundle", str(art.path), "--images",
+                               str(images), "--out", str(out), "--threads", "1", "--engine", engine],
+                              cwd=tmp_path, **run)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(out.read_text())
+        backend, precision = engine.split("-")
+        rel = {"openvino": "openvino/fp32", "onnxruntime": "model.onnx"}[backend]
+        pipe = make_pipeline(cfg)
+        with tarfile.open(art.path) as tar:
+            category_ids = json.loads(tar.extractfile("pipeline.json").read())["classes"]["category_ids"]
+        expected = []
+        with open_runner(EngineSpec(engine, backend, precision, run_dir / rel), threads=1) as runner:
+            for path in sorted(images.iterdir()):
+                det = detect_file(runner, pipe, path)
+                for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(),
+                                             strict=True):
+                    expected.append((path.name, int(category_ids[label]), box, score))
+        assert len(got) == len(expected) and expected
+        for g, (name, cat, box, score) in zip(got, expected, strict=True):
+            assert (g["file_name"], g["category_id"]) == (name, cat)
+            assert abs(g["score"] - score) <= 1e-6
+            x, y, w, h = g["bbox"]
+            np.testing.assert_allclose([x, y, x + w, y + h], box, atol=1e-4, rtol=0)
