@@ -105,6 +105,22 @@ def _run_blocked(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
+def _expected(cfg, run_dir: Path, art, images: Path, engine: str) -> list[tuple]:
+    """What the check stage's pipeline detects with ``engine``: (file, category id, xyxy box, score)."""
+    backend, precision = engine.split("-")
+    rel = {"openvino": "openvino/fp32", "onnxruntime": "model.onnx"}[backend]
+    pipe = make_pipeline(cfg)
+    with tarfile.open(art.path) as tar:
+        category_ids = json.loads(tar.extractfile("pipeline.json").read())["classes"]["category_ids"]
+    expected = []
+    with open_runner(EngineSpec(engine, backend, precision, run_dir / rel), threads=1) as runner:
+        for path in sorted(images.iterdir()):
+            det = detect_file(runner, pipe, path)
+            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
+                expected.append((path.name, int(category_ids[label]), box, score))
+    return expected
+
+
 @pytest.mark.parametrize("engine", ["openvino-fp32", "onnxruntime-fp32", None])
 def test_runtime_without_torch_matches_check_pipeline(packaged, tmp_path, engine):
     cfg, run_dir, art, images = packaged
@@ -118,17 +134,7 @@ def test_runtime_without_torch_matches_check_pipeline(packaged, tmp_path, engine
     assert f"engine {chosen}" in proc.stderr
     got = json.loads(out.read_text())
 
-    backend, precision = chosen.split("-")
-    rel = {"openvino": "openvino/fp32", "onnxruntime": "model.onnx"}[backend]
-    pipe = make_pipeline(cfg)
-    with tarfile.open(art.path) as tar:
-        category_ids = json.loads(tar.extractfile("pipeline.json").read())["classes"]["category_ids"]
-    expected = []
-    with open_runner(EngineSpec(chosen, backend, precision, run_dir / rel), threads=1) as runner:
-        for path in sorted(images.iterdir()):
-            det = detect_file(runner, pipe, path)
-            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
-                expected.append((path.name, int(category_ids[label]), box, score))
+    expected = _expected(cfg, run_dir, art, images, chosen)
     assert len(got) == len(expected) and expected
     for g, (name, cat, box, score) in zip(got, expected, strict=True):
         assert (g["file_name"], g["category_id"], g["score"]) == (name, cat, score)
@@ -280,18 +286,7 @@ def test_runtime_in_a_fresh_venv_without_torch(packaged, tmp_path):
                               cwd=tmp_path, **run)
         assert proc.returncode == 0, proc.stderr
         got = json.loads(out.read_text())
-        backend, precision = engine.split("-")
-        rel = {"openvino": "openvino/fp32", "onnxruntime": "model.onnx"}[backend]
-        pipe = make_pipeline(cfg)
-        with tarfile.open(art.path) as tar:
-            category_ids = json.loads(tar.extractfile("pipeline.json").read())["classes"]["category_ids"]
-        expected = []
-        with open_runner(EngineSpec(engine, backend, precision, run_dir / rel), threads=1) as runner:
-            for path in sorted(images.iterdir()):
-                det = detect_file(runner, pipe, path)
-                for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(),
-                                             strict=True):
-                    expected.append((path.name, int(category_ids[label]), box, score))
+        expected = _expected(cfg, run_dir, art, images, engine)
         assert len(got) == len(expected) and expected
         for g, (name, cat, box, score) in zip(got, expected, strict=True):
             assert (g["file_name"], g["category_id"]) == (name, cat)
