@@ -209,16 +209,20 @@ def _safe_image_path(file_name: str, images_dir: Path, images_real: Path) -> Pat
     return path
 
 
+def _require_keys(item: Any, where: str, keys: tuple[str, ...], fail: Any) -> None:
+    if not isinstance(item, dict):
+        raise fail(f"{where} must be an object, got {type(item).__name__}")
+    for key in keys:
+        if key not in item:
+            raise fail(f"{where} is missing key '{key}'")
+
+
 def _parse_images(items: list[Any], images_dir: Path, fail: Any) -> list[dict[str, Any]]:
     images_real = images_dir.resolve()
     seen: set[int] = set()
     out = []
     for i, img in enumerate(items):
-        if not isinstance(img, dict):
-            raise fail(f"images[{i}] must be an object, got {type(img).__name__}")
-        for key in ("id", "file_name", "width", "height"):
-            if key not in img:
-                raise fail(f"images[{i}] is missing key '{key}'")
+        _require_keys(img, f"images[{i}]", ("id", "file_name", "width", "height"), fail)
         image_id, file_name, width, height = img["id"], img["file_name"], img["width"], img["height"]
         if not _is_int(image_id):
             raise fail(f"images[{i}].id must be an integer, got {image_id!r}")
@@ -238,11 +242,7 @@ def _parse_images(items: list[Any], images_dir: Path, fail: Any) -> list[dict[st
 
 
 def _parse_annotation(i: int, ann: Any, fail: Any) -> tuple[int, int, int, list[float], bool]:
-    if not isinstance(ann, dict):
-        raise fail(f"annotations[{i}] must be an object, got {type(ann).__name__}")
-    for key in ("id", "image_id", "category_id", "bbox"):
-        if key not in ann:
-            raise fail(f"annotations[{i}] is missing key '{key}'")
+    _require_keys(ann, f"annotations[{i}]", ("id", "image_id", "category_id", "bbox"), fail)
     ann_id, image_id, category_id, bbox = ann["id"], ann["image_id"], ann["category_id"], ann["bbox"]
     for key, v in (("id", ann_id), ("image_id", image_id), ("category_id", category_id)):
         if not _is_int(v):

@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from edgefpn.artifacts import Artifact, read_manifest, sha256_path, up_to_date, write_json, write_manifest
+from edgefpn.artifacts import (
+    Artifact,
+    atomic_write_text,
+    read_manifest,
+    sha256_path,
+    up_to_date,
+    write_json,
+    write_manifest,
+)
 from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config, config_hash, to_dict
@@ -83,8 +91,6 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     report = with_compute(report, run_dir / export_stage.ARTIFACT, cfg.run.threads)
     write_json(out, report)
     md = run_dir / "report.md"
-    from edgefpn.artifacts import atomic_write_text
-
     atomic_write_text(md, render_markdown(report))
     atomic_write_text(run_dir / "report.html", render_html(report))
     failures = [f"{e['name']}: {g}" for e in report["engines"] for g in e["gates"]["failed"]]

@@ -31,11 +31,12 @@ def _sample_input(cfg: Config) -> np.ndarray:
     """A real val image through the one preprocessing function (random data hides real errors)."""
     from edgefpn.data.coco import load_split
     from edgefpn.data.preprocess import load_image
+    from edgefpn.errors import DataError
 
     pipe = make_pipeline(cfg)
     try:
         split = load_split(cfg.data.root, cfg.data.val_split)
-    except Exception:  # no dataset (a torchvision checkpoint loaded alone): fall back to a fixed image
+    except DataError:  # no dataset (a torchvision checkpoint loaded alone): fall back to a fixed image
         split = None
     if split is not None and split.images:
         batch, _ = pipe.prepare(load_image(split.images[0].path))

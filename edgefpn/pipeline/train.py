@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgefpn.artifacts import Artifact, atomic_output, read_manifest, sha256_file, up_to_date, write_manifest
 from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.errors import CheckpointError, ConfigError
@@ -244,7 +242,3 @@ def _quick_map(cfg: Config, model, data, max_images: int | None) -> float:
             results.extend(detections_to_coco(det, rec.id, split.category_ids))
     model.train(was_training)
     return float(coco_map(data.ann_file(cfg.data.val_split), results, image_ids=[r.id for r in records])["map"])
-
-
-def num_params(model) -> int:
-    return int(sum(np.prod(p.shape) for p in model.parameters()))
