@@ -33,8 +33,14 @@ from torch import Tensor, nn
 from torchvision.ops import nms, roi_align
 
 from edgefpn.models.backbones import level_stride
-from edgefpn.models.export import _level_size
 from edgefpn.models.faster_rcnn import EdgeFasterRCNN
+
+
+def level_size(size: int, stride: int) -> int:
+    # TODO(merge zoo): edgefpn.models.outputs.level_size
+    for _ in range(stride.bit_length() - 1):
+        size = -(-size // 2)
+    return size
 
 __all__ = ["FasterRCNNExportWrapper", "MultiLevelRoIAlign", "faster_rcnn_output_names", "faster_rcnn_output_shapes"]
 
@@ -74,7 +80,7 @@ def faster_rcnn_output_shapes(
     """The static shape of every output for an input ``[batch, 3, H, W]``; ``num_classes`` excludes
     the background."""
     height, width = input_size
-    grids = {lvl: (_level_size(height, level_stride(lvl)), _level_size(width, level_stride(lvl))) for lvl in levels}
+    grids = {lvl: (level_size(height, level_stride(lvl)), level_size(width, level_stride(lvl))) for lvl in levels}
     a = anchors_per_location
     k = _num_proposals([a * h * w for h, w in grids.values()], pre_nms_top_n, post_nms_top_n)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -142,10 +148,9 @@ class FasterRCNNExportWrapper(nn.Module):
 
     Args:
         model: the detector (export it in eval mode).
-        input_size: ``(H, W)`` of the letterboxed input; the anchors are fixed for it.
     """
 
-    def __init__(self, model: EdgeFasterRCNN, *, input_size: tuple[int, int]) -> None:
+    def __init__(self, model: EdgeFasterRCNN) -> None:
         super().__init__()
         self.backbone = model.backbone
         self.rpn_head = model.rpn.head
@@ -165,26 +170,31 @@ class FasterRCNNExportWrapper(nn.Module):
         self.rpn_score_thresh = float(model.rpn.score_thresh)
         self.num_classes: int = model.roi_heads.box_predictor.cls_score.out_features - 1
         self.anchors_per_location = model.rpn.anchor_generator.num_anchors_per_location()[0]
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        for i, anchors in enumerate(self._anchors(model)):
-            self.register_buffer(f"anchors_{i}", anchors, persistent=False)  # [H_l * W_l * A, 4]
+        self._anchor_generator = model.rpn.anchor_generator
+        # (H, W) -> per-level anchors. Plain attribute, not buffers: they follow the input size, and
+        # during export they are constants of the traced graph (folded into initializers).
+        self._anchor_cache: dict[tuple[int, int], list[Tensor]] = {}
 
-    def _anchors(self, model: EdgeFasterRCNN) -> list[Tensor]:
-        """torchvision's anchors for this input size, one ``[H_l * W_l * A, 4]`` tensor per level."""
-        h, w = self.input_size
-        grids = [[_level_size(h, level_stride(lvl)), _level_size(w, level_stride(lvl))] for lvl in self.levels]
-        generator = model.rpn.anchor_generator
-        strides = [[torch.tensor(h // gh), torch.tensor(w // gw)] for gh, gw in grids]
-        generator.set_cell_anchors(torch.float32, torch.device("cpu"))
-        return [a.clone() for a in generator.grid_anchors(grids, strides)]
+    def anchors(self, input_size: tuple[int, int]) -> list[Tensor]:
+        """torchvision's anchors for an ``(H, W)`` input, one ``[H_l * W_l * A, 4]`` tensor per level."""
+        if input_size not in self._anchor_cache:
+            h, w = input_size
+            grids = [[level_size(h, level_stride(lvl)), level_size(w, level_stride(lvl))] for lvl in self.levels]
+            strides = [[torch.tensor(h // gh), torch.tensor(w // gw)] for gh, gw in grids]
+            generator = self._anchor_generator
+            with torch.no_grad():
+                generator.set_cell_anchors(torch.float32, torch.device("cpu"))
+                self._anchor_cache[input_size] = [a.clone() for a in generator.grid_anchors(grids, strides)]
+        return self._anchor_cache[input_size]
 
     def output_names(self) -> list[str]:
         return faster_rcnn_output_names(self.levels)
 
-    def output_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+    def output_shapes(self, *, batch: int, input_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        """The static shape of every output for an input ``[batch, 3, H, W]``, in output order."""
         return faster_rcnn_output_shapes(
             batch=batch,
-            input_size=self.input_size,
+            input_size=input_size,
             num_classes=self.num_classes,
             levels=self.levels,
             anchors_per_location=self.anchors_per_location,
@@ -192,7 +202,9 @@ class FasterRCNNExportWrapper(nn.Module):
             post_nms_top_n=self.post_nms_top_n,
         )
 
-    def _level_candidates(self, objectness: Tensor, deltas: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+    def _level_candidates(
+        self, objectness: Tensor, deltas: Tensor, anchors: Tensor, input_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
         """One level of one image: ``objectness`` [A, H, W], ``deltas`` [4A, H, W] -> NMS-kept boxes [k, 4]
         and masked scores [k] (``_INVALID`` where torchvision drops the candidate)."""
         a = objectness.shape[0]
@@ -201,7 +213,7 @@ class FasterRCNNExportWrapper(nn.Module):
         k = min(self.pre_nms_top_n, anchors.shape[0])
         top, idx = logits.topk(k)  # [k]
         boxes = self.box_coder.decode_single(codes[idx], anchors[idx])  # [k, 4]
-        h, w = self.input_size
+        h, w = input_size
         boxes = torch.min(boxes.clamp(min=0), torch.tensor([w, h, w, h], dtype=boxes.dtype))
         scores = torch.sigmoid(top)  # [k]
         valid = (boxes[:, 2] - boxes[:, 0] >= _RPN_MIN_SIZE) & (boxes[:, 3] - boxes[:, 1] >= _RPN_MIN_SIZE)
@@ -215,12 +227,14 @@ class FasterRCNNExportWrapper(nn.Module):
         features = self.backbone(images)  # {"p2": [N, F, H/4, W/4], ..., "p6": [N, F, H/64, W/64]}
         feats = [features[lvl] for lvl in self.levels]
         objectness, deltas = self.rpn_head(feats)  # per level [N, A, H_l, W_l], [N, 4A, H_l, W_l]
-        anchors = [getattr(self, f"anchors_{i}") for i in range(len(self.levels))]
+        # int(): the input size is static; the anchors become constants of an exported graph.
+        input_size = (int(images.shape[-2]), int(images.shape[-1]))
+        anchors = self.anchors(input_size)
 
         proposals, proposal_scores = [], []
         for i in range(images.shape[0]):
             boxes, scores = zip(
-                *(self._level_candidates(o[i], d[i], a) for o, d, a in zip(objectness, deltas, anchors, strict=True)),
+                *(self._level_candidates(o[i], d[i], a, input_size) for o, d, a in zip(objectness, deltas, anchors, strict=True)),
                 strict=True,
             )
             all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)  # [T, 4], [T]
