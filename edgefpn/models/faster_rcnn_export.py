@@ -10,15 +10,15 @@ a mask or a fixed-size TopK:
   suppresses nor is suppressed, and it is masked out afterwards;
 * NMS per level (``torchvision.ops.nms``, exported as ONNX ``NonMaxSuppression``; levels never
   suppress each other, as in ``batched_nms``), its dynamic keep list scattered back into a static mask;
-* a TopK of ``post_nms_top_n`` over the masked scores of all levels: ``proposals`` ``[N, K, 4]`` and
-  ``proposal_scores`` ``[N, K]`` (objectness probability, -1 for a padding slot beyond the proposals
-  torchvision would keep);
+* a TopK of ``post_nms_top_n`` over the masked scores of all levels (torchvision's proposals), put in
+  anchor order: ``proposals`` ``[N, K, 4]`` and ``proposal_scores`` ``[N, K]`` (objectness probability;
+  -1 for a padding slot, last, when fewer than K proposals survive NMS; padding boxes are zeros);
 * :class:`MultiLevelRoIAlign`: RoIAlign of all K boxes on every RoI level, each box's level picked by
   the FPN rule as a 0/1 mask (exact: the other levels are multiplied by 0 and added);
 * the box head: ``roi_cls`` ``[N, K, C + 1]`` logits and ``roi_box`` ``[N, K, 4 (C + 1)]`` deltas.
 
 The softmax, the box decode (weights 10, 10, 5, 5), score threshold, class-wise NMS and the detection cap
-run in the shared numpy postprocess (``edgefpn.postprocess_rcnn``), like every other detector's.
+run in the shared numpy postprocess (``edgefpn.postprocess.faster_rcnn``), like every other detector's.
 The per-level RPN tensors ``rpn_obj_<level>`` ``[N, A, H_l, W_l]`` and ``rpn_box_<level>``
 ``[N, 4A, H_l, W_l]`` are outputs too, so ``check`` can report per-level agreement.
 """
@@ -34,13 +34,9 @@ from torchvision.ops import nms, roi_align
 
 from edgefpn.models.backbones import level_stride
 from edgefpn.models.faster_rcnn import EdgeFasterRCNN
+from edgefpn.models.outputs import level_size
 
 
-def level_size(size: int, stride: int) -> int:
-    # TODO(merge zoo): edgefpn.models.outputs.level_size
-    for _ in range(stride.bit_length() - 1):
-        size = -(-size // 2)
-    return size
 
 __all__ = ["FasterRCNNExportWrapper", "MultiLevelRoIAlign", "faster_rcnn_output_names", "faster_rcnn_output_shapes"]
 
@@ -48,6 +44,8 @@ __all__ = ["FasterRCNNExportWrapper", "MultiLevelRoIAlign", "faster_rcnn_output_
 _RPN_MIN_SIZE = 1e-3
 # Score of a padding / dropped proposal slot: objectness probabilities are >= 0.
 _INVALID = -1.0
+# Sort key of padding slots: after every anchor index.
+_PADDING_KEY = 2**24
 
 
 def faster_rcnn_output_names(levels: Sequence[str]) -> list[str]:
@@ -204,9 +202,10 @@ class FasterRCNNExportWrapper(nn.Module):
 
     def _level_candidates(
         self, objectness: Tensor, deltas: Tensor, anchors: Tensor, input_size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor]:
-        """One level of one image: ``objectness`` [A, H, W], ``deltas`` [4A, H, W] -> NMS-kept boxes [k, 4]
-        and masked scores [k] (``_INVALID`` where torchvision drops the candidate)."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One level of one image: ``objectness`` [A, H, W], ``deltas`` [4A, H, W] -> boxes [k, 4], masked
+        scores [k] (``_INVALID`` where torchvision drops the candidate or NMS suppresses it) and the
+        candidates' anchor indices [k] within the level."""
         a = objectness.shape[0]
         logits = objectness.permute(1, 2, 0).reshape(-1)  # [HWA], torchvision's location-major order
         codes = deltas.reshape(a, 4, deltas.shape[1], deltas.shape[2]).permute(2, 3, 0, 1).reshape(-1, 4)
@@ -221,7 +220,7 @@ class FasterRCNNExportWrapper(nn.Module):
         boxes = boxes * valid[:, None].to(boxes.dtype)  # dropped candidates: zero-area, inert in NMS
         keep = nms(boxes, scores, self.rpn_nms_thresh)  # [m] dynamic
         kept = torch.zeros_like(scores).scatter(0, keep, torch.ones_like(keep, dtype=scores.dtype)) > 0
-        return boxes, torch.where(kept & valid, scores, torch.full_like(scores, _INVALID))
+        return boxes, torch.where(kept & valid, scores, torch.full_like(scores, _INVALID)), idx
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:  # images: [N, 3, H, W]
         features = self.backbone(images)  # {"p2": [N, F, H/4, W/4], ..., "p6": [N, F, H/64, W/64]}
@@ -231,16 +230,28 @@ class FasterRCNNExportWrapper(nn.Module):
         input_size = (int(images.shape[-2]), int(images.shape[-1]))
         anchors = self.anchors(input_size)
 
+        # Global anchor index of each level's first anchor: candidates are later ordered by anchor index.
+        offsets = [sum(a.shape[0] for a in anchors[:i]) for i in range(len(anchors))]
         proposals, proposal_scores = [], []
         for i in range(images.shape[0]):
-            boxes, scores = zip(
-                *(self._level_candidates(o[i], d[i], a, input_size) for o, d, a in zip(objectness, deltas, anchors, strict=True)),
+            boxes, scores, ids = zip(
+                *(
+                    self._level_candidates(o[i], d[i], a, input_size)
+                    for o, d, a in zip(objectness, deltas, anchors, strict=True)
+                ),
                 strict=True,
             )
             all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)  # [T, 4], [T]
+            all_ids = torch.cat([idx + off for idx, off in zip(ids, offsets, strict=True)])  # [T]
             k = min(self.post_nms_top_n, all_scores.shape[0])
-            top, idx = all_scores.topk(k)  # [K]: torchvision's post-NMS order, by decreasing score
-            chosen = all_boxes[idx] * (top >= 0)[:, None].to(all_boxes.dtype)  # padding slots: zero boxes
+            top, sel = all_scores.topk(k)  # [K]: the post_nms_top_n best that survived NMS, as torchvision
+            # Which K proposals is what matters, not their order (each RoI is decoded on its own, and the
+            # final NMS sorts by score). Ordering them by anchor index, padding last, makes the layout
+            # independent of near-tied objectness scores, which differ in the last bits between engines.
+            key = torch.where(top >= 0, all_ids[sel], torch.full_like(all_ids[sel], _PADDING_KEY))
+            order = key.to(torch.float32).topk(k, largest=False).indices  # ids < 2**24: exact in float32
+            top, sel = top[order], sel[order]
+            chosen = all_boxes[sel] * (top >= 0)[:, None].to(all_boxes.dtype)  # padding slots: zero boxes
             proposals.append(chosen)
             proposal_scores.append(top)
         props = torch.stack(proposals)  # [N, K, 4]

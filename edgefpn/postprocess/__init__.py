@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefpn.postprocess.common import LEVELS, STRIDES, Detections, PostprocessParams, split_output_name
+from edgefpn.postprocess.faster_rcnn import FASTER_RCNN_LEVELS, FASTER_RCNN_STRIDES, faster_rcnn_decode
 from edgefpn.postprocess.fcos import fcos_decode
 from edgefpn.postprocess.nms import batched_nms, box_iou, nms
 
@@ -29,6 +30,7 @@ __all__ = [
     "box_iou",
     "decode",
     "decoder_for",
+    "faster_rcnn_decode",
     "fcos_decode",
     "nms",
     "split_output_name",
@@ -56,6 +58,7 @@ class Decoder:
 
 DECODERS: Mapping[str, Decoder] = {
     "fcos": Decoder(decode=fcos_decode),
+    "faster_rcnn": Decoder(decode=faster_rcnn_decode, levels=FASTER_RCNN_LEVELS, strides=FASTER_RCNN_STRIDES),
 }
 
 

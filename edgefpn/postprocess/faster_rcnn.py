@@ -1,7 +1,7 @@
 """Faster R-CNN's second-stage postprocess in numpy (no torch: the device runtime imports it).
 
 ``faster_rcnn_decode`` reproduces torchvision's ``RoIHeads.postprocess_detections`` on the static graph
-outputs of ``edgefpn.models.faster_rcnn_export``: only the proposals whose ``proposal_scores`` are
+outputs of ``edgefpn.models.faster_rcnn_export`` (docs/ARCHITECTURE.md): only the proposals whose ``proposal_scores`` are
 >= 0 are real (the rest pad the static count), then softmax over ``C + 1`` classes, the box decode
 (``BoxCoder`` weights 10, 10, 5, 5, ``dw``/``dh`` clamped at ``log(1000 / 16)``), clipping, background
 column dropped, ``score > score_thresh``, boxes of side < 1e-2 dropped, class-wise NMS, the detection cap.
@@ -15,9 +15,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edgefpn.postprocess import Detections, PostprocessParams, _clip_boxes, _float32_below, _greedy_nms
+from edgefpn.postprocess.common import Detections, PostprocessParams, _clip_boxes
+from edgefpn.postprocess.nms import _float32_below, _greedy_nms
 
-__all__ = ["RCNN_BOX_WEIGHTS", "faster_rcnn_decode"]
+__all__ = ["FASTER_RCNN_LEVELS", "FASTER_RCNN_STRIDES", "RCNN_BOX_WEIGHTS", "faster_rcnn_decode"]
+
+# The RPN's levels with a ResNet-FPN (the decoder reads no per-level output; these describe the graph).
+FASTER_RCNN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
+FASTER_RCNN_STRIDES = (4, 8, 16, 32, 64)
 
 RCNN_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 _BBOX_XFORM_CLIP = np.float32(math.log(1000.0 / 16))
