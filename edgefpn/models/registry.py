@@ -38,6 +38,7 @@ class ArchSpec:
     builder: Callable[..., nn.Module]
     wrapper: Callable[[nn.Module], ExportModule]
     build_kwargs: Callable[[ModelConfig], dict[str, Any]]
+    qdq_op_types: tuple[str, ...] | None = None
 
 
 def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
@@ -67,7 +68,12 @@ def _faster_rcnn_kwargs(m: ModelConfig) -> dict[str, Any]:
 
 ARCHITECTURES: Mapping[str, ArchSpec] = {
     "fcos": ArchSpec(builder=fcos, wrapper=FCOSExportWrapper, build_kwargs=_fpn_kwargs),
-    "faster_rcnn": ArchSpec(builder=faster_rcnn, wrapper=FasterRCNNExportWrapper, build_kwargs=_faster_rcnn_kwargs),
+    "faster_rcnn": ArchSpec(
+        builder=faster_rcnn,
+        wrapper=FasterRCNNExportWrapper,
+        build_kwargs=_faster_rcnn_kwargs,
+        qdq_op_types=("Conv", "Gemm", "MatMul"),
+    ),
 }
 
 
