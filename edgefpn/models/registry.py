@@ -39,6 +39,7 @@ class ArchSpec:
     wrapper: Callable[[nn.Module], ExportModule]
     build_kwargs: Callable[[ModelConfig], dict[str, Any]]
     qdq_op_types: tuple[str, ...] | None = None
+    label_offset: int = 0
 
 
 def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
@@ -73,6 +74,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = {
         wrapper=FasterRCNNExportWrapper,
         build_kwargs=_faster_rcnn_kwargs,
         qdq_op_types=("Conv", "Gemm", "MatMul"),
+        label_offset=1,
     ),
 }
 
