@@ -20,19 +20,26 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torchvision.models import mobilenet_v3_large
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
 
-from edgefpn.models.backbones import ResNetFPN, resnet_fpn
+from edgefpn.models.backbones import NORMS, ResNetFPN, level_stride, resnet_fpn
 from edgefpn.models.fcos import IdentityTransform
 
 __all__ = ["FASTER_RCNN_LEVELS", "VARIANTS", "EdgeFasterRCNN", "MaxPoolP6", "faster_rcnn"]
 
 FASTER_RCNN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
+# fasterrcnn_mobilenet_v3_large_fpn: FPN on MobileNetV3 features 13 and 16, BOTH stride 32 (feature 13 is
+# the block that downsamples to 32), plus the max-pool level. Levels are named by stride, so the second
+# stride-32 level is "p5b"; its outputs are then not grouped per level by check (still compared whole).
+MOBILENET_LEVELS = ("p5", "p5b", "p6")
+MOBILENET_STRIDES = (32, 32, 64)
 VARIANTS = ("v1", "v2")
 # torchvision's RoI pooling resolution and sampling (MultiScaleRoIAlign defaults of FasterRCNN).
 _ROI_SIZE = 7
@@ -62,7 +69,9 @@ class EdgeFasterRCNN(FasterRCNN):
     as in torchvision).
     """
 
+    levels: tuple[str, ...]
     roi_levels: tuple[str, ...]
+    level_strides: dict[str, int]
 
     def forward(self, images, targets=None):  # type: ignore[override]
         if targets is not None:
@@ -117,7 +126,9 @@ def faster_rcnn(
     ``model(images)`` returns detections with ``xyxy`` boxes in input pixels and labels ``0..K-1``.
 
     Args:
-        backbone_name: ``resnet18``, ``resnet34`` or ``resnet50``.
+        backbone_name: ``resnet18``, ``resnet34``, ``resnet50`` or ``mobilenet_v3_large`` (the layout of
+            ``fasterrcnn_mobilenet_v3_large_fpn``: RPN on two stride-32 maps and a stride-64 one, 15
+            anchors per location; ``backbone_width`` does not apply).
         num_classes: object classes ``K``, background excluded (the predictor has ``K + 1`` outputs).
         fpn_channels: FPN, RPN and RoI feature width.
         norm: backbone norm, ``"bn"`` or ``"frozen_bn"`` (torchvision's pretrained v1 layout).
@@ -146,6 +157,32 @@ def faster_rcnn(
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     v2 = variant == "v2"
+    box_settings = {
+        "num_classes": num_classes,
+        "rpn_conv_depth": 2 if v2 else 1,
+        "conv_fc_head": v2,
+        "representation_size": representation_size,
+        "rpn_pre_nms_top_n": rpn_pre_nms_top_n,
+        "rpn_post_nms_top_n": rpn_post_nms_top_n,
+        "rpn_nms_thresh": rpn_nms_thresh,
+        "rpn_score_thresh": rpn_score_thresh,
+        "score_thresh": score_thresh,
+        "nms_thresh": nms_thresh,
+        "detections_per_img": detections_per_img,
+    }
+    if backbone_name == "mobilenet_v3_large":
+        if v2:
+            raise ValueError(f"variant 'v2' exists for ResNet-50 only, got backbone {backbone_name!r}")
+        return _assemble(
+            _mobilenet_backbone(fpn_channels=fpn_channels, norm=norm),
+            levels=MOBILENET_LEVELS,
+            strides=MOBILENET_STRIDES,
+            # torchvision pools from maps "0".."3", i.e. both stride-32 maps, and its level rule, clamped
+            # to [5, 5], always picks the first: pooling from "p5" alone is the same computation.
+            roi_levels=("p5",),
+            anchor_sizes=((32, 64, 128, 256, 512),) * len(MOBILENET_LEVELS),
+            **box_settings,
+        )
     backbone = _fpn_backbone(
         backbone_name=backbone_name,
         fpn_channels=fpn_channels,
@@ -156,26 +193,40 @@ def faster_rcnn(
     return _assemble(
         backbone,
         levels=FASTER_RCNN_LEVELS,
+        strides=tuple(level_stride(lvl) for lvl in FASTER_RCNN_LEVELS),
         roi_levels=FASTER_RCNN_LEVELS[:4],
         anchor_sizes=tuple((32 * 2**i,) for i in range(len(FASTER_RCNN_LEVELS))),
-        num_classes=num_classes,
-        rpn_conv_depth=2 if v2 else 1,
-        conv_fc_head=v2,
-        representation_size=representation_size,
-        rpn_pre_nms_top_n=rpn_pre_nms_top_n,
-        rpn_post_nms_top_n=rpn_post_nms_top_n,
-        rpn_nms_thresh=rpn_nms_thresh,
-        rpn_score_thresh=rpn_score_thresh,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
+        **box_settings,
     )
+
+
+def _mobilenet_backbone(*, fpn_channels: int, norm: str) -> BackboneWithFPN:
+    """torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` backbone layout (``body.<i>.*``, ``fpn.*``).
+
+    Built from torchvision's public ``mobilenet_v3_large`` and ``BackboneWithFPN``; the FPN reads the last
+    two stages (the outputs of the last stride-2 block and of the final 1x1 conv), as torchvision does.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
+    features = mobilenet_v3_large(weights=None, norm_layer=NORMS[norm]).features
+    # stage starts: the stem, each downsampling block (torchvision marks them `_is_cn`), the last layer
+    stages = [0] + [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)] + [len(features) - 1]
+    returned = stages[-2:]
+    backbone = BackboneWithFPN(
+        features,
+        return_layers={str(i): name for i, name in zip(returned, MOBILENET_LEVELS[:2], strict=True)},
+        in_channels_list=[features[i].out_channels for i in returned],
+        out_channels=fpn_channels,
+        extra_blocks=MaxPoolP6(MOBILENET_LEVELS[2]),
+    )
+    return backbone
 
 
 def _assemble(
     backbone: nn.Module,
     *,
     levels: Sequence[str],
+    strides: Sequence[int],
     roi_levels: Sequence[str],
     anchor_sizes: tuple[tuple[int, ...], ...],
     num_classes: int,
@@ -222,4 +273,5 @@ def _assemble(
     model.transform = IdentityTransform()
     model.levels = tuple(levels)
     model.roi_levels = tuple(roi_levels)
+    model.level_strides = dict(zip(levels, strides, strict=True))
     return model

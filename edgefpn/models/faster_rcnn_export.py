@@ -32,11 +32,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import nms, roi_align
 
-from edgefpn.models.backbones import level_stride
 from edgefpn.models.faster_rcnn import EdgeFasterRCNN
 from edgefpn.models.outputs import level_size
-
-
 
 __all__ = ["FasterRCNNExportWrapper", "MultiLevelRoIAlign", "faster_rcnn_output_names", "faster_rcnn_output_shapes"]
 
@@ -71,6 +68,7 @@ def faster_rcnn_output_shapes(
     input_size: tuple[int, int],
     num_classes: int,
     levels: Sequence[str],
+    strides: Sequence[int],
     anchors_per_location: int,
     pre_nms_top_n: int,
     post_nms_top_n: int,
@@ -78,7 +76,7 @@ def faster_rcnn_output_shapes(
     """The static shape of every output for an input ``[batch, 3, H, W]``; ``num_classes`` excludes
     the background."""
     height, width = input_size
-    grids = {lvl: (level_size(height, level_stride(lvl)), level_size(width, level_stride(lvl))) for lvl in levels}
+    grids = {lvl: (level_size(height, s), level_size(width, s)) for lvl, s in zip(levels, strides, strict=True)}
     a = anchors_per_location
     k = _num_proposals([a * h * w for h, w in grids.values()], pre_nms_top_n, post_nms_top_n)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -103,19 +101,23 @@ class MultiLevelRoIAlign(nn.Module):
 
     Args:
         levels: the RoI levels, finest first (``("p2", "p3", "p4", "p5")``).
+        strides: their strides in input pixels (``(4, 8, 16, 32)``).
         output_size: pooled side ``S`` (7).
         sampling_ratio: RoIAlign samples per bin side (2).
     """
 
-    def __init__(self, levels: Sequence[str], *, output_size: int = 7, sampling_ratio: int = 2) -> None:
+    def __init__(
+        self, levels: Sequence[str], *, strides: Sequence[int], output_size: int = 7, sampling_ratio: int = 2
+    ) -> None:
         super().__init__()
-        if not levels:
-            raise ValueError(f"levels must be non-empty, got {levels!r}")
+        if not levels or len(levels) != len(strides):
+            raise ValueError(f"levels must be non-empty and match strides, got {levels!r} and {strides!r}")
         self.levels = tuple(levels)
+        self.strides = tuple(int(s) for s in strides)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
-        self.k_min = int(math.log2(level_stride(self.levels[0])))
-        self.k_max = int(math.log2(level_stride(self.levels[-1])))
+        self.k_min = int(math.log2(self.strides[0]))
+        self.k_max = int(math.log2(self.strides[-1]))
 
     def level_index(self, boxes: Tensor) -> Tensor:  # boxes: [R, 4] -> [R] float level index 0..L-1
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [R]
@@ -127,12 +129,12 @@ class MultiLevelRoIAlign(nn.Module):
         y2) in input pixels -> ``[R, C, S, S]``."""
         level = self.level_index(rois[:, 1:])[:, None, None, None]  # [R, 1, 1, 1]
         pooled = None
-        for i, (lvl, feature) in enumerate(zip(self.levels, features, strict=True)):
+        for i, (stride, feature) in enumerate(zip(self.strides, features, strict=True)):
             per_level = roi_align(
                 feature,
                 rois,
                 output_size=self.output_size,
-                spatial_scale=1.0 / level_stride(lvl),
+                spatial_scale=1.0 / stride,
                 sampling_ratio=self.sampling_ratio,
                 aligned=False,
             )  # [R, C, S, S]
@@ -156,8 +158,10 @@ class FasterRCNNExportWrapper(nn.Module):
         self.box_predictor = model.roi_heads.box_predictor
         self.levels: tuple[str, ...] = tuple(model.levels)
         self.roi_levels: tuple[str, ...] = tuple(model.roi_levels)
+        self.strides: tuple[int, ...] = tuple(model.level_strides[lvl] for lvl in self.levels)
         self.roi_align = MultiLevelRoIAlign(
             self.roi_levels,
+            strides=[model.level_strides[lvl] for lvl in self.roi_levels],
             output_size=model.roi_heads.box_roi_pool.output_size[0],
             sampling_ratio=model.roi_heads.box_roi_pool.sampling_ratio,
         )
@@ -177,7 +181,7 @@ class FasterRCNNExportWrapper(nn.Module):
         """torchvision's anchors for an ``(H, W)`` input, one ``[H_l * W_l * A, 4]`` tensor per level."""
         if input_size not in self._anchor_cache:
             h, w = input_size
-            grids = [[level_size(h, level_stride(lvl)), level_size(w, level_stride(lvl))] for lvl in self.levels]
+            grids = [[level_size(h, s), level_size(w, s)] for s in self.strides]
             strides = [[torch.tensor(h // gh), torch.tensor(w // gw)] for gh, gw in grids]
             generator = self._anchor_generator
             with torch.no_grad():
@@ -195,6 +199,7 @@ class FasterRCNNExportWrapper(nn.Module):
             input_size=input_size,
             num_classes=self.num_classes,
             levels=self.levels,
+            strides=self.strides,
             anchors_per_location=self.anchors_per_location,
             pre_nms_top_n=self.pre_nms_top_n,
             post_nms_top_n=self.post_nms_top_n,

@@ -53,6 +53,7 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
 
     from edgefpn.backends import EngineSpec
     from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
+    from edgefpn.models.backbones import level_stride
     from edgefpn.models.export import export_onnx
     from edgefpn.models.loading import model_from_checkpoint
     from edgefpn.models.registry import export_wrapper
@@ -71,7 +72,9 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
         model_proto = onnx.load(str(tmp))
         if cfg.export.simplify:
             model_proto = _simplify(model_proto)
-        _set_metadata(model_proto, cfg, meta, wrapper.levels)
+        # A wrapper may state its strides (two Faster R-CNN MobileNet levels share stride 32); else from pK.
+        strides = getattr(wrapper, "strides", None) or [level_stride(lvl) for lvl in wrapper.levels]
+        _set_metadata(model_proto, cfg, meta, wrapper.levels, strides)
         _check_static(model_proto, tmp)
         onnx.save(model_proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -118,14 +121,12 @@ def _simplify(model_proto):
         return model_proto
 
 
-def _set_metadata(model_proto, cfg: Config, meta: dict, levels: tuple[str, ...]) -> None:
-    from edgefpn.models.backbones import level_stride
-
+def _set_metadata(model_proto, cfg: Config, meta: dict, levels: tuple[str, ...], strides) -> None:
     props = {
         "edgefpn.arch": meta["arch"],
         "edgefpn.input_size": json.dumps(list(cfg.model.input_size)),
         "edgefpn.levels": json.dumps(list(levels)),
-        "edgefpn.strides": json.dumps([level_stride(lvl) for lvl in levels]),
+        "edgefpn.strides": json.dumps(list(strides)),
         "edgefpn.mean": json.dumps(list(cfg.model.mean)),
         "edgefpn.std": json.dumps(list(cfg.model.std)),
         "edgefpn.class_names": json.dumps(meta.get("class_names")),

@@ -12,8 +12,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_res
 
 from edgefpn.models.faster_rcnn import FASTER_RCNN_LEVELS, faster_rcnn
 from edgefpn.models.faster_rcnn_export import FasterRCNNExportWrapper, MultiLevelRoIAlign
-from edgefpn.postprocess import PostprocessParams, box_iou
-from edgefpn.postprocess import faster_rcnn_decode
+from edgefpn.postprocess import PostprocessParams, box_iou, faster_rcnn_decode
 
 TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "backbone_width": 16, "representation_size": 64}
 PARAMS = PostprocessParams(score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
@@ -114,7 +113,7 @@ def test_level_rule_is_torchvisions() -> None:
 
     sides = torch.tensor([1.0, 56.0, 111.9, 112.0, 150.0, 224.0, 300.0, 448.0, 1000.0])
     boxes = torch.stack([torch.zeros_like(sides), torch.zeros_like(sides), sides, sides], dim=1)
-    ours = MultiLevelRoIAlign(FASTER_RCNN_LEVELS[:4]).level_index(boxes)
+    ours = MultiLevelRoIAlign(FASTER_RCNN_LEVELS[:4], strides=(4, 8, 16, 32)).level_index(boxes)
     assert ours.tolist() == LevelMapper(2, 5)([boxes]).float().tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3]
 
 
@@ -162,3 +161,14 @@ def test_static_onnx_runs_in_onnxruntime_and_openvino(tmp_path: Path) -> None:
     result = compiled({"images": images.numpy()})
     got_ov = {n: result[compiled.output(n)] for n in names}
     _assert_same_detections(ref, faster_rcnn_decode(got_ov, PARAMS, image_size=SIZE)[0])
+
+
+def test_mobilenet_layout_is_torchvisions() -> None:
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    ours = faster_rcnn(backbone_name="mobilenet_v3_large", num_classes=90, fpn_channels=256, norm="frozen_bn")
+    theirs = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=91)
+    assert _keys(ours) == _keys(theirs)
+    wrapper = FasterRCNNExportWrapper(ours.eval())
+    assert wrapper.strides == (32, 32, 64)
+    assert wrapper.output_shapes(batch=1, input_size=(320, 320))["rpn_obj_p5b"] == (1, 15, 10, 10)

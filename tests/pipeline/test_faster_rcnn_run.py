@@ -11,7 +11,6 @@ import pytest
 from edgefpn.artifacts import read_manifest
 from edgefpn.config import load_config
 from edgefpn.pipeline import check
-
 from tests.conftest import tiny_overrides
 
 FASTER_RCNN = [
