@@ -15,6 +15,8 @@ from typing import Any
 from torch import nn
 
 from edgefpn.config import ModelConfig
+from edgefpn.models.faster_rcnn import faster_rcnn
+from edgefpn.models.faster_rcnn_export import FasterRCNNExportWrapper
 from edgefpn.models.fcos import FCOSExportWrapper, fcos
 from edgefpn.models.outputs import ExportModule
 from edgefpn.models.retinanet import RetinaNetExportWrapper, retinanet, retinanet_v2
@@ -37,6 +39,8 @@ class ArchSpec:
     builder: Callable[..., nn.Module]
     wrapper: Callable[[nn.Module], ExportModule]
     build_kwargs: Callable[[ModelConfig], dict[str, Any]]
+    qdq_op_types: tuple[str, ...] | None = None
+    label_offset: int = 0
 
 
 def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
@@ -49,10 +53,32 @@ def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
     }
 
 
+def _faster_rcnn_kwargs(m: ModelConfig) -> dict[str, Any]:
+    return {
+        "backbone_name": m.backbone,
+        "backbone_width": m.backbone_width,
+        "fpn_channels": m.fpn_channels,
+        "norm": m.norm,
+        "variant": m.variant,
+        "representation_size": m.representation_size,
+        "rpn_pre_nms_top_n": m.rpn.pre_nms_top_n,
+        "rpn_post_nms_top_n": m.rpn.post_nms_top_n,
+        "rpn_nms_thresh": m.rpn.nms_thresh,
+        "rpn_score_thresh": m.rpn.score_thresh,
+    }
+
+
 ARCHITECTURES: Mapping[str, ArchSpec] = {
     "fcos": ArchSpec(builder=fcos, wrapper=FCOSExportWrapper, build_kwargs=_fpn_kwargs),
     "retinanet": ArchSpec(builder=retinanet, wrapper=RetinaNetExportWrapper, build_kwargs=_fpn_kwargs),
     "retinanet_v2": ArchSpec(builder=retinanet_v2, wrapper=RetinaNetExportWrapper, build_kwargs=_fpn_kwargs),
+    "faster_rcnn": ArchSpec(
+        builder=faster_rcnn,
+        wrapper=FasterRCNNExportWrapper,
+        build_kwargs=_faster_rcnn_kwargs,
+        qdq_op_types=("Conv", "Gemm", "MatMul"),
+        label_offset=1,
+    ),
 }
 
 

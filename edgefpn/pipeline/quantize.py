@@ -66,6 +66,7 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
               inputs: dict[str, str], *, progress: bool) -> Artifact:
     import onnx
 
+    from edgefpn.models.registry import arch_spec
     from edgefpn.quantize.accuracy import Evaluator, greedy_keep_float
     from edgefpn.quantize.qdq import check_qdq, node_groups, quantize_qdq
 
@@ -74,8 +75,10 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
     calib_res = calibrate(cfg, model_path, onnx_art.sha256, calib, run_dir / CACHE_DIR, log=log)
     base_exclude = list(q.exclude_nodes)
 
+    op_types = arch_spec(recorded_arch(cfg, run_dir)).qdq_op_types
+
     def quantize(dst: Path, exclude) -> None:
-        quantize_qdq(model_path, dst, calib_res.cache, q.method, exclude=exclude)
+        quantize_qdq(model_path, dst, calib_res.cache, q.method, exclude=exclude, op_types=op_types)
 
     split = data.split(cfg.data.val_split)
     evaluator = Evaluator(make_pipeline(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
@@ -124,6 +127,7 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
         "calibration": {**calib.describe(), "key": calib_res.key, "cache": str(calib_res.cache),
                         "reused": calib_res.reused, "seconds": round(calib_res.seconds, 2)},
         "exclude_nodes": sorted(set(exclude)), "accuracy": accuracy, "quantize": to_dict(q),
+        "op_types": sorted(op_types) if op_types is not None else "onnxruntime default",
     })
 
 

@@ -75,6 +75,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
 def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dict[str, str]) -> Artifact:
     """Load a user checkpoint (edgefpn or torchvision layout) and save it as this run's model."""
     from edgefpn.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
+    from edgefpn.models.registry import arch_spec
 
     ckpt = load_checkpoint(weights)
     meta_in = ckpt.get("meta") if isinstance(ckpt, dict) and ckpt.get("format") == "edgefpn" else None
@@ -83,6 +84,8 @@ def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dic
         raise ConfigError(f"{weights}: set model.num_classes to load this checkpoint (it records no class count)")
     class_names = cfg.model.class_names or tuple((meta_in or {}).get("class_names") or ()) or None
     category_ids = tuple((meta_in or {}).get("category_ids") or ()) or None
+    if category_ids is None and (offset := arch_spec(cfg.model.arch).label_offset):
+        category_ids = tuple(range(offset, int(num_classes) + offset))  # torchvision's labels
     model = _build(cfg, int(num_classes))
     load_weights(model, weights)
     meta = _meta(cfg, int(num_classes), class_names, category_ids)

@@ -21,8 +21,19 @@ from edgefpn.postprocess import split_output_name
 __all__ = ["check_qdq", "node_groups", "quantize_qdq", "strip_output_qdq"]
 
 
-def quantize_qdq(model_path: Path, out: Path, cache: Path, method: str, *, exclude: Iterable[str] = ()) -> None:
-    """Write the QDQ model of ``model_path`` to ``out`` from the ranges in the ORT calibration ``cache``."""
+def quantize_qdq(
+    model_path: Path,
+    out: Path,
+    cache: Path,
+    method: str,
+    *,
+    exclude: Iterable[str] = (),
+    op_types: Iterable[str] | None = None,
+) -> None:
+    """Write the QDQ model of ``model_path`` to ``out`` from the ranges in the ORT calibration ``cache``.
+
+    ``op_types`` limits the quantized op types (None: ONNX Runtime's default, every op it can quantize).
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from edgefpn.calibration.ranges import calibration_method
@@ -39,6 +50,7 @@ def quantize_qdq(model_path: Path, out: Path, cache: Path, method: str, *, exclu
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=sorted(set(exclude)),
+                op_types_to_quantize=sorted(op_types) if op_types is not None else None,
                 calibrate_method=calibration_method(method),
                 calibration_cache_path=cache,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
