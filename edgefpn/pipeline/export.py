@@ -55,6 +55,7 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
     from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
     from edgefpn.models.export import ExportWrapper, export_onnx
     from edgefpn.models.loading import model_from_checkpoint
+    from edgefpn.onnx_guard import save_onnx
 
     torch.set_num_threads(cfg.run.threads)
     model, meta = model_from_checkpoint(model_art.path)
@@ -72,7 +73,7 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
             model_proto = _simplify(model_proto)
         _set_metadata(model_proto, cfg, meta)
         _check_static(model_proto, tmp)
-        onnx.save(model_proto, str(tmp))
+        save_onnx(model_proto, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
 
         with OnnxRuntimeRunner(EngineSpec("verify", "onnxruntime", "fp32", tmp), threads=cfg.run.threads) as r:

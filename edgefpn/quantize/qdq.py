@@ -16,6 +16,8 @@ from pathlib import Path
 
 import onnx
 
+from edgefpn.onnx_guard import save_onnx
+
 __all__ = ["check_qdq", "node_groups", "quantize_qdq", "strip_output_qdq"]
 
 
@@ -45,7 +47,7 @@ def quantize_qdq(model_path: Path, out: Path, cache: Path, method: str, *, exclu
         quiet.setLevel(level)
     model = onnx.load(str(out))
     strip_output_qdq(model)
-    onnx.save(model, str(out))
+    save_onnx(model, out)
 
 
 def strip_output_qdq(model: onnx.ModelProto) -> int:
