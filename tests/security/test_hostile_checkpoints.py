@@ -64,44 +64,68 @@ def test_code_running_checkpoint_is_refused(run_copy, data_root, tmp_path, write
     assert snapshot(run_copy) == before
 
 
-def test_every_torch_load_is_weights_only_and_nothing_unpickles():
-    """Source scan: torch.load only with weights_only=True (a literal), and no other unpickler,
-    unsafe YAML loader, tar extractall, np.load(allow_pickle=True) or disabled Pillow bomb check."""
+def _offences(source: str, where: str) -> list[str]:
+    """Unsafe loading calls in ``source``: torch.load without a literal weights_only=True, any other
+    unpickler, unsafe YAML loaders, tar extractall, np.load(allow_pickle=True), Pillow's bomb check off."""
     offences = []
+    for node in ast.walk(ast.parse(source)):
+        at = f"{where}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Attribute) and t.attr in ("MAX_IMAGE_PIXELS", "LOAD_TRUNCATED_IMAGES") \
+                        and isinstance(node.value, ast.Constant) and node.value.value in (None, True):
+                    offences.append(f"{at}: {t.attr} = {node.value.value}")
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+        name, kw = node.func.attr, {k.arg: k.value for k in node.keywords}
+        if (owner, name) == ("torch", "load"):
+            wo = kw.get("weights_only")
+            if not (isinstance(wo, ast.Constant) and wo.value is True):
+                offences.append(f"{at}: torch.load without weights_only=True")
+        elif owner in ("pickle", "dill", "cloudpickle", "joblib") and name in ("load", "loads"):
+            offences.append(f"{at}: {owner}.{name}")
+        elif owner == "yaml" and name in ("unsafe_load", "full_load", "load_all", "unsafe_load_all"):
+            offences.append(f"{at}: yaml.{name}")
+        elif owner == "yaml" and name == "load":
+            loader = kw.get("Loader")
+            if not (isinstance(loader, ast.Name) and loader.id in ("SafeLoader", "_NoAliasLoader")):
+                offences.append(f"{at}: yaml.load with another Loader")
+        elif name == "extractall":
+            offences.append(f"{at}: extractall")
+        elif (owner, name) == ("np", "load"):
+            ap = kw.get("allow_pickle")
+            if isinstance(ap, ast.Constant) and ap.value is True:
+                offences.append(f"{at}: np.load(allow_pickle=True)")
+    return offences
+
+
+def test_every_torch_load_is_weights_only_and_nothing_unpickles():
+    """Source scan of the package and the benchmarks."""
     files = sorted([*(REPO / "edgefpn").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")])
     assert len(files) > 40
-    for path in files:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for node in ast.walk(tree):
-            where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}"
-            if isinstance(node, ast.Assign):
-                for t in node.targets:
-                    if isinstance(t, ast.Attribute) and t.attr in ("MAX_IMAGE_PIXELS", "LOAD_TRUNCATED_IMAGES") \
-                            and isinstance(node.value, ast.Constant) and node.value.value in (None, True):
-                        offences.append(f"{where}: {t.attr} = {node.value.value}")
-            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
-                continue
-            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
-            name, kw = node.func.attr, {k.arg: k.value for k in node.keywords}
-            if (owner, name) == ("torch", "load"):
-                wo = kw.get("weights_only")
-                if not (isinstance(wo, ast.Constant) and wo.value is True):
-                    offences.append(f"{where}: torch.load without weights_only=True")
-            elif owner in ("pickle", "dill", "cloudpickle", "joblib") and name in ("load", "loads"):
-                offences.append(f"{where}: {owner}.{name}")
-            elif owner == "yaml" and name in ("unsafe_load", "full_load", "load_all", "unsafe_load_all"):
-                offences.append(f"{where}: yaml.{name}")
-            elif owner == "yaml" and name == "load":
-                loader = kw.get("Loader")
-                if not (isinstance(loader, ast.Name) and loader.id in ("SafeLoader", "_NoAliasLoader")):
-                    offences.append(f"{where}: yaml.load with another Loader")
-            elif name == "extractall":
-                offences.append(f"{where}: extractall")
-            elif (owner, name) == ("np", "load"):
-                ap = kw.get("allow_pickle")
-                if isinstance(ap, ast.Constant) and ap.value is True:
-                    offences.append(f"{where}: np.load(allow_pickle=True)")
+    offences = [o for p in files for o in _offences(p.read_text(encoding="utf-8"), str(p.relative_to(REPO)))]
     assert offences == []
+
+
+def test_the_source_scan_finds_unsafe_calls():
+    bad = """
+import pickle, torch, yaml, tarfile, numpy as np
+from PIL import Image
+torch.load(p)
+torch.load(p, weights_only=False)
+torch.load(p, weights_only=flag)
+pickle.loads(b)
+yaml.load(text, Loader=yaml.Loader)
+yaml.full_load(text)
+tarfile.open(p).extractall(d)
+np.load(p, allow_pickle=True)
+Image.MAX_IMAGE_PIXELS = None
+torch.load(p, map_location="cpu", weights_only=True)
+yaml.load(text, Loader=_NoAliasLoader)
+"""
+    found = _offences(bad, "x.py")
+    assert len(found) == 10 and not any(":13:" in f or ":14:" in f for f in found), found
 
 
 def _truncated(run: Path, tmp: Path) -> Path:
