@@ -15,6 +15,14 @@ from tests.faults.conftest import copy_run
 ORT_UPGRADE = {"onnxruntime": "99.0.0", "openvino": "2099.0", "numpy": "9.9", "pillow": "99.0"}
 
 
+def _upgrade_backends(monkeypatch) -> None:
+    """Every installed-version lookup now answers a newer ONNX Runtime, OpenVINO, numpy and Pillow."""
+    from edgefpn import artifacts
+
+    real = artifacts.tool_versions
+    monkeypatch.setattr(artifacts, "tool_versions", lambda: {**real(), **ORT_UPGRADE})
+
+
 @pytest.fixture
 def calib_cfg(tiny_run):
     from edgefpn.calibration import CalibrationSet
@@ -26,7 +34,6 @@ def calib_cfg(tiny_run):
 
 def test_calibration_key_covers_model_images_preprocessing_settings_and_backend(calib_cfg, monkeypatch, tmp_path):
     from edgefpn.calibration import CalibrationSet, cache_key
-    from edgefpn.calibration import dataset as calib_dataset
 
     cfg, run_dir, calib = calib_cfg
     base = cache_key("m" * 64, calib, cfg)
@@ -46,7 +53,7 @@ def test_calibration_key_covers_model_images_preprocessing_settings_and_backend(
         changed["image-bytes"] = cache_key("m" * 64, CalibrationSet(cfg), cfg)
     finally:
         first.write_bytes(saved)
-    monkeypatch.setattr(calib_dataset, "backend_versions", lambda: ORT_UPGRADE)
+    _upgrade_backends(monkeypatch)
     changed["onnxruntime-version"] = cache_key("m" * 64, calib, cfg)
     assert base not in changed.values() and len(set(changed.values())) == len(changed)
 
@@ -55,7 +62,6 @@ def test_calibration_key_covers_model_images_preprocessing_settings_and_backend(
 def test_calibration_cache_is_not_reused_after_a_backend_upgrade(calib_cfg, monkeypatch, tmp_path):
     from edgefpn.artifacts import sha256_file
     from edgefpn.calibration import calibrate
-    from edgefpn.calibration import dataset as calib_dataset
 
     cfg, run_dir, calib = calib_cfg
     model = run_dir / "model.onnx"
@@ -64,7 +70,7 @@ def test_calibration_cache_is_not_reused_after_a_backend_upgrade(calib_cfg, monk
     first = calibrate(cfg, model, sha, calib, tmp_path, log=logs.append)
     again = calibrate(cfg, model, sha, calib, tmp_path, log=logs.append)
     assert not first.reused and again.reused and again.cache == first.cache  # the control: a real cache
-    monkeypatch.setattr(calib_dataset, "backend_versions", lambda: ORT_UPGRADE)
+    _upgrade_backends(monkeypatch)
     upgraded = calibrate(cfg, model, sha, calib, tmp_path, log=logs.append)
     assert not upgraded.reused and upgraded.cache != first.cache
 
@@ -124,7 +130,7 @@ def test_check_report_is_redone_after_a_backend_upgrade(checked_run, tmp_path, m
 
     monkeypatch.setattr(check, "evaluate", remeasure)
     assert check.run(cfg, run, progress=False).path == run / check.REPORT  # control: up to date, reused
-    monkeypatch.setattr(check, "backend_versions", lambda: ORT_UPGRADE)
+    _upgrade_backends(monkeypatch)
     with pytest.raises(_Remeasured):
         check.run(cfg, run, progress=False)
 
@@ -143,7 +149,7 @@ def test_benchmark_is_redone_after_a_backend_upgrade(checked_run, tmp_path, monk
 
     monkeypatch.setattr(benchmark, "open_runner", remeasure)
     assert benchmark.run(cfg, run, **kwargs).path == run / benchmark.ARTIFACT  # control: reused
-    monkeypatch.setattr(benchmark, "backend_versions", lambda: ORT_UPGRADE)
+    _upgrade_backends(monkeypatch)
     with pytest.raises(_Remeasured):
         benchmark.run(cfg, run, **kwargs)
 
