@@ -17,6 +17,7 @@ from torch import nn
 from edgefpn.config import ModelConfig
 from edgefpn.models.fcos import FCOSExportWrapper, fcos
 from edgefpn.models.outputs import ExportModule
+from edgefpn.models.retinanet import RetinaNetExportWrapper, retinanet, retinanet_v2
 
 __all__ = ["ARCHITECTURES", "ArchSpec", "arch_spec", "build_model", "export_wrapper"]
 
@@ -50,6 +51,8 @@ def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
 
 ARCHITECTURES: Mapping[str, ArchSpec] = {
     "fcos": ArchSpec(builder=fcos, wrapper=FCOSExportWrapper, build_kwargs=_fpn_kwargs),
+    "retinanet": ArchSpec(builder=retinanet, wrapper=RetinaNetExportWrapper, build_kwargs=_fpn_kwargs),
+    "retinanet_v2": ArchSpec(builder=retinanet_v2, wrapper=RetinaNetExportWrapper, build_kwargs=_fpn_kwargs),
 }
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from edgefpn.postprocess.common import LEVELS, STRIDES, Detections, PostprocessParams, split_output_name
 from edgefpn.postprocess.fcos import fcos_decode
 from edgefpn.postprocess.nms import batched_nms, box_iou, nms
+from edgefpn.postprocess.retinanet import retinanet_decode
 
 __all__ = [
     "DECODERS",
@@ -31,6 +32,7 @@ __all__ = [
     "decoder_for",
     "fcos_decode",
     "nms",
+    "retinanet_decode",
     "split_output_name",
 ]
 
@@ -56,6 +58,8 @@ class Decoder:
 
 DECODERS: Mapping[str, Decoder] = {
     "fcos": Decoder(decode=fcos_decode),
+    "retinanet": Decoder(decode=retinanet_decode),
+    "retinanet_v2": Decoder(decode=retinanet_decode),  # v2 changes the network, not the outputs
 }
 
 
