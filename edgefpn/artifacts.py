@@ -8,6 +8,8 @@ would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import importlib.metadata
 import json
@@ -74,6 +76,15 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+def backend_versions() -> dict[str, str]:
+    """Versions of the inference backends (and of the preprocessing's Pillow / numpy): part of the
+    key of anything cached from running engines (calibration ranges, timings, check reports), so an
+    upgraded backend never reuses numbers measured with the old one."""
+    versions = tool_versions()
+    return {k: versions[k] for k in ("onnxruntime", "openvino", "nncf", "tensorrt", "numpy", "pillow")
+            if k in versions}
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -83,27 +94,73 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_LOW_SPACE = 1 << 20  # bytes: below this, a writer's untyped failure is reported as a full disk
+
+
+def _disk_full(exc: BaseException, folder: Path) -> str | None:
+    """Why a write into ``folder`` failed, if the disk is to blame (an OSError anywhere in the chain,
+    or a library's own error type raised while the disk has under 1 MiB free), else None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _DISK_FULL:
+            return os.strerror(cur.errno)
+        cur = cur.__cause__ or cur.__context__
+    if isinstance(exc, EdgefpnError | KeyboardInterrupt):
+        return None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder).free
+        if free < _LOW_SPACE:
+            return f"{type(exc).__name__} with only {free} bytes free on its disk (disk full?)"
+    return None
+
+
+def _remove_orphans(path: Path) -> None:
+    """Temporary folders of ``path`` left by a process that was killed (SIGKILL, power loss).
+
+    Their names carry the writer's pid; a folder whose pid is gone is removed, so repeated killed
+    runs cannot fill the disk with hidden partial artifacts. A live writer's folder is left alone.
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass  # alive, owned by someone else
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it into place, else delete it.
 
-    Works for files and folders. A stale manifest of ``path`` is removed first, so a crash between
-    the rename and the new manifest leaves an artifact that is simply rebuilt.
+    Works for files and folders. The old manifest of ``path`` is removed just before the rename, so
+    a crash between the rename and the new manifest leaves an artifact that is simply rebuilt, and a
+    write that fails (an error, a full disk, a kill) leaves the old artifact and its manifest as they
+    were. A full disk is one line naming ``path`` (an ``EdgefpnError``), whichever library was writing.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    stale = manifest_path(path)
-    if stale.exists():
-        stale.unlink()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
         if not target.exists():
             raise EdgefpnError(f"{path}: the stage wrote nothing")
+        manifest_path(path).unlink(missing_ok=True)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(target, path)
         _fsync_dir(path.parent)
+    except BaseException as exc:
+        if (why := _disk_full(exc, path.parent)) is not None:
+            raise EdgefpnError(f"{path}: not written: {why}; nothing partial was kept") from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

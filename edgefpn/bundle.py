@@ -32,7 +32,7 @@ from typing import Any
 
 from edgefpn.errors import ModelFileError
 
-__all__ = ["MANIFEST", "SCHEMA", "Limits", "extract", "file_entry", "read_verified", "write_tar"]
+__all__ = ["MANIFEST", "SCHEMA", "Limits", "extract", "file_entry", "read_member", "read_verified", "write_tar"]
 
 MANIFEST = "manifest.json"
 SCHEMA = "edgefpn.bundle/1"
@@ -222,6 +222,17 @@ def read_verified(bundle: Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, An
             if f is None or _hash_stream(f) != manifest["files"][m.name]["sha256"]:
                 raise ModelFileError(f"{bundle}: {m.name}: sha256 does not match the manifest (modified or corrupt)")
     return manifest
+
+
+def read_member(bundle: Path, name: str, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The bytes of one regular-file member (after the header checks), without extracting anything."""
+    with _open(bundle) as tar:
+        files = _check_members(bundle, tar.getmembers(), limits)
+        member = next((m for m in files if m.name == name), None)
+        f = tar.extractfile(member) if member is not None else None
+        if f is None:
+            raise ModelFileError(f"{bundle}: no member {name!r}")
+        return f.read()
 
 
 def extract(bundle: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:

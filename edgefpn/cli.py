@@ -122,8 +122,9 @@ def data(ctx: click.Context, cfg, run_dir: Path, force: bool, progress: bool) ->
 
     info = data_stage.run(cfg, force=force, progress=progress)
     for split, digest in info.annotation_hashes.items():
-        n = len(info.split(split).images)
-        click.echo(f"{split}: {n} images ({info.ann_file(split)}, sha256 {digest[:12]})")
+        loaded = info.split(split)
+        skipped = f", {len(loaded.skipped)} annotations skipped" if loaded.skipped else ""
+        click.echo(f"{split}: {len(loaded.images)} images{skipped} ({info.ann_file(split)}, sha256 {digest[:12]})")
 
 
 @data.command("synth")

@@ -108,11 +108,15 @@ def lint_onnx(model: str | Path | Any) -> list[Finding]:
     import onnx
 
     if isinstance(model, str | Path):
+        from edgefpn.onnx_guard import check_graph, check_onnx_file
+
         path = Path(model)
+        check_onnx_file(path)  # size, protobuf and external-data checks before onnx reads a byte
         try:
             model = onnx.load(str(path))
         except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
             raise ModelFileError(f"{path}: cannot read as ONNX: {type(exc).__name__}: {exc}") from None
+        check_graph(model, path)
     graph = model.graph
     consts = _constants(graph)
     findings = [

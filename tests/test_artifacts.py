@@ -7,6 +7,7 @@ from edgefpn.artifacts import (
     manifest_path,
     require,
     sha256_file,
+    sha256_path,
     up_to_date,
     write_manifest,
 )
@@ -35,10 +36,11 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError), atomic_output(target) as tmp:
         tmp.write_bytes(b"half")
         raise RuntimeError("killed")
-    # the old file stays, its manifest is gone (so it is rebuilt), no temp litter
+    # the old file and its manifest stay as they were (a consistent pair, made from the old inputs,
+    # which up_to_date compares), no temp litter
     assert target.read_bytes() == b"old"
-    assert not manifest_path(target).exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    assert json.loads(manifest_path(target).read_text())["sha256"] == sha256_path(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "out.bin.manifest.json"]
 
 
 def test_atomic_output_folder(tmp_path):

@@ -131,7 +131,7 @@ def test_shape_like_int64_constants_are_fine():
 def test_unreadable_file_is_one_line_error(tmp_path):
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"not a protobuf at all \xff\xfe")
-    with pytest.raises(ModelFileError, match="cannot read as ONNX"):
+    with pytest.raises(ModelFileError, match="not a protobuf ONNX model"):
         lint_onnx(bad)
 
 

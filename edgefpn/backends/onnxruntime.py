@@ -32,6 +32,9 @@ class OnnxRuntimeRunner:
             import onnxruntime as ort
         except ImportError:
             raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
+        from edgefpn.onnx_guard import check_onnx_file
+
+        check_onnx_file(self.spec.path)  # before ORT reads it or any external data it names
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1

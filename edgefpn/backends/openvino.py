@@ -19,8 +19,11 @@ Nothing here runs bf16 unless a caller passes ``inference_precision="bf16"`` exp
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,9 @@ def onnx_to_openvino(onnx_path: Path, xml_path: Path, *, compress_to_fp16: bool)
     import onnx
     import openvino as ov
 
+    from edgefpn.onnx_guard import check_onnx_file
+
+    check_onnx_file(onnx_path)
     expected = [o.name for o in onnx.load(str(onnx_path), load_external_data=False).graph.output]
     try:
         model = ov.convert_model(str(onnx_path))
@@ -70,7 +76,14 @@ def onnx_to_openvino(onnx_path: Path, xml_path: Path, *, compress_to_fp16: bool)
     if names != expected:
         raise ModelFileError(f"{onnx_path}: OpenVINO IR outputs {names} do not match the ONNX outputs {expected}")
     xml_path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    try:
+        ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    except Exception as exc:  # OpenVINO's writer fails with an untyped "basic_ios::clear", even on a full disk
+        # and removes what it wrote, so the free space is compared with what the IR needs (~ the weights)
+        needed = onnx_path.stat().st_size // (2 if compress_to_fp16 else 1)
+        if shutil.disk_usage(xml_path.parent).free < needed:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({_first_line(exc)})") from exc
+        raise ModelFileError(f"{xml_path}: OpenVINO cannot write the IR: {_first_line(exc)}") from exc
     return names
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefpn.artifacts import sha256_file
+from edgefpn.artifacts import backend_versions, sha256_file
 from edgefpn.config import Config, to_dict
 from edgefpn.data.coco import load_split
 from edgefpn.data.preprocess import load_image, preprocess
@@ -153,6 +153,7 @@ def cache_key(model_sha256: str, calib: CalibrationSet, cfg: Config) -> str:
         "preprocess": {"input_size": list(calib.input_size), "mean": list(calib.mean), "std": list(calib.std)},
         "quantize": {"method": q.method, "percentile": q.percentile, "num_images": q.num_images,
                      "exclude_nodes": to_dict(q.exclude_nodes)},
+        "versions": backend_versions(),  # ORT computes the ranges, Pillow / numpy the inputs
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

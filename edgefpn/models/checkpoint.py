@@ -9,6 +9,7 @@ where ``meta`` holds plain types only (arch, backbone, num_classes, class_names,
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -51,16 +52,54 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, meta: Map
         "state_dict": {name: value.detach().cpu() for name, value in model.state_dict().items()},
         "meta": dict(meta),
     }
+    save_state(path, payload)
+
+
+def save_state(path: str | os.PathLike[str], obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` atomically; a failed write raises the ``OSError`` behind it.
+
+    torch's zip writer turns the file object's ``OSError`` (e.g. ENOSPC on a full disk) into an
+    untyped ``RuntimeError`` ("unexpected pos ..."); the real error is kept and raised instead, so the
+    CLI can name the file and the problem.
+    """
+    path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            writer = _RecordingWriter(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError as exc:
+                if writer.error is not None:
+                    raise writer.error from exc
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+
+
+class _RecordingWriter(io.RawIOBase):
+    """A write-only file that remembers the first ``OSError`` of the file it wraps."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -77,6 +116,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK\x03\x04) or, in the legacy format, a pickle (0x80 = PROTO);
+    # anything else would reach the unpickler and come back as a misleading "refused to unpickle"
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from edgefpn.artifacts import Artifact, atomic_write_text, sha256_path, up_to_date, write_json, write_manifest
+from edgefpn.artifacts import (
+    Artifact,
+    atomic_write_text,
+    backend_versions,
+    sha256_path,
+    up_to_date,
+    write_json,
+    write_manifest,
+)
 from edgefpn.backends import RUNNERS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config, config_hash
@@ -65,7 +73,8 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     out = run_dir / ARTIFACT
     machine = system_info(threads)
     settings = {"iters": iters, "warmup": cfg.check.warmup, "threads": threads, "app_seconds": app_seconds,
-                "throughput_seconds": throughput_seconds, "input": source, "cpu": machine["cpu"]}
+                "throughput_seconds": throughput_seconds, "input": source, "cpu": machine["cpu"],
+                "versions": backend_versions()}
     chash = config_hash(settings)
     inputs = {e.name: sha256_path(e.path) for e in engines}
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):

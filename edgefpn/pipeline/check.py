@@ -19,6 +19,7 @@ import numpy as np
 from edgefpn.artifacts import (
     Artifact,
     atomic_write_text,
+    backend_versions,
     read_manifest,
     sha256_path,
     up_to_date,
@@ -82,7 +83,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     out = run_dir / REPORT
     inputs = {e.name: sha256_path(e.path) for e in [reference, *engines]}
     inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
-    chash = config_hash(cfg.check, cfg.postprocess, cfg.model.input_size, cfg.run.threads)
+    chash = config_hash(cfg.check, cfg.postprocess, cfg.model.input_size, cfg.run.threads, backend_versions())
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[check] up to date: {out}")
         _raise_on_failures(art.manifest.get("failures", []), out)

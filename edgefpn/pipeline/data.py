@@ -22,7 +22,15 @@ class DatasetInfo:
         return self.root / "annotations" / f"instances_{split}.json"
 
     def split(self, split: str) -> CocoSplit:
-        return load_split(self.root, split)
+        loaded = load_split(self.root, split)
+        if loaded.skipped and (key := (str(loaded.ann_file), self.annotation_hashes.get(split))) not in _REPORTED:
+            _REPORTED.add(key)  # said once per file and content, however often a stage reloads it
+            shown = "; ".join(loaded.skipped[:3]) + ("; ..." if len(loaded.skipped) > 3 else "")
+            log(f"[data] {loaded.ann_file}: skipped {len(loaded.skipped)} annotation(s): {shown}")
+        return loaded
+
+
+_REPORTED: set[tuple[str, str | None]] = set()
 
 
 _CHECKED: dict[tuple[str, str], DatasetInfo] = {}  # (root, settings) already brought up to date here

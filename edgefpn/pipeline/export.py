@@ -57,6 +57,7 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
     from edgefpn.models.export import export_onnx
     from edgefpn.models.loading import model_from_checkpoint
     from edgefpn.models.registry import export_wrapper
+    from edgefpn.onnx_guard import save_onnx
 
     torch.set_num_threads(cfg.run.threads)
     model, meta = model_from_checkpoint(model_art.path)
@@ -76,7 +77,7 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
         strides = getattr(wrapper, "strides", None) or [level_stride(lvl) for lvl in wrapper.levels]
         _set_metadata(model_proto, cfg, meta, wrapper.levels, strides)
         _check_static(model_proto, tmp)
-        onnx.save(model_proto, str(tmp))
+        save_onnx(model_proto, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
 
         with OnnxRuntimeRunner(EngineSpec("verify", "onnxruntime", "fp32", tmp), threads=cfg.run.threads) as r:

@@ -211,8 +211,10 @@ def _save_resume(path: Path, model, opt, gen, epoch: int, step: int, chash: str,
 
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
              "loader_rng": gen.get_state(), "epoch": epoch, "step": step}
+    from edgefpn.models.checkpoint import save_state
+
     with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+        save_state(tmp, state)
     write_manifest(path, stage="train-resume", config_hash=chash, inputs=inputs)
 
 

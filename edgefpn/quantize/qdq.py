@@ -16,6 +16,7 @@ from pathlib import Path
 
 import onnx
 
+from edgefpn.onnx_guard import save_onnx
 from edgefpn.postprocess import split_output_name
 
 __all__ = ["check_qdq", "node_groups", "quantize_qdq", "strip_output_qdq"]
@@ -59,7 +60,7 @@ def quantize_qdq(
         quiet.setLevel(level)
     model = onnx.load(str(out))
     strip_output_qdq(model)
-    onnx.save(model, str(out))
+    save_onnx(model, out)
 
 
 def strip_output_qdq(model: onnx.ModelProto) -> int:

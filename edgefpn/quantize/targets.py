@@ -20,9 +20,11 @@ def fp16_onnx(model_path: Path, out: Path, sample: np.ndarray, *, threads: int) 
     import onnxruntime as ort
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from edgefpn.onnx_guard import save_onnx
+
     model = convert_float_to_float16(onnx.load(str(model_path)), keep_io_types=True, disable_shape_infer=False)
     _drop_duplicate_nodes(model)
-    onnx.save(model, str(out))
+    save_onnx(model, out)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.log_severity_level = threads, 3
     try:

@@ -36,7 +36,8 @@ from edgefpn.errors import BackendUnavailable, ModelFileError
 from edgefpn.inference import Pipeline, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
 
-__all__ = ["PREFERENCE", "BundleSession", "detections_to_records", "select_engine", "target_problem"]
+__all__ = ["PREFERENCE", "BundleSession", "check_bundled_onnx", "detections_to_records", "select_engine",
+           "target_problem"]
 
 PREFERENCE: tuple[str, ...] = (
     "tensorrt-int8", "tensorrt-fp16",
@@ -121,6 +122,27 @@ def select_engine(manifest: Mapping[str, Any], bundle: Path, *, name: str | None
     raise ModelFileError(f"{bundle}: no engine in the bundle can run here ({'; '.join(reasons) or 'it has none'})")
 
 
+def check_bundled_onnx(bundle: Path, name: str) -> None:
+    """Refuse an ONNX engine that is not self-contained, before it is extracted or loaded.
+
+    ``edgefpn package`` only bundles self-contained ONNX (:func:`edgefpn.onnx_guard.save_onnx`), so a
+    tensor whose data lives in another file (``../../home/user/.ssh/id_rsa``, say) means a crafted
+    bundle: no external data is ever followed from a bundle.
+    """
+    from edgefpn.onnx_guard import external_data_entries
+
+    if not name.endswith(".onnx"):
+        return
+    try:
+        entries = external_data_entries(bundle_io.read_member(bundle, name))
+    except ValueError as exc:
+        raise ModelFileError(f"{bundle}: {name}: {exc}") from None
+    if entries:
+        tensor, info = entries[0]
+        raise ModelFileError(f"{bundle}: {name}: tensor {tensor!r} keeps its data in external file "
+                             f"{info.get('location', '')!r}; a bundled ONNX must be self-contained")
+
+
 def pipeline_from(params: Mapping[str, Any]) -> Pipeline:
     pre, post = params["preprocess"], params["postprocess"]
     return Pipeline(
@@ -184,6 +206,7 @@ class BundleSession:
         manifest = bundle_io.read_verified(self.bundle)  # nothing written before this passes
         t1 = time.perf_counter()
         self.entry = select_engine(manifest, self.bundle, name=self.engine, tensorrt_probe=self.tensorrt_probe)
+        check_bundled_onnx(self.bundle, self.entry["path"])  # before anything is extracted
         if self.extract_to is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="edgefpn-bundle-"))
             self.root = self._tmp / "bundle"

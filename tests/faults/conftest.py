@@ -1,0 +1,30 @@
+"""Fixtures of the fault tests: a tiny run that has been through `check` (ONNX Runtime engine only)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+# check keeps to the exported ONNX: no quantize, no OpenVINO / TensorRT build (cheap on 2 cores)
+CHECK_ONLY_ORT = ("quantize.enabled=false", "build.targets=[]", "check.backends=[onnxruntime]")
+
+
+@pytest.fixture(scope="session")
+def checked_run(tiny_run, tmp_path_factory) -> tuple[list[str], Path]:
+    """(overrides, run_dir) of a copy of the tiny run after `check`. Do not modify it: copy it."""
+    from edgefpn.config import load_config
+    from edgefpn.pipeline import check
+
+    overrides, src = tiny_run
+    run_dir = tmp_path_factory.mktemp("checked") / "run"
+    shutil.copytree(src, run_dir)
+    overrides = [*overrides, *CHECK_ONLY_ORT]
+    check.run(load_config(None, overrides), run_dir, progress=False)
+    return overrides, run_dir
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
