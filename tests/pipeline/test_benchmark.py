@@ -73,6 +73,8 @@ def test_benchmark_every_engine_without_torch(tiny_run, tmp_path):
     assert len(rows["onnxruntime-fp32"]["samples_ms"]) == 3 and len(ov["samples_ms"]) == 6
     assert len(app["rounds"]) == 2 and all(r["median_ms"] > 0 and r["ours_p50_ms"] > 0 for r in app["rounds"])
     assert app["median_ms"] == pytest.approx(sum(r["median_ms"] for r in app["rounds"]) / 2, abs=1e-3)
+    ratios = sorted(r["ours_p50_ms"] / r["median_ms"] for r in app["rounds"])
+    assert app["ours_over_app_p50"] == pytest.approx(sum(ratios) / 2, abs=1e-3)
     assert "-i INPUT.npy" in app["command"] and "-t 1" in app["command"]
     assert "-infer_precision f32" in app["command"] and app["load_config"] == {"CPU": {"INFERENCE_NUM_THREADS": 2}}
     md = (run_dir / "benchmark.md").read_text()
