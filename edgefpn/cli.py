@@ -237,15 +237,17 @@ def package(cfg, run_dir: Path, force: bool, progress: bool, engines: tuple[str,
               help="Timed batch-1 calls per engine (default: check.latency_iters).")
 @click.option("--app-seconds", type=click.FloatRange(0), default=10.0, show_default=True,
               help="Duration of the benchmark_app cross-check per OpenVINO engine (0: skip it).")
+@click.option("--app-rounds", type=click.IntRange(1), default=3, show_default=True,
+              help="Interleaved (ours, benchmark_app) rounds the cross-check time is split into.")
 @click.option("--throughput-seconds", type=click.FloatRange(0.1), default=5.0, show_default=True,
               help="Duration of the OpenVINO THROUGHPUT-hint run per engine.")
 def benchmark(cfg, run_dir: Path, force: bool, progress: bool, iters: int | None, app_seconds: float,
-              throughput_seconds: float) -> None:
+              app_rounds: int, throughput_seconds: float) -> None:
     """Latency and throughput of every engine in RUN_DIR (no PyTorch, no dataset needed)."""
     from edgefpn.pipeline import benchmark as stage
 
     art = stage.run(cfg, run_dir, force=force, progress=progress, iters=iters, app_seconds=app_seconds,
-                    throughput_seconds=throughput_seconds)
+                    app_rounds=app_rounds, throughput_seconds=throughput_seconds)
     click.echo(art.path)
     click.echo((art.path.parent / "benchmark.md").read_text(encoding="utf-8"))
 

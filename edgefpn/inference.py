@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefpn.backends.base import INPUT_NAME, Runner
-from edgefpn.data.preprocess import Letterbox, boxes_to_original, load_image, preprocess
+from edgefpn.data.preprocess import Letterbox, boxes_to_original, preprocess, preprocess_file
 from edgefpn.postprocess import Detections, PostprocessParams, decoder_for
 
 
@@ -37,6 +37,11 @@ class Pipeline:
         chw, lb = preprocess(image, size=self.input_size, mean=self.mean, std=self.std)
         return chw[None], lb  # [1, 3, H, W]
 
+    def prepare_file(self, path: str | Path) -> tuple[np.ndarray, Letterbox]:
+        """``prepare(load_image(path))``, bit for bit, decoding and resizing without numpy round trips."""
+        chw, lb = preprocess_file(path, size=self.input_size, mean=self.mean, std=self.std)
+        return chw[None], lb  # [1, 3, H, W]
+
     def decode(self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[Detections]:
         """Raw per-level outputs -> detections in original image pixels, one per batch item."""
         dets = decoder_for(self.arch).decode(outputs, self.post, image_size=self.input_size)
@@ -48,6 +53,6 @@ class Pipeline:
 
 def detect_file(runner: Runner, pipeline: Pipeline, path: str | Path) -> Detections:
     """Decode one image file and detect objects in it (the end-to-end latency path)."""
-    batch, lb = pipeline.prepare(load_image(path))
+    batch, lb = pipeline.prepare_file(path)
     outputs = runner.infer({INPUT_NAME: batch})
     return pipeline.decode(outputs, [lb])[0]

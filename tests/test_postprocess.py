@@ -231,6 +231,36 @@ def test_batched_nms_matches_torchvision(k):
         assert len(expected) > len(nms(boxes, scores, 0.5))
 
 
+@pytest.mark.parametrize("max_keep", [300, 100_000])
+def test_greedy_nms_applied_at_once_and_lazily_matches_torchvision(monkeypatch, max_keep):
+    """Both ways NMS applies kept boxes to later ones give torchvision's result, early stop included:
+    duplicates of a few objects (few kept boxes: applied to all later boxes at once) then many
+    scattered boxes (many kept per block: later boxes checked block by block)."""
+    import edgefpn.postprocess as pp
+
+    rng = np.random.default_rng(5)
+    centres = rng.uniform(20, 180, (8, 2))
+    dup_xy = np.repeat(centres, 150, axis=0) + rng.normal(0, 0.5, (1200, 2))
+    dup = np.concatenate([dup_xy, dup_xy + 40], axis=1)
+    spread = rng.uniform(0, 1000, (1500, 2))
+    boxes = np.concatenate([dup, np.concatenate([spread, spread + 8], axis=1)]).astype(np.float32)
+    scores = np.concatenate([rng.uniform(0.5, 1, 1200), rng.uniform(0, 0.5, 1500)]).astype(np.float32)
+    labels = np.concatenate([np.repeat(np.arange(8) % 3, 150), rng.integers(0, 3, 1500)])
+    expected = torchvision.ops.batched_nms(
+        torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5
+    ).numpy()[:max_keep]
+    calls = []
+    overlaps = pp._overlaps
+
+    def spy(coords, areas, lab, rows, cols, thresh):
+        calls.append("block" if rows is cols else "all-later" if cols.size > pp._NMS_BLOCK else "lazy")
+        return overlaps(coords, areas, lab, rows, cols, thresh)
+
+    monkeypatch.setattr(pp, "_overlaps", spy)
+    np.testing.assert_array_equal(pp._greedy_nms(boxes, scores, labels, 0.5, max_keep), expected)
+    assert {"block", "all-later", "lazy"} <= set(calls)
+
+
 def test_box_iou_matches_torchvision():
     rng = np.random.default_rng(3)
     a, b = _random_boxes(rng, 7), _random_boxes(rng, 5)

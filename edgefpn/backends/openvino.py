@@ -173,5 +173,8 @@ class OpenVinoRunner:
         if self._request is None:
             raise RuntimeError("OpenVinoRunner.infer called outside its context")
         inputs = {name: np.ascontiguousarray(arr, dtype=np.float32) for name, arr in feed.items()}
-        result = self._request.infer(inputs)  # copies the outputs (share_outputs=False)
+        # share_inputs: the request reads the caller's float32 array in place rather than copying it into
+        # its own tensor first (as benchmark_app, which fills its tensors once); the outputs are still
+        # copied (share_outputs=False), since the request overwrites them on its next call.
+        result = self._request.infer(inputs, share_inputs=True)
         return {name: np.asarray(result[port]) for port, name in self._outputs}

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ __all__ = [
     "load_image",
     "normalize",
     "preprocess",
+    "preprocess_file",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -83,6 +86,13 @@ def load_image(path: str | Path) -> np.ndarray:
         DataError: ``"<path>: <problem>"`` for a missing, empty, truncated, unsupported or
             oversized (decompression bomb) file.
     """
+    with _open_image(path) as im:
+        return _to_rgb(im)
+
+
+@contextmanager
+def _open_image(path: str | Path) -> Iterator[Image.Image]:
+    """The decoded Pillow image of ``path`` (closed on exit), every file problem as a :class:`DataError`."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: image file not found")
@@ -93,7 +103,8 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            im = Image.open(path)
+            try:
                 # Image.open only reads the header: check the size before decoding anything.
                 if im.width * im.height > MAX_IMAGE_PIXELS:
                     raise DataError(
@@ -101,13 +112,17 @@ def load_image(path: str | Path) -> np.ndarray:
                         f"{MAX_IMAGE_PIXELS} allowed (possible decompression bomb)"
                     )
                 im.load()
-                return _to_rgb(im)
+            except BaseException:
+                im.close()
+                raise
     except DataError:
         raise
     except Image.UnidentifiedImageError:
         raise DataError(f"{path}: not an image file Pillow can read") from None
     except _DECODE_ERRORS as e:
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    with im:  # errors of the caller's block are the caller's, not decode errors
+        yield im
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -150,16 +165,22 @@ def _check_stats(name: str, values: Sequence[float], *, positive: bool) -> np.nd
     return arr
 
 
-def _resize_to_fit(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio so that the image fits in ``size`` = (H, W)."""
-    h, w = image.shape[:2]
+def _fit(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, Letterbox]:
+    """``(new_h, new_w, letterbox)`` of an ``h x w`` image resized, aspect kept, to fit ``size`` = (H, W)."""
     out_h, out_w = size
     scale = min(out_h / h, out_w / w)
     new_w = min(out_w, max(1, round(w * scale)))
     new_h = min(out_h, max(1, round(h * scale)))
+    return new_h, new_w, Letterbox(scale=float(scale), pad_x=0, pad_y=0, orig_w=w, orig_h=h)
+
+
+def _resize_to_fit(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio so that the image fits in ``size`` = (H, W)."""
+    h, w = image.shape[:2]
+    new_h, new_w, lb = _fit(h, w, size)
     if (new_w, new_h) != (w, h):
         image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
-    return image, Letterbox(scale=float(scale), pad_x=0, pad_y=0, orig_w=w, orig_h=h)
+    return image, lb
 
 
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
@@ -185,10 +206,45 @@ def _lut(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((x[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)
 
 
+@lru_cache(maxsize=8)
+def _cached_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    lut = _lut(_check_stats("mean", mean, positive=False), _check_stats("std", std, positive=True))
+    lut.flags.writeable = False
+    return lut
+
+
+def _stats_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """The validated ``[3, 256]`` lookup table of ``mean`` / ``std``; built once per pair of tuples
+    (the end-to-end path asks for it per image)."""
+    if isinstance(mean, tuple) and isinstance(std, tuple):
+        try:
+            return _cached_lut(mean, std)
+        except TypeError:  # unhashable items: the uncached path words the error
+            pass
+    return _lut(_check_stats("mean", mean, positive=False), _check_stats("std", std, positive=True))
+
+
+def _normalize_into_padded(resized: np.ndarray, lut: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``uint8 [h, w, 3]`` (h <= H, w <= W) -> ``float32 [3, H, W]``, image top-left, padding exactly 0.
+
+    One pass per channel: the lookup writes straight into the padded buffer (no resized float copy,
+    no separate transpose), and only the padding is zeroed.
+    """
+    out_h, out_w = size
+    rh, rw = resized.shape[:2]
+    out = np.empty((3, out_h, out_w), dtype=np.float32)
+    out[:, rh:, :] = 0.0
+    out[:, :rh, rw:] = 0.0
+    for c in range(3):
+        # uint8 indices are always in range; mode="clip" lets numpy write straight into the view.
+        np.take(lut[c], resized[:, :, c], out=out[c, :rh, :rw], mode="clip")
+    return out
+
+
 def normalize(image_u8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``uint8 [H, W, 3]`` -> ``float32 [3, H, W]`` with ``(x / 255 - mean) / std`` per channel."""
     _check_image(image_u8)
-    lut = _lut(_check_stats("mean", mean, positive=False), _check_stats("std", std, positive=True))
+    lut = _stats_lut(mean, std)
     h, w = image_u8.shape[:2]
     out = np.empty((3, h, w), dtype=np.float32)
     for c in range(3):
@@ -210,16 +266,38 @@ def preprocess(
         :class:`Letterbox` needed to map boxes back to the original image.
     """
     _check_image(image)
-    out_h, out_w = _check_size(size)
-    lut = _lut(_check_stats("mean", mean, positive=False), _check_stats("std", std, positive=True))
-    resized, lb = _resize_to_fit(image, (out_h, out_w))
-    rh, rw = resized.shape[:2]
-    out = np.zeros((3, out_h, out_w), dtype=np.float32)
-    y0, x0 = lb.pad_y, lb.pad_x
-    for c in range(3):
-        # uint8 indices are always in range; mode="clip" lets numpy write straight into the view.
-        np.take(lut[c], resized[:, :, c], out=out[c, y0 : y0 + rh, x0 : x0 + rw], mode="clip")
-    return out, lb
+    size = _check_size(size)
+    lut = _stats_lut(mean, std)
+    resized, lb = _resize_to_fit(image, size)
+    return _normalize_into_padded(resized, lut, size), lb
+
+
+def preprocess_file(
+    path: str | Path,
+    *,
+    size: tuple[int, int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[np.ndarray, Letterbox]:
+    """``preprocess(load_image(path), ...)``, bit for bit, without the round trips through numpy.
+
+    An RGB file (every colour JPEG) is resized by Pillow straight from the decoded image: no
+    ``uint8`` copy of the full-size image, no ``Image.fromarray`` back. Pillow's resize reads the
+    same pixels either way, so the result is identical; other modes take the general path.
+
+    Raises:
+        DataError: as :func:`load_image`.
+    """
+    size = _check_size(size)
+    lut = _stats_lut(mean, std)
+    with _open_image(path) as im:
+        if im.mode != "RGB":
+            resized, lb = _resize_to_fit(_to_rgb(im), size)
+        else:
+            new_h, new_w, lb = _fit(im.height, im.width, size)
+            small = im.resize((new_w, new_h), Image.Resampling.BILINEAR) if (new_w, new_h) != im.size else im
+            resized = np.asarray(small)  # [h, w, 3] uint8
+    return _normalize_into_padded(resized, lut, size), lb
 
 
 def _check_boxes(boxes_xyxy: np.ndarray) -> np.ndarray:

@@ -11,7 +11,10 @@ with as many async requests as the plugin asks for; for the others, the batch-1 
 
 Cross-check: OpenVINO engines are also timed by OpenVINO's own ``benchmark_app`` with the same
 settings as our runner (latency hint, ``INFERENCE_NUM_THREADS``, f32 inference precision, f32
-input, sync API); both figures and their ratio go side by side into the report.
+input, sync API) on the same input tensor (``-i input.npy``). On a shared machine one pair of runs
+can disagree by 20% from noise alone, so the two are interleaved: ``app_rounds`` rounds of (our
+``iters`` calls, then ``benchmark_app`` for ``app_seconds / app_rounds``). The engine's latency is
+over all its rounds' samples; the ratio is the median over rounds of (our p50 / benchmark_app's median).
 """
 
 from __future__ import annotations
@@ -53,12 +56,15 @@ SCHEMA = "edgefpn.benchmark/1"
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True, iters: int | None = None,
-        app_seconds: float = 10.0, throughput_seconds: float = 5.0) -> Artifact:
+        app_seconds: float = 10.0, app_rounds: int = 3, throughput_seconds: float = 5.0) -> Artifact:
     """Benchmark every engine in ``run_dir``; write ``benchmark.json`` and ``benchmark.md``.
 
     Args:
-        iters: timed batch-1 calls per engine (default ``check.latency_iters``).
-        app_seconds: duration of each ``benchmark_app`` run (0 skips the cross-check).
+        iters: timed batch-1 calls per engine (per round for OpenVINO engines; default
+            ``check.latency_iters``).
+        app_seconds: total ``benchmark_app`` time per OpenVINO engine, split over ``app_rounds``
+            (0 skips the cross-check).
+        app_rounds: interleaved (ours, benchmark_app) rounds per OpenVINO engine.
         throughput_seconds: duration of each OpenVINO throughput run.
 
     Raises:
@@ -72,9 +78,11 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     feed, source = _feed(cfg)
     out = run_dir / ARTIFACT
     machine = system_info(threads)
+    if app_rounds < 1:
+        raise ValueError(f"app_rounds must be >= 1, got {app_rounds}")
     settings = {"iters": iters, "warmup": cfg.check.warmup, "threads": threads, "app_seconds": app_seconds,
-                "throughput_seconds": throughput_seconds, "input": source, "cpu": machine["cpu"],
-                "versions": backend_versions()}
+                "app_rounds": app_rounds, "throughput_seconds": throughput_seconds, "input": source,
+                "cpu": machine["cpu"], "versions": backend_versions()}
     chash = config_hash(settings)
     inputs = {e.name: sha256_path(e.path) for e in engines}
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
@@ -87,15 +95,16 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
             rows.append(_row(spec) | {"skipped": f"backend {spec.backend!r} is not installed on this machine"})
             log(f"[benchmark] skipped {spec.name}: {spec.backend} not installed")
             continue
-        log(f"[benchmark] {spec.name}: {iters} x batch 1")
-        row = _row(spec) | _latency(spec, feed, threads, cfg.check.warmup, iters)
-        row["throughput"] = _throughput(spec, feed, threads, throughput_seconds, row["fps"])
         if spec.backend == "openvino" and app_seconds > 0:
-            log(f"[benchmark] {spec.name}: benchmark_app -t {app_seconds:g}")
-            app = _benchmark_app(spec, threads, app_seconds)
-            if "median_ms" in app:
-                app["ours_over_app_p50"] = round(row["latency_ms"]["p50"] / app["median_ms"], 3)
+            log(f"[benchmark] {spec.name}: {app_rounds} rounds of {iters} x batch 1, then benchmark_app "
+                f"-t {_round_seconds(app_seconds, app_rounds)}")
+            samples, app = _cross_check(spec, feed, threads, cfg.check.warmup, iters, app_seconds, app_rounds)
+            row = _row(spec) | _stats(samples)
             row["benchmark_app"] = app
+        else:
+            log(f"[benchmark] {spec.name}: {iters} x batch 1")
+            row = _row(spec) | _stats(_latency(spec, feed, threads, cfg.check.warmup, iters))
+        row["throughput"] = _throughput(spec, feed, threads, throughput_seconds, row["fps"])
         rows.append(row)
 
     report = {"schema": SCHEMA, "input": {"source": source, "shape": list(feed[INPUT_NAME].shape)},
@@ -131,7 +140,8 @@ def _feed(cfg: Config) -> tuple[dict[str, np.ndarray], str]:
 
 
 def _latency(spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup: int,
-             iters: int) -> dict[str, Any]:
+             iters: int) -> list[float]:
+    """``iters`` timed engine calls (ms) after ``warmup`` untimed ones, on a freshly opened runner."""
     samples = []
     with open_runner(spec, threads=threads) as runner:
         for _ in range(warmup):
@@ -140,6 +150,10 @@ def _latency(spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup
             t0 = time.perf_counter()
             runner.infer(feed)
             samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def _stats(samples: list[float]) -> dict[str, Any]:
     arr = np.asarray(samples)
     return {
         "latency_ms": {f"p{q}": round(float(np.percentile(arr, q)), 3) for q in (50, 90, 99)}
@@ -147,6 +161,43 @@ def _latency(spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup
         "fps": round(1000.0 / float(arr.mean()), 2),
         "samples_ms": [round(t, 4) for t in samples],
     }
+
+
+def _round_seconds(total: float, rounds: int) -> int:
+    """benchmark_app's ``-t`` per round: whole seconds (it accepts nothing else), at least 1."""
+    return max(1, round(total / rounds))
+
+
+def _cross_check(spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup: int, iters: int,
+                 app_seconds: float, rounds: int) -> tuple[list[float], dict[str, Any]]:
+    """Our timing and benchmark_app's, interleaved round by round so that both see the same machine.
+
+    Returns all our samples (ms) and the benchmark_app record: per-round statistics and the median of
+    the rounds' medians (``median_ms``), or ``skipped`` with the reason.
+    """
+    samples: list[float] = []
+    app_rounds: list[dict[str, float]] = []
+    record: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # the very tensor we time, so that both tools run the same input (benchmark_app's default
+        # is uniform noise in [0, 255], far outside a normalised image's range)
+        npy = Path(tmp) / "input.npy"
+        np.save(npy, np.ascontiguousarray(feed[INPUT_NAME], dtype=np.float32))
+        for _ in range(rounds):
+            ours = _latency(spec, feed, threads, warmup, iters)
+            samples.extend(ours)
+            record = _benchmark_app(spec, threads, _round_seconds(app_seconds, rounds), npy)
+            if "median_ms" not in record:
+                return samples, record
+            app_rounds.append({k: record[k] for k in _APP_PATTERNS if k in record}
+                              | {"ours_p50_ms": round(float(np.median(ours)), 3)})
+    medians = [r["median_ms"] for r in app_rounds]
+    # each round's pair ran back to back; the median of the pairs' ratios ignores a round that another
+    # process disturbed, which a ratio of pooled figures would not
+    ratios = [r["ours_p50_ms"] / r["median_ms"] for r in app_rounds]
+    return samples, {"command": record["command"], "load_config": record["load_config"], "rounds": app_rounds,
+                     "median_ms": round(float(np.median(medians)), 3),
+                     "ours_over_app_p50": round(float(np.median(ratios)), 3)}
 
 
 def _throughput(spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, seconds: float,
@@ -200,7 +251,7 @@ def _benchmark_app_exe() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("benchmark_app")
 
 
-def _benchmark_app(spec: EngineSpec, threads: int, seconds: float) -> dict[str, Any]:
+def _benchmark_app(spec: EngineSpec, threads: int, seconds: int, input_npy: Path) -> dict[str, Any]:
     from edgefpn.backends.openvino import ir_xml
 
     exe = _benchmark_app_exe()
@@ -210,11 +261,11 @@ def _benchmark_app(spec: EngineSpec, threads: int, seconds: float) -> dict[str, 
     # -ip f32 stops it from feeding u8 (it treats a 3-channel NCHW input as an image by default)
     plugin_config = {"CPU": {"INFERENCE_NUM_THREADS": threads}}
     args = ["-m", str(ir_xml(spec.path)), "-d", "CPU", "-hint", "latency", "-load_config", "CONFIG",
-            "-t", f"{seconds:g}", "-infer_precision", "f32", "-ip", "f32", "-api", "sync"]
+            "-t", str(seconds), "-infer_precision", "f32", "-ip", "f32", "-api", "sync", "-i", "INPUT.npy"]
     with tempfile.TemporaryDirectory() as tmp:
         cfg_file = Path(tmp) / "config.json"
         cfg_file.write_text(json.dumps(plugin_config), encoding="utf-8")
-        cmd = [exe, *[str(cfg_file) if a == "CONFIG" else a for a in args]]
+        cmd = [exe, *[{"CONFIG": str(cfg_file), "INPUT.npy": str(input_npy)}.get(a, a) for a in args]]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 5 + 120, check=False)
         except subprocess.TimeoutExpired:
@@ -272,9 +323,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         ratio = f"{app['ours_over_app_p50']:.2f}" if "ours_over_app_p50" in app else "–"
         lines.append(f"| {r['name']} | {r['precision']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | "
                      f"{r['fps']:.1f} | {tp_txt} | {compute} | {app_med} | {ratio} |")
+    rounds = report["settings"].get("app_rounds", 1)
     lines += ["", "Latency is model-only (engine call), batch 1. Throughput: OpenVINO with the THROUGHPUT hint "
               "and async requests; other backends: the batch-1 loop. benchmark_app runs with the same settings "
-              "as our runner (latency hint, same threads, f32 inference precision, sync API)."]
+              "as our runner (latency hint, same threads, f32 inference precision, sync API) on the same input "
+              f"tensor, interleaved with ours in {rounds} round(s): an OpenVINO engine's p50 is over all its "
+              "rounds, the benchmark_app figure is the median of its rounds' medians, and ours / benchmark_app is "
+              "the median of the rounds' ratios."]
     if f := report.get("flops"):
         lines += ["", f"Compute: {f['gflops_per_image']:.3f} GFLOPs per image ({f['convention']}); peak "
                   f"{f['peak']['fp32_gflops']:.0f} GFLOP/s fp32, {f['peak']['int8_gops']:.0f} GOP/s int8 "

@@ -29,7 +29,6 @@ from edgefpn.artifacts import (
 from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config, config_hash, to_dict
-from edgefpn.data.preprocess import load_image
 from edgefpn.errors import CheckFailed
 from edgefpn.inference import detect_file
 from edgefpn.metrics.coco import coco_map, detections_to_coco
@@ -130,7 +129,7 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
         bar = tqdm(records, desc=f"[check] {len(all_specs)} engines x val", disable=not progress,
                    leave=False, dynamic_ncols=True)
         for rec in bar:
-            batch, lb = pipe.prepare(load_image(rec.path))
+            batch, lb = pipe.prepare_file(rec.path)
             ref_out = runners[reference.name].infer({INPUT_NAME: batch})
             ref_det = pipe.decode(ref_out, [lb])[0]
             results[reference.name].extend(detections_to_coco(ref_det, rec.id, split.category_ids))
@@ -204,7 +203,7 @@ def _percentiles(samples_ms: list[float]) -> dict[str, float]:
 
 def _latency(runner, pipe, records, cfg: Config) -> dict[str, Any]:
     c = cfg.check
-    batch, _ = pipe.prepare(load_image(records[0].path))
+    batch, _ = pipe.prepare_file(records[0].path)
     feed = {INPUT_NAME: batch}
     for _ in range(c.warmup):
         runner.infer(feed)

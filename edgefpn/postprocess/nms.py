@@ -8,6 +8,10 @@ __all__ = ["batched_nms", "box_iou", "nms"]
 
 # NMS resolves this many score-sorted boxes per vectorised step (a [B, B] overlap matrix).
 _NMS_BLOCK = 128
+# NMS applies newly kept boxes to every later box at once only when that is at most this many box pairs;
+# otherwise later boxes are checked a block at a time, when reached. Keeps each step's temporaries
+# small (~100 KB) whatever the number of candidates.
+_NMS_PAIR_BUDGET = 24_576
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -61,30 +65,34 @@ def _greedy_nms(
 ) -> np.ndarray:
     """Greedy (optionally class-aware) NMS that stops after ``max_keep`` kept boxes.
 
-    Works on blocks of the score-sorted boxes: greedy NMS inside a block is resolved with a few
-    vectorised passes over its [B, B] overlap matrix, then the block's kept boxes suppress all later
-    boxes at once. Kept boxes come out by decreasing score, so stopping early gives exactly the first
-    ``max_keep`` of the full result.
+    Walks the score-sorted boxes a block at a time: a block is first checked against the kept boxes
+    not yet applied to it, then greedy NMS inside the block is resolved with a few vectorised passes
+    over its [B, B] overlap matrix. Newly kept boxes are applied to all later boxes at once when that
+    is cheap (few kept boxes or few boxes left: the case of many duplicates), else lazily, block by
+    block, so that stopping at ``max_keep`` never pays for the boxes it does not reach (the case of
+    many distinct low-score boxes). Kept boxes come out by decreasing score, so stopping early gives
+    exactly the first ``max_keep`` of the full result.
     """
     order = np.argsort(-scores, kind="stable")  # [K]
     coords = tuple(np.ascontiguousarray(boxes[order, i]) for i in range(4))  # x1, y1, x2, y2: [K] each
     areas = (coords[2] - coords[0]) * (coords[3] - coords[1])  # [K]
     labels = labels[order] if labels is not None else None
     thresh = _float32_below(iou_thresh)
-    alive = np.arange(order.size)  # positions in score order, neither kept nor suppressed yet
-    keep: list[np.ndarray] = []
-    n_keep = 0
-    while alive.size and n_keep < max_keep:
-        block, alive = alive[:_NMS_BLOCK], alive[_NMS_BLOCK:]
+    rest = np.arange(order.size)  # positions in score order, not reached and not known to be suppressed
+    keep = np.zeros((0,), dtype=np.int64)  # kept positions, in score order
+    applied = 0  # keep[:applied] have been applied to every box in ``rest``
+    while rest.size and keep.size < max_keep:
+        block, rest = rest[:_NMS_BLOCK], rest[_NMS_BLOCK:]
+        if keep.size > applied:
+            block = block[~_overlaps(coords, areas, labels, keep[applied:], block, thresh).any(axis=0)]
+            if not block.size:
+                continue
         over = np.triu(_overlaps(coords, areas, labels, block, block, thresh), 1)  # [B, B]
-        kept = block[_resolve_greedy(over)]
-        keep.append(kept)
-        n_keep += kept.size
-        if alive.size and n_keep < max_keep:
-            alive = alive[~_overlaps(coords, areas, labels, kept, alive, thresh).any(axis=0)]
-    if not keep:
-        return np.zeros((0,), dtype=np.int64)
-    return order[np.concatenate(keep)[:max_keep]].astype(np.int64, copy=False)
+        keep = np.concatenate([keep, block[_resolve_greedy(over)]])
+        if rest.size and keep.size < max_keep and (keep.size - applied) * rest.size <= _NMS_PAIR_BUDGET:
+            rest = rest[~_overlaps(coords, areas, labels, keep[applied:], rest, thresh).any(axis=0)]
+            applied = keep.size
+    return order[keep[:max_keep]].astype(np.int64, copy=False)
 
 
 def _float32_below(t: float) -> np.float32:
@@ -109,11 +117,19 @@ def _overlaps(
     float32, in the order of torchvision's CPU NMS kernel, so keep decisions match it bit for bit.
     """
     x1, y1, x2, y2 = coords
-    w = np.minimum(x2[rows][:, None], x2[cols][None, :]) - np.maximum(x1[rows][:, None], x1[cols][None, :])
-    h = np.minimum(y2[rows][:, None], y2[cols][None, :]) - np.maximum(y1[rows][:, None], y1[cols][None, :])
-    inter = np.maximum(w, 0) * np.maximum(h, 0)  # [R, C]
+    # in-place after the first op of each line: the same float32 operations, fewer [R, C] temporaries
+    w = np.minimum(x2[rows][:, None], x2[cols][None, :])
+    w -= np.maximum(x1[rows][:, None], x1[cols][None, :])
+    h = np.minimum(y2[rows][:, None], y2[cols][None, :])
+    h -= np.maximum(y1[rows][:, None], y1[cols][None, :])
+    np.maximum(w, 0, out=w)
+    np.maximum(h, 0, out=h)
+    w *= h  # intersection [R, C]
+    union = areas[rows][:, None] + areas[cols][None, :]
+    union -= w
     with np.errstate(divide="ignore", invalid="ignore"):  # two empty boxes: 0 / 0 = nan, never > thresh
-        over = inter / (areas[rows][:, None] + areas[cols][None, :] - inter) > thresh
+        np.divide(w, union, out=union)
+    over = union > thresh
     if labels is not None:
         over &= labels[rows][:, None] == labels[cols][None, :]
     return over

@@ -88,6 +88,25 @@ def test_fp32_ir_matches_onnxruntime_and_runs_f32(tiny_onnx, tmp_path):
         np.testing.assert_array_equal(out[name], again[name])
 
 
+def test_runner_reads_inputs_in_place_but_returns_owned_outputs(tiny_onnx, tmp_path):
+    """Inputs are shared with the request (no copy), so each call must see the array's current values;
+    outputs must survive the next call, which overwrites the request's own output tensors."""
+    onnx_to_openvino(tiny_onnx, tmp_path / "fp32/model.xml", compress_to_fp16=False)
+    x = sample()
+    other = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    with OpenVinoRunner(EngineSpec("ov", "openvino", "fp32", tmp_path / "fp32"), threads=1) as runner:
+        first = runner.infer({"images": x})
+        kept = {k: v.copy() for k, v in first.items()}
+        buf = x.copy()
+        runner.infer({"images": buf})
+        buf[:] = other  # the same array object, new values: the next call must read them
+        second = runner.infer({"images": buf})
+    for name in OUTPUT_NAMES:
+        np.testing.assert_array_equal(first[name], kept[name], err_msg=name)  # not overwritten
+    np.testing.assert_allclose(second["cls_p3"], ort(tiny_onnx, other)["cls_p3"], atol=1e-4, rtol=0)
+    assert not np.array_equal(second["cls_p3"], first["cls_p3"])
+
+
 def test_fp16_ir_stores_fp16_weights_but_computes_f32(tiny_onnx, tmp_path):
     onnx_to_openvino(tiny_onnx, tmp_path / "fp32/model.xml", compress_to_fp16=False)
     onnx_to_openvino(tiny_onnx, tmp_path / "fp16/model.xml", compress_to_fp16=True)

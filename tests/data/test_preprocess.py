@@ -17,6 +17,7 @@ from edgefpn.data.preprocess import (
     load_image,
     normalize,
     preprocess,
+    preprocess_file,
 )
 from edgefpn.errors import DataError
 
@@ -177,6 +178,48 @@ def test_load_image_keeps_stored_geometry(tmp_path):
     p = tmp_path / "rot.jpg"
     im.save(p, exif=exif)
     assert load_image(p).shape == (20, 40, 3)
+
+
+@pytest.mark.parametrize(
+    ("hw", "fmt", "mode"),
+    [
+        ((310, 274), "JPEG", "RGB"),  # downscale, the default run's case
+        ((100, 60), "JPEG", "RGB"),  # upscale
+        ((128, 96), "PNG", "RGB"),  # width already fits: no resize on that side
+        ((160, 160), "PNG", "RGB"),  # exactly the input size: no resize at all
+        ((90, 70), "JPEG", "L"),  # grey JPEG: the general path
+        ((90, 70), "PNG", "RGBA"),
+        ((90, 70), "PNG", "P"),
+    ],
+)
+def test_preprocess_file_is_bit_identical_to_load_then_preprocess(tmp_path, hw, fmt, mode):
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.fromarray(_image(*hw, seed=hw[0])).convert(mode).save(path, format=fmt)
+    stats = {"mean": (0.1, 0.9, 0.5), "std": (0.3, 0.2, 1.5)}
+    expected, lb_expected = preprocess(load_image(path), size=(160, 128), **stats)
+    got, lb = preprocess_file(path, size=(160, 128), **stats)
+    assert lb == lb_expected
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_preprocess_file_reports_file_problems_like_load_image(tmp_path):
+    with pytest.raises(DataError, match="nope.jpg: image file not found"):
+        preprocess_file(tmp_path / "nope.jpg", size=(32, 32))
+    p = tmp_path / "notes.jpg"
+    p.write_text("definitely not a JPEG\n")
+    with pytest.raises(DataError, match=r"notes\.jpg: not an image"):
+        preprocess_file(p, size=(32, 32))
+    with pytest.raises(ValueError, match=r"\(0\.5, 0\.5\)"):
+        preprocess_file(p, size=(32, 32), mean=(0.5, 0.5))
+
+
+def test_lut_is_cached_and_read_only():
+    a = pp._stats_lut((0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
+    assert a is pp._stats_lut((0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
+    assert not a.flags.writeable
+    with pytest.raises(ValueError, match="std"):
+        pp._stats_lut((0.1, 0.2, 0.3), (1.0, float("nan"), 1.0))
 
 
 def test_preprocess_module_imports_without_torch():
