@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -236,7 +237,8 @@ def test_greedy_nms_applied_at_once_and_lazily_matches_torchvision(monkeypatch, 
     """Both ways NMS applies kept boxes to later ones give torchvision's result, early stop included:
     duplicates of a few objects (few kept boxes: applied to all later boxes at once) then many
     scattered boxes (many kept per block: later boxes checked block by block)."""
-    import edgefpn.postprocess as pp
+    # the package re-exports the function ``nms``, which shadows the submodule's attribute name
+    pp = importlib.import_module("edgefpn.postprocess.nms")
 
     rng = np.random.default_rng(5)
     centres = rng.uniform(20, 180, (8, 2))
