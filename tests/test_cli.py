@@ -96,10 +96,14 @@ def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
     images.mkdir()
     for rec in split.images[:3]:
         (images / rec.path.name).write_bytes(rec.path.read_bytes())
+    # an explicit empty config: without --config the CLI reads configs/default.yaml, whose settings
+    # differ from tiny_run's and would retrain into the shared tiny run directory
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
     saved = {}
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / f"{backend}.json"
-        res = invoke("predict", *sets(overrides), "--out", str(run_dir), "--backend", backend,
+        res = invoke("predict", "--config", str(empty), *sets(overrides), "--out", str(run_dir), "--backend", backend,
                      "--images", str(images), "--save", str(out), "--set", "postprocess.score_thresh=0.0")
         assert res.exit_code == 0, res.output
         saved[backend] = json.loads(out.read_text())
