@@ -315,6 +315,8 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("model.input_size", f"must be positive multiples of 32, got {[h, w]}")
     if cfg.model.fpn_channels <= 0 or cfg.model.fpn_channels % 32:
         raise bad("model.fpn_channels", f"must be a positive multiple of 32, got {cfg.model.fpn_channels}")
+    if cfg.model.neck not in ("fpn", "augfpn"):  # edgefpn.models.necks.NECKS (config stays torch-free)
+        raise bad("model.neck", f"must be fpn or augfpn, got {cfg.model.neck!r}")
     if cfg.model.head_convs < 0:
         raise bad("model.head_convs", f"must be >= 0, got {cfg.model.head_convs}")
     if any(s <= 0 for s in cfg.model.std):

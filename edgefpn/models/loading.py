@@ -15,7 +15,7 @@ from edgefpn.models.registry import build_model
 
 # checkpoint meta keys that are builder arguments
 _BUILD_KEYS = ("backbone_name", "fpn_channels", "head_convs", "norm")
-_OPTIONAL_BUILD_KEYS = ("backbone_width",)
+_OPTIONAL_BUILD_KEYS = ("backbone_width", "neck")  # absent from older checkpoints: the builder's default
 
 
 def build_from_meta(meta: Mapping[str, Any]) -> nn.Module:

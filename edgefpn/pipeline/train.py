@@ -49,6 +49,7 @@ def _build(cfg: Config, num_classes: int):
         fpn_channels=m.fpn_channels,
         head_convs=m.head_convs,
         norm=m.norm,
+        neck=m.neck,
     )
 
 
