@@ -310,6 +310,10 @@ def _validate(cfg: Config, source: str) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: {key} {why}")
 
+    from edgefpn.postprocess import DECODERS  # numpy only; the torch registry mirrors its keys (tested)
+
+    if cfg.model.arch not in DECODERS:
+        raise bad("model.arch", f"must be one of {list(DECODERS)}, got {cfg.model.arch!r}")
     h, w = cfg.model.input_size
     if h <= 0 or w <= 0 or h % 32 or w % 32:
         raise bad("model.input_size", f"must be positive multiples of 32, got {[h, w]}")

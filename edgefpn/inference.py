@@ -13,17 +13,25 @@ import numpy as np
 
 from edgefpn.backends.base import INPUT_NAME, Runner
 from edgefpn.data.preprocess import Letterbox, boxes_to_original, load_image, preprocess
-from edgefpn.postprocess import Detections, PostprocessParams, fcos_decode
+from edgefpn.postprocess import Detections, PostprocessParams, decoder_for
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """Pre- and post-processing parameters: everything but the engine."""
+    """Pre- and post-processing parameters: everything but the engine.
+
+    ``arch`` picks the decoder in ``edgefpn.postprocess.DECODERS``; the stages pass the arch recorded
+    in the run's checkpoint meta, the runtime the one in the bundle's ``pipeline.json``.
+    """
 
     input_size: tuple[int, int]  # (H, W)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     post: PostprocessParams
+    arch: str = "fcos"
+
+    def __post_init__(self) -> None:
+        decoder_for(self.arch)  # an unknown arch fails here, not on the first image
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         chw, lb = preprocess(image, size=self.input_size, mean=self.mean, std=self.std)
@@ -31,7 +39,7 @@ class Pipeline:
 
     def decode(self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[Detections]:
         """Raw per-level outputs -> detections in original image pixels, one per batch item."""
-        dets = fcos_decode(outputs, self.post, image_size=self.input_size)
+        dets = decoder_for(self.arch).decode(outputs, self.post, image_size=self.input_size)
         return [
             replace(d, boxes=boxes_to_original(d.boxes, lb).astype(np.float32))
             for d, lb in zip(dets, letterboxes, strict=True)

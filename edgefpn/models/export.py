@@ -1,9 +1,8 @@
-"""The export wrapper: a detector as a fixed tuple of raw per-level head tensors, and its ONNX export.
+"""ONNX export of any architecture's export wrapper (``edgefpn.models.registry.ARCHITECTURES``).
 
-Output contract (docs/ARCHITECTURE.md), for levels p3..p7 in this order:
-``cls_p*`` ``[N, C, H/s, W/s]`` raw logits, ``box_p*`` ``[N, 4, H/s, W/s]`` ReLU'd ltrb distances in
-units of the level's stride, ``ctr_p*`` ``[N, 1, H/s, W/s]`` raw centerness logits. ``H/s`` rounds up,
-as every stride-2 conv in the network does.
+The wrapper advertises its outputs (``output_names()``, ``output_shapes()``); the exported graph must
+match them exactly. ``ExportWrapper``, ``output_names`` and ``output_shapes`` are FCOS's (the contract
+of docs/ARCHITECTURE.md), kept here under their old names.
 """
 
 from __future__ import annotations
@@ -11,120 +10,26 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
-from torchvision.models.detection import FCOS
 
 from edgefpn.errors import ExportError
-from edgefpn.models.backbones import level_stride
-from edgefpn.models.fcos import FCOS_LEVELS
+from edgefpn.models.fcos import FCOSExportWrapper, fcos_output_names, fcos_output_shapes
+from edgefpn.models.outputs import ExportModule
 
 __all__ = ["INPUT_NAME", "ExportWrapper", "export_onnx", "output_names", "output_shapes"]
 
 INPUT_NAME = "images"
-_KINDS = ("cls", "box", "ctr")
-
-
-def output_names(levels: Sequence[str] = FCOS_LEVELS) -> list[str]:
-    """``["cls_p3", ..., "cls_p7", "box_p3", ..., "ctr_p7"]``: the wrapper's outputs, in order."""
-    return [f"{kind}_{level}" for kind in _KINDS for level in levels]
-
-
-def _level_size(size: int, stride: int) -> int:
-    # Each stride-2 conv (k3 p1, k7 p3, k1 p0) and the stem max-pool maps n -> ceil(n / 2).
-    for _ in range(stride.bit_length() - 1):
-        size = -(-size // 2)
-    return size
-
-
-def output_shapes(
-    *,
-    batch: int,
-    input_size: int | tuple[int, int],
-    num_classes: int,
-    levels: Sequence[str] = FCOS_LEVELS,
-) -> dict[str, tuple[int, ...]]:
-    """The static shape of every output for an input ``[batch, 3, H, W]``, keyed by output name.
-
-    Args:
-        batch: images per batch ``N``.
-        input_size: ``H`` (square) or ``(H, W)`` of the letterboxed input.
-        num_classes: ``C``.
-        levels: the pyramid levels, ``p3``..``p7`` by default.
-    """
-    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
-    channels = {"cls": num_classes, "box": 4, "ctr": 1}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for kind in _KINDS:
-        for level in levels:
-            stride = level_stride(level)
-            shapes[f"{kind}_{level}"] = (
-                batch,
-                channels[kind],
-                _level_size(height, stride),
-                _level_size(width, stride),
-            )
-    return shapes
-
-
-def _run_tower(tower: nn.Sequential, x: Tensor) -> Tensor:
-    """``tower(x)``, except that GroupNorm runs as ``torch.group_norm`` with the layer's own parameters.
-
-    ``F.group_norm`` refuses a group that holds a single value, which happens with 32 channels (one per
-    group) on a 1x1 level at batch 1, e.g. P7 of a 128x128 input. The result is well defined (the affine
-    bias) and the op itself computes it; same numbers, same exported ONNX node.
-    """
-    for layer in tower:
-        if isinstance(layer, nn.GroupNorm):
-            x = torch.group_norm(x, layer.num_groups, layer.weight, layer.bias, layer.eps)
-        else:
-            x = layer(x)
-    return x
-
-
-class ExportWrapper(nn.Module):
-    """Runs an FCOS model's backbone and head and returns the raw per-level tensors as one flat tuple.
-
-    It calls the head's own submodules per level and skips torchvision's flatten / concat / decode /
-    NMS, so the graph has no data-dependent control flow and only static shapes. The tuple layout is
-    ``output_names(self.levels)`` whatever ``training`` says (BatchNorm still follows the mode, so
-    export an ``eval()`` model).
-    """
-
-    def __init__(self, model: FCOS) -> None:
-        super().__init__()
-        self.backbone = model.backbone
-        self.head = model.head
-        self.levels: tuple[str, ...] = tuple(model.backbone.output_shape())
-        self.num_classes: int = model.head.classification_head.num_classes
-
-    def output_names(self) -> list[str]:
-        """The names of ``forward``'s outputs, in order."""
-        return output_names(self.levels)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:  # images: [N, 3, H, W]
-        features = self.backbone(images)
-        cls_head = self.head.classification_head
-        reg_head = self.head.regression_head
-        cls_out: list[Tensor] = []
-        box_out: list[Tensor] = []
-        ctr_out: list[Tensor] = []
-        for level in self.levels:
-            feature = features[level]  # [N, F, H/s, W/s]
-            cls_out.append(cls_head.cls_logits(_run_tower(cls_head.conv, feature)))  # [N, C, H/s, W/s]
-            reg_feature = _run_tower(reg_head.conv, feature)  # [N, F, H/s, W/s]
-            box_out.append(F.relu(reg_head.bbox_reg(reg_feature)))  # [N, 4, H/s, W/s]
-            ctr_out.append(reg_head.bbox_ctrness(reg_feature))  # [N, 1, H/s, W/s]
-        return (*cls_out, *box_out, *ctr_out)
+# FCOS's wrapper and output contract under their original names
+ExportWrapper = FCOSExportWrapper
+output_names = fcos_output_names
+output_shapes = fcos_output_shapes
 
 
 def export_onnx(
-    wrapper: ExportWrapper,
+    wrapper: ExportModule,
     path: str | os.PathLike[str],
     *,
     input_size: int | tuple[int, int],
@@ -156,9 +61,7 @@ def export_onnx(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     path = Path(path)
     names = wrapper.output_names()
-    expected = output_shapes(
-        batch=batch, input_size=(height, width), num_classes=wrapper.num_classes, levels=wrapper.levels
-    )
+    expected = wrapper.output_shapes(batch=batch, input_size=(height, width))
     param = next(wrapper.parameters())
     dummy = torch.zeros(batch, 3, height, width, dtype=param.dtype, device=param.device)
 

@@ -9,20 +9,32 @@ model, so the model itself must neither resize nor normalise (see docs/ARCHITECT
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from edgefpn.models.backbones import resnet_fpn
+from edgefpn.models.backbones import level_stride, resnet_fpn
 from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
+from edgefpn.models.outputs import level_size, run_tower
 
-__all__ = ["FCOS_LEVELS", "IdentityTransform", "fcos"]
+__all__ = [
+    "FCOS_LEVELS",
+    "FCOSExportWrapper",
+    "IdentityTransform",
+    "fcos",
+    "fcos_output_names",
+    "fcos_output_shapes",
+]
 
 FCOS_LEVELS = ("p3", "p4", "p5", "p6", "p7")
+_KINDS = ("cls", "box", "ctr")
 # torchvision's FCOSClassificationHead / FCOSRegressionHead hard-code GroupNorm(32, C).
 _HEAD_NORM_GROUPS = 32
 
@@ -152,3 +164,84 @@ def fcos(
     )
     model.transform = IdentityTransform()
     return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Export: cls_p3..p7, box_p3..p7, ctr_p3..p7
+
+
+def fcos_output_names(levels: Sequence[str] = FCOS_LEVELS) -> list[str]:
+    """``["cls_p3", ..., "cls_p7", "box_p3", ..., "ctr_p7"]``: the wrapper's outputs, in order."""
+    return [f"{kind}_{level}" for kind in _KINDS for level in levels]
+
+
+def fcos_output_shapes(
+    *,
+    batch: int,
+    input_size: int | tuple[int, int],
+    num_classes: int,
+    levels: Sequence[str] = FCOS_LEVELS,
+) -> dict[str, tuple[int, ...]]:
+    """The static shape of every output for an input ``[batch, 3, H, W]``, keyed by output name.
+
+    Args:
+        batch: images per batch ``N``.
+        input_size: ``H`` (square) or ``(H, W)`` of the letterboxed input.
+        num_classes: ``C``.
+        levels: the pyramid levels, ``p3``..``p7`` by default.
+    """
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    channels = {"cls": num_classes, "box": 4, "ctr": 1}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for kind in _KINDS:
+        for level in levels:
+            stride = level_stride(level)
+            shapes[f"{kind}_{level}"] = (
+                batch,
+                channels[kind],
+                level_size(height, stride),
+                level_size(width, stride),
+            )
+    return shapes
+
+
+class FCOSExportWrapper(nn.Module):
+    """Runs an FCOS model's backbone and head and returns the raw per-level tensors as one flat tuple.
+
+    It calls the head's own submodules per level and skips torchvision's flatten / concat / decode /
+    NMS, so the graph has no data-dependent control flow and only static shapes. The tuple layout is
+    ``output_names(self.levels)`` whatever ``training`` says (BatchNorm still follows the mode, so
+    export an ``eval()`` model).
+    """
+
+    def __init__(self, model: FCOS) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+        self.levels: tuple[str, ...] = tuple(model.backbone.output_shape())
+        self.num_classes: int = model.head.classification_head.num_classes
+
+    def output_names(self) -> list[str]:
+        """The names of ``forward``'s outputs, in order."""
+        return fcos_output_names(self.levels)
+
+    def output_shapes(self, *, batch: int, input_size: int | tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        """The static shape of every output for an input ``[batch, 3, H, W]``, in output order."""
+        return fcos_output_shapes(
+            batch=batch, input_size=input_size, num_classes=self.num_classes, levels=self.levels
+        )
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:  # images: [N, 3, H, W]
+        features = self.backbone(images)
+        cls_head = self.head.classification_head
+        reg_head = self.head.regression_head
+        cls_out: list[Tensor] = []
+        box_out: list[Tensor] = []
+        ctr_out: list[Tensor] = []
+        for level in self.levels:
+            feature = features[level]  # [N, F, H/s, W/s]
+            cls_out.append(cls_head.cls_logits(run_tower(cls_head.conv, feature)))  # [N, C, H/s, W/s]
+            reg_feature = run_tower(reg_head.conv, feature)  # [N, F, H/s, W/s]
+            box_out.append(F.relu(reg_head.bbox_reg(reg_feature)))  # [N, 4, H/s, W/s]
+            ctr_out.append(reg_head.bbox_ctrness(reg_feature))  # [N, 1, H/s, W/s]
+        return (*cls_out, *box_out, *ctr_out)

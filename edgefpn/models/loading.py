@@ -10,18 +10,26 @@ from torch import nn
 
 from edgefpn.errors import CheckpointError
 from edgefpn.models.checkpoint import load_checkpoint
-from edgefpn.models.export import ExportWrapper
-from edgefpn.models.registry import build_model
+from edgefpn.models.outputs import ExportModule
+from edgefpn.models.registry import ARCHITECTURES, build_model, export_wrapper
 
-# checkpoint meta keys that are builder arguments
-_BUILD_KEYS = ("backbone_name", "fpn_channels", "head_convs", "norm")
-_OPTIONAL_BUILD_KEYS = ("backbone_width", "neck")  # absent from older checkpoints: the builder's default
+# Checkpoints written before meta["build"] existed (FCOS only) keep the builder arguments at the top.
+_LEGACY_BUILD_KEYS = ("backbone_name", "fpn_channels", "head_convs", "norm")
+_LEGACY_OPTIONAL_BUILD_KEYS = ("backbone_width",)
 
 
 def build_from_meta(meta: Mapping[str, Any]) -> nn.Module:
+    """The (untrained) model that ``meta`` describes: ``meta["arch"]``'s builder with ``meta["build"]``."""
     try:
-        kwargs = {k: meta[k] for k in _BUILD_KEYS} | {k: meta[k] for k in _OPTIONAL_BUILD_KEYS if k in meta}
-        return build_model(arch=meta["arch"], num_classes=int(meta["num_classes"]), **kwargs)
+        arch = meta["arch"]
+        if arch not in ARCHITECTURES:
+            raise CheckpointError(f"checkpoint metadata names unknown arch {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+        if isinstance(meta.get("build"), Mapping):
+            kwargs = dict(meta["build"])
+        else:
+            kwargs = {k: meta[k] for k in _LEGACY_BUILD_KEYS}
+            kwargs |= {k: meta[k] for k in _LEGACY_OPTIONAL_BUILD_KEYS if k in meta}
+        return build_model(arch=arch, num_classes=int(meta["num_classes"]), **kwargs)
     except KeyError as exc:
         raise CheckpointError(f"checkpoint metadata lacks {exc.args[0]!r}") from None
 
@@ -40,8 +48,8 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-def wrapper_from_checkpoint(path: Path) -> tuple[ExportWrapper, list[str]]:
-    """The export wrapper (fixed per-level outputs) of the checkpoint, and its output names."""
-    model, _ = model_from_checkpoint(path)
-    wrapper = ExportWrapper(model).eval()
+def wrapper_from_checkpoint(path: Path) -> tuple[ExportModule, list[str]]:
+    """The export wrapper (the arch's fixed outputs) of the checkpoint, and its output names."""
+    model, meta = model_from_checkpoint(path)
+    wrapper = export_wrapper(meta["arch"], model)
     return wrapper, list(wrapper.output_names())

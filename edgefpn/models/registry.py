@@ -1,21 +1,71 @@
-"""The detector architectures by name. RetinaNet and Faster R-CNN join this dict later."""
+"""The detector architectures by name: the one torch-side extension point.
+
+``ARCHITECTURES[arch]`` is an :class:`ArchSpec`: the keyword-only builder, the export-wrapper factory
+(the wrapper advertises its output names and static shapes, see ``edgefpn.models.outputs``), and the
+map from the model config to the builder's arguments. The numpy side has its own literal dict keyed by
+the same names: ``edgefpn.postprocess.DECODERS``. A new architecture registers in both.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from edgefpn.models.fcos import fcos
+from edgefpn.config import ModelConfig
+from edgefpn.models.fcos import FCOSExportWrapper, fcos
+from edgefpn.models.outputs import ExportModule
 
-__all__ = ["ARCHITECTURES", "build_model"]
+__all__ = ["ARCHITECTURES", "ArchSpec", "arch_spec", "build_model", "export_wrapper"]
 
-ARCHITECTURES: Mapping[str, Callable[..., nn.Module]] = {"fcos": fcos}
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One architecture, torch side.
+
+    Args:
+        builder: ``builder(*, num_classes, **kwargs) -> nn.Module``, a torchvision-style detector that
+            takes preprocessed images (train mode: loss dict; eval mode: torchvision detections).
+        wrapper: ``wrapper(model) -> ExportModule``: the fixed tuple of raw outputs that is exported.
+        build_kwargs: ``build_kwargs(model_config) -> dict`` of plain values, the builder's arguments
+            besides ``num_classes``; recorded in the checkpoint meta (``meta["build"]``) to rebuild it.
+    """
+
+    builder: Callable[..., nn.Module]
+    wrapper: Callable[[nn.Module], ExportModule]
+    build_kwargs: Callable[[ModelConfig], dict[str, Any]]
+
+
+def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
+    return {
+        "backbone_name": m.backbone,
+        "backbone_width": m.backbone_width,
+        "fpn_channels": m.fpn_channels,
+        "head_convs": m.head_convs,
+        "norm": m.norm,
+        "neck": m.neck,
+    }
+
+
+ARCHITECTURES: Mapping[str, ArchSpec] = {
+    "fcos": ArchSpec(builder=fcos, wrapper=FCOSExportWrapper, build_kwargs=_fpn_kwargs),
+}
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """The spec of ``arch``; ``ValueError`` naming the valid ones for an unknown name."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; valid names: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]
 
 
 def build_model(*, arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build the detector ``arch`` with ``num_classes`` classes; ``kwargs`` go to its builder."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; valid names: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](num_classes=num_classes, **kwargs)
+    return arch_spec(arch).builder(num_classes=num_classes, **kwargs)
+
+
+def export_wrapper(arch: str, model: nn.Module) -> ExportModule:
+    """``model``'s export wrapper (fixed tuple of raw outputs), in eval mode."""
+    return arch_spec(arch).wrapper(model).eval()

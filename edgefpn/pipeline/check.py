@@ -36,9 +36,10 @@ from edgefpn.metrics.detections import DetectionAgreement
 from edgefpn.metrics.tensors import aggregate_agreement, tensor_agreement
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
-from edgefpn.pipeline.common import log, make_pipeline
+from edgefpn.pipeline.common import log, make_pipeline, recorded_arch
 from edgefpn.pipeline.report import render_markdown, system_info, with_compute
 from edgefpn.pipeline.report_html import render_html
+from edgefpn.postprocess import split_output_name
 
 REPORT = "report.json"
 REFERENCE = EngineSpec("torch-fp32", "torch", "fp32", Path(train_stage.ARTIFACT))
@@ -87,7 +88,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         _raise_on_failures(art.manifest.get("failures", []), out)
         return art
 
-    report = evaluate(cfg, data, reference, engines, progress=progress)
+    report = evaluate(cfg, data, reference, engines, progress=progress, arch=recorded_arch(cfg, run_dir))
     report = with_compute(report, run_dir / export_stage.ARTIFACT, cfg.run.threads)
     write_json(out, report)
     md = run_dir / "report.md"
@@ -106,11 +107,14 @@ def _raise_on_failures(failures: list[str], out: Path) -> None:
 
 
 def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec], *,
-             progress: bool = True) -> dict[str, Any]:
-    """Run the reference and ``engines`` over the val split; return the report dict."""
+             progress: bool = True, arch: str | None = None) -> dict[str, Any]:
+    """Run the reference and ``engines`` over the val split; return the report dict.
+
+    ``arch`` picks the decoder (the arch recorded with the reference model; ``cfg.model.arch`` if None).
+    """
     from tqdm import tqdm
 
-    pipe = make_pipeline(cfg)
+    pipe = make_pipeline(cfg, arch=arch)
     split = data.split(cfg.data.val_split)
     records = split.images[: cfg.check.max_images] if cfg.check.max_images else split.images
     image_ids = [r.id for r in records]
@@ -170,12 +174,18 @@ def _finite(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _levels(per_output: dict[str, list[dict]]) -> tuple[dict, dict]:
+    """Per-output agreement, and the per-level outputs (``<branch>_p<k>``) grouped by level then branch.
+
+    Outputs that are not per level (a two-stage detector's proposals, RoI head) appear in ``outputs``
+    only; the gates check them there.
+    """
     outputs = {name: aggregate_agreement(stats) for name, stats in per_output.items()}
     levels: dict[str, dict[str, Any]] = {}
     for name, agg in outputs.items():
-        branch, _, level = name.partition("_")
-        levels.setdefault(level, {})[branch] = agg
-    return dict(sorted(levels.items())), outputs
+        branch, level = split_output_name(name)
+        if level is not None:
+            levels.setdefault(level, {})[branch] = agg
+    return dict(sorted(levels.items(), key=lambda kv: int(kv[0][1:]))), outputs
 
 
 def _percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -242,15 +252,19 @@ def _gates(entry: dict, cfg: Config, *, is_reference: bool) -> dict[str, Any]:
     if not is_reference:
         if max_drop is not None and abs(entry["map_delta"]) > max_drop:
             failed.append(f"mAP delta {entry['map_delta']:+.3f} exceeds ±{max_drop} AP points")
-        for level, branches in entry.get("levels", {}).items():
-            for branch, stats in branches.items():
-                if stats["nonfinite"]:
-                    failed.append(f"{branch}_{level}: {stats['nonfinite']} NaN/Inf values (level {level})")
-                elif min_cos is not None and stats["cosine"] < min_cos:
-                    failed.append(f"{branch}_{level}: cosine {stats['cosine']:.6f} < {min_cos} (level {level})")
-                elif min_cos is not None and stats["snr_db"] < (floor := _snr_floor_db(min_cos)):
-                    failed.append(f"{branch}_{level}: SNR {stats['snr_db']:.1f} dB < {floor:.1f} dB, the floor "
-                                  f"min cosine {min_cos} implies (a scale error cosine cannot see) (level {level})")
+        # per-level outputs level by level, then the outputs that are not per level (two-stage heads)
+        per_level = [(f"{branch}_{level}", stats, f" (level {level})")
+                     for level, branches in entry.get("levels", {}).items() for branch, stats in branches.items()]
+        whole = [(name, stats, "") for name, stats in entry.get("outputs", {}).items()
+                 if split_output_name(name)[1] is None]
+        for name, stats, where in per_level + whole:
+            if stats["nonfinite"]:
+                failed.append(f"{name}: {stats['nonfinite']} NaN/Inf values{where}")
+            elif min_cos is not None and stats["cosine"] < min_cos:
+                failed.append(f"{name}: cosine {stats['cosine']:.6f} < {min_cos}{where}")
+            elif min_cos is not None and stats["snr_db"] < (floor := _snr_floor_db(min_cos)):
+                failed.append(f"{name}: SNR {stats['snr_db']:.1f} dB < {floor:.1f} dB, the floor "
+                              f"min cosine {min_cos} implies (a scale error cosine cannot see){where}")
     return {"max_map_drop": max_drop, "min_cosine": min_cos, "failed": failed, "passed": not failed}
 
 

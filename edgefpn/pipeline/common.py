@@ -10,7 +10,7 @@ import numpy as np
 
 from edgefpn.config import Config
 from edgefpn.inference import Pipeline
-from edgefpn.postprocess import PostprocessParams
+from edgefpn.postprocess import PostprocessParams, decoder_for
 
 QUIET = False
 
@@ -43,16 +43,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def postprocess_params(cfg: Config) -> PostprocessParams:
+def recorded_arch(cfg: Config, run_dir: Path) -> str:
+    """The arch recorded in the run's ``model.pt`` manifest (``cfg.model.arch`` before one exists).
+
+    The decoder follows the model that produced the tensors, not the config that is asking.
+    """
+    from edgefpn.artifacts import read_manifest
+
+    meta = (read_manifest(run_dir / "model.pt") or {}).get("meta") or {}
+    return str(meta.get("arch") or cfg.model.arch)
+
+
+def postprocess_params(cfg: Config, arch: str | None = None) -> PostprocessParams:
+    """The config's thresholds with the pyramid levels of ``arch``'s decoder (``cfg.model.arch`` by default)."""
     pp = cfg.postprocess
+    decoder = decoder_for(arch or cfg.model.arch)
     return PostprocessParams(
         score_thresh=pp.score_thresh,
         nms_thresh=pp.nms_thresh,
         topk_candidates=pp.topk_candidates,
         detections_per_img=pp.detections_per_img,
+        strides=decoder.strides,
+        levels=decoder.levels,
     )
 
 
-def make_pipeline(cfg: Config) -> Pipeline:
+def make_pipeline(cfg: Config, *, arch: str | None = None) -> Pipeline:
+    """Preprocessing of ``cfg.model`` and the decoder of ``arch`` (``cfg.model.arch`` by default)."""
     m = cfg.model
-    return Pipeline(input_size=m.input_size, mean=m.mean, std=m.std, post=postprocess_params(cfg))
+    arch = arch or m.arch
+    return Pipeline(input_size=m.input_size, mean=m.mean, std=m.std, post=postprocess_params(cfg, arch), arch=arch)

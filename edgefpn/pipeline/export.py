@@ -53,12 +53,13 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
 
     from edgefpn.backends import EngineSpec
     from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
-    from edgefpn.models.export import ExportWrapper, export_onnx
+    from edgefpn.models.export import export_onnx
     from edgefpn.models.loading import model_from_checkpoint
+    from edgefpn.models.registry import export_wrapper
 
     torch.set_num_threads(cfg.run.threads)
     model, meta = model_from_checkpoint(model_art.path)
-    wrapper = ExportWrapper(model).eval()
+    wrapper = export_wrapper(meta["arch"], model)
     names = list(wrapper.output_names())
     sample = _sample_input(cfg)
     with torch.inference_mode():
@@ -70,7 +71,7 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
         model_proto = onnx.load(str(tmp))
         if cfg.export.simplify:
             model_proto = _simplify(model_proto)
-        _set_metadata(model_proto, cfg, meta)
+        _set_metadata(model_proto, cfg, meta, wrapper.levels)
         _check_static(model_proto, tmp)
         onnx.save(model_proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -105,13 +106,14 @@ def _simplify(model_proto):
         return model_proto
 
 
-def _set_metadata(model_proto, cfg: Config, meta: dict) -> None:
-    from edgefpn.postprocess import STRIDES
+def _set_metadata(model_proto, cfg: Config, meta: dict, levels: tuple[str, ...]) -> None:
+    from edgefpn.models.backbones import level_stride
 
     props = {
         "edgefpn.arch": meta["arch"],
         "edgefpn.input_size": json.dumps(list(cfg.model.input_size)),
-        "edgefpn.strides": json.dumps(list(STRIDES)),
+        "edgefpn.levels": json.dumps(list(levels)),
+        "edgefpn.strides": json.dumps([level_stride(lvl) for lvl in levels]),
         "edgefpn.mean": json.dumps(list(cfg.model.mean)),
         "edgefpn.std": json.dumps(list(cfg.model.std)),
         "edgefpn.class_names": json.dumps(meta.get("class_names")),

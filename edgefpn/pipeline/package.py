@@ -174,9 +174,11 @@ def _collect(run_dir: Path, chosen: list[str]) -> tuple[dict[str, dict], list[di
 def _pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     meta = (read_manifest(run_dir / train_stage.ARTIFACT) or {}).get("meta", {})
     num_classes = int(meta.get("num_classes") or 0)
-    pp = postprocess_params(cfg)
+    arch = str(meta.get("arch") or cfg.model.arch)
+    pp = postprocess_params(cfg, arch)
     m = cfg.model
     return {
+        "arch": arch,
         "classes": {"num_classes": num_classes,
                     "names": meta.get("class_names") or [str(i) for i in range(num_classes)],
                     "category_ids": meta.get("category_ids") or list(range(num_classes))},

@@ -21,7 +21,7 @@ from edgefpn.calibration import CalibrationSet, cache_key, calibrate, nncf_datas
 from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
-from edgefpn.pipeline.common import log, make_pipeline
+from edgefpn.pipeline.common import log, make_pipeline, recorded_arch
 
 ARTIFACT = "model.int8.onnx"
 FP16 = "model.fp16.onnx"
@@ -78,7 +78,7 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
         quantize_qdq(model_path, dst, calib_res.cache, q.method, exclude=exclude)
 
     split = data.split(cfg.data.val_split)
-    evaluator = Evaluator(make_pipeline(cfg), split.images, split.category_ids,
+    evaluator = Evaluator(make_pipeline(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
                           data.ann_file(cfg.data.val_split), threads=cfg.run.threads)
     ref_spec = EngineSpec("torch-fp32", "torch", "fp32", run_dir / train_stage.ARTIFACT)
     log(f"[quantize] reference mAP: PyTorch on {len(split.images)} val images")
@@ -187,7 +187,7 @@ def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: Calibration
     groups = node_groups(onnx.load(str(onnx_art.path)))
     ranking = _openvino_ranking(accuracy, groups)
     split = data.split(cfg.data.val_split)
-    evaluator = Evaluator(make_pipeline(cfg), split.images, split.category_ids,
+    evaluator = Evaluator(make_pipeline(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
                           data.ann_file(cfg.data.val_split), threads=cfg.run.threads)
     ref_map = float(accuracy["reference_map"])
     dataset = nncf_dataset(calib, model_batch=_batch(onnx_art), batch_size=q.batch_size)

@@ -18,7 +18,6 @@ from edgefpn.pipeline.report import TABLE_HEADER, compute_note, table_row
 
 __all__ = ["render_html", "ship_choice"]
 
-LEVELS = ("p3", "p4", "p5", "p6", "p7")
 _PASS, _FAIL, _REF = "#2e7d32", "#c62828", "#455a64"
 _FLOOR = 1e-12  # log-scale floor for errors that are exactly zero
 
@@ -253,13 +252,15 @@ def _plot_levels(report: dict[str, Any]) -> str | None:
         return None
     import numpy as np
 
+    # the levels the engines report (p3..p7 for FCOS / RetinaNet, p2.. for two-stage detectors)
+    levels = sorted({lvl for e in engines for lvl in e["levels"]}, key=lambda lvl: int(lvl[1:]))
     fig = _figure(5.6, 5.2)
     ax_cos, ax_abs = fig.subplots(2, 1, sharex=True)
     width = 0.8 / len(engines)
-    x = np.arange(len(LEVELS))
+    x = np.arange(len(levels))
     for i, e in enumerate(engines):
         deficit, max_abs, nonfinite = [], [], []
-        for level in LEVELS:
+        for level in levels:
             branches = e["levels"].get(level, {})
             cos = min((s["cosine"] for s in branches.values()), default=1.0)
             deficit.append(max(1.0 - cos, _FLOOR))
@@ -286,7 +287,7 @@ def _plot_levels(report: dict[str, Any]) -> str | None:
         ax.set_yscale("log")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
-    ax_abs.set_xticks(x, LEVELS)
+    ax_abs.set_xticks(x, levels)
     ax_abs.set_xlabel("pyramid level")
     fig.legend(*ax_cos.get_legend_handles_labels(), loc="outside upper center", fontsize=7,
                ncol=min(len(engines), 3), frameon=False)

@@ -19,9 +19,12 @@ RESUME = "train.last.pt"
 
 def _meta(cfg: Config, num_classes: int, class_names: tuple[str, ...] | None,
           category_ids: tuple[int, ...] | None) -> dict[str, Any]:
+    from edgefpn.models.registry import arch_spec
+
     m = cfg.model
     return {
         "arch": m.arch,
+        "build": arch_spec(m.arch).build_kwargs(m),  # the builder's arguments: loading rebuilds from these
         "backbone_name": m.backbone,
         "backbone_width": m.backbone_width,
         "neck": m.neck,
@@ -38,19 +41,10 @@ def _meta(cfg: Config, num_classes: int, class_names: tuple[str, ...] | None,
 
 
 def _build(cfg: Config, num_classes: int):
-    from edgefpn.models.registry import build_model
+    from edgefpn.models.registry import arch_spec
 
-    m = cfg.model
-    return build_model(
-        arch=m.arch,
-        num_classes=num_classes,
-        backbone_name=m.backbone,
-        backbone_width=m.backbone_width,
-        fpn_channels=m.fpn_channels,
-        head_convs=m.head_convs,
-        norm=m.norm,
-        neck=m.neck,
-    )
+    spec = arch_spec(cfg.model.arch)
+    return spec.builder(num_classes=num_classes, **spec.build_kwargs(cfg.model))
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:
@@ -225,11 +219,11 @@ def _quick_map(cfg: Config, model, data, max_images: int | None) -> float:
 
     from edgefpn.data.preprocess import load_image
     from edgefpn.metrics.coco import coco_map, detections_to_coco
-    from edgefpn.models.export import ExportWrapper
+    from edgefpn.models.registry import export_wrapper
 
     was_training = model.training
     model.eval()
-    wrapper = ExportWrapper(model).eval()
+    wrapper = export_wrapper(cfg.model.arch, model)
     names = list(wrapper.output_names())
     pipe = make_pipeline(cfg)
     split = data.split(cfg.data.val_split)

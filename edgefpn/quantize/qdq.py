@@ -16,6 +16,8 @@ from pathlib import Path
 
 import onnx
 
+from edgefpn.postprocess import split_output_name
+
 __all__ = ["check_qdq", "node_groups", "quantize_qdq", "strip_output_qdq"]
 
 
@@ -92,10 +94,13 @@ def node_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
     Backbone and FPN nodes are grouped by their exported names (``backbone/stem``, ``backbone/layer1``..,
     ``fpn/p3``.. , ``fpn/top-down``); the head's shared convolutions export without useful names, so
     those are grouped by which outputs they feed: ``head-cls/p3`` feeds only ``cls_p3``,
-    ``head-reg/p3`` only ``box_p3`` / ``ctr_p3``. FPN block ``i`` is level ``p{3+i}`` (returned
-    layers 2..4, as every edgefpn backbone does).
+    ``head-reg/p3`` only ``box_p3`` / ``ctr_p3`` (any architecture: outputs are ``<branch>_p<k>``;
+    other branch sets are named ``head-<b1>+<b2>/p3``). FPN block ``i`` is the ``i``-th returned level,
+    counted from the finest level among the per-level outputs (``p3`` for FCOS and RetinaNet).
     """
     outputs = {o.name for o in model.graph.output}
+    out_levels = [lvl for name in outputs if (lvl := split_output_name(name)[1]) is not None]
+    first_level = min((int(lvl[1:]) for lvl in out_levels), default=3)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -111,30 +116,37 @@ def node_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
         reach[id(n)] = frozenset(r)
     groups: dict[str, list[str]] = {}
     for n in model.graph.node:
-        groups.setdefault(_group_of(n.name, reach[id(n)]), []).append(n.name)
+        groups.setdefault(_group_of(n.name, reach[id(n)], first_level), []).append(n.name)
     return dict(sorted(groups.items()))
 
 
-def _group_of(name: str, reached: frozenset[str]) -> str:
+# Head branch sets with a short group name; any other set is named after its branches.
+_HEAD_GROUPS: dict[frozenset[str], str] = {
+    frozenset({"cls"}): "head-cls",
+    frozenset({"box"}): "head-reg",
+    frozenset({"ctr"}): "head-reg",
+    frozenset({"box", "ctr"}): "head-reg",
+}
+
+
+def _group_of(name: str, reached: frozenset[str], first_level: int) -> str:
     if name.startswith("/backbone/body/"):
         m = _LAYER_RE.match(name)
         return f"backbone/{m.group(1)}" if m else "backbone/stem"
     if name.startswith("/backbone/fpn/"):
         if m := _FPN_BLOCK_RE.match(name):
-            return f"fpn/p{3 + int(m.group(1))}"
+            return f"fpn/p{first_level + int(m.group(1))}"
         if "/extra_blocks/p6" in name:
             return "fpn/p6"
         if "/extra_blocks/" in name:
             return "fpn/p7"
         return "fpn/top-down"
-    kinds = {o.partition("_")[0] for o in reached}
-    levels = {o.partition("_")[2] for o in reached}
-    if len(levels) == 1:
+    split = [split_output_name(o) for o in reached]
+    kinds = frozenset(branch for branch, _ in split)
+    levels = {level for _, level in split}
+    if len(levels) == 1 and None not in levels:
         (level,) = levels
-        if kinds == {"cls"}:
-            return f"head-cls/{level}"
-        if kinds <= {"box", "ctr"}:
-            return f"head-reg/{level}"
+        return f"{_HEAD_GROUPS.get(kinds) or 'head-' + '+'.join(sorted(kinds))}/{level}"
     return "other"
 
 

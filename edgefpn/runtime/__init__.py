@@ -129,6 +129,8 @@ def pipeline_from(params: Mapping[str, Any]) -> Pipeline:
                                topk_candidates=post["topk_candidates"],
                                detections_per_img=post["detections_per_img"],
                                strides=tuple(post["strides"]), levels=tuple(post["levels"])),
+        # bundles from before the arch was recorded were all FCOS (the only arch edgefpn had)
+        arch=str(params.get("arch", "fcos")),
     )
 
 

@@ -215,16 +215,8 @@ def test_export_runs_on_openvino(tmp_path) -> None:
 
 def test_checkpoint_rebuilds_augfpn_from_its_metadata(tmp_path) -> None:
     model = _augfpn_fcos().eval()
-    meta = {
-        "arch": "fcos",
-        "neck": "augfpn",
-        "backbone_name": "resnet18",
-        "backbone_width": 64,
-        "fpn_channels": 32,
-        "head_convs": 1,
-        "norm": "bn",
-        "num_classes": 3,
-    }
+    build = {"backbone_name": "resnet18", "backbone_width": 64, "fpn_channels": 32, "head_convs": 1}
+    meta = {"arch": "fcos", "num_classes": 3, "build": {**build, "norm": "bn", "neck": "augfpn"}}
     save_checkpoint(tmp_path / "model.pt", model, meta=meta)
     rebuilt, _ = model_from_checkpoint(tmp_path / "model.pt")
     assert type(rebuilt) is AugFCOS
