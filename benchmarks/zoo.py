@@ -69,7 +69,15 @@ def _row_overrides(args: argparse.Namespace, arch: str, neck: str) -> list[str]:
 
 def _run_row(args: argparse.Namespace, arch: str, neck: str) -> dict[str, Any]:
     run_dir = args.out / f"{arch}-{neck}"
-    cmd = [str(ROOT / ".venv/bin/edgefpn"), "run", "--config", str(args.config), "--out", str(run_dir), "--quiet"]
+    cmd = [
+        str(ROOT / ".venv/bin/edgefpn"),
+        "run",
+        "--config",
+        str(args.config),
+        "--out",
+        str(run_dir),
+        "--quiet",
+    ]
     for item in _row_overrides(args, arch, neck):
         cmd += ["--set", item]
     print(f"[zoo] {arch}/{neck}: {shlex.join(cmd)}", flush=True)
@@ -79,10 +87,18 @@ def _run_row(args: argparse.Namespace, arch: str, neck: str) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "zoo.log").write_text(proc.stdout + proc.stderr)
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
-    print(f"[zoo] {arch}/{neck}: exit {proc.returncode} in {seconds:.0f} s {tail[0] if proc.returncode else ''}",
-          flush=True)
-    return {"arch": arch, "neck": neck, "run_dir": str(run_dir), "exit_code": proc.returncode,
-            "run_seconds": round(seconds, 1), "command": shlex.join(cmd)}
+    print(
+        f"[zoo] {arch}/{neck}: exit {proc.returncode} in {seconds:.0f} s {tail[0] if proc.returncode else ''}",
+        flush=True,
+    )
+    return {
+        "arch": arch,
+        "neck": neck,
+        "run_dir": str(run_dir),
+        "exit_code": proc.returncode,
+        "run_seconds": round(seconds, 1),
+        "command": shlex.join(cmd),
+    }
 
 
 def _read_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -140,8 +156,11 @@ def _latency(rows: list[dict[str, Any]], *, threads: int, rounds: int, iters: in
             runner.__exit__(None, None, None)
     for row in live:
         s = np.asarray(samples[(row["arch"], row["neck"])])
-        row["latency_ms"] = {"p50": round(float(np.median(s)), 3), "p90": round(float(np.percentile(s, 90)), 3),
-                             "samples": int(s.size)}
+        row["latency_ms"] = {
+            "p50": round(float(np.median(s)), 3),
+            "p90": round(float(np.percentile(s, 90)), 3),
+            "samples": int(s.size),
+        }
 
 
 def _input_shape(path: Path) -> list[int]:
@@ -186,8 +205,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     for arch in dict.fromkeys(r["arch"] for r in result["rows"]):
         fpn, aug = by_key.get((arch, "fpn"), {}), by_key.get((arch, "augfpn"), {})
         if fpn.get("map_torch") is not None and aug.get("map_torch") is not None:
-            lines.append(f"- {arch}: {aug['map_torch'] - fpn['map_torch']:+.2f} AP "
-                         f"({fpn['map_torch']:.2f} -> {aug['map_torch']:.2f})")
+            lines.append(
+                f"- {arch}: {aug['map_torch'] - fpn['map_torch']:+.2f} AP "
+                f"({fpn['map_torch']:.2f} -> {aug['map_torch']:.2f})"
+            )
     lines += [
         "",
         "*train s: wall seconds of the training stage, rows run one after another (not side by side: only "
@@ -245,12 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(_row_overrides(args, "ARCH", "NECK"))
     result = {
         "schema": "edgefpn.zoo/1",
-        "settings": {"epochs": args.epochs, "num_train": args.num_train, "num_val": args.num_val,
-                     "seed": args.seed, "threads": args.threads, "input_size": INPUT_SIZE, "config": str(
-                         args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
-                     "out": str(args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out),
-                     "latency_rounds": args.latency_rounds, "latency_iters": args.latency_iters,
-                     "overrides": [o for o in overrides if not o.startswith("data.root=")]},
+        "settings": {
+            "epochs": args.epochs,
+            "num_train": args.num_train,
+            "num_val": args.num_val,
+            "seed": args.seed,
+            "threads": args.threads,
+            "input_size": INPUT_SIZE,
+            "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
+            "out": str(args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out),
+            "latency_rounds": args.latency_rounds,
+            "latency_iters": args.latency_iters,
+            "overrides": [o for o in overrides if not o.startswith("data.root=")],
+        },
         "machine": _machine(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rows": rows,

@@ -135,7 +135,7 @@ def test_consistent_supervision_adds_weighted_aux_losses_in_training_only() -> N
         torch.testing.assert_close(losses[f"aux_{name}"], 0.5 * value)
     assert with_aux.backbone.fpn._kept is None  # nothing is kept past the training step
     sum(losses.values()).backward()
-    assert with_aux.backbone.fpn.rfa.fuse[2].weight.grad.abs().sum() > 0
+    assert with_aux.backbone.fpn.rfa.fuse.attention[2].weight.grad.abs().sum() > 0
     with torch.no_grad():
         dets = with_aux.eval()(images)
     assert len(dets) == 2 and set(dets[0]) == {"boxes", "scores", "labels"}

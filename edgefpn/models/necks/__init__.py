@@ -14,6 +14,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
 from edgefpn.models.necks.augfpn import (
     DEFAULT_POOL_RATIOS,
+    AdaptiveSpatialFusion,
     AugFPN,
     ResidualFeatureAugmentation,
     StaticAdaptiveAvgPool2d,
@@ -31,6 +32,7 @@ __all__ = [
     "AUX_LOSS_WEIGHT",
     "DEFAULT_POOL_RATIOS",
     "NECKS",
+    "AdaptiveSpatialFusion",
     "AugFCOS",
     "AugFPN",
     "AugFasterRCNN",

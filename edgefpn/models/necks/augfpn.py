@@ -37,6 +37,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyrami
 
 __all__ = [
     "DEFAULT_POOL_RATIOS",
+    "AdaptiveSpatialFusion",
     "AugFPN",
     "ResidualFeatureAugmentation",
     "StaticAdaptiveAvgPool2d",
@@ -127,6 +128,42 @@ class StaticAdaptiveAvgPool2d(nn.Module):
         return f"ratio={self.ratio}"
 
 
+class AdaptiveSpatialFusion(nn.Module):
+    """The paper's Adaptive Spatial Fusion: a learned spatial weight map per branch, then a weighted sum.
+
+    ``attention`` maps the concatenated branches ``[N, B*C, H, W]`` through a 1x1 conv (to ``hidden``
+    channels), ReLU and a 3x3 conv to ``B`` maps; a sigmoid makes them weights (as the reference does:
+    each branch is gated on its own rather than the branches competing through a softmax).
+
+    Args:
+        channels: channels ``C`` of every branch.
+        branches: number of branches ``B``.
+        hidden: width of the 1x1 conv (default ``C``, the paper's).
+    """
+
+    def __init__(self, channels: int, branches: int, *, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = channels if hidden is None else hidden
+        for name, value in (("channels", channels), ("branches", branches), ("hidden", hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.branches = branches
+        self.attention = nn.Sequential(
+            nn.Conv2d(channels * branches, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, branches, 3, padding=1),
+        )
+
+    def forward(self, branches: Sequence[Tensor]) -> Tensor:  # B x [N, C, H, W]
+        if len(branches) != self.branches:
+            raise ValueError(f"expected {self.branches} branches, got {len(branches)}")
+        weights = torch.sigmoid(self.attention(torch.cat(list(branches), dim=1)))  # [N, B, H, W]
+        fused = branches[0] * weights[:, 0:1]
+        for i in range(1, len(branches)):
+            fused = fused + branches[i] * weights[:, i : i + 1]
+        return fused  # [N, C, H, W]
+
+
 class ResidualFeatureAugmentation(nn.Module):
     """Ratio-invariant context from C5, fused by learned spatial weights (the paper's RFA + ASF).
 
@@ -148,12 +185,7 @@ class ResidualFeatureAugmentation(nn.Module):
             raise ValueError(f"pool_ratios must be non-empty, got {pool_ratios!r}")
         self.pools = nn.ModuleList(StaticAdaptiveAvgPool2d(r) for r in ratios)
         self.reduce = nn.ModuleList(nn.Conv2d(in_channels, out_channels, 1) for _ in ratios)
-        # Adaptive Spatial Fusion: one spatial weight map per branch from the concatenated branches.
-        self.fuse = nn.Sequential(
-            nn.Conv2d(out_channels * len(ratios), out_channels, 1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, len(ratios), 3, padding=1),
-        )
+        self.fuse = AdaptiveSpatialFusion(out_channels, len(ratios))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_uniform_(module.weight, a=1)  # torchvision's FPN initialisation
@@ -167,11 +199,7 @@ class ResidualFeatureAugmentation(nn.Module):
             F.interpolate(reduce(pool(c5)), size=size, mode="bilinear", align_corners=False)
             for pool, reduce in zip(self.pools, self.reduce, strict=True)
         ]  # each [N, F, H, W]
-        weights = torch.sigmoid(self.fuse(torch.cat(branches, dim=1)))  # [N, R, H, W]
-        fused = branches[0] * weights[:, 0:1]
-        for i in range(1, len(branches)):
-            fused = fused + branches[i] * weights[:, i : i + 1]
-        return fused  # [N, F, H, W]
+        return self.fuse(branches)  # [N, F, H, W]
 
 
 class AugFPN(FeaturePyramidNetwork):
