@@ -54,6 +54,16 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class RpnConfig:
+    """Faster R-CNN's region proposal settings (torchvision's test-time defaults); baked into the graph."""
+
+    pre_nms_top_n: int = 1000  # per level, before NMS
+    post_nms_top_n: int = 1000  # in all, after NMS: the static proposal count of the exported graph
+    nms_thresh: float = 0.7
+    score_thresh: float = 0.0  # objectness probability; torchvision's mobilenet layouts use 0.05
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = "fcos"
     backbone: str = "resnet18"
@@ -68,6 +78,9 @@ class ModelConfig:
     num_classes: int | None = None  # None: taken from the training annotations
     class_names: tuple[str, ...] | None = None
     weights: str | None = None  # a checkpoint to load instead of training
+    variant: str = "v1"  # torchvision's layout variant: v1, or v2 (e.g. fasterrcnn_resnet50_fpn_v2)
+    representation_size: int = 1024  # faster_rcnn: width of the box head's fully connected layers
+    rpn: RpnConfig = field(default_factory=RpnConfig)  # faster_rcnn only
 
 
 @dataclass(frozen=True)
@@ -321,6 +334,13 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("model.fpn_channels", f"must be a positive multiple of 32, got {cfg.model.fpn_channels}")
     if cfg.model.neck not in ("fpn", "augfpn"):  # edgefpn.models.necks.NECKS (config stays torch-free)
         raise bad("model.neck", f"must be fpn or augfpn, got {cfg.model.neck!r}")
+    if cfg.model.variant not in ("v1", "v2"):
+        raise bad("model.variant", f"must be v1 or v2, got {cfg.model.variant!r}")
+    rpn = cfg.model.rpn
+    if cfg.model.representation_size <= 0 or rpn.pre_nms_top_n <= 0 or rpn.post_nms_top_n <= 0:
+        raise bad("model", "needs representation_size, rpn.pre_nms_top_n and rpn.post_nms_top_n > 0")
+    if not 0.0 < rpn.nms_thresh <= 1.0 or not 0.0 <= rpn.score_thresh < 1.0:
+        raise bad("model.rpn", f"thresholds out of range: nms {rpn.nms_thresh}, score {rpn.score_thresh}")
     if cfg.model.head_convs < 0:
         raise bad("model.head_convs", f"must be >= 0, got {cfg.model.head_convs}")
     if any(s <= 0 for s in cfg.model.std):

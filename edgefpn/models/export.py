@@ -72,6 +72,9 @@ def export_onnx(
             # The TorchScript exporter is deprecated in favour of dynamo=True (see the docstring).
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
             warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+            # Static-shape wrappers read input sizes as Python ints on purpose (e.g. Faster R-CNN's
+            # anchors and top-k counts): constants of the graph, which is what the tracer warns about.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             try:
                 torch.onnx.export(
                     wrapper,

@@ -15,6 +15,8 @@ from typing import Any
 from torch import nn
 
 from edgefpn.config import ModelConfig
+from edgefpn.models.faster_rcnn import faster_rcnn
+from edgefpn.models.faster_rcnn_export import FasterRCNNExportWrapper
 from edgefpn.models.fcos import FCOSExportWrapper, fcos
 from edgefpn.models.outputs import ExportModule
 
@@ -49,8 +51,25 @@ def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
     }
 
 
+def _faster_rcnn_kwargs(m: ModelConfig) -> dict[str, Any]:
+    return {
+        "backbone_name": m.backbone,
+        "backbone_width": m.backbone_width,
+        "fpn_channels": m.fpn_channels,
+        "norm": m.norm,
+        "neck": m.neck,
+        "variant": m.variant,
+        "representation_size": m.representation_size,
+        "rpn_pre_nms_top_n": m.rpn.pre_nms_top_n,
+        "rpn_post_nms_top_n": m.rpn.post_nms_top_n,
+        "rpn_nms_thresh": m.rpn.nms_thresh,
+        "rpn_score_thresh": m.rpn.score_thresh,
+    }
+
+
 ARCHITECTURES: Mapping[str, ArchSpec] = {
     "fcos": ArchSpec(builder=fcos, wrapper=FCOSExportWrapper, build_kwargs=_fpn_kwargs),
+    "faster_rcnn": ArchSpec(builder=faster_rcnn, wrapper=FasterRCNNExportWrapper, build_kwargs=_faster_rcnn_kwargs),
 }
 
 

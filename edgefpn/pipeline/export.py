@@ -78,14 +78,15 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
 
         with OnnxRuntimeRunner(EngineSpec("verify", "onnxruntime", "fp32", tmp), threads=cfg.run.threads) as r:
             got = r.infer({"images": sample})
-        errors = {n: float(np.max(np.abs(got[n] - ref))) for n, ref in zip(names, reference, strict=True)}
-        worst = max(errors, key=errors.get)
-        if errors[worst] > cfg.export.atol:
+        errors = {n: float(np.max(np.abs(got[n] - ref), initial=0.0)) for n, ref in zip(names, reference, strict=True)}
+        tolerance = {n: cfg.export.atol * _scale(n, ref) for n, ref in zip(names, reference, strict=True)}
+        worst = max(errors, key=lambda n: errors[n] / tolerance[n])
+        if errors[worst] > tolerance[worst]:
             raise ExportError(
                 f"{out}: ONNX Runtime disagrees with PyTorch on {worst}: max abs error "
-                f"{errors[worst]:.3g} > export.atol {cfg.export.atol:g}"
+                f"{errors[worst]:.3g} > {tolerance[worst]:.3g} (export.atol {cfg.export.atol:g})"
             )
-        log(f"[export] ONNX Runtime vs PyTorch: max abs error {errors[worst]:.2e} ({worst}) <= {cfg.export.atol:g}")
+        log(f"[export] ONNX Runtime vs PyTorch: max abs error {errors[worst]:.2e} ({worst}) <= {tolerance[worst]:.3g}")
 
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model_proto.graph.output}
     return write_manifest(
@@ -94,6 +95,17 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
                "outputs": outputs, "verify_max_abs_error": errors, "opset": cfg.export.opset,
                "class_names": meta.get("class_names"), "category_ids": meta.get("category_ids")},
     )
+
+
+def _scale(name: str, reference: np.ndarray) -> float:
+    """How much export.atol is scaled for ``name``: 1 for per-level head tensors; for the other outputs
+    (a two-stage detector's proposals in pixels, its RoI head's logits after two FC layers) the
+    magnitude, as float32 rounding grows with it."""
+    from edgefpn.postprocess import split_output_name
+
+    if split_output_name(name)[1] is not None:
+        return 1.0
+    return max(1.0, float(np.max(np.abs(reference), initial=0.0)))
 
 
 def _simplify(model_proto):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefpn.postprocess.common import LEVELS, STRIDES, Detections, PostprocessParams, split_output_name
+from edgefpn.postprocess.faster_rcnn import FASTER_RCNN_LEVELS, FASTER_RCNN_STRIDES, faster_rcnn_decode
 from edgefpn.postprocess.fcos import fcos_decode
 from edgefpn.postprocess.nms import batched_nms, box_iou, nms
 
@@ -29,6 +30,7 @@ __all__ = [
     "box_iou",
     "decode",
     "decoder_for",
+    "faster_rcnn_decode",
     "fcos_decode",
     "nms",
     "split_output_name",
@@ -47,15 +49,27 @@ class Decoder:
             ``Detections`` (xyxy in input pixels, labels ``0..C-1``, by decreasing score).
         levels: the levels named in ``params.levels`` (``p3``..``p7`` for FCOS and RetinaNet).
         strides: their strides in input pixels.
+        selected_outputs: outputs whose rows are a data-dependent selection (a two-stage detector's
+            proposals and the RoI head run on them). Two engines' rows only correspond when both selected
+            the same set, which reduced precision legitimately changes (and a near-tie can change in
+            FP32), so ``check`` reports their agreement but gates them on NaN/Inf only; the detection
+            agreement and mAP judge that stage.
     """
 
     decode: DecodeFn
     levels: tuple[str, ...] = LEVELS
     strides: tuple[int, ...] = STRIDES
+    selected_outputs: tuple[str, ...] = ()
 
 
 DECODERS: Mapping[str, Decoder] = {
     "fcos": Decoder(decode=fcos_decode),
+    "faster_rcnn": Decoder(
+        decode=faster_rcnn_decode,
+        levels=FASTER_RCNN_LEVELS,
+        strides=FASTER_RCNN_STRIDES,
+        selected_outputs=("proposals", "proposal_scores", "roi_cls", "roi_box"),
+    ),
 }
 
 

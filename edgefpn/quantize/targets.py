@@ -21,6 +21,7 @@ def fp16_onnx(model_path: Path, out: Path, sample: np.ndarray, *, threads: int) 
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(model_path)), keep_io_types=True, disable_shape_infer=False)
+    _drop_duplicate_nodes(model)
     onnx.save(model, str(out))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.log_severity_level = threads, 3
@@ -32,6 +33,28 @@ def fp16_onnx(model_path: Path, out: Path, sample: np.ndarray, *, threads: int) 
                 "output_dtypes": sorted({str(o.dtype) for o in outs})}
     except Exception as exc:  # ORT raises untyped errors; the file is still useful to TensorRT / OpenVINO
         return {"ort_cpu_runs": False, "ort_cpu_error": str(exc).strip().splitlines()[0][:300]}
+
+
+def _drop_duplicate_nodes(model) -> int:
+    """Remove nodes identical to an earlier one (same name, inputs, outputs and attributes).
+
+    The float16 converter keeps ops it cannot run in FP16 (RoiAlign, NonMaxSuppression, TopK, ...) in
+    float32 behind a Cast per input, and names that Cast after the input tensor; a tensor feeding several
+    such ops (Faster R-CNN's RoI boxes go to one RoiAlign per level) gets the same Cast several times,
+    which ONNX Runtime refuses as "two nodes with same node name". The copies compute the same tensor.
+    """
+    seen: set[bytes] = set()
+    keep = []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    dropped = len(model.graph.node) - len(keep)
+    if dropped:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return dropped
 
 
 def openvino_missing() -> str | None:

@@ -1,0 +1,225 @@
+"""Faster R-CNN with FPN built from torchvision's own ``FasterRCNN``, on already-preprocessed images.
+
+torchvision's classes are used unchanged (``RegionProposalNetwork``/``RPNHead``, ``MultiScaleRoIAlign``,
+``TwoMLPHead`` or ``FastRCNNConvFCHead``, ``FastRCNNPredictor``), so training losses, initialisation and
+the state-dict layout are torchvision's: ``faster_rcnn(backbone_name="resnet50", num_classes=90,
+fpn_channels=256, norm="frozen_bn")`` has exactly the keys and shapes of
+``torchvision.models.detection.fasterrcnn_resnet50_fpn`` and ``variant="v2"`` those of
+``fasterrcnn_resnet50_fpn_v2``.
+
+Labels: edgefpn's labels are ``0..K-1`` for every detector (docs/ARCHITECTURE.md). Faster R-CNN's softmax
+reserves class 0 for the background, so the predictor has ``K + 1`` outputs and object class ``k`` is
+torchvision's label ``k + 1``. :class:`EdgeFasterRCNN` shifts target labels up by one in training and
+detections down by one in eval, so callers only ever see ``0..K-1``. torchvision's COCO checkpoints
+(``num_classes=91`` there, background included) are ``num_classes=90`` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
+
+from edgefpn.models.backbones import ResNetFPN, resnet_fpn
+from edgefpn.models.fcos import IdentityTransform
+
+__all__ = ["FASTER_RCNN_LEVELS", "VARIANTS", "EdgeFasterRCNN", "MaxPoolP6", "faster_rcnn"]
+
+FASTER_RCNN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
+VARIANTS = ("v1", "v2")
+# torchvision's RoI pooling resolution and sampling (MultiScaleRoIAlign defaults of FasterRCNN).
+_ROI_SIZE = 7
+_ROI_SAMPLING = 2
+
+
+class MaxPoolP6(ExtraFPNBlock):
+    """torchvision's ``LastLevelMaxPool`` (P6 = P5 subsampled by 2), naming its level ``p6``.
+
+    It has no parameters, so the state dict is torchvision's whatever the name.
+    """
+
+    def __init__(self, name: str = "p6") -> None:
+        super().__init__()
+        self.name = name
+
+    def forward(self, x: list[Tensor], y: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+        names.append(self.name)
+        x.append(F.max_pool2d(x[-1], kernel_size=1, stride=2, padding=0))  # [N, C, ceil(H/2), ceil(W/2)]
+        return x, names
+
+
+class EdgeFasterRCNN(FasterRCNN):
+    """torchvision's ``FasterRCNN`` speaking edgefpn's labels ``0..K-1`` (see the module docstring).
+
+    ``roi_levels`` names the pyramid levels RoIs are pooled from (the max-pool level is only for the RPN,
+    as in torchvision).
+    """
+
+    roi_levels: tuple[str, ...]
+
+    def forward(self, images, targets=None):  # type: ignore[override]
+        if targets is not None:
+            targets = [{**t, "labels": t["labels"] + 1} for t in targets]
+        result = super().forward(images, targets)
+        if self.training:
+            return result  # the loss dict
+        return [{**r, "labels": r["labels"] - 1} for r in result]
+
+
+def _fpn_backbone(
+    *, backbone_name: str, fpn_channels: int, norm: str, backbone_width: int, fpn_norm: bool
+) -> ResNetFPN:
+    backbone = resnet_fpn(
+        name=backbone_name,
+        fpn_channels=fpn_channels,
+        returned_levels=FASTER_RCNN_LEVELS[:4],
+        extra_levels=False,
+        norm=norm,
+        width=backbone_width,
+    )
+    if fpn_norm:
+        # fasterrcnn_resnet50_fpn_v2: BatchNorm inside the FPN's 1x1 and 3x3 convs (keys `.0.weight`, `.1.*`).
+        in_channels = [block[0].in_channels for block in backbone.fpn.inner_blocks]  # Conv2dNormActivation
+        backbone.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, norm_layer=nn.BatchNorm2d)
+    backbone.fpn.extra_blocks = MaxPoolP6("p6")
+    backbone.levels = FASTER_RCNN_LEVELS
+    return backbone
+
+
+def faster_rcnn(
+    *,
+    backbone_name: str = "resnet18",
+    num_classes: int,
+    fpn_channels: int = 256,
+    norm: str = "bn",
+    backbone_width: int = 64,
+    variant: str = "v1",
+    representation_size: int = 1024,
+    rpn_pre_nms_top_n: int = 1000,
+    rpn_post_nms_top_n: int = 1000,
+    rpn_nms_thresh: float = 0.7,
+    rpn_score_thresh: float = 0.0,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+    **unused: object,
+) -> EdgeFasterRCNN:
+    """torchvision's Faster R-CNN on a ResNet-FPN (P2..P5 + max-pool P6), taking preprocessed images.
+
+    In train mode ``model(images, targets)`` returns torchvision's four losses; in eval mode
+    ``model(images)`` returns detections with ``xyxy`` boxes in input pixels and labels ``0..K-1``.
+
+    Args:
+        backbone_name: ``resnet18``, ``resnet34`` or ``resnet50``.
+        num_classes: object classes ``K``, background excluded (the predictor has ``K + 1`` outputs).
+        fpn_channels: FPN, RPN and RoI feature width.
+        norm: backbone norm, ``"bn"`` or ``"frozen_bn"`` (torchvision's pretrained v1 layout).
+        backbone_width: first-stage width of the ResNet (64 is torchvision's).
+        variant: ``"v1"`` (``fasterrcnn_resnet50_fpn``: one-conv RPN head, ``TwoMLPHead``) or ``"v2"``
+            (``fasterrcnn_resnet50_fpn_v2``: BatchNorm FPN, two-conv RPN head, ``FastRCNNConvFCHead``
+            with four BatchNorm convs).
+        representation_size: width of the box head's fully connected layers (torchvision: 1024).
+        rpn_pre_nms_top_n, rpn_post_nms_top_n: proposals kept per level before NMS and in all after it,
+            at test time (also used for training, where torchvision defaults to 2000).
+        rpn_nms_thresh, rpn_score_thresh, score_thresh, nms_thresh, detections_per_img: torchvision's
+            ``FasterRCNN`` arguments of the same names (``box_`` prefix dropped for the last three).
+        unused: other architectures' settings (e.g. ``head_convs``), accepted and ignored so that one
+            config builds any architecture.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    for name, value in (
+        ("representation_size", representation_size),
+        ("rpn_pre_nms_top_n", rpn_pre_nms_top_n),
+        ("rpn_post_nms_top_n", rpn_post_nms_top_n),
+        ("detections_per_img", detections_per_img),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    v2 = variant == "v2"
+    backbone = _fpn_backbone(
+        backbone_name=backbone_name,
+        fpn_channels=fpn_channels,
+        norm=norm,
+        backbone_width=backbone_width,
+        fpn_norm=v2,
+    )
+    return _assemble(
+        backbone,
+        levels=FASTER_RCNN_LEVELS,
+        roi_levels=FASTER_RCNN_LEVELS[:4],
+        anchor_sizes=tuple((32 * 2**i,) for i in range(len(FASTER_RCNN_LEVELS))),
+        num_classes=num_classes,
+        rpn_conv_depth=2 if v2 else 1,
+        conv_fc_head=v2,
+        representation_size=representation_size,
+        rpn_pre_nms_top_n=rpn_pre_nms_top_n,
+        rpn_post_nms_top_n=rpn_post_nms_top_n,
+        rpn_nms_thresh=rpn_nms_thresh,
+        rpn_score_thresh=rpn_score_thresh,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+    )
+
+
+def _assemble(
+    backbone: nn.Module,
+    *,
+    levels: Sequence[str],
+    roi_levels: Sequence[str],
+    anchor_sizes: tuple[tuple[int, ...], ...],
+    num_classes: int,
+    rpn_conv_depth: int,
+    conv_fc_head: bool,
+    representation_size: int,
+    rpn_pre_nms_top_n: int,
+    rpn_post_nms_top_n: int,
+    rpn_nms_thresh: float,
+    rpn_score_thresh: float,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+) -> EdgeFasterRCNN:
+    """The torchvision Faster R-CNN around ``backbone`` (shared by the ResNet and MobileNet layouts)."""
+    channels = backbone.out_channels
+    anchor_generator = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    rpn_head = RPNHead(channels, anchor_generator.num_anchors_per_location()[0], conv_depth=rpn_conv_depth)
+    roi_pool = MultiScaleRoIAlign(featmap_names=list(roi_levels), output_size=_ROI_SIZE, sampling_ratio=_ROI_SAMPLING)
+    if conv_fc_head:
+        box_head: nn.Module = FastRCNNConvFCHead(
+            (channels, _ROI_SIZE, _ROI_SIZE), [channels] * 4, [representation_size], norm_layer=nn.BatchNorm2d
+        )
+    else:
+        box_head = TwoMLPHead(channels * _ROI_SIZE**2, representation_size)
+    model = EdgeFasterRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchor_generator,
+        rpn_head=rpn_head,
+        box_roi_pool=roi_pool,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n,
+        rpn_nms_thresh=rpn_nms_thresh,
+        rpn_score_thresh=rpn_score_thresh,
+        box_score_thresh=score_thresh,
+        box_nms_thresh=nms_thresh,
+        box_detections_per_img=detections_per_img,
+    )
+    model.transform = IdentityTransform()
+    model.levels = tuple(levels)
+    model.roi_levels = tuple(roi_levels)
+    return model
