@@ -12,8 +12,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_res
 
 from edgefpn.models.faster_rcnn import FASTER_RCNN_LEVELS, faster_rcnn
 from edgefpn.models.faster_rcnn_export import FasterRCNNExportWrapper, MultiLevelRoIAlign
-from edgefpn.postprocess import PostprocessParams, box_iou
-from edgefpn.postprocess import faster_rcnn_decode
+from edgefpn.postprocess import PostprocessParams, box_iou, faster_rcnn_decode
 
 TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "backbone_width": 16, "representation_size": 64}
 PARAMS = PostprocessParams(score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)

@@ -20,6 +20,7 @@ from edgefpn.models.necks.augfpn import (
     StaticAdaptiveAvgPool2d,
     adaptive_pool_matrix,
 )
+from edgefpn.models.necks.soft_roi import SoftRoISelection, StaticRoIPool
 from edgefpn.models.necks.supervision import (
     AUX_LOSS_WEIGHT,
     AugFasterRCNN,
@@ -39,7 +40,9 @@ __all__ = [
     "AugRetinaNet",
     "ConsistentSupervision",
     "ResidualFeatureAugmentation",
+    "SoftRoISelection",
     "StaticAdaptiveAvgPool2d",
+    "StaticRoIPool",
     "adaptive_pool_matrix",
     "attach_neck",
     "detector_class",

@@ -239,9 +239,8 @@ class AugFPN(FeaturePyramidNetwork):
         """
         if type(fpn) is not FeaturePyramidNetwork:
             raise ValueError(f"expected torchvision's FeaturePyramidNetwork, got {type(fpn).__name__}")
-        convs = [block[0] for block in fpn.inner_blocks]  # Conv2dNormActivation -> its Conv2d
-        if any(len(block) != 1 for block in fpn.inner_blocks):
-            raise ValueError("AugFPN supports FPNs without norm layers (torchvision's default) only")
+        # Conv2dNormActivation -> its Conv2d (a norm layer after it, as in Faster R-CNN v2, moves over too)
+        convs = [block[0] for block in fpn.inner_blocks]
         out_channels = convs[0].out_channels
         # The new modules draw from a forked RNG, so whatever is built after the neck (the head)
         # gets the same initial weights with either neck for one seed.
