@@ -51,8 +51,8 @@ BUDGET = (
     "check.latency_iters=20",
     "check.warmup=3",
 )
-# Per-architecture settings, the same for both necks. Faster R-CNN: 300 RPN candidates per level and
-# 100 proposals (a synthetic image holds at most ~a dozen objects) and a 256-wide box head; torchvision's
+# Per-architecture settings, the same for both necks. Faster R-CNN: 200 RPN candidates per level and
+# 64 proposals (a synthetic image holds at most 8 objects) and a 256-wide box head; torchvision's
 # 1000 / 1000 / 1024 would make its box head alone ~6 GFLOPs at this input size.
 ARCH_OVERRIDES = {
     "faster_rcnn": (
@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/default.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/zoo", help="run directories (one per row)")
     parser.add_argument("--table", type=Path, default=HERE / "zoo", help="writes TABLE.md and TABLE.json")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--num-train", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--num-train", type=int, default=800)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
