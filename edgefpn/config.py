@@ -24,6 +24,8 @@ from edgefpn.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; anything bigger is a mistake or an attack
 PRECISIONS = ("fp32", "fp16", "int8")
+# edgefpn.models.backbones.FPN_BACKBONES, spelled out so that loading a config imports no torch (tested)
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,8 @@ def _validate(cfg: Config, source: str) -> None:
 
     if cfg.model.arch not in DECODERS:
         raise bad("model.arch", f"must be one of {list(DECODERS)}, got {cfg.model.arch!r}")
+    if cfg.model.backbone not in BACKBONE_NAMES:
+        raise bad("model.backbone", f"must be one of {list(BACKBONE_NAMES)}, got {cfg.model.backbone!r}")
     h, w = cfg.model.input_size
     if h <= 0 or w <= 0 or h % 32 or w % 32:
         raise bad("model.input_size", f"must be positive multiples of 32, got {[h, w]}")

@@ -20,7 +20,7 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from edgefpn.models.backbones import level_stride, resnet_fpn
+from edgefpn.models.backbones import backbone_fpn, level_stride
 from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
 from edgefpn.models.outputs import level_size, run_tower
 
@@ -110,7 +110,7 @@ def fcos(
     detections with ``xyxy`` boxes in input pixels and labels ``0..num_classes-1``.
 
     Args:
-        backbone_name: ``resnet18``, ``resnet34`` or ``resnet50``.
+        backbone_name: ``resnet18``, ``resnet34``, ``resnet50`` or ``mobilenet_v3_large``.
         num_classes: number of object classes (no background class: FCOS uses sigmoid scores).
         fpn_channels: FPN and head width; a multiple of 32 because the head uses ``GroupNorm(32, C)``.
         head_convs: conv + GroupNorm + ReLU blocks in each head tower (torchvision uses 4).
@@ -137,13 +137,7 @@ def fcos(
     if isinstance(head_convs, bool) or not isinstance(head_convs, int) or head_convs < 0:
         raise ValueError(f"head_convs must be an int >= 0, got {head_convs!r}")
 
-    backbone = resnet_fpn(
-        name=backbone_name,
-        fpn_channels=fpn_channels,
-        returned_levels=FCOS_LEVELS[:3],
-        norm=norm,
-        width=backbone_width,
-    )
+    backbone = backbone_fpn(name=backbone_name, fpn_channels=fpn_channels, norm=norm, width=backbone_width)
     backbone = attach_neck(backbone, neck=neck)
     strides = [spec.stride for spec in backbone.output_shape().values()]
     # One square anchor per location whose side equals the level's stride: FCOS's "points".

@@ -19,6 +19,7 @@ from edgefpn.models.faster_rcnn import faster_rcnn
 from edgefpn.models.faster_rcnn_export import FasterRCNNExportWrapper
 from edgefpn.models.fcos import FCOSExportWrapper, fcos
 from edgefpn.models.outputs import ExportModule
+from edgefpn.models.retinanet import RetinaNetExportWrapper, retinanet, retinanet_v2
 
 __all__ = ["ARCHITECTURES", "ArchSpec", "arch_spec", "build_model", "export_wrapper"]
 
@@ -70,6 +71,8 @@ def _faster_rcnn_kwargs(m: ModelConfig) -> dict[str, Any]:
 ARCHITECTURES: Mapping[str, ArchSpec] = {
     "fcos": ArchSpec(builder=fcos, wrapper=FCOSExportWrapper, build_kwargs=_fpn_kwargs),
     "faster_rcnn": ArchSpec(builder=faster_rcnn, wrapper=FasterRCNNExportWrapper, build_kwargs=_faster_rcnn_kwargs),
+    "retinanet": ArchSpec(builder=retinanet, wrapper=RetinaNetExportWrapper, build_kwargs=_fpn_kwargs),
+    "retinanet_v2": ArchSpec(builder=retinanet_v2, wrapper=RetinaNetExportWrapper, build_kwargs=_fpn_kwargs),
 }
 
 

@@ -18,6 +18,7 @@ from edgefpn.postprocess.common import LEVELS, STRIDES, Detections, PostprocessP
 from edgefpn.postprocess.faster_rcnn import FASTER_RCNN_LEVELS, FASTER_RCNN_STRIDES, faster_rcnn_decode
 from edgefpn.postprocess.fcos import fcos_decode
 from edgefpn.postprocess.nms import batched_nms, box_iou, nms
+from edgefpn.postprocess.retinanet import retinanet_decode
 
 __all__ = [
     "DECODERS",
@@ -33,6 +34,7 @@ __all__ = [
     "faster_rcnn_decode",
     "fcos_decode",
     "nms",
+    "retinanet_decode",
     "split_output_name",
 ]
 
@@ -70,6 +72,8 @@ DECODERS: Mapping[str, Decoder] = {
         strides=FASTER_RCNN_STRIDES,
         selected_outputs=("proposals", "proposal_scores", "roi_cls", "roi_box"),
     ),
+    "retinanet": Decoder(decode=retinanet_decode),
+    "retinanet_v2": Decoder(decode=retinanet_decode),  # v2 changes the network, not the outputs
 }
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgefpn.config import ModelConfig, load_config
+from edgefpn.config import BACKBONE_NAMES, ModelConfig, load_config
 from edgefpn.errors import ConfigError
 from edgefpn.models import ARCHITECTURES, ExportModule, arch_spec, export_wrapper
+from edgefpn.models.backbones import FPN_BACKBONES
 from edgefpn.postprocess import DECODERS, Detections, PostprocessParams, decoder_for, split_output_name
 
 SIZE = (96, 128)  # (H, W): not square, so a swapped H / W shows
@@ -16,6 +17,7 @@ SIZE = (96, 128)  # (H, W): not square, so a swapped H / W shows
 
 def test_torch_and_numpy_registries_name_the_same_architectures() -> None:
     assert list(ARCHITECTURES) == list(DECODERS)
+    assert BACKBONE_NAMES == FPN_BACKBONES
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -51,6 +53,8 @@ def test_unknown_arch_is_one_clear_error() -> None:
         decoder_for("yolo")
     with pytest.raises(ConfigError, match="model.arch must be one of .*'yolo'"):
         load_config(None, ["model.arch=yolo"])
+    with pytest.raises(ConfigError, match="model.backbone must be one of .*mobilenet_v3_large.*'vgg16'"):
+        load_config(None, ["model.backbone=vgg16"])
 
 
 @pytest.mark.parametrize(
