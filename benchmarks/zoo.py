@@ -51,8 +51,8 @@ BUDGET = (
     "check.latency_iters=20",
     "check.warmup=3",
 )
-# Per-architecture settings, the same for both necks. Faster R-CNN: 200 RPN candidates per level and
-# 64 proposals (a synthetic image holds at most 8 objects) and a 256-wide box head; torchvision's
+# Per-architecture settings, the same for both necks. Faster R-CNN: 300 RPN candidates per level and
+# 100 proposals (a synthetic image holds at most 8 objects) and a 256-wide box head; torchvision's
 # 1000 / 1000 / 1024 would make its box head alone ~6 GFLOPs at this input size.
 ARCH_OVERRIDES = {
     "faster_rcnn": (
