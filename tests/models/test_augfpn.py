@@ -224,3 +224,30 @@ def test_checkpoint_rebuilds_augfpn_from_its_metadata(tmp_path) -> None:
     with torch.no_grad():
         for a, b in zip(ExportWrapper(model)(x), ExportWrapper(rebuilt)(x), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "retinanet_v2"])
+def test_retinanet_with_augfpn_trains_with_aux_losses_and_exports_static(arch, tmp_path) -> None:
+    import onnxruntime as ort
+
+    from edgefpn.models.necks import AugRetinaNet
+    from edgefpn.models.registry import build_model, export_wrapper
+
+    torch.manual_seed(0)
+    model = build_model(
+        arch=arch, num_classes=3, backbone_name="resnet18", fpn_channels=32, head_convs=1, neck="augfpn"
+    )
+    assert type(model) is AugRetinaNet and isinstance(model.backbone.fpn, AugFPN)
+    losses = model.train()(torch.randn(2, 3, 128, 160), _targets())
+    assert set(losses) == {"classification", "bbox_regression", "aux_classification", "aux_bbox_regression"}
+    assert all(torch.isfinite(v) for v in losses.values())
+
+    wrapper = export_wrapper(arch, model.eval())
+    path = tmp_path / f"{arch}.onnx"
+    export_onnx(wrapper, path, input_size=(128, 160), opset=17)
+    x = torch.randn(1, 3, 128, 160)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = [t.numpy() for t in wrapper(x)]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True)) <= 1e-4
+    assert all(_static(o) for o in onnx.load(str(path)).graph.output)
