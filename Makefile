@@ -13,7 +13,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 EDGEFPN := .venv/bin/edgefpn
 STAGE_ARGS := --config $(CONFIG) --out $(OUT) $(ARGS)
 
-.PHONY: all setup data train export quantize build check package run test lint benchmark clean help
+.PHONY: all setup data train export quantize build check package run test lint benchmark bench-zoo clean help
 
 all: run ## data -> train -> export -> quantize -> build -> check on the default config
 
@@ -59,6 +59,9 @@ benchmark: setup ## latency / throughput of every engine in the run dir (+ OpenV
 
 test: setup ## the test suite (< 10 minutes on 2 cores)
 	.venv/bin/python -m pytest -q $(ARGS)
+
+bench-zoo: setup ## FPN vs AugFPN per detector, one training budget -> benchmarks/zoo.{md,json} (~20 min)
+	.venv/bin/python benchmarks/zoo.py $(ARGS)
 
 lint: setup
 	.venv/bin/ruff check edgefpn tests benchmarks

@@ -338,6 +338,8 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("model.input_size", f"must be positive multiples of 32, got {[h, w]}")
     if cfg.model.fpn_channels <= 0 or cfg.model.fpn_channels % 32:
         raise bad("model.fpn_channels", f"must be a positive multiple of 32, got {cfg.model.fpn_channels}")
+    if cfg.model.neck not in ("fpn", "augfpn"):  # edgefpn.models.necks.NECKS (config stays torch-free)
+        raise bad("model.neck", f"must be fpn or augfpn, got {cfg.model.neck!r}")
     if cfg.model.variant not in ("v1", "v2"):
         raise bad("model.variant", f"must be v1 or v2, got {cfg.model.variant!r}")
     rpn = cfg.model.rpn

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models import mobilenet_v3_large
@@ -31,8 +32,10 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyrami
 
 from edgefpn.models.backbones import NORMS, ResNetFPN, level_stride, resnet_fpn
 from edgefpn.models.fcos import IdentityTransform
+from edgefpn.models.necks import AUX_LOSS_WEIGHT, ConsistentSupervision, attach_neck
+from edgefpn.models.necks.soft_roi import SoftRoISelection, StaticRoIPool
 
-__all__ = ["FASTER_RCNN_LEVELS", "VARIANTS", "EdgeFasterRCNN", "MaxPoolP6", "faster_rcnn"]
+__all__ = ["FASTER_RCNN_LEVELS", "VARIANTS", "AugEdgeFasterRCNN", "EdgeFasterRCNN", "MaxPoolP6", "faster_rcnn"]
 
 FASTER_RCNN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 # fasterrcnn_mobilenet_v3_large_fpn: FPN on MobileNetV3 features 13 and 16, BOTH stride 32 (feature 13 is
@@ -82,6 +85,11 @@ class EdgeFasterRCNN(FasterRCNN):
         return [{**r, "labels": r["labels"] - 1} for r in result]
 
 
+class AugEdgeFasterRCNN(ConsistentSupervision, EdgeFasterRCNN):
+    """:class:`EdgeFasterRCNN` on an AugFPN neck: in training, the RPN and RoI losses are also computed
+    on the pre-fusion laterals (``aux_*``, see ``edgefpn.models.necks.supervision``)."""
+
+
 def _fpn_backbone(
     *, backbone_name: str, fpn_channels: int, norm: str, backbone_width: int, fpn_norm: bool
 ) -> ResNetFPN:
@@ -118,6 +126,8 @@ def faster_rcnn(
     score_thresh: float = 0.05,
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,
+    neck: str = "fpn",
+    aux_loss_weight: float = AUX_LOSS_WEIGHT,
     **unused: object,
 ) -> EdgeFasterRCNN:
     """torchvision's Faster R-CNN on a ResNet-FPN (P2..P5 + max-pool P6), taking preprocessed images.
@@ -141,6 +151,10 @@ def faster_rcnn(
             at test time (also used for training, where torchvision defaults to 2000).
         rpn_nms_thresh, rpn_score_thresh, score_thresh, nms_thresh, detections_per_img: torchvision's
             ``FasterRCNN`` arguments of the same names (``box_`` prefix dropped for the last three).
+        neck: ``"fpn"`` or ``"augfpn"``: AugFPN's Residual Feature Augmentation, Soft RoI Selection (RoI
+            features from all RoI levels fused by learned spatial weights instead of the level rule)
+            and, in training, Consistent Supervision (``edgefpn.models.necks``).
+        aux_loss_weight: weight of the Consistent Supervision losses (``neck="augfpn"`` only).
         unused: other architectures' settings (e.g. ``head_convs``), accepted and ignored so that one
             config builds any architecture.
     """
@@ -173,6 +187,9 @@ def faster_rcnn(
     if backbone_name == "mobilenet_v3_large":
         if v2:
             raise ValueError(f"variant 'v2' exists for ResNet-50 only, got backbone {backbone_name!r}")
+        if neck != "fpn":
+            # Soft RoI Selection needs several RoI levels; this layout pools from one stride-32 map
+            raise ValueError(f"neck {neck!r} is not available with {backbone_name!r} in faster_rcnn; use 'fpn'")
         return _assemble(
             _mobilenet_backbone(fpn_channels=fpn_channels, norm=norm),
             levels=MOBILENET_LEVELS,
@@ -190,6 +207,7 @@ def faster_rcnn(
         backbone_width=backbone_width,
         fpn_norm=v2,
     )
+    backbone = attach_neck(backbone, neck=neck)
     return _assemble(
         backbone,
         levels=FASTER_RCNN_LEVELS,
@@ -197,6 +215,8 @@ def faster_rcnn(
         roi_levels=FASTER_RCNN_LEVELS[:4],
         anchor_sizes=tuple((32 * 2**i,) for i in range(len(FASTER_RCNN_LEVELS))),
         **box_settings,
+        neck=neck,
+        aux_loss_weight=aux_loss_weight,
     )
 
 
@@ -240,6 +260,8 @@ def _assemble(
     score_thresh: float,
     nms_thresh: float,
     detections_per_img: int,
+    neck: str = "fpn",
+    aux_loss_weight: float = AUX_LOSS_WEIGHT,
 ) -> EdgeFasterRCNN:
     """The torchvision Faster R-CNN around ``backbone`` (shared by the ResNet and MobileNet layouts)."""
     channels = backbone.out_channels
@@ -252,7 +274,9 @@ def _assemble(
         )
     else:
         box_head = TwoMLPHead(channels * _ROI_SIZE**2, representation_size)
-    model = EdgeFasterRCNN(
+    detector = AugEdgeFasterRCNN if neck == "augfpn" else EdgeFasterRCNN
+    extra = {"aux_loss_weight": aux_loss_weight} if neck == "augfpn" else {}
+    model = detector(
         backbone,
         num_classes=None,
         rpn_anchor_generator=anchor_generator,
@@ -269,7 +293,15 @@ def _assemble(
         box_score_thresh=score_thresh,
         box_nms_thresh=nms_thresh,
         box_detections_per_img=detections_per_img,
+        **extra,
     )
+    if neck == "augfpn":
+        # FasterRCNN's constructor accepts only MultiScaleRoIAlign; RoIHeads itself takes any pooler with
+        # its call signature. Forked RNG: with either neck one seed gives the same head weights.
+        with torch.random.fork_rng(devices=[]):
+            model.roi_heads.box_roi_pool = StaticRoIPool(
+                SoftRoISelection(roi_levels, channels, output_size=_ROI_SIZE, sampling_ratio=_ROI_SAMPLING)
+            )
     model.transform = IdentityTransform()
     model.levels = tuple(levels)
     model.roi_levels = tuple(roi_levels)

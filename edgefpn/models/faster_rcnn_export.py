@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms, roi_align
 
 from edgefpn.models.faster_rcnn import EdgeFasterRCNN
+from edgefpn.models.necks.soft_roi import StaticRoIPool
 from edgefpn.models.outputs import level_size
 
 __all__ = ["FasterRCNNExportWrapper", "MultiLevelRoIAlign", "faster_rcnn_output_names", "faster_rcnn_output_shapes"]
@@ -159,12 +160,17 @@ class FasterRCNNExportWrapper(nn.Module):
         self.levels: tuple[str, ...] = tuple(model.levels)
         self.roi_levels: tuple[str, ...] = tuple(model.roi_levels)
         self.strides: tuple[int, ...] = tuple(model.level_strides[lvl] for lvl in self.levels)
-        self.roi_align = MultiLevelRoIAlign(
-            self.roi_levels,
-            strides=[model.level_strides[lvl] for lvl in self.roi_levels],
-            output_size=model.roi_heads.box_roi_pool.output_size[0],
-            sampling_ratio=model.roi_heads.box_roi_pool.sampling_ratio,
-        )
+        pool = model.roi_heads.box_roi_pool
+        self.roi_align: nn.Module
+        if isinstance(pool, StaticRoIPool):  # AugFPN's Soft RoI Selection: already static, used as is
+            self.roi_align = pool.pooler
+        else:
+            self.roi_align = MultiLevelRoIAlign(
+                self.roi_levels,
+                strides=[model.level_strides[lvl] for lvl in self.roi_levels],
+                output_size=pool.output_size[0],
+                sampling_ratio=pool.sampling_ratio,
+            )
         self.box_coder = model.rpn.box_coder
         self.pre_nms_top_n = int(model.rpn._pre_nms_top_n["testing"])
         self.post_nms_top_n = int(model.rpn._post_nms_top_n["testing"])

@@ -21,6 +21,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from edgefpn.models.backbones import backbone_fpn, level_stride
+from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
 from edgefpn.models.outputs import level_size, run_tower
 
 __all__ = [
@@ -99,6 +100,8 @@ def fcos(
     detections_per_img: int = 100,
     topk_candidates: int = 1000,
     center_sampling_radius: float = 1.5,
+    neck: str = "fpn",
+    aux_loss_weight: float = AUX_LOSS_WEIGHT,
 ) -> FCOS:
     """torchvision's FCOS on a ResNet-FPN (P3..P7) backbone, taking preprocessed images.
 
@@ -115,6 +118,9 @@ def fcos(
         backbone_width: first-stage width of the ResNet; 64 is torchvision's, 32 a slim edge variant.
         score_thresh, nms_thresh, detections_per_img, topk_candidates, center_sampling_radius:
             passed to torchvision's ``FCOS``.
+        neck: ``"fpn"`` (torchvision's) or ``"augfpn"`` (:mod:`edgefpn.models.necks`: adds Residual
+            Feature Augmentation and, in training, Consistent Supervision).
+        aux_loss_weight: weight of the Consistent Supervision losses (``neck="augfpn"`` only).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -132,11 +138,13 @@ def fcos(
         raise ValueError(f"head_convs must be an int >= 0, got {head_convs!r}")
 
     backbone = backbone_fpn(name=backbone_name, fpn_channels=fpn_channels, norm=norm, width=backbone_width)
+    backbone = attach_neck(backbone, neck=neck)
     strides = [spec.stride for spec in backbone.output_shape().values()]
     # One square anchor per location whose side equals the level's stride: FCOS's "points".
     anchor_generator = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
     head = FCOSHead(backbone.out_channels, 1, num_classes, num_convs=head_convs)
-    model = FCOS(
+    extra = {"aux_loss_weight": aux_loss_weight} if neck == "augfpn" else {}
+    model = detector_class(FCOS, neck=neck)(
         backbone,
         num_classes,
         anchor_generator=anchor_generator,
@@ -146,6 +154,7 @@ def fcos(
         nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
         topk_candidates=topk_candidates,
+        **extra,
     )
     model.transform = IdentityTransform()
     return model

@@ -50,6 +50,7 @@ def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
         "fpn_channels": m.fpn_channels,
         "head_convs": m.head_convs,
         "norm": m.norm,
+        "neck": m.neck,
     }
 
 
@@ -59,6 +60,7 @@ def _faster_rcnn_kwargs(m: ModelConfig) -> dict[str, Any]:
         "backbone_width": m.backbone_width,
         "fpn_channels": m.fpn_channels,
         "norm": m.norm,
+        "neck": m.neck,
         "variant": m.variant,
         "representation_size": m.representation_size,
         "rpn_pre_nms_top_n": m.rpn.pre_nms_top_n,

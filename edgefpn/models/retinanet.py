@@ -19,6 +19,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 
 from edgefpn.models.backbones import backbone_fpn, level_stride
 from edgefpn.models.fcos import IdentityTransform
+from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
 from edgefpn.models.outputs import level_size, run_tower
 from edgefpn.postprocess.retinanet import ANCHOR_RATIOS, NUM_ANCHORS, anchor_sizes
 
@@ -50,6 +51,8 @@ def retinanet(
     nms_thresh: float = 0.5,
     detections_per_img: int = 300,
     topk_candidates: int = 1000,
+    neck: str = "fpn",
+    aux_loss_weight: float = AUX_LOSS_WEIGHT,
 ) -> RetinaNet:
     """torchvision's RetinaNet on an FPN (P3..P7) backbone, taking preprocessed images.
 
@@ -64,6 +67,9 @@ def retinanet(
             GroupNorm heads, P6 from C5, GIoU regression loss).
         score_thresh, nms_thresh, detections_per_img, topk_candidates: passed to torchvision's
             ``RetinaNet`` (its defaults); the deployed decode takes them from ``postprocess``.
+        neck: ``"fpn"`` (torchvision's) or ``"augfpn"`` (:mod:`edgefpn.models.necks`: adds Residual
+            Feature Augmentation and, in training, Consistent Supervision).
+        aux_loss_weight: weight of the Consistent Supervision losses (``neck="augfpn"`` only).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -83,6 +89,7 @@ def retinanet(
         width=backbone_width,
         p6_from="c5" if variant == "v2" else "p5",
     )
+    backbone = attach_neck(backbone, neck=neck)
     strides = [spec.stride for spec in backbone.output_shape().values()]
     anchor_generator = AnchorGenerator(
         tuple(anchor_sizes(s) for s in strides), (ANCHOR_RATIOS,) * len(strides)
@@ -95,7 +102,8 @@ def retinanet(
             tower.conv = nn.Sequential(*list(tower.conv)[:head_convs])
     if variant == "v2":
         head.regression_head._loss_type = "giou"  # as retinanet_resnet50_fpn_v2
-    model = RetinaNet(
+    extra = {"aux_loss_weight": aux_loss_weight} if neck == "augfpn" else {}
+    model = detector_class(RetinaNet, neck=neck)(
         backbone,
         num_classes,
         anchor_generator=anchor_generator,
@@ -104,6 +112,7 @@ def retinanet(
         nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
         topk_candidates=topk_candidates,
+        **extra,
     )
     model.transform = IdentityTransform()
     return model

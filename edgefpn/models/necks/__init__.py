@@ -1,0 +1,89 @@
+"""Necks: torchvision's FPN (``fpn``, the default) and AugFPN (``augfpn``), chosen by ``model.neck``.
+
+A detector builder builds its ``BackboneWithFPN`` as usual, then calls :func:`attach_neck` and
+instantiates :func:`detector_class` of its torchvision class; with ``neck="fpn"`` both are no-ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+from torch import nn
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+
+from edgefpn.models.necks.augfpn import (
+    DEFAULT_POOL_RATIOS,
+    AdaptiveSpatialFusion,
+    AugFPN,
+    ResidualFeatureAugmentation,
+    StaticAdaptiveAvgPool2d,
+    adaptive_pool_matrix,
+)
+from edgefpn.models.necks.soft_roi import SoftRoISelection, StaticRoIPool
+from edgefpn.models.necks.supervision import (
+    AUX_LOSS_WEIGHT,
+    AugFasterRCNN,
+    AugFCOS,
+    AugRetinaNet,
+    ConsistentSupervision,
+)
+
+__all__ = [
+    "AUX_LOSS_WEIGHT",
+    "DEFAULT_POOL_RATIOS",
+    "NECKS",
+    "AdaptiveSpatialFusion",
+    "AugFCOS",
+    "AugFPN",
+    "AugFasterRCNN",
+    "AugRetinaNet",
+    "ConsistentSupervision",
+    "ResidualFeatureAugmentation",
+    "SoftRoISelection",
+    "StaticAdaptiveAvgPool2d",
+    "StaticRoIPool",
+    "adaptive_pool_matrix",
+    "attach_neck",
+    "detector_class",
+]
+
+NECKS = ("fpn", "augfpn")
+
+# torchvision detector -> the same detector with Consistent Supervision (used with neck="augfpn")
+_SUPERVISED: Mapping[type[nn.Module], type[nn.Module]] = {
+    FCOS: AugFCOS,
+    RetinaNet: AugRetinaNet,
+    FasterRCNN: AugFasterRCNN,
+}
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _check(neck: str) -> None:
+    if neck not in NECKS:
+        raise ValueError(f"unknown neck {neck!r}; valid names: {', '.join(NECKS)}")
+
+
+def attach_neck(backbone: _M, *, neck: str) -> _M:
+    """``backbone`` (a torchvision ``BackboneWithFPN``) with its ``.fpn`` turned into ``neck``.
+
+    ``"fpn"`` leaves it as is; ``"augfpn"`` replaces ``.fpn`` by an :class:`AugFPN` that keeps the FPN's
+    own blocks and weights and adds Residual Feature Augmentation.
+    """
+    _check(neck)
+    if neck == "augfpn":
+        backbone.fpn = AugFPN.from_fpn(backbone.fpn)
+    return backbone
+
+
+def detector_class(base: type[_M], *, neck: str) -> type[_M]:
+    """The class to instantiate for the torchvision detector ``base`` with ``neck``."""
+    _check(neck)
+    if neck == "fpn":
+        return base
+    if base not in _SUPERVISED:
+        raise ValueError(
+            f"no AugFPN variant of {base.__name__}; known: {', '.join(c.__name__ for c in _SUPERVISED)}"
+        )
+    return _SUPERVISED[base]  # type: ignore[return-value]
