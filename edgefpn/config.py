@@ -342,6 +342,10 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("model.neck", f"must be fpn or augfpn, got {cfg.model.neck!r}")
     if cfg.model.variant not in ("v1", "v2"):
         raise bad("model.variant", f"must be v1 or v2, got {cfg.model.variant!r}")
+    if cfg.model.variant != "v1" and cfg.model.arch != "faster_rcnn":
+        # RetinaNet's v2 is its own arch name; a silently ignored variant would build v1
+        raise bad("model.variant", f"applies to faster_rcnn only (use model.arch=retinanet_v2 for "
+                                   f"RetinaNet v2), got {cfg.model.variant!r} with arch {cfg.model.arch!r}")
     rpn = cfg.model.rpn
     if cfg.model.representation_size <= 0 or rpn.pre_nms_top_n <= 0 or rpn.post_nms_top_n <= 0:
         raise bad("model", "needs representation_size, rpn.pre_nms_top_n and rpn.post_nms_top_n > 0")

@@ -76,3 +76,10 @@ def test_config_hash_tracks_section_content():
 def test_default_yaml_loads():
     cfg = load_config(Path(__file__).parents[1] / "configs" / "default.yaml")
     assert cfg.model.arch == "fcos"
+
+
+def test_variant_applies_to_faster_rcnn_only() -> None:
+    # retinanet + variant v2 used to build RetinaNet v1 silently (v2 is the arch retinanet_v2)
+    with pytest.raises(ConfigError, match="model.variant.*faster_rcnn only"):
+        load_config(None, ["model.arch=retinanet", "model.variant=v2"])
+    assert load_config(None, ["model.arch=faster_rcnn", "model.variant=v2"]).model.variant == "v2"

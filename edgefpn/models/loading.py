@@ -22,7 +22,7 @@ def build_from_meta(meta: Mapping[str, Any]) -> nn.Module:
     """The (untrained) model that ``meta`` describes: ``meta["arch"]``'s builder with ``meta["build"]``."""
     try:
         arch = meta["arch"]
-        if arch not in ARCHITECTURES:
+        if not isinstance(arch, str) or arch not in ARCHITECTURES:
             raise CheckpointError(f"checkpoint metadata names unknown arch {arch!r}; valid: {', '.join(ARCHITECTURES)}")
         if isinstance(meta.get("build"), Mapping):
             kwargs = dict(meta["build"])
@@ -32,6 +32,8 @@ def build_from_meta(meta: Mapping[str, Any]) -> nn.Module:
         return build_model(arch=arch, num_classes=int(meta["num_classes"]), **kwargs)
     except KeyError as exc:
         raise CheckpointError(f"checkpoint metadata lacks {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:  # tampered or foreign meta["build"]: a bad key or value
+        raise CheckpointError(f"checkpoint metadata does not describe a buildable model: {exc}") from None
 
 
 def model_from_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -84,7 +84,7 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
             got = r.infer({"images": sample})
         errors = {n: float(np.max(np.abs(got[n] - ref), initial=0.0)) for n, ref in zip(names, reference, strict=True)}
         tolerance = {n: cfg.export.atol * _scale(n, ref) for n, ref in zip(names, reference, strict=True)}
-        worst = max(errors, key=lambda n: errors[n] / tolerance[n])
+        worst = max(errors, key=lambda n: errors[n] - tolerance[n])  # a difference: atol may be 0
         if errors[worst] > tolerance[worst]:
             raise ExportError(
                 f"{out}: ONNX Runtime disagrees with PyTorch on {worst}: max abs error "

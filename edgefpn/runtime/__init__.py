@@ -215,8 +215,12 @@ class BundleSession:
         self.manifest = bundle_io.extract(self.bundle, self.root)
         t2 = time.perf_counter()
         params = json.loads((self.root / manifest["pipeline"]).read_text(encoding="utf-8"))
-        self.pipeline = pipeline_from(params)
-        self.category_ids = [int(c) for c in params["classes"]["category_ids"]]
+        try:  # a bundle from a newer edgefpn (unknown arch) or a crafted one: one line, no traceback
+            self.pipeline = pipeline_from(params)
+            self.category_ids = [int(c) for c in params["classes"]["category_ids"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{self.bundle}: {manifest['pipeline']}: unusable pipeline settings "
+                                 f"({type(exc).__name__}: {exc})") from None
         e = self.entry
         self.spec = EngineSpec(e["name"], e["backend"], e["precision"], self.root / e["path"])
         self.runner = open_runner(self.spec, threads=self.threads).__enter__()

@@ -170,3 +170,18 @@ def test_code_running_pickle_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"evil\.pt: refused to unpickle.*system"):
         load_weights(_tiny(), path)
     assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"arch": ["fcos"], "num_classes": 2, "build": {}},  # not a name
+        {"arch": "fcos", "num_classes": 2, "build": {"no_such_argument": 1}},  # TypeError in the builder
+        {"arch": "fcos", "num_classes": 2, "build": {"fpn_channels": 33}},  # ValueError in the builder
+    ],
+)
+def test_tampered_build_metadata_is_a_checkpoint_error(meta: dict) -> None:
+    from edgefpn.models.loading import build_from_meta
+
+    with pytest.raises(CheckpointError, match="checkpoint metadata"):
+        build_from_meta(meta)
