@@ -111,11 +111,20 @@ def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
     assert torch_dets and len(torch_dets) == len(ort_dets)
     names = {p.name for p in images.iterdir()}
     widths = {rec.path.name: rec.width for rec in split.images}
-    for a, b in zip(torch_dets, ort_dets, strict=True):
+    # at score_thresh 0 an under-trained model has near-tied scores whose order may differ between
+    # backends, so each torch detection is matched to an unused ORT one rather than compared by position
+    unused = list(ort_dets)
+    for a in torch_dets:
         assert set(a) == {"file_name", "category_id", "bbox", "score"} and a["file_name"] in names
-        assert a["file_name"] == b["file_name"] and a["category_id"] == b["category_id"]
-        assert abs(a["score"] - b["score"]) < 1e-4
-        assert max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"], strict=True)) < 1e-2
+        match = next(
+            (b for b in unused
+             if b["file_name"] == a["file_name"] and b["category_id"] == a["category_id"]
+             and abs(a["score"] - b["score"]) < 1e-4
+             and max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"], strict=True)) < 1e-2),
+            None,
+        )
+        assert match is not None, f"no ONNX Runtime detection matches {a}"
+        unused.remove(match)
         x, _, w, _ = a["bbox"]
         assert x >= 0 and x + w <= widths[a["file_name"]] + 1e-3  # original image pixels
 

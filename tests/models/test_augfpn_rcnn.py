@@ -59,7 +59,7 @@ def test_soft_roi_selection_fuses_every_level_with_learned_weights() -> None:
     torch.testing.assert_close(got, expected)
     assert got.shape == (3, 8, 7, 7)
     # every level contributes, unlike the FPN rule's single level
-    hard = MultiLevelRoIAlign(LEVELS)(features, rois)
+    hard = MultiLevelRoIAlign(LEVELS, strides=(4, 8, 16, 32))(features, rois)
     assert not torch.allclose(got, hard)
     with pytest.raises(ValueError, match="expected 4 feature levels, got 3"):
         soft(features[:3], rois)
