@@ -94,6 +94,15 @@ class PostprocessConfig:
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    """What a deployed detector keeps: ``edgefpn predict``, the packaged runtime and the end-to-end
+    latency of check use it. mAP and the agreement gates keep ``postprocess.score_thresh``: COCO
+    evaluation wants every low-score box (0.05 by convention), an application does not."""
+
+    score_thresh: float | None = None  # None: postprocess.score_thresh
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 12
     batch_size: int = 8
@@ -174,6 +183,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
@@ -368,6 +378,8 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("postprocess", f"thresholds out of range: score {pp.score_thresh}, nms {pp.nms_thresh}")
     if pp.topk_candidates <= 0 or pp.detections_per_img <= 0:
         raise bad("postprocess", "topk_candidates and detections_per_img must be positive")
+    if cfg.deploy.score_thresh is not None and not 0.0 <= cfg.deploy.score_thresh < 1.0:
+        raise bad("deploy.score_thresh", f"must be in [0, 1), got {cfg.deploy.score_thresh}")
     for name, table in (("check.max_map_drop", cfg.check.max_map_drop), ("check.min_cosine", cfg.check.min_cosine)):
         unknown = sorted(set(table) - set(PRECISIONS))
         if unknown:

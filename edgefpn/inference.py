@@ -38,7 +38,7 @@ class Pipeline:
         return chw[None], lb  # [1, 3, H, W]
 
     def prepare_file(self, path: str | Path) -> tuple[np.ndarray, Letterbox]:
-        """``prepare(load_image(path))``, bit for bit, decoding and resizing without numpy round trips."""
+        """``prepare(load_image(path))``: image file -> model input, the end-to-end path."""
         chw, lb = preprocess_file(path, size=self.input_size, mean=self.mean, std=self.std)
         return chw[None], lb  # [1, 3, H, W]
 

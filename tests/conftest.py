@@ -24,6 +24,9 @@ TINY = [
     "train.eval_every=0",
     "check.latency_iters=3",
     "check.warmup=1",
+    # One epoch on 16 images leaves p6/p7 (3x3 and 2x2 maps at 160 px) with a few dozen values whose
+    # int8 cosine is noise around 0.97; the production gate is what the default run is held to.
+    "check.min_cosine.int8=0.95",
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -127,6 +128,37 @@ def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
         unused.remove(match)
         x, _, w, _ = a["bbox"]
         assert x >= 0 and x + w <= widths[a["file_name"]] + 1e-3  # original image pixels
+
+
+def test_predict_keeps_the_deployment_threshold(tiny_run, tmp_path):
+    # deploy.score_thresh t: exactly the evaluation threshold's detections that score above t
+    import json
+
+    from edgefpn.config import load_config
+    from edgefpn.pipeline import data as data_stage
+
+    overrides, run_dir = tiny_run
+    split = data_stage.run(load_config(None, overrides), progress=False).split("val")
+    images = tmp_path / "images"
+    images.mkdir()
+    for rec in split.images[:3]:
+        (images / rec.path.name).write_bytes(rec.path.read_bytes())
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+
+    def predict(*extra: str) -> list[dict]:
+        out = tmp_path / "dets.json"
+        res = invoke("predict", "--config", str(empty), *sets(overrides), "--out", str(run_dir), "--backend",
+                     "onnxruntime", "--images", str(images), "--save", str(out),
+                     "--set", "postprocess.score_thresh=0.0", *extra)
+        assert res.exit_code == 0, res.output
+        return json.loads(out.read_text())
+
+    everything = predict()
+    t = float(np.median([d["score"] for d in everything]))
+    kept = predict("--set", f"deploy.score_thresh={t}")
+    assert 0 < len(kept) < len(everything)
+    assert kept == [d for d in everything if d["score"] > t]
 
 
 def test_predict_missing_folder(tiny_run, tmp_path):

@@ -1,16 +1,22 @@
 """The one preprocessing path shared by training, calibration, every backend and the device runtime.
 
-numpy + Pillow only: this module must import on a device without torch.
+numpy, Pillow and OpenCV only: this module must import on a device without torch.
 
-Geometry: the image keeps its aspect ratio, is resized with Pillow ``BILINEAR`` so that it fits the
-model input, and is placed at the top-left corner (``pad_x = pad_y = 0``, recorded anyway so the box
-mapping stays general). The rest of the input is padding which is exactly ``0.0`` after
-normalisation, i.e. the mean colour.
+Decoding: Pillow reads every header (size limit, mode) and decodes every format; colour JPEGs, the
+common case, are decoded by OpenCV's libjpeg-turbo instead (the same pixels as Pillow's, ~0.25 ms less
+per 300 px image, which matters in a 4 ms end-to-end budget).
+
+Geometry: the image keeps its aspect ratio, is resized with OpenCV's bilinear ``INTER_LINEAR`` (the
+2-tap interpolation most detector pipelines deploy with; Pillow's antialiased ``BILINEAR`` took 7x as
+long) so that it fits the model input, and is placed at the top-left corner (``pad_x = pad_y = 0``,
+recorded anyway so the box mapping stays general). The rest of the input is padding which is exactly
+``0.0`` after normalisation, i.e. the mean colour.
 """
 
 from __future__ import annotations
 
 import math
+import stat
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -86,32 +93,121 @@ def load_image(path: str | Path) -> np.ndarray:
         DataError: ``"<path>: <problem>"`` for a missing, empty, truncated, unsupported or
             oversized (decompression bomb) file.
     """
-    with _open_image(path) as im:
+    path = Path(path)
+    _check_file(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_JPEG_HEAD_BYTES)
+            frame = _jpeg_frame(head)
+            if frame is not None:
+                _check_pixels(path, frame[1], frame[0])
+                head += f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read image file ({e.strerror or e})") from None
+    if frame is not None:
+        return _decode_jpeg_rgb(path, head, frame[:2])
+    with _open_header(path) as im:
+        _load(im, path)
         return _to_rgb(im)
 
 
-@contextmanager
-def _open_image(path: str | Path) -> Iterator[Image.Image]:
-    """The decoded Pillow image of ``path`` (closed on exit), every file problem as a :class:`DataError`."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: image file not found")
-    if not path.is_file():
+# A colour JPEG's frame header is looked for in the file's first bytes; one further back (a file with
+# huge EXIF / ICC segments) takes Pillow's path.
+_JPEG_HEAD_BYTES = 1 << 16
+# Start-Of-Frame markers: baseline, extended, progressive, lossless; Huffman or arithmetic coded.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+# IGNORE_ORIENTATION: boxes refer to the stored pixels (see load_image), as with Pillow.
+_CV2_JPEG_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def _jpeg_frame(head: bytes) -> tuple[int, int, int] | None:
+    """``(height, width, 3)`` of a 3-component (colour) JPEG from its frame header in ``head``, else None.
+
+    Walks the marker segments up to the first Start-Of-Frame; anything unexpected (not a JPEG, a
+    frame header past ``head``, grey or CMYK, a zero size) returns None and the file takes Pillow's
+    path, which reads every header itself. Reading the header here saves Pillow's Python-level
+    parse (~0.15 ms) on the end-to-end path.
+    """
+    if head[:3] != b"\xff\xd8\xff":
+        return None
+    i, n = 2, len(head)
+    while i + 4 <= n:
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        length = (head[i + 2] << 8) | head[i + 3]  # includes its own two bytes
+        if length < 2:
+            return None
+        if marker in _SOF_MARKERS:
+            if length < 8 or i + 10 > n:
+                return None
+            height = (head[i + 5] << 8) | head[i + 6]
+            width = (head[i + 7] << 8) | head[i + 8]
+            components = head[i + 9]
+            return (height, width, 3) if components == 3 and height > 0 and width > 0 else None
+        i += 2 + length
+    return None
+
+
+def _decode_jpeg_rgb(path: Path, data: bytes, hw: tuple[int, int]) -> np.ndarray:
+    """The bytes of a colour JPEG of ``hw`` = (H, W) -> ``uint8 [H, W, 3]`` RGB (writable)."""
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _CV2_JPEG_FLAGS)
+    if image is None:  # OpenCV refuses truncated or broken streams outright
+        raise DataError(f"{path}: cannot decode image (truncated or corrupt JPEG data)")
+    if image.dtype != np.uint8 or image.shape != (*hw, 3):  # e.g. 12-bit samples
+        raise DataError(f"{path}: cannot decode image (unsupported JPEG: decoded as {image.dtype} "
+                        f"{list(image.shape)}, header says {hw[1]}x{hw[0]})")
+    return image
+
+
+def _check_file(path: Path) -> None:
+    try:
+        st = path.stat()  # one system call for all three checks
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read image file ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
         raise DataError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    # checked from the header, before anything is decoded
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"{path}: image is {width}x{height} pixels, more than the "
+            f"{MAX_IMAGE_PIXELS} allowed (possible decompression bomb)"
+        )
+
+
+def _load(im: Image.Image, path: Path) -> None:
+    """Decode ``im``'s pixels, every decoder problem as a :class:`DataError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im.load()
+    except _DECODE_ERRORS as e:
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+@contextmanager
+def _open_header(path: Path) -> Iterator[Image.Image]:
+    """The Pillow image of ``path`` with only its header read and checked (closed on exit), every file
+    problem as a :class:`DataError`; the caller decodes, with :func:`_load`."""
+    _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(path)
             try:
-                # Image.open only reads the header: check the size before decoding anything.
-                if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise DataError(
-                        f"{path}: image is {im.width}x{im.height} pixels, more than the "
-                        f"{MAX_IMAGE_PIXELS} allowed (possible decompression bomb)"
-                    )
-                im.load()
+                _check_pixels(path, im.width, im.height)  # Image.open only reads the header
             except BaseException:
                 im.close()
                 raise
@@ -179,7 +275,7 @@ def _resize_to_fit(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray
     h, w = image.shape[:2]
     new_h, new_w, lb = _fit(h, w, size)
     if (new_w, new_h) != (w, h):
-        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+        image = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     return image, lb
 
 
@@ -200,55 +296,61 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Let
     return out, lb
 
 
-def _lut(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    # [3, 256]: the normalised value of every possible byte, computed in float64 then rounded once.
-    x = np.arange(256, dtype=np.float64) / 255.0
-    return ((x[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)
+def _affine(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    # [2, 3] float32: (x / 255 - mean) / std == x * scale + offset, per channel
+    return np.stack([1.0 / (255.0 * std), -mean / std]).astype(np.float32)
 
 
 @lru_cache(maxsize=8)
-def _cached_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    lut = _lut(_check_stats("mean", mean, positive=False), _check_stats("std", std, positive=True))
-    lut.flags.writeable = False
-    return lut
+def _cached_affine(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    coef = _affine(_check_stats("mean", mean, positive=False), _check_stats("std", std, positive=True))
+    coef.flags.writeable = False
+    return coef
 
 
-def _stats_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """The validated ``[3, 256]`` lookup table of ``mean`` / ``std``; built once per pair of tuples
+def _stats_affine(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """The validated ``[2, 3]`` (scale, offset) of ``mean`` / ``std``; built once per pair of tuples
     (the end-to-end path asks for it per image)."""
     if isinstance(mean, tuple) and isinstance(std, tuple):
         try:
-            return _cached_lut(mean, std)
+            return _cached_affine(mean, std)
         except TypeError:  # unhashable items: the uncached path words the error
             pass
-    return _lut(_check_stats("mean", mean, positive=False), _check_stats("std", std, positive=True))
+    return _affine(_check_stats("mean", mean, positive=False), _check_stats("std", std, positive=True))
 
 
-def _normalize_into_padded(resized: np.ndarray, lut: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``uint8 [h, w, 3]`` (h <= H, w <= W) -> ``float32 [3, H, W]``, image top-left, padding exactly 0.
+def _normalize_into(out: np.ndarray, image: np.ndarray, coef: np.ndarray) -> None:
+    """``out[c, :h, :w] = image[:, :, c] * scale[c] + offset[c]`` for ``uint8 [h, w, 3]`` ``image``.
 
-    One pass per channel: the lookup writes straight into the padded buffer (no resized float copy,
-    no separate transpose), and only the padding is zeroed.
+    Per channel on contiguous planes (cv2.split), then one strided copy: ~2x faster than arithmetic
+    or a lookup table written straight into the strided window of ``out``.
     """
+    h, w = image.shape[:2]
+    for c, plane in enumerate(cv2.split(np.ascontiguousarray(image))):  # 3 x [h, w] uint8
+        v = plane.astype(np.float32)
+        v *= coef[0, c]
+        v += coef[1, c]
+        out[c, :h, :w] = v
+
+
+def _normalize_into_padded(resized: np.ndarray, coef: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``uint8 [h, w, 3]`` (h <= H, w <= W) -> ``float32 [3, H, W]``, image top-left, padding exactly 0."""
     out_h, out_w = size
     rh, rw = resized.shape[:2]
     out = np.empty((3, out_h, out_w), dtype=np.float32)
     out[:, rh:, :] = 0.0
     out[:, :rh, rw:] = 0.0
-    for c in range(3):
-        # uint8 indices are always in range; mode="clip" lets numpy write straight into the view.
-        np.take(lut[c], resized[:, :, c], out=out[c, :rh, :rw], mode="clip")
+    _normalize_into(out, resized, coef)
     return out
 
 
 def normalize(image_u8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``uint8 [H, W, 3]`` -> ``float32 [3, H, W]`` with ``(x / 255 - mean) / std`` per channel."""
     _check_image(image_u8)
-    lut = _stats_lut(mean, std)
+    coef = _stats_affine(mean, std)
     h, w = image_u8.shape[:2]
     out = np.empty((3, h, w), dtype=np.float32)
-    for c in range(3):
-        np.take(lut[c], image_u8[:, :, c], out=out[c], mode="clip")
+    _normalize_into(out, image_u8, coef)
     return out
 
 
@@ -267,9 +369,9 @@ def preprocess(
     """
     _check_image(image)
     size = _check_size(size)
-    lut = _stats_lut(mean, std)
+    coef = _stats_affine(mean, std)
     resized, lb = _resize_to_fit(image, size)
-    return _normalize_into_padded(resized, lut, size), lb
+    return _normalize_into_padded(resized, coef, size), lb
 
 
 def preprocess_file(
@@ -279,25 +381,15 @@ def preprocess_file(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> tuple[np.ndarray, Letterbox]:
-    """``preprocess(load_image(path), ...)``, bit for bit, without the round trips through numpy.
-
-    An RGB file (every colour JPEG) is resized by Pillow straight from the decoded image: no
-    ``uint8`` copy of the full-size image, no ``Image.fromarray`` back. Pillow's resize reads the
-    same pixels either way, so the result is identical; other modes take the general path.
+    """``preprocess(load_image(path), ...)``: the end-to-end path's one call from file to model input.
 
     Raises:
         DataError: as :func:`load_image`.
     """
     size = _check_size(size)
-    lut = _stats_lut(mean, std)
-    with _open_image(path) as im:
-        if im.mode != "RGB":
-            resized, lb = _resize_to_fit(_to_rgb(im), size)
-        else:
-            new_h, new_w, lb = _fit(im.height, im.width, size)
-            small = im.resize((new_w, new_h), Image.Resampling.BILINEAR) if (new_w, new_h) != im.size else im
-            resized = np.asarray(small)  # [h, w, 3] uint8
-    return _normalize_into_padded(resized, lut, size), lb
+    coef = _stats_affine(mean, std)
+    resized, lb = _resize_to_fit(load_image(path), size)
+    return _normalize_into_padded(resized, coef, size), lb
 
 
 def _check_boxes(boxes_xyxy: np.ndarray) -> np.ndarray:

@@ -54,12 +54,16 @@ def recorded_arch(cfg: Config, run_dir: Path) -> str:
     return str(meta.get("arch") or cfg.model.arch)
 
 
-def postprocess_params(cfg: Config, arch: str | None = None) -> PostprocessParams:
-    """The config's thresholds with the pyramid levels of ``arch``'s decoder (``cfg.model.arch`` by default)."""
+def postprocess_params(cfg: Config, arch: str | None = None, *, deploy: bool = False) -> PostprocessParams:
+    """The config's thresholds with the pyramid levels of ``arch``'s decoder (``cfg.model.arch`` by default).
+
+    ``deploy=True``: the score threshold of deployed detections (``deploy.score_thresh``), not the
+    evaluation one.
+    """
     pp = cfg.postprocess
     decoder = decoder_for(arch or cfg.model.arch)
     return PostprocessParams(
-        score_thresh=pp.score_thresh,
+        score_thresh=deploy_score_thresh(cfg) if deploy else pp.score_thresh,
         nms_thresh=pp.nms_thresh,
         topk_candidates=pp.topk_candidates,
         detections_per_img=pp.detections_per_img,
@@ -68,8 +72,16 @@ def postprocess_params(cfg: Config, arch: str | None = None) -> PostprocessParam
     )
 
 
-def make_pipeline(cfg: Config, *, arch: str | None = None) -> Pipeline:
-    """Preprocessing of ``cfg.model`` and the decoder of ``arch`` (``cfg.model.arch`` by default)."""
+def deploy_score_thresh(cfg: Config) -> float:
+    """``deploy.score_thresh``, or the evaluation threshold where the config sets none."""
+    t = cfg.deploy.score_thresh
+    return cfg.postprocess.score_thresh if t is None else t
+
+
+def make_pipeline(cfg: Config, *, arch: str | None = None, deploy: bool = False) -> Pipeline:
+    """Preprocessing of ``cfg.model`` and the decoder of ``arch`` (``cfg.model.arch`` by default);
+    ``deploy=True`` decodes at the deployment score threshold (see :func:`postprocess_params`)."""
     m = cfg.model
     arch = arch or m.arch
-    return Pipeline(input_size=m.input_size, mean=m.mean, std=m.std, post=postprocess_params(cfg, arch), arch=arch)
+    post = postprocess_params(cfg, arch, deploy=deploy)
+    return Pipeline(input_size=m.input_size, mean=m.mean, std=m.std, post=post, arch=arch)

@@ -175,7 +175,7 @@ def _pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     meta = (read_manifest(run_dir / train_stage.ARTIFACT) or {}).get("meta", {})
     num_classes = int(meta.get("num_classes") or 0)
     arch = str(meta.get("arch") or cfg.model.arch)
-    pp = postprocess_params(cfg, arch)
+    pp = postprocess_params(cfg, arch, deploy=True)  # the device keeps what an application keeps
     m = cfg.model
     return {
         "arch": arch,

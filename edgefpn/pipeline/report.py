@@ -69,6 +69,29 @@ def table_row(e: dict[str, Any]) -> list[str]:
             f"{lat['model_only']['p50']:.2f}", f"{lat['end_to_end']['p50']:.2f}", f"{e['fps']:.1f}", compute, gate]
 
 
+def end_to_end_table(report: dict[str, Any]) -> list[str]:
+    """Markdown lines: per engine, end to end against model only, at the deployment score threshold
+    (what predict and the packaged runtime keep) and, where it differs, at the evaluation one."""
+    first = report["engines"][0]["latency"]
+    deploy_t = first["end_to_end"].get("score_thresh")
+    eval_t = first.get("end_to_end_eval", {}).get("score_thresh")
+    head = ["engine", "model p50 ms", f"e2e p50 ms (score > {_fmt(deploy_t)})", "e2e / model", "dets/img"]
+    if eval_t is not None:
+        head += [f"e2e p50 ms (score > {_fmt(eval_t)}, mAP's)", "e2e / model", "dets/img"]
+    lines = ["## End to end vs model only", "", "| " + " | ".join(head) + " |",
+             "|---|" + "---:|" * (len(head) - 1)]
+    for e in report["engines"]:
+        lat = e["latency"]
+        model = lat["model_only"]["p50"]
+        row = [e["name"], f"{model:.2f}"]
+        for key in ("end_to_end", "end_to_end_eval") if eval_t is not None else ("end_to_end",):
+            e2e = lat[key]
+            row += [f"{e2e['p50']:.2f}", f"{e2e['p50'] / model:.2f}×" if model > 0 else "–",
+                    _fmt(e2e.get("detections_per_image"), 1)]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def compute_note(report: dict[str, Any]) -> str | None:
     """One sentence on the FLOPs convention and the peak the fractions refer to (None without them)."""
     f = report.get("flops")
@@ -118,8 +141,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             for branch, s in branches.items():
                 lines.append(f"| {level} | {branch} | {s['cosine']:.7f} | {s['snr_db']:.1f} | "
                              f"{s.get('min_image_cosine', s['cosine']):.5f} | {s['max_abs']:.2e} |")
+    lines += ["", *end_to_end_table(report)]
     lines += ["", "mAP is COCO bbox AP in points (0–100); latency is batch 1, "
-              f"{report['machine']['threads']} threads; model = engine call only, e2e = image file → detections."]
+              f"{report['machine']['threads']} threads; model = engine call only, e2e = image file → detections "
+              "(decode, letterbox, normalise, infer, decode boxes, NMS)."]
     if note := compute_note(report):
         lines += ["", note]
     lines.append("")

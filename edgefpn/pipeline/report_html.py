@@ -51,8 +51,8 @@ def ship_choice(report: dict[str, Any]) -> dict[str, Any] | None:
     """The engine to ship: the fastest (end-to-end p50) non-reference engine that passed every gate.
 
     Returns:
-        ``{"engine", "map_delta", "e2e_p50_ms", "speedup_e2e", "speedup_model"}`` (speed-ups against
-        the PyTorch reference), or None when no engine passed.
+        ``{"engine", "map_delta", "e2e_p50_ms", "speedup_e2e", "speedup_model", "e2e_over_model"}``
+        (speed-ups against the PyTorch reference), or None when no engine passed.
     """
     ref_name = report["reference"]["engine"]
     ref = next((e for e in report["engines"] if e["name"] == ref_name), None)
@@ -67,7 +67,13 @@ def ship_choice(report: dict[str, Any]) -> dict[str, Any] | None:
         "e2e_p50_ms": e2e,
         "speedup_e2e": ref["latency"]["end_to_end"]["p50"] / e2e if ref and e2e > 0 else None,
         "speedup_model": ref["latency"]["model_only"]["p50"] / model if ref and model > 0 else None,
+        "e2e_over_model": e2e / model if model > 0 else None,
     }
+
+
+def _at(e2e: dict[str, Any]) -> str:
+    t = e2e.get("score_thresh")
+    return "" if t is None else f" (score > {t:g})"
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -122,8 +128,9 @@ def _headline(report: dict[str, Any]) -> str:
         return "–" if v is None else f"{v:.2f}×"
 
     kpis = [
-        (f"{choice['e2e_p50_ms']:.2f} ms", "end-to-end p50"),
+        (f"{choice['e2e_p50_ms']:.2f} ms", f"end-to-end p50{_at(e['latency']['end_to_end'])}"),
         (f"{e['latency']['model_only']['p50']:.2f} ms", "model-only p50"),
+        (x(choice["e2e_over_model"]), "end-to-end / model-only"),
         (x(choice["speedup_e2e"]), f"e2e speed-up vs {report['reference']['engine']}"),
         (x(choice["speedup_model"]), "model speed-up"),
         (f"{e['map']:.2f} ({choice['map_delta']:+.3f})", "mAP (Δ vs reference)"),

@@ -17,20 +17,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from edgefpn.postprocess.common import (
-    Detections,
-    PostprocessParams,
-    _clip_boxes,
-    _merge_levels,
-    _select_topk,
-    _sigmoid,
-)
+from edgefpn.postprocess.common import Detections, PostprocessParams, _clip_boxes, _sigmoid
+from edgefpn.postprocess.nms import _float32_below, _greedy_nms
 
 __all__ = ["fcos_decode"]
 
 
 # Candidates are pre-selected on the raw logits before the exact score is computed (a cheap compare
-# over [C, HW] instead of two sigmoids, a product and a sqrt). The margin, in logit units, keeps the
+# over [C, A] instead of two sigmoids, a product and a sqrt). The margin, in logit units, keeps the
 # pre-selection a strict superset of ``score > score_thresh`` despite float32 rounding in the sigmoid.
 _LOGIT_MARGIN = 0.01
 # x1 = cx - l * w, y1 = cy - t * h, x2 = cx + r * w, y2 = cy + b * h (negation is exact in IEEE).
@@ -47,6 +41,32 @@ def _logit_floor(score_thresh: float) -> float:
         return -math.inf
     return math.log(p / (1.0 - p)) - _LOGIT_MARGIN
 
+
+def _topk_positions(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions (ascending) of the ``k`` highest of ``scores`` [M] (M > k); ties at the cut: lower first."""
+    kth = np.partition(scores, scores.size - k)[scores.size - k]
+    above = np.flatnonzero(scores > kth)
+    at = np.flatnonzero(scores == kth)[: k - above.size]
+    return np.sort(np.concatenate([above, at]))
+
+
+def _as_f32(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.float32 else a.astype(np.float32)
+
+
+@lru_cache(maxsize=32)
+def _fcos_layout(
+    image_size: tuple[int, int], grids: tuple[tuple[int, int], ...], strides: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All levels' anchors end to end: read-only ``(ctr [A, 4], size [A, 4], starts [L + 1])``, where
+    level ``l`` holds locations ``starts[l]:starts[l + 1]`` of the ``A`` = sum of ``H_l * W_l``."""
+    parts = [_fcos_anchors(image_size, grid, stride) for grid, stride in zip(grids, strides, strict=True)]
+    ctr = np.concatenate([c for c, _ in parts])
+    size = np.concatenate([z for _, z in parts])
+    starts = np.cumsum([0, *(h * w for h, w in grids)])
+    for a in (ctr, size, starts):
+        a.flags.writeable = False
+    return ctr, size, starts
 
 
 @lru_cache(maxsize=64)
@@ -118,33 +138,40 @@ def fcos_decode(
         raise ValueError(f"image_size must be (H, W) with positive sides, got {image_size}")
     image_size = (int(image_size[0]), int(image_size[1]))
     n, c = _fcos_level_shapes(outputs, params)
+    levels = params.levels
+    grids = tuple((int(outputs[f"cls_{lvl}"].shape[2]), int(outputs[f"cls_{lvl}"].shape[3])) for lvl in levels)
+    anchor_ctr, anchor_size, starts = _fcos_layout(image_size, grids, tuple(int(s) for s in params.strides))
+    # Every level at once, locations end to end (level-major, as torchvision concatenates them). The
+    # end-to-end path runs this right after the engine has evicted the caches, where each numpy call
+    # costs more than its arithmetic: few calls, not few elements, is what keeps it fast.
+    cls = np.concatenate([_as_f32(outputs[f"cls_{lvl}"]).reshape(n, c, -1) for lvl in levels], axis=2)  # [N, C, A]
+    ctr = np.concatenate([_as_f32(outputs[f"ctr_{lvl}"]).reshape(n, -1) for lvl in levels], axis=1)  # [N, A]
+    box = np.concatenate([_as_f32(outputs[f"box_{lvl}"]).reshape(n, 4, -1) for lvl in levels], axis=2)  # [N, 4, A]
     floor = np.float32(_logit_floor(params.score_thresh))  # -inf for a 0 threshold: all finite logits
-
-    levels = []  # per level: (cls [N, C, HW], box [N, 4, HW], ctr [N, HW], anchor ctr, anchor size)
-    for lvl, stride in zip(params.levels, params.strides, strict=True):
-        cls = np.asarray(outputs[f"cls_{lvl}"], dtype=np.float32)
-        grid = (int(cls.shape[2]), int(cls.shape[3]))
-        box = np.asarray(outputs[f"box_{lvl}"], dtype=np.float32).reshape(n, 4, -1)
-        ctr = np.asarray(outputs[f"ctr_{lvl}"], dtype=np.float32).reshape(n, -1)
-        levels.append((cls.reshape(n, c, -1), box, ctr, *_fcos_anchors(image_size, grid, int(stride))))
+    thresh = _float32_below(params.score_thresh)
+    k = params.topk_candidates
 
     results = []
     for i in range(n):
-        boxes, scores, labels = [], [], []
-        for cls, box, ctr, anchor_ctr, anchor_size in levels:
-            cls_i, ctr_i = cls[i], ctr[i]  # [C, HW], [HW]
-            cand_c, cand_loc = np.nonzero((cls_i > floor) & (ctr_i > floor)[None, :])  # [M] each
-            if not cand_c.size:
-                continue
-            cand_scores = np.sqrt(_sigmoid(cls_i[cand_c, cand_loc]) * _sigmoid(ctr_i[cand_loc]))  # [M]
-            top_scores, flat = _select_topk(
-                cand_scores, cand_loc * c + cand_c, params.score_thresh, params.topk_candidates
-            )
-            loc, label = flat // c, flat % c
-            codes = box[i][:, loc].T  # [k, 4] ltrb
-            decoded = anchor_ctr[loc] + _LTRB_SIGN * (codes * anchor_size[loc])  # [k, 4] xyxy
-            boxes.append(_clip_boxes(decoded, image_size))
-            scores.append(top_scores)
-            labels.append(label)
-        results.append(_merge_levels(boxes, scores, labels, params))
+        cand = cls[i] > floor  # [C, A]
+        cand &= ctr[i] > floor
+        loc, label = np.nonzero(cand.T)  # [M] each, in each level's flattened [HW, C] order
+        scores = np.sqrt(_sigmoid(cls[i, label, loc]) * _sigmoid(ctr[i, loc]))  # [M], torchvision's FCOS score
+        passed = scores > thresh
+        loc, label, scores = loc[passed], label[passed], scores[passed]
+        if loc.size > k:  # a level is one slice of ``loc``: top-k only where a level has more than k
+            bounds = np.searchsorted(loc, starts)  # [L + 1]
+            if np.any(np.diff(bounds) > k):
+                picked = np.concatenate([a + _topk_positions(scores[a:b], k) if b - a > k else np.arange(a, b)
+                                         for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+                loc, label, scores = loc[picked], label[picked], scores[picked]
+        if not loc.size:
+            results.append(Detections.empty())
+            continue
+        codes = box[i][:, loc].T  # [K, 4] ltrb
+        boxes = _clip_boxes(anchor_ctr[loc] + _LTRB_SIGN * (codes * anchor_size[loc]), image_size)  # [K, 4]
+        # Score ties keep this (level, location, class) order through NMS's stable sort, the order
+        # torchvision's per-level sort-then-concatenate gives them.
+        keep = _greedy_nms(boxes, scores, label, params.nms_thresh, params.detections_per_img)
+        results.append(Detections(boxes[keep], scores[keep], label[keep]))
     return results

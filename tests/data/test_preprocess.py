@@ -181,6 +181,109 @@ def test_load_image_keeps_stored_geometry(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "save", [{"quality": 90}, {"quality": 75, "subsampling": 0}, {"quality": 95, "progressive": True}]
+)
+def test_colour_jpeg_decodes_to_pillows_pixels(tmp_path, save):
+    # Colour JPEGs are decoded by OpenCV for speed; the pixels must be Pillow's, bit for bit.
+    p = tmp_path / "x.jpg"
+    Image.fromarray(_image(61, 83, seed=3)).save(p, format="JPEG", **save)
+    out = load_image(p)
+    with Image.open(p) as im:
+        np.testing.assert_array_equal(out, np.asarray(im.convert("RGB")))
+    assert out.flags.writeable and out.flags.c_contiguous
+
+
+@pytest.mark.parametrize("cut", [2, 200])
+def test_colour_jpeg_missing_its_tail_is_refused(tmp_path, cut):
+    buf = io.BytesIO()
+    Image.fromarray(_image(64, 64)).save(buf, format="JPEG", quality=90)
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(buf.getvalue()[:-cut])
+    with pytest.raises(DataError, match=r"cut\.jpg: cannot decode"):
+        load_image(p)
+
+
+def _jpeg_bytes(h: int = 40, w: int = 56, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(_image(h, w, seed=h)).save(buf, format="JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def test_jpeg_frame_header_is_read_without_pillow():
+    data = _jpeg_bytes(40, 56)
+    assert pp._jpeg_frame(data) == (40, 56, 3)
+    assert pp._jpeg_frame(_jpeg_bytes(40, 56, exif=Image.Exif())) == (40, 56, 3)  # past an APP1 segment
+    grey = io.BytesIO()
+    Image.fromarray(_image(8, 8)[:, :, 0]).save(grey, format="JPEG")
+    assert pp._jpeg_frame(grey.getvalue()) is None  # 1 component: Pillow's path
+    png = io.BytesIO()
+    Image.fromarray(_image(8, 8)).save(png, format="PNG")
+    for other in (png.getvalue(), b"", b"\xff\xd8", b"\xff\xd8\xff\xe0\x00\x01", data[:20]):
+        assert pp._jpeg_frame(other) is None
+
+
+def test_jpeg_decompression_bomb_refused_from_its_header(tmp_path, monkeypatch):
+    p = tmp_path / "bomb.jpg"
+    p.write_bytes(_jpeg_bytes(40, 40))
+    monkeypatch.setattr(pp, "MAX_IMAGE_PIXELS", 1000)
+    decoded = []
+    monkeypatch.setattr(pp, "_decode_jpeg_rgb", lambda *a: decoded.append(a))
+    with pytest.raises(DataError, match=r"bomb\.jpg: image is 40x40 pixels.*decompression bomb"):
+        load_image(p)
+    assert not decoded
+
+
+def test_frame_header_past_the_scanned_head_takes_pillows_path(tmp_path):
+    # a 70 KB ICC profile segment pushes the frame header past the first 64 KiB
+    p = tmp_path / "icc.jpg"
+    p.write_bytes(_jpeg_bytes(33, 47, icc_profile=bytes(70_000)))
+    assert pp._jpeg_frame(p.read_bytes()[: pp._JPEG_HEAD_BYTES]) is None
+    with Image.open(p) as im:
+        np.testing.assert_array_equal(load_image(p), np.asarray(im.convert("RGB")))
+
+
+def test_damaged_jpegs_decode_or_raise_data_error(tmp_path):
+    # flipped bytes and cut tails anywhere, headers included: an image or a DataError, nothing else
+    data = _jpeg_bytes(48, 64)
+    rng = np.random.default_rng(0)
+    p = tmp_path / "d.jpg"
+    outcomes = set()
+    for i in range(150):
+        b = bytearray(data)
+        if i % 3 == 0:
+            b = b[: int(rng.integers(1, len(b)))]
+        else:
+            for pos in rng.integers(0, len(b), 1 + i % 5):
+                b[pos] = int(rng.integers(0, 256))
+        p.write_bytes(bytes(b))
+        try:
+            out = load_image(p)
+        except DataError as e:
+            assert str(e).startswith(f"{p}: ")
+            outcomes.add("error")
+        else:
+            assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+            outcomes.add("image")
+    assert outcomes == {"error", "image"}
+
+
+@pytest.mark.parametrize("hw", [(310, 274), (100, 60), (257, 1000)])
+def test_resize_is_half_pixel_bilinear(hw):
+    # The resize is plain bilinear with pixel centres at +0.5 (what torch's interpolate computes with
+    # align_corners=False and no antialias), up to OpenCV's fixed-point rounding: one uint8 level.
+    import torch
+    import torch.nn.functional as F
+
+    image = _image(*hw, seed=7)
+    boxed, lb = letterbox(image, (256, 256))
+    new_h, new_w = round(hw[0] * lb.scale), round(hw[1] * lb.scale)
+    ref = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].double(), size=(new_h, new_w),
+                        mode="bilinear", align_corners=False, antialias=False)[0].permute(1, 2, 0).numpy()
+    diff = np.abs(boxed[:new_h, :new_w].astype(np.float64) - ref)
+    assert diff.max() <= 1.0, diff.max()
+
+
+@pytest.mark.parametrize(
     ("hw", "fmt", "mode"),
     [
         ((310, 274), "JPEG", "RGB"),  # downscale, the default run's case
@@ -214,12 +317,12 @@ def test_preprocess_file_reports_file_problems_like_load_image(tmp_path):
         preprocess_file(p, size=(32, 32), mean=(0.5, 0.5))
 
 
-def test_lut_is_cached_and_read_only():
-    a = pp._stats_lut((0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
-    assert a is pp._stats_lut((0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
+def test_affine_is_cached_and_read_only():
+    a = pp._stats_affine((0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
+    assert a is pp._stats_affine((0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
     assert not a.flags.writeable
     with pytest.raises(ValueError, match="std"):
-        pp._stats_lut((0.1, 0.2, 0.3), (1.0, float("nan"), 1.0))
+        pp._stats_affine((0.1, 0.2, 0.3), (1.0, float("nan"), 1.0))
 
 
 def test_preprocess_module_imports_without_torch():

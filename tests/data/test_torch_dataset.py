@@ -8,6 +8,7 @@ from PIL import Image
 
 from edgefpn.data import synth
 from edgefpn.data.coco import load_split
+from edgefpn.data.preprocess import IMAGENET_STD
 from edgefpn.data.torch_dataset import DetectionDataset, collate
 from edgefpn.errors import DataError
 
@@ -44,7 +45,11 @@ def test_hflip_mirrors_image_and_boxes(split, monkeypatch):
     x1, t1 = ds[0]
     scale = min(320 / rec.width, 320 / rec.height)
     content_w = round(rec.width * scale)
-    np.testing.assert_allclose(x1[:, :, :content_w].numpy(), x0[:, :, :content_w].flip(-1).numpy(), atol=1e-5)
+    # resize-then-flip == flip-then-resize up to OpenCV's fixed-point rounding: one uint8 level, rarely
+    a, b = x1[:, :, :content_w].numpy(), x0[:, :, :content_w].flip(-1).numpy()
+    one_level = 1.0 / (255 * min(IMAGENET_STD)) + 1e-5
+    np.testing.assert_allclose(a, b, atol=one_level)
+    assert np.mean(np.abs(a - b) > 1e-5) < 0.05
     expected = t0["boxes"].clone()
     expected[:, 0] = rec.width * scale - t0["boxes"][:, 2]
     expected[:, 2] = rec.width * scale - t0["boxes"][:, 0]

@@ -153,18 +153,27 @@ def test_predict_matches_torchvision(layout: str, images: Path, tmp_path: Path) 
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
 
+    # A score within float noise of the threshold may pass on one side only (ORT's convolutions are not
+    # torch's): compare what clears the threshold by more than the score tolerance, 1e-3.
+    clear = pp.score_thresh + 1e-3
     for name, exp, lb in zip(sorted(p.name for p in images.glob("*.png")), expected, letterboxes, strict=True):
-        mine = [d for d in got if d["file_name"] == name]
+        exp = {k: v[exp["scores"] > clear] for k, v in exp.items()}
+        mine = [d for d in got if d["file_name"] == name and d["score"] > clear]
         assert 10 <= len(exp["scores"]) == len(mine), (name, len(exp["scores"]), len(mine))
         exp_boxes = boxes_to_original(exp["boxes"].numpy(), lb)
         my_boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in mine)], np.float32)
         my_scores = np.array([d["score"] for d in mine], np.float32)
         my_labels = np.array([d["category_id"] for d in mine])  # = torchvision's label index (91 classes)
         iou = _overlap(exp_boxes, my_boxes)  # [K, K]
+        # a sliver clipped at the image edge (0.1 px wide) loses IoU to float noise: corners within
+        # 0.01 px count as the same box too
+        near = np.abs(exp_boxes[:, None, :] - my_boxes[None, :, :]).max(axis=2) <= 1e-2  # [K, K]
+        iou = np.where(near, np.maximum(iou, 1.0), iou)
         same = (exp["labels"].numpy()[:, None] == my_labels[None, :]) & (
             np.abs(exp["scores"].numpy()[:, None] - my_scores[None, :]) <= 1e-3
         )
         # every torchvision detection has its own match: same label, score within 1e-3, IoU >= 0.99
+        # (or corners within 0.01 px)
         best = np.where(same, iou, -1.0)
         matched = set()
         for k in np.argsort(-exp["scores"].numpy(), kind="stable"):

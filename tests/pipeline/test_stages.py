@@ -56,10 +56,18 @@ def test_check_writes_report_and_gates(tiny_run, tmp_path):
     overrides, run_dir = tiny_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, [*overrides, "deploy.score_thresh=0.3"])
     art = check.run(cfg, copy, progress=False)
     report = json.loads(art.path.read_text())
     assert report["reference"]["engine"] == "torch-fp32"
+    # end to end at the deployment threshold, and at mAP's evaluation threshold beside it
+    for e in report["engines"]:
+        deploy, evaluation = e["latency"]["end_to_end"], e["latency"]["end_to_end_eval"]
+        assert deploy["score_thresh"] == 0.3 and evaluation["score_thresh"] == cfg.postprocess.score_thresh
+        assert deploy["detections_per_image"] <= evaluation["detections_per_image"]
+        assert deploy["samples"] == evaluation["samples"] == cfg.check.latency_iters
+    assert report["config"]["deploy_score_thresh"] == 0.3
+    assert "| e2e p50 ms (score > 0.30) | e2e / model |" in (copy / "report.md").read_text()
     ort = next(e for e in report["engines"] if e["name"] == "onnxruntime-fp32")
     for key in ("name", "backend", "precision", "map", "map50", "map_delta", "latency_ms", "fps", "levels"):
         assert key in ort

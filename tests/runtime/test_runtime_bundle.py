@@ -109,7 +109,7 @@ def _expected(cfg, run_dir: Path, art, images: Path, engine: str) -> list[tuple]
     """What the check stage's pipeline detects with ``engine``: (file, category id, xyxy box, score)."""
     backend, precision = engine.split("-")
     rel = {"openvino": "openvino/fp32", "onnxruntime": "model.onnx"}[backend]
-    pipe = make_pipeline(cfg)
+    pipe = make_pipeline(cfg, deploy=True)  # the bundle keeps what a deployed detector keeps
     with tarfile.open(art.path) as tar:
         category_ids = json.loads(tar.extractfile("pipeline.json").read())["classes"]["category_ids"]
     expected = []
