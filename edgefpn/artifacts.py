@@ -2,7 +2,8 @@
 
 An artifact ``X`` is complete only when ``X.manifest.json`` exists and its recorded sha256 matches
 ``X``: the manifest is always written last, so an interrupted stage leaves nothing a later run
-would trust.
+would trust. Files a stage writes beside its artifact (``report.md`` beside ``report.json``) are
+its side outputs: recorded in the same manifest, and one missing or changed makes the artifact stale.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,21 +181,35 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def _side_name(path: Path, output: Path) -> str:
+    """``output``'s name relative to ``path``'s folder (the key it is recorded under)."""
+    try:
+        return output.relative_to(path.parent).as_posix()
+    except ValueError:
+        raise ValueError(f"side output {output} is not in {path.parent}, the folder of {path.name}") from None
+
+
 def write_manifest(
     path: Path,
     *,
     stage: str,
     config_hash: str,
     inputs: Mapping[str, str],
+    outputs: Sequence[Path] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> Artifact:
-    """Record ``path`` as complete. ``inputs`` maps input names to their sha256."""
+    """Record ``path`` as complete. ``inputs`` maps input names to their sha256.
+
+    ``outputs`` are the other files the stage wrote beside ``path`` (already in place): their sha256
+    goes into the manifest, so that ``up_to_date`` can require them too.
+    """
     manifest = {
         "artifact": path.name,
         "stage": stage,
         "sha256": sha256_path(path),
         "config_hash": config_hash,
         "inputs": dict(sorted(inputs.items())),
+        "side_outputs": {_side_name(path, o): sha256_path(o) for o in sorted(outputs)},
         "versions": tool_versions(),
         "created_unix": int(time.time()),
         **(dict(extra) if extra else {}),
@@ -213,12 +228,25 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def up_to_date(path: Path, *, config_hash: str, inputs: Mapping[str, str]) -> Artifact | None:
-    """The artifact if it exists, is intact and was made from these inputs and settings."""
+def up_to_date(path: Path, *, config_hash: str, inputs: Mapping[str, str],
+               outputs: Sequence[Path] = ()) -> Artifact | None:
+    """The artifact if it exists, is intact and was made from these inputs and settings.
+
+    ``outputs`` are the side outputs the stage writes beside ``path`` (as given to
+    ``write_manifest``): each must exist and match the sha256 recorded for it, and the manifest must
+    record exactly these, so a deleted ``report.html`` (or a manifest from before the stage wrote
+    it) reruns the stage instead of skipping it.
+    """
     manifest = read_manifest(path)
     if manifest is None or not path.exists():
         return None
     if manifest.get("config_hash") != config_hash or manifest.get("inputs") != dict(inputs):
+        return None
+    recorded = manifest.get("side_outputs") or {}
+    wanted = {_side_name(path, o): o for o in outputs}
+    if not isinstance(recorded, dict) or set(recorded) != set(wanted):
+        return None
+    if any(not o.is_file() or recorded[name] != sha256_path(o) for name, o in wanted.items()):
         return None
     if manifest.get("sha256") != sha256_path(path):
         return None

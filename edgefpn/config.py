@@ -189,6 +189,13 @@ class Config:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
+    # Where the settings came from ("configs/x.yaml + --set"), for errors found after loading (a
+    # combination a model builder refuses). Not a setting: never read from YAML, hashed or dumped.
+    source: str = field(default="<defaults>", compare=False, metadata={"setting": False})
+
+
+def _settings(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("setting", True)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +322,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> Any:
     hints = _field_types(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in _settings(cls)]
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
@@ -326,7 +333,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> Any:
         tp = hints[key]
         if isinstance(value, dict) and (typing.get_origin(tp) in (Mapping, dict) or tp is Mapping):
             # a partial table (`--set check.max_map_drop.int8=0.3`) updates the default table
-            default = next(f for f in dataclasses.fields(cls) if f.name == key)
+            default = next(f for f in _settings(cls) if f.name == key)
             if default.default_factory is not dataclasses.MISSING:
                 value = {**default.default_factory(), **value}
         kwargs[key] = _coerce(value, tp, full, source)
@@ -416,7 +423,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         _merge_override(tree, keys, value)
     if overrides:
         source += " + --set"
-    cfg = _build(Config, tree, "", source)
+    cfg = dataclasses.replace(_build(Config, tree, "", source), source=source)
     _validate(cfg, source)
     return cfg
 
@@ -428,7 +435,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 def to_dict(obj: Any) -> Any:
     """A plain, JSON-able view of a config (or any part of one)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in _settings(type(obj))}
     if isinstance(obj, Mapping):
         return {str(k): to_dict(v) for k, v in sorted(obj.items())}
     if isinstance(obj, tuple | list):

@@ -53,3 +53,19 @@ def test_atomic_output_folder(tmp_path):
         tmp.mkdir()
         (tmp / "other.xml").write_text("y")
     assert sorted(p.name for p in target.iterdir()) == ["other.xml"]
+
+
+def test_a_missing_or_changed_side_output_makes_the_artifact_stale(tmp_path):
+    art, md = tmp_path / "report.json", tmp_path / "report.md"
+    art.write_text("{}")
+    md.write_text("# report")
+    write_manifest(art, stage="t", config_hash="c", inputs={}, outputs=[md])
+    assert up_to_date(art, config_hash="c", inputs={}, outputs=[md]) is not None
+    md.write_text("# edited")
+    assert up_to_date(art, config_hash="c", inputs={}, outputs=[md]) is None
+    md.unlink()
+    assert up_to_date(art, config_hash="c", inputs={}, outputs=[md]) is None
+    # a manifest that does not record an output the stage writes (an older edgefpn's) is stale too
+    md.write_text("# report")
+    write_manifest(art, stage="t", config_hash="c", inputs={})
+    assert up_to_date(art, config_hash="c", inputs={}, outputs=[md]) is None

@@ -78,6 +78,21 @@ def test_checkpoint_that_does_not_fit(tiny_run, tmp_path):
     assert files(run) == {}
 
 
+def test_builder_refused_setting_names_the_config_file(tiny_run, tmp_path):
+    # valid for the config schema, refused by the Faster R-CNN builder: v2 exists for ResNet-50 only
+    _, run_dir = tiny_run
+    cfg = tmp_path / "mobilenet_v2.yaml"
+    cfg.write_text(f"model:\n  arch: faster_rcnn\n  backbone: mobilenet_v3_large\n  variant: v2\n"
+                   f"  num_classes: 6\n  weights: {run_dir / 'model.pt'}\n")
+    run = tmp_path / "run"
+    res = invoke("train", "--config", str(cfg), "--out", str(run))
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert line.startswith(f"error: {cfg}: model: variant 'v2' exists for ResNet-50 only"), line
+    assert files(run) == {}
+
+
 def test_debug_shows_traceback(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("nope: 1\n")

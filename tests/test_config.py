@@ -83,3 +83,16 @@ def test_variant_applies_to_faster_rcnn_only() -> None:
     with pytest.raises(ConfigError, match="model.variant.*faster_rcnn only"):
         load_config(None, ["model.arch=retinanet", "model.variant=v2"])
     assert load_config(None, ["model.arch=faster_rcnn", "model.variant=v2"]).model.variant == "v2"
+
+
+def test_config_knows_its_source_but_it_is_not_a_setting(tmp_path) -> None:
+    from edgefpn.config import dump_yaml, to_dict
+
+    p = write(tmp_path, "train:\n  epochs: 3\n")
+    assert load_config(p).source == str(p)
+    assert load_config(p, ["train.lr=0.5"]).source == f"{p} + --set"
+    assert load_config().source == "<defaults>"
+    assert "source" not in to_dict(load_config(p)) and "source" not in dump_yaml(load_config(p))
+    assert load_config(p) == load_config(None, ["train.epochs=3"])  # where from does not change equality
+    with pytest.raises(ConfigError, match="unknown key source"):
+        load_config(write(tmp_path, "source: elsewhere.yaml\n"))

@@ -22,6 +22,7 @@ __all__ = [
     "FPN_BACKBONES",
     "MOBILENET_LEVELS",
     "NORMS",
+    "LastLevelMaxPoolNamed",
     "LevelSpec",
     "MobileNetFPN",
     "ResNetFPN",
@@ -213,8 +214,11 @@ _MNV3_STRIDES = {0: 2, 1: 2, 2: 4, 3: 4, 4: 8, 5: 8, 6: 8, 7: 16, 8: 16, 9: 16, 
 MOBILENET_LEVELS: dict[int, str] = {6: "p3", 12: "p4", 16: "p5"}
 
 
-class _LastLevelMaxPoolNamed(ExtraFPNBlock):
-    """torchvision's ``LastLevelMaxPool`` (a stride-2 1x1 max-pool of the last level), named ``name``."""
+class LastLevelMaxPoolNamed(ExtraFPNBlock):
+    """torchvision's ``LastLevelMaxPool`` (a stride-2 1x1 max-pool of the last level), named ``name``.
+
+    It has no parameters, so the state dict is torchvision's whatever the name.
+    """
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -259,7 +263,7 @@ class MobileNetFPN(BackboneWithFPN):
             )
             block.use_P5 = p6_from == "p5"
         elif extra == "pool":
-            block = _LastLevelMaxPoolNamed(extra_names[0])
+            block = LastLevelMaxPoolNamed(extra_names[0])
         elif extra is None:
             block = None
         else:

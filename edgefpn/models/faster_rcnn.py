@@ -19,23 +19,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
-from torchvision.models import mobilenet_v3_large
+from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
-from edgefpn.models.backbones import NORMS, ResNetFPN, level_stride, resnet_fpn
+from edgefpn.models.backbones import LastLevelMaxPoolNamed, ResNetFPN, level_stride, mobilenet_fpn, resnet_fpn
 from edgefpn.models.fcos import IdentityTransform
 from edgefpn.models.necks import AUX_LOSS_WEIGHT, ConsistentSupervision, attach_neck
 from edgefpn.models.necks.soft_roi import SoftRoISelection, StaticRoIPool
 
-__all__ = ["FASTER_RCNN_LEVELS", "VARIANTS", "AugEdgeFasterRCNN", "EdgeFasterRCNN", "MaxPoolP6", "faster_rcnn"]
+__all__ = ["FASTER_RCNN_LEVELS", "VARIANTS", "AugEdgeFasterRCNN", "EdgeFasterRCNN", "faster_rcnn"]
 
 FASTER_RCNN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 # fasterrcnn_mobilenet_v3_large_fpn: FPN on MobileNetV3 features 13 and 16, BOTH stride 32 (feature 13 is
@@ -47,22 +44,6 @@ VARIANTS = ("v1", "v2")
 # torchvision's RoI pooling resolution and sampling (MultiScaleRoIAlign defaults of FasterRCNN).
 _ROI_SIZE = 7
 _ROI_SAMPLING = 2
-
-
-class MaxPoolP6(ExtraFPNBlock):
-    """torchvision's ``LastLevelMaxPool`` (P6 = P5 subsampled by 2), naming its level ``p6``.
-
-    It has no parameters, so the state dict is torchvision's whatever the name.
-    """
-
-    def __init__(self, name: str = "p6") -> None:
-        super().__init__()
-        self.name = name
-
-    def forward(self, x: list[Tensor], y: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
-        names.append(self.name)
-        x.append(F.max_pool2d(x[-1], kernel_size=1, stride=2, padding=0))  # [N, C, ceil(H/2), ceil(W/2)]
-        return x, names
 
 
 class EdgeFasterRCNN(FasterRCNN):
@@ -105,7 +86,7 @@ def _fpn_backbone(
         # fasterrcnn_resnet50_fpn_v2: BatchNorm inside the FPN's 1x1 and 3x3 convs (keys `.0.weight`, `.1.*`).
         in_channels = [block[0].in_channels for block in backbone.fpn.inner_blocks]  # Conv2dNormActivation
         backbone.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, norm_layer=nn.BatchNorm2d)
-    backbone.fpn.extra_blocks = MaxPoolP6("p6")
+    backbone.fpn.extra_blocks = LastLevelMaxPoolNamed("p6")
     backbone.levels = FASTER_RCNN_LEVELS
     return backbone
 
@@ -190,8 +171,13 @@ def faster_rcnn(
         if neck != "fpn":
             # Soft RoI Selection needs several RoI levels; this layout pools from one stride-32 map
             raise ValueError(f"neck {neck!r} is not available with {backbone_name!r} in faster_rcnn; use 'fpn'")
+        # fasterrcnn_mobilenet_v3_large_fpn's FPN reads the last two stages: the output of the last
+        # stride-2 block (features[13]) and of the final 1x1 conv (features[16]), both stride 32
+        backbone = mobilenet_fpn(fpn_channels=fpn_channels, norm=norm,
+                                 return_layers=dict(zip((13, 16), MOBILENET_LEVELS[:2], strict=True)),
+                                 extra="pool", extra_names=MOBILENET_LEVELS[2:])
         return _assemble(
-            _mobilenet_backbone(fpn_channels=fpn_channels, norm=norm),
+            backbone,
             levels=MOBILENET_LEVELS,
             strides=MOBILENET_STRIDES,
             # torchvision pools from maps "0".."3", i.e. both stride-32 maps, and its level rule, clamped
@@ -218,28 +204,6 @@ def faster_rcnn(
         neck=neck,
         aux_loss_weight=aux_loss_weight,
     )
-
-
-def _mobilenet_backbone(*, fpn_channels: int, norm: str) -> BackboneWithFPN:
-    """torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` backbone layout (``body.<i>.*``, ``fpn.*``).
-
-    Built from torchvision's public ``mobilenet_v3_large`` and ``BackboneWithFPN``; the FPN reads the last
-    two stages (the outputs of the last stride-2 block and of the final 1x1 conv), as torchvision does.
-    """
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
-    features = mobilenet_v3_large(weights=None, norm_layer=NORMS[norm]).features
-    # stage starts: the stem, each downsampling block (torchvision marks them `_is_cn`), the last layer
-    stages = [0] + [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)] + [len(features) - 1]
-    returned = stages[-2:]
-    backbone = BackboneWithFPN(
-        features,
-        return_layers={str(i): name for i, name in zip(returned, MOBILENET_LEVELS[:2], strict=True)},
-        in_channels_list=[features[i].out_channels for i in returned],
-        out_channels=fpn_channels,
-        extra_blocks=MaxPoolP6(MOBILENET_LEVELS[2]),
-    )
-    return backbone
 
 
 def _assemble(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -20,9 +20,14 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from edgefpn.models.backbones import backbone_fpn, level_stride
+from edgefpn.models.backbones import backbone_fpn
 from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
-from edgefpn.models.outputs import level_size, run_tower
+from edgefpn.models.outputs import (
+    PerLevelExportWrapper,
+    per_level_output_names,
+    per_level_output_shapes,
+    run_tower,
+)
 
 __all__ = [
     "FCOS_LEVELS",
@@ -164,9 +169,13 @@ def fcos(
 # Export: cls_p3..p7, box_p3..p7, ctr_p3..p7
 
 
+def _channels(num_classes: int) -> dict[str, int]:
+    return {"cls": num_classes, "box": 4, "ctr": 1}  # in _KINDS order
+
+
 def fcos_output_names(levels: Sequence[str] = FCOS_LEVELS) -> list[str]:
     """``["cls_p3", ..., "cls_p7", "box_p3", ..., "ctr_p7"]``: the wrapper's outputs, in order."""
-    return [f"{kind}_{level}" for kind in _KINDS for level in levels]
+    return per_level_output_names(_KINDS, levels)
 
 
 def fcos_output_shapes(
@@ -184,22 +193,10 @@ def fcos_output_shapes(
         num_classes: ``C``.
         levels: the pyramid levels, ``p3``..``p7`` by default.
     """
-    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
-    channels = {"cls": num_classes, "box": 4, "ctr": 1}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for kind in _KINDS:
-        for level in levels:
-            stride = level_stride(level)
-            shapes[f"{kind}_{level}"] = (
-                batch,
-                channels[kind],
-                level_size(height, stride),
-                level_size(width, stride),
-            )
-    return shapes
+    return per_level_output_shapes(_channels(num_classes), batch=batch, input_size=input_size, levels=levels)
 
 
-class FCOSExportWrapper(nn.Module):
+class FCOSExportWrapper(PerLevelExportWrapper):
     """Runs an FCOS model's backbone and head and returns the raw per-level tensors as one flat tuple.
 
     It calls the head's own submodules per level and skips torchvision's flatten / concat / decode /
@@ -208,22 +205,10 @@ class FCOSExportWrapper(nn.Module):
     export an ``eval()`` model).
     """
 
-    def __init__(self, model: FCOS) -> None:
-        super().__init__()
-        self.backbone = model.backbone
-        self.head = model.head
-        self.levels: tuple[str, ...] = tuple(model.backbone.output_shape())
-        self.num_classes: int = model.head.classification_head.num_classes
+    branches = _KINDS
 
-    def output_names(self) -> list[str]:
-        """The names of ``forward``'s outputs, in order."""
-        return fcos_output_names(self.levels)
-
-    def output_shapes(self, *, batch: int, input_size: int | tuple[int, int]) -> dict[str, tuple[int, ...]]:
-        """The static shape of every output for an input ``[batch, 3, H, W]``, in output order."""
-        return fcos_output_shapes(
-            batch=batch, input_size=input_size, num_classes=self.num_classes, levels=self.levels
-        )
+    def branch_channels(self) -> dict[str, int]:
+        return _channels(self.num_classes)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:  # images: [N, 3, H, W]
         features = self.backbone(images)

@@ -7,12 +7,22 @@ static shapes), and ``export_onnx`` checks the exported graph against them.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ExportModule", "level_size", "run_tower"]
+from edgefpn.models.backbones import level_stride
+
+__all__ = [
+    "ExportModule",
+    "PerLevelExportWrapper",
+    "level_size",
+    "per_level_output_names",
+    "per_level_output_shapes",
+    "run_tower",
+]
 
 
 @runtime_checkable
@@ -36,6 +46,59 @@ class ExportModule(Protocol):
         ...
 
     def __call__(self, images: Tensor) -> tuple[Tensor, ...]: ...
+
+
+def per_level_output_names(branches: Sequence[str], levels: Sequence[str]) -> list[str]:
+    """``<branch>_<level>``, branch-major: ``["cls_p3", ..., "cls_p7", "box_p3", ..., "box_p7"]``."""
+    return [f"{branch}_{level}" for branch in branches for level in levels]
+
+
+def per_level_output_shapes(
+    channels: Mapping[str, int], *, batch: int, input_size: int | tuple[int, int], levels: Sequence[str]
+) -> dict[str, tuple[int, ...]]:
+    """``[batch, channels[branch], H_l, W_l]`` for every ``<branch>_<level>`` output, in output order.
+
+    Args:
+        channels: each branch's channel count, in output order (``{"cls": C, "box": 4}``).
+        input_size: ``H`` (square) or ``(H, W)`` of the letterboxed input.
+        levels: the pyramid levels; ``pK`` has stride ``2**K``.
+    """
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    return {
+        f"{branch}_{level}": (batch, c, level_size(height, level_stride(level)), level_size(width, level_stride(level)))
+        for branch, c in channels.items()
+        for level in levels
+    }
+
+
+class PerLevelExportWrapper(nn.Module):
+    """Base of the one-stage export wrappers (FCOS, RetinaNet): a torchvision detector's backbone and head,
+    returning one ``[N, channels, H_l, W_l]`` map per branch and level as a flat, branch-major tuple.
+
+    Subclasses set ``branches`` and implement ``branch_channels`` and ``forward``; the outputs they
+    advertise follow from those two, so names, shapes and ``forward`` cannot drift apart per arch.
+    """
+
+    branches: ClassVar[tuple[str, ...]]
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+        self.levels: tuple[str, ...] = tuple(model.backbone.output_shape())
+        self.num_classes: int = model.head.classification_head.num_classes
+
+    def branch_channels(self) -> dict[str, int]:
+        """Each branch's output channels, in ``branches`` order."""
+        raise NotImplementedError
+
+    def output_names(self) -> list[str]:
+        """The names of ``forward``'s outputs, in order."""
+        return per_level_output_names(self.branches, self.levels)
+
+    def output_shapes(self, *, batch: int, input_size: int | tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        """The static shape of every output for an input ``[batch, 3, H, W]``, in output order."""
+        return per_level_output_shapes(self.branch_channels(), batch=batch, input_size=input_size, levels=self.levels)
 
 
 def level_size(size: int, stride: int) -> int:

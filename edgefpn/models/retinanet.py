@@ -17,10 +17,15 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 
-from edgefpn.models.backbones import backbone_fpn, level_stride
+from edgefpn.models.backbones import backbone_fpn
 from edgefpn.models.fcos import IdentityTransform
 from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
-from edgefpn.models.outputs import level_size, run_tower
+from edgefpn.models.outputs import (
+    PerLevelExportWrapper,
+    per_level_output_names,
+    per_level_output_shapes,
+    run_tower,
+)
 from edgefpn.postprocess.retinanet import ANCHOR_RATIOS, NUM_ANCHORS, anchor_sizes
 
 __all__ = [
@@ -127,52 +132,33 @@ def retinanet_v2(**kwargs) -> RetinaNet:
 # Export: cls_p3..p7 [N, A*C, H/s, W/s], box_p3..p7 [N, A*4, H/s, W/s]
 
 
+def _channels(num_classes: int) -> dict[str, int]:
+    return {"cls": NUM_ANCHORS * num_classes, "box": NUM_ANCHORS * 4}  # in _KINDS order
+
+
 def retinanet_output_names(levels: Sequence[str] = RETINANET_LEVELS) -> list[str]:
     """``["cls_p3", ..., "cls_p7", "box_p3", ..., "box_p7"]``."""
-    return [f"{kind}_{level}" for kind in _KINDS for level in levels]
+    return per_level_output_names(_KINDS, levels)
 
 
 def retinanet_output_shapes(
     *, batch: int, input_size: int | tuple[int, int], num_classes: int, levels: Sequence[str] = RETINANET_LEVELS
 ) -> dict[str, tuple[int, ...]]:
     """Static output shapes for an input ``[batch, 3, H, W]``, in output order."""
-    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
-    channels = {"cls": NUM_ANCHORS * num_classes, "box": NUM_ANCHORS * 4}
-    return {
-        f"{kind}_{level}": (
-            batch,
-            channels[kind],
-            level_size(height, level_stride(level)),
-            level_size(width, level_stride(level)),
-        )
-        for kind in _KINDS
-        for level in levels
-    }
+    return per_level_output_shapes(_channels(num_classes), batch=batch, input_size=input_size, levels=levels)
 
 
-class RetinaNetExportWrapper(nn.Module):
+class RetinaNetExportWrapper(PerLevelExportWrapper):
     """A RetinaNet's backbone and head as one flat tuple of raw per-level tensors (no anchors, no decode).
 
     The head's towers run per level on the ``[N, F, H, W]`` map; torchvision's view / permute to
     ``[N, HWA, C]`` is left to the numpy decoder, so the graph is convolutions only.
     """
 
-    def __init__(self, model: RetinaNet) -> None:
-        super().__init__()
-        self.backbone = model.backbone
-        self.head = model.head
-        self.levels: tuple[str, ...] = tuple(model.backbone.output_shape())
-        self.num_classes: int = model.head.classification_head.num_classes
+    branches = _KINDS
 
-    def output_names(self) -> list[str]:
-        """The names of ``forward``'s outputs, in order."""
-        return retinanet_output_names(self.levels)
-
-    def output_shapes(self, *, batch: int, input_size: int | tuple[int, int]) -> dict[str, tuple[int, ...]]:
-        """The static shape of every output for an input ``[batch, 3, H, W]``, in output order."""
-        return retinanet_output_shapes(
-            batch=batch, input_size=input_size, num_classes=self.num_classes, levels=self.levels
-        )
+    def branch_channels(self) -> dict[str, int]:
+        return _channels(self.num_classes)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:  # images: [N, 3, H, W]
         features = self.backbone(images)

@@ -85,7 +85,8 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
                 "cpu": machine["cpu"], "versions": backend_versions()}
     chash = config_hash(settings)
     inputs = {e.name: sha256_path(e.path) for e in engines}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    md = run_dir / "benchmark.md"
+    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs, outputs=[md])):
         log(f"[benchmark] up to date: {out} (--force re-measures)")
         return art
 
@@ -112,9 +113,8 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     if (flops := _flops(run_dir / "model.onnx", rows, threads)) is not None:
         report["flops"] = flops
     write_json(out, report)
-    md = run_dir / "benchmark.md"
     atomic_write_text(md, render_markdown(report))
-    art = write_manifest(out, stage="benchmark", config_hash=chash, inputs=inputs)
+    art = write_manifest(out, stage="benchmark", config_hash=chash, inputs=inputs, outputs=[md])
     log(f"[benchmark] wrote {out} and {md}")
     return art
 

@@ -84,7 +84,8 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
     chash = config_hash(cfg.check, cfg.postprocess, cfg.deploy, cfg.model.input_size, cfg.run.threads,
                         backend_versions())
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    pages = [run_dir / "report.md", run_dir / "report.html"]  # written beside report.json
+    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs, outputs=pages)):
         log(f"[check] up to date: {out}")
         _raise_on_failures(art.manifest.get("failures", []), out)
         return art
@@ -92,11 +93,12 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     report = evaluate(cfg, data, reference, engines, progress=progress, arch=recorded_arch(cfg, run_dir))
     report = with_compute(report, run_dir / export_stage.ARTIFACT, cfg.run.threads)
     write_json(out, report)
-    md = run_dir / "report.md"
+    md, html = pages
     atomic_write_text(md, render_markdown(report))
-    atomic_write_text(run_dir / "report.html", render_html(report))
+    atomic_write_text(html, render_html(report))
     failures = [f"{e['name']}: {g}" for e in report["engines"] for g in e["gates"]["failed"]]
-    art = write_manifest(out, stage="check", config_hash=chash, inputs=inputs, extra={"failures": failures})
+    art = write_manifest(out, stage="check", config_hash=chash, inputs=inputs, outputs=pages,
+                         extra={"failures": failures})
     log(f"[check] wrote {out}, {md} and report.html")
     _raise_on_failures(failures, out)
     return art

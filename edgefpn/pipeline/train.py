@@ -47,7 +47,7 @@ def _build(cfg: Config, num_classes: int):
     try:
         return spec.builder(num_classes=num_classes, **spec.build_kwargs(cfg.model))
     except ValueError as exc:  # a combination the builder refuses (e.g. mobilenet_v3_large + variant v2)
-        raise ConfigError(f"model: {exc}") from None
+        raise ConfigError(f"{cfg.source}: model: {exc}") from None
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:

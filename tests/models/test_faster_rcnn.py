@@ -172,3 +172,28 @@ def test_mobilenet_layout_is_torchvisions() -> None:
     wrapper = FasterRCNNExportWrapper(ours.eval())
     assert wrapper.strides == (32, 32, 64)
     assert wrapper.output_shapes(batch=1, input_size=(320, 320))["rpn_obj_p5b"] == (1, 15, 10, 10)
+
+
+@pytest.mark.parametrize("backbone_name", ["resnet18", "mobilenet_v3_large"])
+def test_backbones_are_the_shared_fpn_backbones(backbone_name: str) -> None:
+    # one implementation of the MobileNet FPN and of the named max-pool level (edgefpn.models.backbones),
+    # advertising the levels and strides the detector records
+    from edgefpn.models.backbones import LastLevelMaxPoolNamed, MobileNetFPN, ResNetFPN
+
+    model = faster_rcnn(num_classes=2, **{**TINY, "backbone_name": backbone_name})
+    backbone = model.backbone
+    assert isinstance(backbone, MobileNetFPN if backbone_name == "mobilenet_v3_large" else ResNetFPN)
+    assert type(backbone.fpn.extra_blocks) is LastLevelMaxPoolNamed and backbone.fpn.extra_blocks.name == "p6"
+    assert {k: s.stride for k, s in backbone.output_shape().items()} == model.level_strides
+
+
+def test_no_faster_rcnn_twin_in_the_necks() -> None:
+    # faster_rcnn builds its AugFPN detector as AugEdgeFasterRCNN (labels 0..K-1); a second, unused
+    # Consistent Supervision Faster R-CNN in the necks package would be dead code that drifts
+    from torchvision.models.detection import FasterRCNN
+
+    from edgefpn.models import necks
+
+    assert not hasattr(necks, "AugFasterRCNN")
+    with pytest.raises(ValueError, match="no AugFPN variant of FasterRCNN"):
+        necks.detector_class(FasterRCNN, neck="augfpn")

@@ -64,3 +64,22 @@ def test_unknown_arch_is_one_clear_error() -> None:
 )
 def test_split_output_name(name: str, split: tuple) -> None:
     assert split_output_name(name) == split
+
+
+@pytest.mark.parametrize(("arch", "channels"), [
+    ("fcos", {"cls": 3, "box": 4, "ctr": 1}),
+    ("retinanet", {"cls": 9 * 3, "box": 9 * 4}),  # 9 anchors per location
+    ("retinanet_v2", {"cls": 9 * 3, "box": 9 * 4}),
+])
+def test_one_stage_wrappers_share_the_per_level_base(arch: str, channels: dict[str, int]) -> None:
+    from edgefpn.models.outputs import PerLevelExportWrapper
+
+    spec = arch_spec(arch)
+    model = spec.builder(num_classes=3, **spec.build_kwargs(ModelConfig(arch=arch, fpn_channels=32, head_convs=1)))
+    wrapper = export_wrapper(arch, model)
+    assert isinstance(wrapper, PerLevelExportWrapper)
+    assert wrapper.levels == ("p3", "p4", "p5", "p6", "p7") and wrapper.num_classes == 3
+    assert wrapper.branch_channels() == channels
+    assert wrapper.output_names() == [f"{b}_{lvl}" for b in channels for lvl in wrapper.levels]
+    # the wrapper holds the model's own backbone and head, nothing else
+    assert list(wrapper.state_dict()) == [k for k in model.state_dict() if k.startswith(("backbone.", "head."))]

@@ -79,3 +79,23 @@ def test_benchmark_every_engine_without_torch(tiny_run, tmp_path):
     assert "-infer_precision f32" in app["command"] and app["load_config"] == {"CPU": {"INFERENCE_NUM_THREADS": 2}}
     md = (run_dir / "benchmark.md").read_text()
     assert md.startswith("# edgefpn benchmark") and "| openvino-fp32 |" in md and "benchmark_app" in md
+
+
+def test_benchmark_rewrites_a_deleted_markdown(tiny_run, tmp_path):
+    from edgefpn.artifacts import read_manifest
+    from edgefpn.config import load_config
+    from edgefpn.pipeline import benchmark
+
+    overrides, src = tiny_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    cfg = load_config(None, [*overrides, "check.backends=[onnxruntime]"])
+
+    def bench():
+        return benchmark.run(cfg, run_dir, progress=False, iters=2, app_seconds=0, throughput_seconds=0.1)
+
+    bench()
+    (run_dir / "benchmark.md").unlink()
+    bench()  # not "up to date": benchmark.md is missing
+    assert (run_dir / "benchmark.md").read_text().startswith("# edgefpn benchmark")
+    assert "benchmark.md" in read_manifest(run_dir / "benchmark.json")["side_outputs"]

@@ -83,6 +83,28 @@ def test_check_writes_report_and_gates(tiny_run, tmp_path):
     assert "GATES FAILED" in render_markdown(json.loads((copy / "report.json").read_text()))
 
 
+def test_check_rewrites_a_deleted_report(tiny_run, tmp_path):
+    import shutil
+
+    overrides, run_dir = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg = load_config(None, [*overrides, *_ORT_ONLY])
+    check.run(cfg, copy, progress=False)
+    for deleted in ("report.html", "report.md"):
+        (copy / deleted).unlink()
+        check.run(cfg, copy, progress=False)  # not "up to date": an output it writes is missing
+        assert (copy / deleted).is_file()
+        assert read_manifest(copy / "report.json")["side_outputs"][deleted] == sha256_file(copy / deleted)
+    mtime = (copy / "report.json").stat().st_mtime_ns
+    check.run(cfg, copy, progress=False)  # now complete: skipped
+    assert (copy / "report.json").stat().st_mtime_ns == mtime
+
+
+# the cheapest check: no quantized models, no engines to build, ONNX Runtime fp32 only
+_ORT_ONLY = ["quantize.enabled=false", "build.targets=[]", "check.backends=[onnxruntime]"]
+
+
 def test_train_resume_state_is_not_left_behind(tiny_run):
     _, run_dir = tiny_run
     assert not (run_dir / train.RESUME).exists()

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS, RetinaNet
 
 from edgefpn.models.necks.augfpn import (
     DEFAULT_POOL_RATIOS,
@@ -23,7 +23,6 @@ from edgefpn.models.necks.augfpn import (
 from edgefpn.models.necks.soft_roi import SoftRoISelection, StaticRoIPool
 from edgefpn.models.necks.supervision import (
     AUX_LOSS_WEIGHT,
-    AugFasterRCNN,
     AugFCOS,
     AugRetinaNet,
     ConsistentSupervision,
@@ -36,7 +35,6 @@ __all__ = [
     "AdaptiveSpatialFusion",
     "AugFCOS",
     "AugFPN",
-    "AugFasterRCNN",
     "AugRetinaNet",
     "ConsistentSupervision",
     "ResidualFeatureAugmentation",
@@ -50,11 +48,11 @@ __all__ = [
 
 NECKS = ("fpn", "augfpn")
 
-# torchvision detector -> the same detector with Consistent Supervision (used with neck="augfpn")
+# torchvision detector -> the same detector with Consistent Supervision (used with neck="augfpn");
+# faster_rcnn builds its own (AugEdgeFasterRCNN: the mixin on its 0..K-1-label EdgeFasterRCNN)
 _SUPERVISED: Mapping[type[nn.Module], type[nn.Module]] = {
     FCOS: AugFCOS,
     RetinaNet: AugRetinaNet,
-    FasterRCNN: AugFasterRCNN,
 }
 
 _M = TypeVar("_M", bound=nn.Module)

@@ -22,11 +22,11 @@ from collections import OrderedDict
 from typing import Any
 
 from torch import Tensor, nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS, RetinaNet
 
 from edgefpn.models.necks.augfpn import AugFPN
 
-__all__ = ["AUX_LOSS_WEIGHT", "AugFCOS", "AugFasterRCNN", "AugRetinaNet", "ConsistentSupervision"]
+__all__ = ["AUX_LOSS_WEIGHT", "AugFCOS", "AugRetinaNet", "ConsistentSupervision"]
 
 AUX_LOSS_WEIGHT = 0.25
 
@@ -89,7 +89,3 @@ class AugFCOS(ConsistentSupervision, FCOS):
 
 class AugRetinaNet(ConsistentSupervision, RetinaNet):
     """torchvision's RetinaNet on an AugFPN neck, with Consistent Supervision in training."""
-
-
-class AugFasterRCNN(ConsistentSupervision, FasterRCNN):
-    """torchvision's Faster R-CNN on an AugFPN neck, with Consistent Supervision (RPN and RoI losses)."""
