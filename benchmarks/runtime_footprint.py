@@ -1,6 +1,6 @@
 """Footprint of the device runtime: import time, start-up to first inference, installed size.
 
-Compares a runtime-only venv (numpy, Pillow, onnxruntime, openvino + edgefpn installed ``--no-deps``)
+Compares a runtime-only venv (numpy, Pillow, OpenCV, onnxruntime, openvino + edgefpn installed ``--no-deps``)
 with the full development ``.venv`` (torch, torchvision, ...), running the same bundle.
 
     .venv/bin/python benchmarks/runtime_footprint.py --bundle RUN_DIR/bundle.tar --images DIR \
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_PACKAGES = ["numpy", "pillow", "onnxruntime", "openvino"]
+RUNTIME_PACKAGES = ["numpy", "pillow", "opencv-python-headless", "onnxruntime", "openvino"]
 IMPORT_SNIPPET = ("import time; t = time.perf_counter(); import edgefpn.runtime.__main__; "
                   "import {backend}; print(time.perf_counter() - t)")
 

@@ -1,4 +1,4 @@
-"""The device runtime: run an engine bundle with numpy, Pillow and one backend; no PyTorch.
+"""The device runtime: run an engine bundle with numpy, Pillow, OpenCV and one backend; no PyTorch.
 
 ``python -m edgefpn.runtime infer --bundle bundle.tar --images DIR --out dets.json`` and
 ``python -m edgefpn.runtime bench --bundle bundle.tar``. Loading a bundle:

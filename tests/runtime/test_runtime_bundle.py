@@ -255,8 +255,8 @@ def _uv() -> str | None:
 
 @pytest.mark.slow
 def test_runtime_in_a_fresh_venv_without_torch(packaged, tmp_path):
-    """A new virtual environment with only the runtime's locked needs (numpy, Pillow, onnxruntime,
-    openvino) and edgefpn itself: the runtime's detections equal the check pipeline's."""
+    """A new virtual environment with only the runtime's locked needs (numpy, Pillow, OpenCV,
+    onnxruntime, openvino) and edgefpn itself: the runtime's detections equal the check pipeline's."""
     uv = _uv()
     if uv is None:
         pytest.skip("uv is not installed (make test bootstraps it into .tools/)")
