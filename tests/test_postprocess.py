@@ -280,3 +280,15 @@ def test_imports_without_torch():
         "assert not any(m.startswith(('torch', 'torchvision')) and sys.modules[m] for m in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("k", [1, 5, 17])
+def test_fcos_topk_positions_breaks_ties_by_position(k):
+    # the k best of a level, ties at the cut going to the lower (location, class) position: the first
+    # k of a stable sort by decreasing score, returned in position order
+    from edgefpn.postprocess.fcos import _topk_positions
+
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 6, 40).astype(np.float32) / 8  # many exact ties
+    expected = np.sort(np.argsort(-scores, kind="stable")[:k])
+    np.testing.assert_array_equal(_topk_positions(scores, k), expected)
