@@ -107,7 +107,7 @@ def render(r: dict) -> str:
         "",
         f"Made by `benchmarks/runtime_footprint.py` on {r['machine']['platform']}, {r['machine']['cpus']} CPUs, "
         f"Python {r['machine']['python']}; medians of repeated cold processes, 1 inference thread; "
-        f"bundle {r['bundle_bytes'] / 2**20:.2f} MiB (the tiny test model).",
+        f"bundle {r['bundle_bytes'] / 2**20:.2f} MiB.",
         "",
         f"Installed size (site-packages): runtime venv **{sp['runtime']} MiB** vs full `.venv` "
         f"**{sp['full']} MiB**. Packages of the full stack present in the runtime venv: {r['runtime_venv_has']}.",
