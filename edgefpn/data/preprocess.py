@@ -16,6 +16,7 @@ recorded anyway so the box mapping stays general). The rest of the input is padd
 from __future__ import annotations
 
 import math
+import os
 import stat
 import struct
 import warnings
@@ -101,7 +102,11 @@ def load_image(path: str | Path) -> np.ndarray:
             frame = _jpeg_frame(head)
             if frame is not None:
                 _check_pixels(path, frame[1], frame[0])
-                head += f.read()
+                size_cap = _JPEG_MAX_BYTES_PER_PIXEL * frame[0] * frame[1] + _JPEG_HEAD_BYTES
+                if os.fstat(f.fileno()).st_size > size_cap:
+                    frame = None  # far more bytes than such an image needs: Pillow streams it instead
+                else:
+                    head += f.read()
     except OSError as e:
         raise DataError(f"{path}: cannot read image file ({e.strerror or e})") from None
     if frame is not None:
@@ -114,6 +119,9 @@ def load_image(path: str | Path) -> np.ndarray:
 # A colour JPEG's frame header is looked for in the file's first bytes; one further back (a file with
 # huge EXIF / ICC segments) takes Pillow's path.
 _JPEG_HEAD_BYTES = 1 << 16
+# A file this many times its pixel count (plus the head) is not read whole into memory for OpenCV:
+# no real JPEG is that large (8-bit samples stored uncompressed are 3 bytes a pixel).
+_JPEG_MAX_BYTES_PER_PIXEL = 8
 # Start-Of-Frame markers: baseline, extended, progressive, lossless; Huffman or arithmetic coded.
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 # IGNORE_ORIENTATION: boxes refer to the stored pixels (see load_image), as with Pillow.

@@ -242,6 +242,16 @@ def test_frame_header_past_the_scanned_head_takes_pillows_path(tmp_path):
         np.testing.assert_array_equal(load_image(p), np.asarray(im.convert("RGB")))
 
 
+def test_jpeg_with_a_huge_tail_is_not_read_whole(tmp_path, monkeypatch):
+    # 40x56 pixels followed by 1 MB of junk: Pillow's streaming decoder takes it, OpenCV never sees it
+    p = tmp_path / "tail.jpg"
+    p.write_bytes(_jpeg_bytes(40, 56) + bytes(1 << 20))
+    decoded = []
+    monkeypatch.setattr(pp, "_decode_jpeg_rgb", lambda *a: decoded.append(a))
+    assert load_image(p).shape == (40, 56, 3)
+    assert not decoded
+
+
 def test_damaged_jpegs_decode_or_raise_data_error(tmp_path):
     # flipped bytes and cut tails anywhere, headers included: an image or a DataError, nothing else
     data = _jpeg_bytes(48, 64)
