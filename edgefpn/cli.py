@@ -94,6 +94,17 @@ def stage_options(fn: Callable) -> Callable:
     return wrapper
 
 
+def _no_vendor_telemetry() -> None:
+    """Keep OpenVINO's converter and NNCF from posting usage statistics.
+
+    Both send to Google Analytics by default, from a process they fork (seen aborting when forked from
+    a multi-threaded process). edgefpn reaches no network at run time, so they get the stubs they use
+    when the ``openvino_telemetry`` package is absent. ``EDGEFPN_VENDOR_TELEMETRY=1`` leaves it alone.
+    """
+    if os.environ.get("EDGEFPN_VENDOR_TELEMETRY") != "1" and "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_debug_option
 @click.version_option(package_name="edgefpn")
@@ -109,6 +120,7 @@ def main() -> None:
       benchmark latency / throughput of every engine   lint      TensorRT compatibility lint of ONNX
     """
     os.environ.setdefault("TQDM_MININTERVAL", "1")
+    _no_vendor_telemetry()
 
 
 @main.group(invoke_without_command=True)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# as the CLI does: OpenVINO's converter would otherwise fork a process to post usage statistics
+if os.environ.get("EDGEFPN_VENDOR_TELEMETRY") != "1":
+    sys.modules.setdefault("openvino_telemetry", None)
 
 TINY = [
     "data.synth.num_train=16",

@@ -180,3 +180,18 @@ def test_predict_missing_folder(tiny_run, tmp_path):
     overrides, run_dir = tiny_run
     res = invoke("predict", *sets(overrides), "--out", str(run_dir), "--images", str(tmp_path / "nope"))
     assert res.exit_code == 2 and "image folder not found" in res.output
+
+
+def test_cli_keeps_vendor_telemetry_off(tmp_path):
+    # a fresh interpreter: once the CLI has run, OpenVINO's converter gets its telemetry stub
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom edgefpn.cli import main\n"
+            "try:\n    main(['lint', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+            "import openvino.tools.ovc.convert_impl as c\nprint(c.tm.__name__)")
+    missing = tmp_path / "none.onnx"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "EDGEFPN_VENDOR_TELEMETRY"}
+    out = subprocess.run([sys.executable, "-c", code, str(missing)], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "openvino.tools.ovc.telemetry_stub", out.stderr
