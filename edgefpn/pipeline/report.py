@@ -69,17 +69,17 @@ def table_row(e: dict[str, Any]) -> list[str]:
             f"{lat['model_only']['p50']:.2f}", f"{lat['end_to_end']['p50']:.2f}", f"{e['fps']:.1f}", compute, gate]
 
 
-def end_to_end_table(report: dict[str, Any]) -> list[str]:
-    """Markdown lines: per engine, end to end against model only, at the deployment score threshold
-    (what predict and the packaged runtime keep) and, where it differs, at the evaluation one."""
+def end_to_end_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)``: per engine, end to end against model only, at the deployment score threshold
+    (what predict and the packaged runtime keep) and, where it differs, at the evaluation one. Shared by
+    report.md and report.html."""
     first = report["engines"][0]["latency"]
     deploy_t = first["end_to_end"].get("score_thresh")
     eval_t = first.get("end_to_end_eval", {}).get("score_thresh")
     head = ["engine", "model p50 ms", f"e2e p50 ms (score > {_fmt(deploy_t)})", "e2e / model", "dets/img"]
     if eval_t is not None:
         head += [f"e2e p50 ms (score > {_fmt(eval_t)}, mAP's)", "e2e / model", "dets/img"]
-    lines = ["## End to end vs model only", "", "| " + " | ".join(head) + " |",
-             "|---|" + "---:|" * (len(head) - 1)]
+    rows = []
     for e in report["engines"]:
         lat = e["latency"]
         model = lat["model_only"]["p50"]
@@ -88,8 +88,15 @@ def end_to_end_table(report: dict[str, Any]) -> list[str]:
             e2e = lat[key]
             row += [f"{e2e['p50']:.2f}", f"{e2e['p50'] / model:.2f}×" if model > 0 else "–",
                     _fmt(e2e.get("detections_per_image"), 1)]
-        lines.append("| " + " | ".join(row) + " |")
-    return lines
+        rows.append(row)
+    return head, rows
+
+
+def end_to_end_table(report: dict[str, Any]) -> list[str]:
+    """Markdown lines of :func:`end_to_end_rows`, under a heading."""
+    head, rows = end_to_end_rows(report)
+    return ["## End to end vs model only", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1),
+            *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def compute_note(report: dict[str, Any]) -> str | None:

@@ -14,7 +14,7 @@ import re
 from html import escape
 from typing import Any
 
-from edgefpn.pipeline.report import TABLE_HEADER, compute_note, table_row
+from edgefpn.pipeline.report import TABLE_HEADER, compute_note, end_to_end_rows, table_row
 
 __all__ = ["render_html", "ship_choice"]
 
@@ -35,6 +35,7 @@ table{border-collapse:collapse;width:100%;font-size:12.5px}
 th,td{padding:4px 6px;border-bottom:1px solid #e3e6ea;text-align:right;white-space:nowrap}
 th{background:#eef1f4;position:sticky;top:0}
 td:first-child,th:first-child,td:nth-child(2),th:nth-child(2),td:last-child,th:last-child{text-align:left}
+table.e2e td,table.e2e th{text-align:right}table.e2e td:first-child,table.e2e th:first-child{text-align:left}
 td:last-child{white-space:normal;min-width:5em}
 tr.pass td:first-child{border-left:4px solid #2e7d32}tr.fail td:first-child{border-left:4px solid #c62828}
 tr.fail{background:#fdecea}tr.ref{background:#f1f3f5}
@@ -100,6 +101,9 @@ def render_html(report: dict[str, Any]) -> str:
         f"<h1>edgefpn check report</h1><div class='sub'>{sub}</div>",
         _headline(report),
         "<h2>Engines</h2><div class='card wide'>", _engine_table(report), "</div>",
+        "<h2>End to end vs model only</h2><div class='card wide'>", _e2e_table(report),
+        "<p class='note'>End to end = image file → detections (decode, letterbox, normalise, infer, decode "
+        "boxes, NMS), at the deployment score threshold and at mAP's evaluation threshold.</p></div>",
     ]
     if note := compute_note(report):
         parts.append(f"<p class='note'>{escape(note)}</p>")
@@ -158,6 +162,13 @@ def _engine_table(report: dict[str, Any]) -> str:
         cells = "".join(f"<td>{escape(c)}</td>" for c in [*cells, gate])
         rows.append(f"<tr class='{cls}'>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _e2e_table(report: dict[str, Any]) -> str:
+    head, rows = end_to_end_rows(report)
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='e2e'><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _level_tables(report: dict[str, Any]) -> str:

@@ -56,6 +56,10 @@ def test_report_html_is_self_contained(checked):
     assert choice == min(passing, key=lambda e: e["latency"]["end_to_end"]["p50"])["name"]
     assert f"Ship <code>{choice}</code>" in page
     assert "GFLOP/s" in page and report["machine"]["versions"]["onnxruntime"] in page
+    # every engine's end to end against its model-only, with the ratio the headline shows
+    e = next(e for e in report["engines"] if e["name"] == choice)
+    ratio = e["latency"]["end_to_end"]["p50"] / e["latency"]["model_only"]["p50"]
+    assert "End to end vs model only" in page and page.count(f"{ratio:.2f}×") >= 2
     assert render_html(report).count("data:image/png;base64,") == 3  # re-rendered from report.json alone
 
 
