@@ -11,6 +11,7 @@ import pytest
 
 from edgefpn import bundle
 from edgefpn.errors import ModelFileError
+from tests.security.harness import tar_file, tar_special
 
 
 def _manifest(entries: dict[str, bytes]) -> bytes:
@@ -27,21 +28,9 @@ def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Pat
     return path
 
 
-def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    return info, data
-
-
-def _special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, None]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, link
-    return info, None
-
-
 def _good_members() -> list[tuple[tarfile.TarInfo, bytes]]:
     entries = {"a/model.onnx": b"onnx-bytes", "pipeline.json": b"{}"}
-    return [*(_file(n, b) for n, b in entries.items()), _file(bundle.MANIFEST, _manifest(entries))]
+    return [*(tar_file(n, b) for n, b in entries.items()), tar_file(bundle.MANIFEST, _manifest(entries))]
 
 
 def test_good_tar_extracts(tmp_path):
@@ -68,15 +57,15 @@ def test_write_tar_is_deterministic(tmp_path):
 
 
 BAD = {
-    "dotdot": ([_file("../evil", b"x")], "'..' path component"),
-    "nested_dotdot": ([_file("a/../../evil", b"x")], "'..' path component"),
-    "absolute": ([_file("/etc/evil", b"x")], "absolute path"),
-    "symlink": ([_special("link", tarfile.SYMTYPE, "/etc/passwd")], "is a link"),
-    "hardlink": ([_special("hard", tarfile.LNKTYPE, "pipeline.json")], "is a link"),
-    "fifo": ([_special("fifo", tarfile.FIFOTYPE)], "device, fifo"),
-    "chardev": ([_special("dev", tarfile.CHRTYPE)], "device, fifo"),
-    "duplicate": ([_file("pipeline.json", b"{}")], "appears twice"),
-    "unlisted": ([_file("extra.bin", b"x")], "not listed"),
+    "dotdot": ([tar_file("../evil", b"x")], "'..' path component"),
+    "nested_dotdot": ([tar_file("a/../../evil", b"x")], "'..' path component"),
+    "absolute": ([tar_file("/etc/evil", b"x")], "absolute path"),
+    "symlink": ([tar_special("link", tarfile.SYMTYPE, "/etc/passwd")], "is a link"),
+    "hardlink": ([tar_special("hard", tarfile.LNKTYPE, "pipeline.json")], "is a link"),
+    "fifo": ([tar_special("fifo", tarfile.FIFOTYPE)], "device, fifo"),
+    "chardev": ([tar_special("dev", tarfile.CHRTYPE)], "device, fifo"),
+    "duplicate": ([tar_file("pipeline.json", b"{}")], "appears twice"),
+    "unlisted": ([tar_file("extra.bin", b"x")], "not listed"),
 }
 
 
@@ -109,7 +98,7 @@ def test_manifest_must_be_last_and_hashes_match(tmp_path):
     good = _good_members()
     with pytest.raises(ModelFileError, match="not the last member"):
         bundle.read_verified(_tar(tmp_path / "a.tar", [good[-1], *good[:-1]]))
-    tampered = [_file("a/model.onnx", b"onnx-bytez"), good[1], good[2]]
+    tampered = [tar_file("a/model.onnx", b"onnx-bytez"), good[1], good[2]]
     with pytest.raises(ModelFileError, match=r"a/model.onnx: sha256 does not match"):
         bundle.extract(_tar(tmp_path / "t.tar", tampered), tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -100,29 +100,38 @@ def test_debug_shows_traceback(tmp_path):
         CliRunner().invoke(main, ["--debug", "train", "--config", str(cfg)], catch_exceptions=False)
 
 
-def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
-    import json
-
+def _val_images(overrides: list[str], tmp_path: Path, n: int = 3):
+    """The tiny run's first ``n`` val images copied into a folder of their own: (folder, val split)."""
     from edgefpn.config import load_config
     from edgefpn.pipeline import data as data_stage
 
-    overrides, run_dir = tiny_run
     split = data_stage.run(load_config(None, overrides), progress=False).split("val")
     images = tmp_path / "images"
     images.mkdir()
-    for rec in split.images[:3]:
+    for rec in split.images[:n]:
         (images / rec.path.name).write_bytes(rec.path.read_bytes())
+    return images, split
+
+
+def _predict(tiny_run, images: Path, backend: str, out: Path, *sets_: str) -> list[dict]:
+    """``edgefpn predict`` on the tiny run; its saved detections."""
+    import json
+
+    overrides, run_dir = tiny_run
     # an explicit empty config: without --config the CLI reads configs/default.yaml, whose settings
     # differ from tiny_run's and would retrain into the shared tiny run directory
-    empty = tmp_path / "empty.yaml"
+    empty = out.parent / "empty.yaml"
     empty.write_text("{}\n")
-    saved = {}
-    for backend in ("torch", "onnxruntime"):
-        out = tmp_path / f"{backend}.json"
-        res = invoke("predict", "--config", str(empty), *sets(overrides), "--out", str(run_dir), "--backend", backend,
-                     "--images", str(images), "--save", str(out), "--set", "postprocess.score_thresh=0.0")
-        assert res.exit_code == 0, res.output
-        saved[backend] = json.loads(out.read_text())
+    res = invoke("predict", "--config", str(empty), *sets(overrides), "--out", str(run_dir), "--backend", backend,
+                 "--images", str(images), "--save", str(out), *sets(sets_))
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text())
+
+
+def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
+    images, split = _val_images(tiny_run[0], tmp_path)
+    saved = {backend: _predict(tiny_run, images, backend, tmp_path / f"{backend}.json", "postprocess.score_thresh=0.0")
+             for backend in ("torch", "onnxruntime")}
     torch_dets, ort_dets = saved["torch"], saved["onnxruntime"]
     assert torch_dets and len(torch_dets) == len(ort_dets)
     names = {p.name for p in images.iterdir()}
@@ -147,31 +156,14 @@ def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
 
 def test_predict_keeps_the_deployment_threshold(tiny_run, tmp_path):
     # deploy.score_thresh t: exactly the evaluation threshold's detections that score above t
-    import json
-
-    from edgefpn.config import load_config
-    from edgefpn.pipeline import data as data_stage
-
-    overrides, run_dir = tiny_run
-    split = data_stage.run(load_config(None, overrides), progress=False).split("val")
-    images = tmp_path / "images"
-    images.mkdir()
-    for rec in split.images[:3]:
-        (images / rec.path.name).write_bytes(rec.path.read_bytes())
-    empty = tmp_path / "empty.yaml"
-    empty.write_text("{}\n")
+    images, _ = _val_images(tiny_run[0], tmp_path)
 
     def predict(*extra: str) -> list[dict]:
-        out = tmp_path / "dets.json"
-        res = invoke("predict", "--config", str(empty), *sets(overrides), "--out", str(run_dir), "--backend",
-                     "onnxruntime", "--images", str(images), "--save", str(out),
-                     "--set", "postprocess.score_thresh=0.0", *extra)
-        assert res.exit_code == 0, res.output
-        return json.loads(out.read_text())
+        return _predict(tiny_run, images, "onnxruntime", tmp_path / "dets.json", "postprocess.score_thresh=0.0", *extra)
 
     everything = predict()
     t = float(np.median([d["score"] for d in everything]))
-    kept = predict("--set", f"deploy.score_thresh={t}")
+    kept = predict(f"deploy.score_thresh={t}")
     assert 0 < len(kept) < len(everything)
     assert kept == [d for d in everything if d["score"] > t]
 

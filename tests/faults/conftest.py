@@ -28,3 +28,9 @@ def checked_run(tiny_run, tmp_path_factory) -> tuple[list[str], Path]:
 def copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture
+def data_root(tiny_run) -> Path:
+    """The tiny run's dataset folder (beside its run directory)."""
+    return tiny_run[1].parent / "data"

@@ -56,11 +56,6 @@ class _FillingFile:
         self._f.close()
 
 
-@pytest.fixture
-def data_root(tiny_run) -> Path:
-    return tiny_run[1].parent / "data"
-
-
 def test_checkpoint_on_a_full_disk(tiny_run, data_root, tmp_path, monkeypatch):
     """torch's zip writer turns the file's ENOSPC into 'unexpected pos'; the real error is reported."""
     from edgefpn.models import checkpoint

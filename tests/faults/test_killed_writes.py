@@ -66,9 +66,15 @@ def assert_redone(run: Path, artifact: str, what: str) -> None:
     assert leftovers(run) == [], "the killed writer's temporary folder was not cleaned up"
 
 
-@pytest.fixture
-def data_root(tiny_run) -> Path:
-    return tiny_run[1].parent / "data"
+def kill_mid_write_then_rerun(tmp: Path, run: Path, patch: str, args: list, artifact: str, what: str) -> None:
+    """Kill ``edgefpn *args`` inside its patched writer, check the run directory is as before, then run
+    it again and check the stage was redone cleanly."""
+    before = snapshot(run)
+    run_killed(tmp, patch, *args)
+    assert_killed_cleanly(run, before, artifact)
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    assert_redone(run, artifact, what)
 
 
 def test_killed_while_writing_the_checkpoint(tiny_run, data_root, tmp_path):
@@ -76,8 +82,7 @@ def test_killed_while_writing_the_checkpoint(tiny_run, data_root, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     args = ["train", *tiny_sets(f"model.weights={src / 'model.pt'}", data_root=data_root), "--out", run, "--quiet"]
-    before = snapshot(run)
-    run_killed(tmp_path, """
+    kill_mid_write_then_rerun(tmp_path, run, """
         import io, torch
         real_save = torch.save
         def dying_save(obj, f, *a, **k):
@@ -87,11 +92,7 @@ def test_killed_while_writing_the_checkpoint(tiny_run, data_root, tmp_path):
             f.flush()
             die()
         torch.save = dying_save
-    """, *args)
-    assert_killed_cleanly(run, before, "model.pt")
-    res = cli(*args)
-    assert res.exit_code == 0, res.output
-    assert_redone(run, "model.pt", "checkpoint")
+    """, args, "model.pt", "checkpoint")
 
 
 def test_killed_while_exporting_onnx(tiny_run, data_root, tmp_path):
@@ -100,15 +101,10 @@ def test_killed_while_exporting_onnx(tiny_run, data_root, tmp_path):
     for name in ("model.onnx", "model.onnx.manifest.json"):
         (run / name).unlink()
     args = ["export", *tiny_sets(data_root=data_root), "--out", run, "--quiet"]
-    before = snapshot(run)
-    run_killed(tmp_path, """
+    kill_mid_write_then_rerun(tmp_path, run, """
         import onnx
         onnx.save = lambda model, path, *a, **k: (write_half(path, model.SerializeToString()), die())
-    """, *args)
-    assert_killed_cleanly(run, before, "model.onnx")
-    res = cli(*args)
-    assert res.exit_code == 0, res.output
-    assert_redone(run, "model.onnx", "ONNX")
+    """, args, "model.onnx", "ONNX")
     assert (run / "model.onnx").read_bytes() == (src / "model.onnx").read_bytes()  # the same export again
 
 
@@ -118,8 +114,7 @@ def test_killed_while_writing_openvino_ir(tiny_run, data_root, tmp_path):
     run = copy_run(src, tmp_path / "run")
     args = ["build", *tiny_sets("quantize.enabled=false", data_root=data_root), "--target", "openvino",
             "--precision", "fp32", "--out", run, "--quiet"]
-    before = snapshot(run)
-    run_killed(tmp_path, """
+    kill_mid_write_then_rerun(tmp_path, run, """
         import openvino
         real_save = openvino.save_model
         def dying_save(model, xml, *a, **k):
@@ -129,11 +124,7 @@ def test_killed_while_writing_openvino_ir(tiny_run, data_root, tmp_path):
             write_half(bin_, data)
             die()
         openvino.save_model = dying_save
-    """, *args)
-    assert_killed_cleanly(run, before, "openvino/fp32")
-    res = cli(*args)
-    assert res.exit_code == 0, res.output
-    assert_redone(run, "openvino/fp32", "OpenVINO IR")
+    """, args, "openvino/fp32", "OpenVINO IR")
 
 
 def test_killed_while_writing_the_bundle(checked_run, tmp_path):
@@ -143,8 +134,7 @@ def test_killed_while_writing_the_bundle(checked_run, tmp_path):
     run = copy_run(src, tmp_path / "run")
     extra = [o for o in overrides if o.split("=")[0] in ("quantize.enabled", "build.targets", "check.backends")]
     args = ["package", *tiny_sets(*extra, data_root=_data_root(overrides)), "--out", run, "--quiet"]
-    before = snapshot(run)
-    run_killed(tmp_path, """
+    kill_mid_write_then_rerun(tmp_path, run, """
         import edgefpn.bundle as bundle
         real_write = bundle.write_tar
         def dying_write(dest, files, manifest):
@@ -152,11 +142,7 @@ def test_killed_while_writing_the_bundle(checked_run, tmp_path):
             write_half(dest, open(dest, "rb").read())
             die()
         bundle.write_tar = dying_write
-    """, *args)
-    assert_killed_cleanly(run, before, "bundle.tar")
-    res = cli(*args)
-    assert res.exit_code == 0, res.output
-    assert_redone(run, "bundle.tar", "bundle")
+    """, args, "bundle.tar", "bundle")
     bundle.read_verified(run / "bundle.tar")
 
 

@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
+import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -145,3 +147,38 @@ class OpenWatch:
 
     def __exit__(self, *exc: object) -> None:
         OpenWatch._active.remove(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# bundles and tar members
+
+
+def tar_file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    """A regular tar member ``name`` holding ``data``."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def tar_special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, None]:
+    """A non-regular tar member (link, device, fifo) of ``kind``, pointing at ``link``; no data."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info, None
+
+
+def onnx_bundle(src: Path, onnx_bytes: bytes, pipeline: dict, out: Path) -> Path:
+    """A valid bundle at ``out`` with one ONNX Runtime engine (``onnx_bytes``) and ``pipeline``,
+    its files first written into the new folder ``src``."""
+    from edgefpn import bundle as bundle_io
+
+    src.mkdir()
+    (src / "model.onnx").write_bytes(onnx_bytes)
+    (src / "pipeline.json").write_text(json.dumps(pipeline))
+    files = {n: src / n for n in ("model.onnx", "pipeline.json")}
+    manifest = {"schema": bundle_io.SCHEMA, "pipeline": "pipeline.json",
+                "files": {n: bundle_io.file_entry(p, ["engine"]) for n, p in files.items()},
+                "engines": [{"name": "onnxruntime-fp32", "backend": "onnxruntime", "precision": "fp32",
+                             "path": "model.onnx", "files": ["model.onnx"], "target": {}}]}
+    bundle_io.write_tar(out, files, manifest)
+    return out

@@ -26,7 +26,7 @@ from edgefpn.backends import tensorrt as trt_backend
 from edgefpn.backends.tensorrt import DeviceInfo, TensorRTRunner
 from edgefpn.errors import ModelFileError
 from edgefpn.runtime import __main__ as runtime_main
-from tests.security.harness import OpenWatch, refused_text, snapshot
+from tests.security.harness import OpenWatch, onnx_bundle, refused_text, snapshot, tar_file, tar_special
 
 NUM_CLASSES = 2
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
@@ -55,21 +55,11 @@ def _detector_onnx() -> bytes:
 
 @pytest.fixture
 def valid(tmp_path: Path) -> dict[str, Path]:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "model.onnx").write_bytes(_detector_onnx())
     pipeline = {"classes": {"num_classes": NUM_CLASSES, "names": ["a", "b"], "category_ids": [1, 2]},
                 "preprocess": {"input_size": [64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
                 "postprocess": {"score_thresh": 0.05, "nms_thresh": 0.6, "topk_candidates": 100,
                                 "detections_per_img": 10, "strides": [8, 16, 32, 64, 128], "levels": list(LEVELS)}}
-    (src / "pipeline.json").write_text(json.dumps(pipeline))
-    files = {n: src / n for n in ("model.onnx", "pipeline.json")}
-    manifest = {"schema": bundle_io.SCHEMA, "pipeline": "pipeline.json",
-                "files": {n: bundle_io.file_entry(p, ["engine"]) for n, p in files.items()},
-                "engines": [{"name": "onnxruntime-fp32", "backend": "onnxruntime", "precision": "fp32",
-                             "path": "model.onnx", "files": ["model.onnx"], "target": {}}]}
-    bundle = tmp_path / "valid.tar"
-    bundle_io.write_tar(bundle, files, manifest)
+    bundle = onnx_bundle(tmp_path / "src", _detector_onnx(), pipeline, tmp_path / "valid.tar")
     images = tmp_path / "images"
     images.mkdir()
     from PIL import Image
@@ -86,18 +76,6 @@ def _infer(v: dict[str, Path], bundle: Path, capsys, name: str = "x") -> tuple[i
     return code, capsys.readouterr().err
 
 
-def _reg(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    return info, data
-
-
-def _special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    return info, b""
-
-
 def _with(valid_bundle: Path, out: Path, extra: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
     """``valid_bundle`` with ``extra`` members inserted before its manifest."""
     with tarfile.open(valid_bundle) as tar:
@@ -111,18 +89,18 @@ def _with(valid_bundle: Path, out: Path, extra: list[tuple[tarfile.TarInfo, byte
 def _cases(v: dict[str, Path]) -> dict[str, tuple[list, str]]:
     outside = v["outside"]
     return {
-        "dotdot": ([_reg("../outside/evil.txt", b"x")], r"'\.\./outside/evil\.txt' is a '\.\.' path component"),
-        "dotdot-nested": ([_reg("a/../../outside/evil.txt", b"x")], r"is a '\.\.' path component"),
-        "absolute": ([_reg(str(outside / "evil.txt"), b"x")], r"is an absolute path"),
-        "symlink": ([_special("engine", tarfile.SYMTYPE, str(outside))], r"'engine' is a link"),
-        "hardlink": ([_special("passwd", tarfile.LNKTYPE, "/etc/passwd")], r"'passwd' is a link"),
-        "chardev": ([_special("tty", tarfile.CHRTYPE)], r"'tty' is a device, fifo or other special file"),
-        "blockdev": ([_special("sda", tarfile.BLKTYPE)], r"'sda' is a device, fifo"),
-        "fifo": ([_special("pipe", tarfile.FIFOTYPE)], r"'pipe' is a device, fifo"),
-        "duplicate": ([_reg("pipeline.json", b'{"evil": 1}')], r"'pipeline\.json' appears twice"),
-        "file-under-file": ([_reg("model.onnx/evil.txt", b"x")], r"sits under the file 'model\.onnx'"),
-        "unlisted": ([_reg("extra.so", b"\x7fELF")], r"'extra\.so' is not listed in manifest\.json"),
-        "absurd-count": ([_reg(f"m/{i:05d}", b"") for i in range(bundle_io.DEFAULT_LIMITS.max_members)],
+        "dotdot": ([tar_file("../outside/evil.txt", b"x")], r"'\.\./outside/evil\.txt' is a '\.\.' path component"),
+        "dotdot-nested": ([tar_file("a/../../outside/evil.txt", b"x")], r"is a '\.\.' path component"),
+        "absolute": ([tar_file(str(outside / "evil.txt"), b"x")], r"is an absolute path"),
+        "symlink": ([tar_special("engine", tarfile.SYMTYPE, str(outside))], r"'engine' is a link"),
+        "hardlink": ([tar_special("passwd", tarfile.LNKTYPE, "/etc/passwd")], r"'passwd' is a link"),
+        "chardev": ([tar_special("tty", tarfile.CHRTYPE)], r"'tty' is a device, fifo or other special file"),
+        "blockdev": ([tar_special("sda", tarfile.BLKTYPE)], r"'sda' is a device, fifo"),
+        "fifo": ([tar_special("pipe", tarfile.FIFOTYPE)], r"'pipe' is a device, fifo"),
+        "duplicate": ([tar_file("pipeline.json", b'{"evil": 1}')], r"'pipeline\.json' appears twice"),
+        "file-under-file": ([tar_file("model.onnx/evil.txt", b"x")], r"sits under the file 'model\.onnx'"),
+        "unlisted": ([tar_file("extra.so", b"\x7fELF")], r"'extra\.so' is not listed in manifest\.json"),
+        "absurd-count": ([tar_file(f"m/{i:05d}", b"") for i in range(bundle_io.DEFAULT_LIMITS.max_members)],
                          r"\d+ members, more than the limit of 4096"),
     }
 
@@ -182,8 +160,8 @@ def test_compressed_bundle_is_refused(valid, capsys):
 def test_planted_link_then_write_through_it(valid, capsys):
     """Bundle 1 plants ``engine -> outside``; bundle 2 writes ``engine/payload``. Both are refused and
     extract to the same folder: nothing ever lands outside."""
-    plant = _with(valid["bundle"], valid["tmp"] / "plant.tar", [_special("engine", tarfile.SYMTYPE, str(valid["outside"]))])
-    through = _with(valid["bundle"], valid["tmp"] / "through.tar", [_reg("engine/payload.sh", b"rm -rf ~\n")])
+    plant = _with(valid["bundle"], valid["tmp"] / "plant.tar", [tar_special("engine", tarfile.SYMTYPE, str(valid["outside"]))])
+    through = _with(valid["bundle"], valid["tmp"] / "through.tar", [tar_file("engine/payload.sh", b"rm -rf ~\n")])
     before = snapshot(valid["tmp"])
     code, err = _infer(valid, plant, capsys, name="same")
     refused_text(err, code, expected_code=2, names=[plant], problem="is a link")

@@ -8,7 +8,6 @@ and ``onnx.load`` / ``onnxruntime.InferenceSession`` are spied on to prove the r
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,13 +16,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefpn import bundle as bundle_io
 from edgefpn import onnx_guard
 from edgefpn.backends import EngineSpec
 from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
 from edgefpn.errors import ModelFileError
 from edgefpn.runtime import __main__ as runtime_main
-from tests.security.harness import OpenWatch, cli, refused, refused_text, snapshot
+from tests.security.harness import OpenWatch, cli, onnx_bundle, refused, refused_text, snapshot
 
 WEIGHTS = np.arange(4, dtype=np.float32)
 
@@ -226,22 +224,11 @@ def test_save_onnx_writes_one_self_contained_file(layout, tmp_path, monkeypatch)
 
 
 def _bundle_with(tmp: Path, model: onnx.ModelProto) -> Path:
-    src = tmp / "bundle-src"
-    src.mkdir()
-    (src / "model.onnx").write_bytes(model.SerializeToString())
     pipeline = {"classes": {"num_classes": 1, "names": ["a"], "category_ids": [1]},
                 "preprocess": {"input_size": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1]},
                 "postprocess": {"score_thresh": 0.1, "nms_thresh": 0.5, "topk_candidates": 10,
                                 "detections_per_img": 10, "strides": [8], "levels": ["p3"]}}
-    (src / "pipeline.json").write_text(json.dumps(pipeline))
-    files = {n: src / n for n in ("model.onnx", "pipeline.json")}
-    manifest = {"schema": bundle_io.SCHEMA, "pipeline": "pipeline.json",
-                "files": {n: bundle_io.file_entry(p, ["engine"]) for n, p in files.items()},
-                "engines": [{"name": "onnxruntime-fp32", "backend": "onnxruntime", "precision": "fp32",
-                             "path": "model.onnx", "files": ["model.onnx"], "target": {}}]}
-    out = tmp / "bundle.tar"
-    bundle_io.write_tar(out, files, manifest)
-    return out
+    return onnx_bundle(tmp / "bundle-src", model.SerializeToString(), pipeline, tmp / "bundle.tar")
 
 
 @pytest.mark.parametrize("case", ["dotdot", "absolute"])
