@@ -43,24 +43,24 @@ class ArchSpec:
     label_offset: int = 0
 
 
-def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
+def _backbone_kwargs(m: ModelConfig) -> dict[str, Any]:
+    """Backbone and neck settings every detector takes."""
     return {
         "backbone_name": m.backbone,
         "backbone_width": m.backbone_width,
         "fpn_channels": m.fpn_channels,
-        "head_convs": m.head_convs,
         "norm": m.norm,
         "neck": m.neck,
     }
 
 
+def _fpn_kwargs(m: ModelConfig) -> dict[str, Any]:
+    return {**_backbone_kwargs(m), "head_convs": m.head_convs}
+
+
 def _faster_rcnn_kwargs(m: ModelConfig) -> dict[str, Any]:
     return {
-        "backbone_name": m.backbone,
-        "backbone_width": m.backbone_width,
-        "fpn_channels": m.fpn_channels,
-        "norm": m.norm,
-        "neck": m.neck,
+        **_backbone_kwargs(m),
         "variant": m.variant,
         "representation_size": m.representation_size,
         "rpn_pre_nms_top_n": m.rpn.pre_nms_top_n,
