@@ -286,7 +286,7 @@ def test_imports_without_torch():
 def test_fcos_topk_positions_breaks_ties_by_position(k):
     # the k best of a level, ties at the cut going to the lower (location, class) position: the first
     # k of a stable sort by decreasing score, returned in position order
-    from edgefpn.postprocess.fcos import _topk_positions
+    from edgefpn.postprocess.common import _topk_positions
 
     rng = np.random.default_rng(k)
     scores = rng.integers(0, 6, 40).astype(np.float32) / 8  # many exact ties

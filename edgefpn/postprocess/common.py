@@ -96,19 +96,28 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
+def _topk_positions(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions (ascending) of the ``k`` highest of ``scores`` [M] (M > k); ties at the cut: lower first."""
+    kth = np.partition(scores, scores.size - k)[scores.size - k]
+    above = np.flatnonzero(scores > kth)
+    at = np.flatnonzero(scores == kth)[: k - above.size]
+    return np.sort(np.concatenate([above, at]))
+
+
 def _select_topk(
     scores: np.ndarray, flat_idx: np.ndarray, score_thresh: float, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Threshold + top-k of one level's candidates, as torchvision does per level.
 
-    ``scores`` [M] are exact scores of a superset of the candidates, ``flat_idx`` [M] their indices in
-    the level's flattened ``[HW * A, C]`` (location-major, class-minor) order. Returns the kept
-    ``(scores, flat_idx)``, at most ``k``, by decreasing score (ties: lower index first).
+    ``scores`` [M] are exact scores of a superset of the candidates, ``flat_idx`` [M] their ascending
+    indices (``np.nonzero`` order) in the level's flattened ``[HW * A, C]`` (location-major,
+    class-minor) order. Returns the kept ``(scores, flat_idx)``, at most ``k``, by decreasing score
+    (ties: lower index first, at the top-k cut too).
     """
     keep = scores > _float32_below(score_thresh)
     scores, flat_idx = scores[keep], flat_idx[keep]
     if scores.size > k:
-        part = np.argpartition(-scores, k - 1)[:k]
+        part = _topk_positions(scores, k)
         scores, flat_idx = scores[part], flat_idx[part]
     order = np.lexsort((flat_idx, -scores))
     return scores[order], flat_idx[order]

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from edgefpn.postprocess.common import Detections, PostprocessParams, _clip_boxes, _sigmoid
+from edgefpn.postprocess.common import Detections, PostprocessParams, _clip_boxes, _sigmoid, _topk_positions
 from edgefpn.postprocess.nms import _float32_below, _greedy_nms
 
 __all__ = ["fcos_decode"]
@@ -40,14 +40,6 @@ def _logit_floor(score_thresh: float) -> float:
     if p <= 0.0:
         return -math.inf
     return math.log(p / (1.0 - p)) - _LOGIT_MARGIN
-
-
-def _topk_positions(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions (ascending) of the ``k`` highest of ``scores`` [M] (M > k); ties at the cut: lower first."""
-    kth = np.partition(scores, scores.size - k)[scores.size - k]
-    above = np.flatnonzero(scores > kth)
-    at = np.flatnonzero(scores == kth)[: k - above.size]
-    return np.sort(np.concatenate([above, at]))
 
 
 def _as_f32(a: np.ndarray) -> np.ndarray:
