@@ -208,8 +208,8 @@ def _load(im: Image.Image, path: Path) -> None:
 @contextmanager
 def _open_header(path: Path) -> Iterator[Image.Image]:
     """The Pillow image of ``path`` with only its header read and checked (closed on exit), every file
-    problem as a :class:`DataError`; the caller decodes, with :func:`_load`."""
-    _check_file(path)
+    problem as a :class:`DataError`. The caller has already run :func:`_check_file` on ``path`` and
+    decodes, with :func:`_load`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
