@@ -145,7 +145,7 @@ def data(ctx: click.Context, cfg, run_dir: Path, force: bool, progress: bool) ->
 @click.option("--num-train", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--num-val", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--num-calib", type=click.IntRange(1), default=300, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @_debug_option
 def data_synth(out: Path, num_train: int, num_val: int, num_calib: int, seed: int) -> None:
     """Write the built-in deterministic synthetic COCO dataset."""

@@ -13,7 +13,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -412,6 +412,53 @@ def _validate(cfg: Config, source: str) -> None:
             raise bad(f"data.{split_key}", f"must be a plain split name, got {split!r}")
     if cfg.data.val_split in (cfg.data.train_split, cfg.data.calib_split):
         raise bad("data.val_split", f"must differ from the train and calib splits, got {cfg.data.val_split!r}")
+    _validate_ranges(cfg, bad)
+
+
+# Every numeric setting not checked above, as (key, predicate, what it must be). Checked at load time so
+# that a value that cannot work is a one-line config error before any work, not an IndexError after a
+# whole evaluation or an "internal error" from a library that asserts (issue 16).
+_Check = tuple[str, Callable[[Any], bool], str]
+_RANGES: tuple[_Check, ...] = (
+    ("run.seed", lambda v: v >= 0, ">= 0"),
+    ("data.synth.num_train", lambda v: v > 0, "> 0"),
+    ("data.synth.num_val", lambda v: v > 0, "> 0"),
+    ("data.synth.num_calib", lambda v: v > 0, "> 0"),
+    ("data.synth.seed", lambda v: v >= 0, ">= 0"),
+    # edgefpn.data.synth.generate's own bounds (32..4096)
+    ("data.synth.min_side", lambda v: 32 <= v <= 4096, "in [32, 4096]"),
+    ("data.synth.max_side", lambda v: 32 <= v <= 4096, "in [32, 4096]"),
+    ("model.backbone_width", lambda v: v > 0 and v % 8 == 0, "a positive multiple of 8"),
+    ("train.momentum", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("train.weight_decay", lambda v: v >= 0.0, ">= 0"),
+    ("train.warmup_iters", lambda v: v >= 0, ">= 0"),
+    ("train.eval_every", lambda v: v >= 0, ">= 0 (0 disables periodic evaluation)"),
+    ("train.eval_images", lambda v: v > 0, "> 0"),
+    ("train.grad_clip", lambda v: v >= 0.0, ">= 0 (0 disables clipping)"),
+    # torch's TorchScript exporter (edgefpn.models.export) takes opsets 7..20 (torch.onnx._constants)
+    ("export.opset", lambda v: 7 <= v <= 20, "in [7, 20]"),
+    ("export.atol", lambda v: v >= 0.0, ">= 0"),
+    ("quantize.max_map_drop", lambda v: v >= 0.0, ">= 0"),
+    ("build.tensorrt.workspace_mb", lambda v: v > 0, "> 0"),
+    ("build.tensorrt.dla_core", lambda v: v is None or v >= 0, ">= 0"),
+    ("build.tensorrt.builder_optimization_level", lambda v: 0 <= v <= 5, "in [0, 5]"),
+    ("check.max_images", lambda v: v is None or v > 0, "> 0 (or null for the whole val split)"),
+    ("check.warmup", lambda v: v >= 0, ">= 0"),
+    ("check.latency_iters", lambda v: v > 0, "> 0"),
+)
+
+
+def _validate_ranges(cfg: Config, bad: Callable[[str, str], ConfigError]) -> None:
+    for key, ok, want in _RANGES:
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not ok(value):
+            raise bad(key, f"must be {want}, got {value!r}")
+    synth = cfg.data.synth
+    if synth.min_side > synth.max_side:
+        raise bad("data.synth.min_side", f"must be <= data.synth.max_side, got {synth.min_side} > {synth.max_side}")
+    # check.max_map_drop / check.min_cosine are left free: an impossible gate is how a test makes check fail
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -126,6 +126,11 @@ def _checked(values: Sequence[str], valid: Sequence[str], what: str) -> tuple[st
     return out
 
 
+def unavailable_reason(target: str) -> str | None:
+    """Why ``target`` (openvino, tensorrt) cannot be built on this machine, or None."""
+    return _unavailable(target)
+
+
 def _unavailable(target: str) -> str | None:
     if target == "openvino":
         from edgefpn.backends.openvino import OpenVinoRunner

@@ -54,6 +54,7 @@ def run(cfg: Config, run_dir: Path, *, engines: Sequence[str] | None = None, for
     unknown = [e for e in engines or () if e not in _ENGINES]
     if unknown:
         raise ConfigError(f"--engines: unknown engine {unknown[0]!r}; valid: {', '.join(_ENGINES)}")
+    _check_requested(cfg, engines or ())  # before check (and the stages it brings up to date) runs
     try:
         check_stage.run(cfg, run_dir, progress=progress)
     except CheckFailed as exc:  # package what passed; the failures are in the report
@@ -99,13 +100,48 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _why_not_built(cfg: Config, name: str) -> str | None:
+    """Why this config, on this machine, never builds and checks engine ``name`` (None: it may)."""
+    from edgefpn.backends import CAPABILITIES
+    from edgefpn.pipeline import build as build_stage
+
+    backend, precision, _ = _ENGINES[name]
+    if backend not in cfg.check.backends:
+        return f"check.backends does not include {backend}"
+    # int8 engines come from the quantize stage, and so does ONNX Runtime's fp16 model
+    if (precision == "int8" or name == "onnxruntime-fp16") and not cfg.quantize.enabled:
+        return "quantize.enabled is false"
+    if name == "onnxruntime-fp16" and not cfg.quantize.fp16:
+        return "quantize.fp16 is false"
+    if backend == "onnxruntime":
+        return None
+    if backend not in cfg.build.targets:
+        return f"build.targets does not include {backend}"
+    if precision not in cfg.build.precisions:
+        return f"build.precisions does not include {precision}"
+    if precision not in CAPABILITIES[backend].precisions:
+        return f"{backend} engines are built at {' and '.join(CAPABILITIES[backend].precisions)} only"
+    return build_stage.unavailable_reason(backend)
+
+
+def _check_requested(cfg: Config, requested: Sequence[str]) -> None:
+    """Refuse (exit 2) an ``--engines`` name that this config never builds here, naming what it does build."""
+    for name in requested:
+        reason = _why_not_built(cfg, name)
+        if reason is not None:
+            possible = [n for n in _ENGINES if _why_not_built(cfg, n) is None]
+            raise ConfigError(f"--engines {name}: never built with these settings ({reason}); available: "
+                              f"{', '.join(possible) or 'none'}")
+
+
 def _choose(report: dict[str, Any], run_dir: Path, requested: Sequence[str] | None) -> list[str]:
     passed = {e["name"]: e for e in report["engines"] if e["name"] in _ENGINES}
     where = run_dir / check_stage.REPORT
     if requested:
         for name in requested:
-            if name not in passed:
-                raise CheckFailed(f"{where}: engine {name} was not checked (not built, or not in check.backends)")
+            if name not in passed:  # a bad request, not a failed gate (exit 2, not 4)
+                raise ConfigError(f"--engines {name}: not built or not checked in this run ({where} has "
+                                  f"{', '.join(passed) or 'no engines'})")
             if not passed[name]["gates"]["passed"]:
                 raise CheckFailed(f"{where}: engine {name} failed its gates: {'; '.join(passed[name]['gates']['failed'])}")
         return list(dict.fromkeys(requested))

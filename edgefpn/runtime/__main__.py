@@ -10,27 +10,52 @@ import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
 from edgefpn.errors import EdgefpnError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error contract: ``error: <flag>: <problem>``, exit 2, no usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int) -> typing.Callable[[str], int]:
+    """An argparse type: an integer >= ``low``, checked before anything is opened or loaded."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in some messages
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edgefpn.runtime",
-                                description="Run an edgefpn engine bundle (bundle.tar) on this device.")
+    p = _Parser(prog="python -m edgefpn.runtime",
+                description="Run an edgefpn engine bundle (bundle.tar) on this device.")
     sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--bundle", type=Path, required=True, help="bundle.tar made by `edgefpn package`")
     common.add_argument("--engine", default=None, help="engine name (default: the best this device can run)")
     common.add_argument("--extract-to", type=Path, default=None,
                         help="folder to extract the verified bundle into (default: a temporary folder)")
-    common.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    common.add_argument("--threads", type=_int_at_least(1), default=os.cpu_count() or 1,
+                        help="intra-op threads of the engine (default: every core)")
     infer = sub.add_parser("infer", parents=[common], help="detections for a folder of images")
     infer.add_argument("--images", type=Path, required=True, help="folder of images")
     infer.add_argument("--out", type=Path, default=None, help="write detections JSON here (default: stdout)")
     bench = sub.add_parser("bench", parents=[common], help="start-up and latency of the chosen engine")
-    bench.add_argument("--iters", type=int, default=50)
-    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--iters", type=_int_at_least(1), default=50)
+    bench.add_argument("--warmup", type=_int_at_least(0), default=5)
     bench.add_argument("--images", type=Path, default=None, help="also time end-to-end on these images")
     return p
 
