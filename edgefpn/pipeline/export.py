@@ -12,6 +12,7 @@ from edgefpn.config import Config, config_hash
 from edgefpn.errors import ExportError
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_pipeline
+from edgefpn.postprocess import decoder_for
 
 ARTIFACT = "model.onnx"
 
@@ -82,8 +83,16 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
 
         with OnnxRuntimeRunner(EngineSpec("verify", "onnxruntime", "fp32", tmp), threads=cfg.run.threads) as r:
             got = r.infer({"images": sample})
-        errors = {n: float(np.max(np.abs(got[n] - ref), initial=0.0)) for n, ref in zip(names, reference, strict=True)}
-        tolerance = {n: cfg.export.atol * _scale(n, ref) for n, ref in zip(names, reference, strict=True)}
+        # Outputs whose rows are a data-dependent selection (Faster R-CNN's proposals and the RoI head on
+        # them) are compared as check compares them, by the detections they decode to: two exact FP32
+        # runtimes can order a near-tie differently (measured: torchvision's fasterrcnn_resnet50_fpn,
+        # seeded, 800x1088, 1000 proposals: 9 of 1000 rows differ, roi_box off by 0.016 element-wise,
+        # while all 100 detections match at IoU 0.9997 and scores within 9e-5).
+        selected = set(decoder_for(meta["arch"]).selected_outputs)
+        _check_selected(cfg, meta["arch"], dict(zip(names, reference, strict=True)), got, selected, out)
+        pairs = [(n, ref) for n, ref in zip(names, reference, strict=True) if n not in selected]
+        errors = {n: float(np.max(np.abs(got[n] - ref), initial=0.0)) for n, ref in pairs}
+        tolerance = {n: cfg.export.atol * _scale(n, ref) for n, ref in pairs}
         worst = max(errors, key=lambda n: errors[n] - tolerance[n])  # a difference: atol may be 0
         if errors[worst] > tolerance[worst]:
             raise ExportError(
@@ -99,6 +108,46 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
                "outputs": outputs, "verify_max_abs_error": errors, "opset": cfg.export.opset,
                "class_names": meta.get("class_names"), "category_ids": meta.get("category_ids")},
     )
+
+
+# Decoded detections of the selected outputs, ONNX Runtime vs PyTorch (the same engine in FP32): the
+# torchvision parity tests' bounds (IoU >= 0.99, scores within 1e-3), over the detections both keep;
+# a near-tie at the detections_per_img cut may swap a few, so 95% must match.
+SELECTED_MIN_MATCHED, SELECTED_MIN_IOU, SELECTED_MAX_SCORE_ERROR = 0.95, 0.99, 1e-3
+
+
+def _check_selected(cfg: Config, arch: str, reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
+                    selected: set[str], out: Path) -> None:
+    """Refuse NaN/Inf in the selected outputs, or detections that disagree (see SELECTED_*)."""
+    import dataclasses
+
+    from edgefpn.metrics.detections import DetectionAgreement
+    from edgefpn.postprocess import decode
+
+    if not selected:
+        return
+    for name in sorted(selected):
+        bad = int(np.count_nonzero(~np.isfinite(got[name])))
+        if bad:
+            raise ExportError(f"{out}: ONNX Runtime gives {bad} NaN/Inf values in {name}")
+    post = make_pipeline(cfg, arch=arch).post
+    # at the evaluation threshold, and at 0 (every proposal competes): never an empty comparison
+    for thresh in sorted({post.score_thresh, 0.0}, reverse=True):
+        params = dataclasses.replace(post, score_thresh=thresh)
+        agree = DetectionAgreement()
+        for ref_det, det in zip(decode(arch, reference, params, image_size=cfg.model.input_size),
+                                decode(arch, got, params, image_size=cfg.model.input_size), strict=True):
+            agree.update(ref_det, det)
+        a = agree.compute()
+        if (a["matched_fraction"] < SELECTED_MIN_MATCHED or a["mean_iou"] < SELECTED_MIN_IOU
+                or a["max_score_error"] > SELECTED_MAX_SCORE_ERROR):
+            raise ExportError(
+                f"{out}: ONNX Runtime's detections disagree with PyTorch's (score > {thresh:g}): "
+                f"{a['matched']} of {max(a['n_ref'], a['n_test'])} matched (fraction {a['matched_fraction']:.3f}, "
+                f"needs >= {SELECTED_MIN_MATCHED}), mean IoU {a['mean_iou']:.4f} (>= {SELECTED_MIN_IOU}), max score error "
+                f"{a['max_score_error']:.2g} (<= {SELECTED_MAX_SCORE_ERROR:g})")
+        log(f"[export] ONNX Runtime vs PyTorch detections (score > {thresh:g}): {a['matched']}/{a['n_ref']} "
+            f"matched, mean IoU {a['mean_iou']:.4f}, max score error {a['max_score_error']:.2g}")
 
 
 def _scale(name: str, reference: np.ndarray) -> float:
