@@ -26,7 +26,7 @@ from typing import Any
 
 from edgefpn.errors import ModelFileError
 
-__all__ = ["PROTOBUF_LIMIT", "check_graph", "check_onnx_file", "external_data_entries", "save_onnx"]
+__all__ = ["PROTOBUF_LIMIT", "check_graph", "check_onnx_file", "external_data_entries", "io_shapes", "save_onnx"]
 
 PROTOBUF_LIMIT = (1 << 31) - 1  # bytes; protobuf refuses to parse or serialise a larger message
 
@@ -171,6 +171,51 @@ def external_data_entries(data: bytes | memoryview) -> list[tuple[str, dict[str,
         raise ValueError(f"not a protobuf ONNX model ({exc})") from None
     if not has_graph:
         raise ValueError("not an ONNX model (no graph)")
+    return out
+
+
+_GRAPH_INPUT, _GRAPH_OUTPUT = 11, 12
+_VALUE_NAME, _VALUE_TYPE, _TYPE_TENSOR, _TENSOR_SHAPE, _SHAPE_DIM, _DIM_VALUE, _DIM_PARAM = 1, 2, 1, 2, 1, 1, 2
+
+
+def _value_shape(buf: memoryview, span: tuple[int, int]) -> tuple[str, tuple[int | str, ...]]:
+    name, dims = "", []
+    for number, wire, value in _fields(buf, *span):
+        if number == _VALUE_NAME and wire == 2:
+            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+        elif number == _VALUE_TYPE and wire == 2:
+            for _, tensor in _sub(_fields(buf, *value), {_TYPE_TENSOR}):
+                for _, shape in _sub(_fields(buf, *tensor), {_TENSOR_SHAPE}):
+                    for _, dim in _sub(_fields(buf, *shape), {_SHAPE_DIM}):
+                        d: int | str = "?"
+                        for n, w, v in _fields(buf, *dim):
+                            if n == _DIM_VALUE and w == 0:
+                                d = v
+                            elif n == _DIM_PARAM and w == 2:
+                                d = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
+                        dims.append(d)
+    return name, tuple(dims)
+
+
+def io_shapes(data: bytes | memoryview) -> dict[str, tuple[int | str, ...]]:
+    """The graph's declared input and output shapes (a str for a named or unknown dimension), read from
+    the serialised bytes without the ``onnx`` package (the device runtime checks a bundled engine's
+    input size against its pipeline before extracting anything).
+
+    Raises:
+        ValueError: ``data`` is not a protobuf ModelProto with a graph.
+    """
+    buf = memoryview(data)
+    out: dict[str, tuple[int | str, ...]] = {}
+    try:
+        graphs = [g for _, g in _sub(_fields(buf, 0, len(buf)), {_MODEL_GRAPH})]
+        if not graphs:
+            raise ValueError("not an ONNX model (no graph)")
+        for _, value in _sub(_fields(buf, *graphs[-1]), {_GRAPH_INPUT, _GRAPH_OUTPUT}):
+            name, dims = _value_shape(buf, value)
+            out[name] = dims
+    except _Malformed as exc:
+        raise ValueError(f"not a protobuf ONNX model ({exc})") from None
     return out
 
 

@@ -54,6 +54,12 @@ class OnnxRuntimeRunner:
         self._output_names = [o.name for o in self._session.get_outputs()]
         return self
 
+    def io_shapes(self) -> dict[str, tuple]:
+        """Every input's and output's shape as the loaded model declares it (a str for a named dim)."""
+        if self._session is None:
+            raise RuntimeError("OnnxRuntimeRunner.io_shapes called outside its context")
+        return {a.name: tuple(a.shape) for a in [*self._session.get_inputs(), *self._session.get_outputs()]}
+
     def __exit__(self, *exc: object) -> None:
         self._session = None
 

@@ -165,6 +165,13 @@ class OpenVinoRunner:
         root = self.cache_root if self.cache_root is not None else xml.parent.parent / ".ov-cache"
         return root / key
 
+    def io_shapes(self) -> dict[str, tuple]:
+        """Every input's and output's shape in the compiled model (-1 for a dynamic dimension)."""
+        if self.compiled is None:
+            raise RuntimeError("OpenVinoRunner.io_shapes called outside its context")
+        return {port.get_any_name(): tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+                for port in [*self.compiled.inputs, *self.compiled.outputs]}
+
     def __exit__(self, *exc: object) -> None:
         self._request = None
         self.compiled = None

@@ -349,6 +349,10 @@ class TensorRTRunner:
             (self._inputs if is_input else self._outputs)[name] = buf
         return self
 
+    def io_shapes(self) -> dict[str, tuple]:
+        """Every I/O tensor's shape in the deserialized engine (static: checked on load)."""
+        return {name: tuple(buf.shape) for name, buf in [*self._inputs.items(), *self._outputs.items()]}
+
     def __exit__(self, *exc: object) -> None:
         self._context = None
         self._engine = None

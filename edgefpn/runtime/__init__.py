@@ -35,6 +35,7 @@ from edgefpn.backends.base import EngineSpec, Runner
 from edgefpn.errors import BackendUnavailable, ModelFileError
 from edgefpn.inference import Pipeline, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
+from edgefpn.runtime import schema
 
 __all__ = ["PREFERENCE", "BundleSession", "check_bundled_onnx", "detections_to_records", "select_engine",
            "target_problem"]
@@ -122,16 +123,17 @@ def select_engine(manifest: Mapping[str, Any], bundle: Path, *, name: str | None
     raise ModelFileError(f"{bundle}: no engine in the bundle can run here ({'; '.join(reasons) or 'it has none'})")
 
 
-def check_bundled_onnx(bundle: Path, name: str) -> None:
+def check_bundled_onnx(bundle: Path, name: str, *, backend: str | None = None) -> None:
     """Refuse an ONNX engine that is not self-contained, before it is extracted or loaded.
 
     ``edgefpn package`` only bundles self-contained ONNX (:func:`edgefpn.onnx_guard.save_onnx`), so a
     tensor whose data lives in another file (``../../home/user/.ssh/id_rsa``, say) means a crafted
-    bundle: no external data is ever followed from a bundle.
+    bundle: no external data is ever followed from a bundle. Checked for every file ONNX Runtime will
+    read (``backend="onnxruntime"``), whatever its name, and for every ``.onnx``.
     """
     from edgefpn.onnx_guard import external_data_entries
 
-    if not name.endswith(".onnx"):
+    if not name.endswith(".onnx") and backend != "onnxruntime":
         return
     try:
         entries = external_data_entries(bundle_io.read_member(bundle, name))
@@ -203,10 +205,22 @@ class BundleSession:
         self._tmp = None
         t0 = time.perf_counter()
         self.bundle = Path(self.bundle)
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
         manifest = bundle_io.read_verified(self.bundle)  # nothing written before this passes
+        # what the manifest and pipeline.json mean, and that every path stays in the bundle: before
+        # an engine is chosen, anything is extracted or any backend is imported
+        schema.validate_manifest(manifest, self.bundle)
+        params = schema.validate_pipeline(bundle_io.read_member(self.bundle, manifest["pipeline"]),
+                                          manifest["pipeline"], self.bundle)
         t1 = time.perf_counter()
         self.entry = select_engine(manifest, self.bundle, name=self.engine, tensorrt_probe=self.tensorrt_probe)
-        check_bundled_onnx(self.bundle, self.entry["path"])  # before anything is extracted
+        check_bundled_onnx(self.bundle, self.entry["path"], backend=self.entry["backend"])
+        if self.entry["backend"] == "onnxruntime":  # its declared shapes, from the verified bytes
+            from edgefpn.onnx_guard import io_shapes
+
+            shapes = io_shapes(bundle_io.read_member(self.bundle, self.entry["path"]))  # parsed just above
+            _check_engine_io(shapes, params, self.bundle, self.entry["name"])
         if self.extract_to is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="edgefpn-bundle-"))
             self.root = self._tmp / "bundle"
@@ -214,16 +228,21 @@ class BundleSession:
             self.root = Path(self.extract_to)
         self.manifest = bundle_io.extract(self.bundle, self.root)
         t2 = time.perf_counter()
-        params = json.loads((self.root / manifest["pipeline"]).read_text(encoding="utf-8"))
-        try:  # a bundle from a newer edgefpn (unknown arch) or a crafted one: one line, no traceback
+        if json.loads((self.root / manifest["pipeline"]).read_bytes()) != params:
+            raise ModelFileError(f"{self.bundle}: {manifest['pipeline']} changed while it was being extracted")
+        try:  # schema-valid settings the decoder still refuses: one line, no traceback
             self.pipeline = pipeline_from(params)
             self.category_ids = [int(c) for c in params["classes"]["category_ids"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{self.bundle}: {manifest['pipeline']}: unusable pipeline settings "
                                  f"({type(exc).__name__}: {exc})") from None
         e = self.entry
+        for rel in schema.engine_reads(e):  # members only (checked above); resolved once more on disk
+            _confined(self.root, rel, self.bundle)
         self.spec = EngineSpec(e["name"], e["backend"], e["precision"], self.root / e["path"])
         self.runner = open_runner(self.spec, threads=self.threads).__enter__()
+        if hasattr(self.runner, "io_shapes"):  # what the backend loaded (OpenVINO, TensorRT: known only now)
+            _check_engine_io(self.runner.io_shapes(), params, self.bundle, e["name"])
         self.timings_s = {"verify": t1 - t0, "extract": t2 - t1, "load": time.perf_counter() - t2}
         _log(f"[runtime] {self.bundle}: verified {len(manifest['files'])} files; engine {e['name']}")
         return self
@@ -240,6 +259,38 @@ class BundleSession:
         return detect_file(self.runner, self.pipeline, path)
 
 
+def _confined(root: Path, rel: str, bundle: Path) -> Path:
+    """``root/rel``, refused unless it is a regular file (no link) that resolves inside ``root``."""
+    path = root.joinpath(*rel.split("/"))
+    inside = path.resolve().is_relative_to(root.resolve())
+    if not inside or path.is_symlink() or not path.is_file():
+        raise ModelFileError(f"{bundle}: {rel!r} does not resolve to a file inside the extracted bundle")
+    return path
+
+
+def _check_engine_io(shapes: Mapping[str, tuple], params: Mapping[str, Any], bundle: Path, name: str) -> None:
+    """The engine's input is ``[1, 3, H, W]`` of pipeline.json's input size, and its class outputs have
+    pipeline.json's class count: refused up front, not as a shape error (or an IndexError into the
+    category ids) in the middle of a run."""
+    from edgefpn.backends.base import INPUT_NAME
+
+    h, w = params["preprocess"]["input_size"]
+    want = (1, 3, h, w)
+    got = shapes.get(INPUT_NAME)
+    if got is None or tuple(got) != want:
+        raise ModelFileError(f"{bundle}: pipeline.json preprocess.input_size [{h}, {w}] disagrees with engine "
+                             f"{name!r}: its input {INPUT_NAME!r} is {list(got) if got is not None else 'missing'}, "
+                             f"expected {list(want)}; refusing the bundle")
+    num_classes = params["classes"]["num_classes"]
+    if "roi_cls" in shapes:  # Faster R-CNN: C + 1 logits per RoI (class 0 is the background)
+        classes = {shapes["roi_cls"][-1] - 1} if isinstance(shapes["roi_cls"][-1], int) else set()
+    else:
+        classes = {s[1] for n, s in shapes.items() if n.startswith("cls_") and len(s) > 1 and isinstance(s[1], int)}
+    if classes and classes != {num_classes}:
+        raise ModelFileError(f"{bundle}: pipeline.json classes.num_classes is {num_classes}, engine {name!r} "
+                             f"outputs {sorted(classes)} classes; refusing the bundle")
+
+
 def detections_to_records(det: Detections, file_name: str, category_ids: Sequence[int]) -> list[dict]:
     """The records of ``edgefpn predict``: file_name, category_id, bbox [x, y, w, h], score."""
     out = []
@@ -253,6 +304,8 @@ def detections_to_records(det: Detections, file_name: str, category_ids: Sequenc
 def list_images(folder: Path) -> list[Path]:
     from edgefpn.errors import DataError
 
+    if folder.is_file():
+        raise DataError(f"{folder}: is a file, not a folder of images (give the folder that holds it)")
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found")
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
