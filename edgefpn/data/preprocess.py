@@ -39,6 +39,7 @@ __all__ = [
     "Letterbox",
     "boxes_to_input",
     "boxes_to_original",
+    "describe_preprocessing",
     "letterbox",
     "load_image",
     "normalize",
@@ -283,8 +284,39 @@ def _resize_to_fit(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray
     h, w = image.shape[:2]
     new_h, new_w, lb = _fit(h, w, size)
     if (new_w, new_h) != (w, h):
-        image = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        image = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=RESIZE_INTERPOLATION)
     return image, lb
+
+
+# What the code above does, as the words and expressions a device integrator follows: the bundle's
+# pipeline.json ships this (edgefpn.pipeline.package), generated here from the same constant and
+# formulas, and tests/data/test_preprocess_description.py follows it literally and compares pixels.
+RESIZE_INTERPOLATION = cv2.INTER_LINEAR
+_OPENCV_NAMES = {cv2.INTER_NEAREST: "INTER_NEAREST", cv2.INTER_LINEAR: "INTER_LINEAR", cv2.INTER_CUBIC: "INTER_CUBIC",
+                 cv2.INTER_AREA: "INTER_AREA", cv2.INTER_LINEAR_EXACT: "INTER_LINEAR_EXACT"}
+_SCALE = "min(H / h, W / w)"  # _fit
+_NEW_W = "min(W, max(1, round(w * scale)))"
+_NEW_H = "min(H, max(1, round(h * scale)))"
+_NORMALISE = "(x / 255 - mean) / std"  # _affine
+
+
+def describe_preprocessing() -> dict[str, object]:
+    """How :func:`preprocess` turns an RGB ``uint8 [h, w, 3]`` image into the model input ``[1, 3, H, W]``.
+
+    ``scale``, ``new_w``, ``new_h`` and ``normalise`` are Python expressions (``round`` is Python's:
+    halves to even); ``resize`` names the OpenCV call and interpolation. ``text`` is the same in words.
+    """
+    interpolation = _OPENCV_NAMES[RESIZE_INTERPOLATION]
+    resize = {"library": "opencv", "function": "cv2.resize", "interpolation": interpolation,
+              "call": f"cv2.resize(image, (new_w, new_h), interpolation=cv2.{interpolation})",
+              "skipped_when": "(new_w, new_h) == (w, h)"}
+    text = (f"keep aspect ratio: scale = {_SCALE}, new_w = {_NEW_W}, new_h = {_NEW_H} (Python round: halves to "
+            f"even); resize with OpenCV {resize['call']} (not Pillow; skipped when the size is unchanged); image at "
+            f"the top-left (pad_x = pad_y = 0); normalise {_NORMALISE} per RGB channel; padding 0.0 after "
+            "normalisation; layout [1, 3, H, W] float32")
+    return {"channel_order": "RGB", "scale": _SCALE, "new_w": _NEW_W, "new_h": _NEW_H, "resize": resize,
+            "placement": "top-left", "normalise": _NORMALISE, "pad_value": 0.0, "layout": "[1, 3, H, W] float32",
+            "text": text}
 
 
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:

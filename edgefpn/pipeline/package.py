@@ -34,6 +34,7 @@ from edgefpn.artifacts import (
     write_manifest,
 )
 from edgefpn.config import Config, config_hash
+from edgefpn.data.preprocess import describe_preprocessing
 from edgefpn.errors import CheckFailed, ConfigError
 from edgefpn.pipeline import check as check_stage
 from edgefpn.pipeline import train as train_stage
@@ -43,9 +44,6 @@ ARTIFACT = "bundle.tar"
 PIPELINE = "pipeline.json"
 _ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
 _ENGINES = {name: (backend, precision, rel) for name, backend, precision, rel in check_stage.ENGINE_FILES}
-LETTERBOX_RULE = ("keep aspect ratio; scale = min(H/h, W/w); Pillow BILINEAR resize to (round(w*scale), "
-                  "round(h*scale)); image at the top-left (pad_x = pad_y = 0); padding 0.0 after normalisation; "
-                  "normalise (x/255 - mean)/std per RGB channel; layout [1, 3, H, W] float32")
 
 
 def run(cfg: Config, run_dir: Path, *, engines: Sequence[str] | None = None, force: bool = False,
@@ -213,13 +211,16 @@ def _pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     arch = str(meta.get("arch") or cfg.model.arch)
     pp = postprocess_params(cfg, arch, deploy=True)  # the device keeps what an application keeps
     m = cfg.model
+    preprocessing = describe_preprocessing()
     return {
         "arch": arch,
         "classes": {"num_classes": num_classes,
                     "names": meta.get("class_names") or [str(i) for i in range(num_classes)],
                     "category_ids": meta.get("category_ids") or list(range(num_classes))},
+        # generated from the code that preprocesses (one source of truth), never written by hand
         "preprocess": {"input_name": "images", "input_size": list(m.input_size), "mean": list(m.mean),
-                       "std": list(m.std), "letterbox": LETTERBOX_RULE},
+                       "std": list(m.std), "letterbox": preprocessing["text"],
+                       "rule": {k: v for k, v in preprocessing.items() if k != "text"}},
         "postprocess": {"score_thresh": pp.score_thresh, "nms_thresh": pp.nms_thresh,
                         "topk_candidates": pp.topk_candidates, "detections_per_img": pp.detections_per_img,
                         "strides": list(pp.strides), "levels": list(pp.levels)},
