@@ -293,3 +293,44 @@ def test_runtime_in_a_fresh_venv_without_torch(packaged, tmp_path):
             assert abs(g["score"] - score) <= 1e-6
             x, y, w, h = g["bbox"]
             np.testing.assert_allclose([x, y, x + w, y + h], box, atol=1e-4, rtol=0)
+
+
+def _follow(rule: dict, image: np.ndarray, size: tuple[int, int], mean, std) -> np.ndarray:
+    """The bundle's preprocessing rule followed literally, as a device integrator would: its expressions
+    evaluated, the OpenCV call it names, then its normalisation; nothing taken from edgefpn's code."""
+    import cv2
+
+    H, W = size  # noqa: N806  (the rule's names)
+    h, w = image.shape[:2]
+    names = {"min": min, "max": max, "round": round, "H": H, "W": W, "h": h, "w": w}
+    names["scale"] = eval(rule["scale"], {"__builtins__": {}}, names)  # noqa: S307  (our own rule, in a test)
+    new_w = eval(rule["new_w"], {"__builtins__": {}}, names)  # noqa: S307
+    new_h = eval(rule["new_h"], {"__builtins__": {}}, names)  # noqa: S307
+    assert rule["resize"]["library"] == "opencv" and rule["resize"]["function"] == "cv2.resize"
+    resized = image if (new_w, new_h) == (w, h) else cv2.resize(
+        image, (new_w, new_h), interpolation=getattr(cv2, rule["resize"]["interpolation"]))
+    x = resized.astype(np.float64)
+    norm = eval(rule["normalise"], {"__builtins__": {}},  # noqa: S307
+                {"x": x, "mean": np.asarray(mean), "std": np.asarray(std)})
+    assert rule["placement"] == "top-left" and rule["layout"] == "[1, 3, H, W] float32"
+    out = np.full((3, H, W), rule["pad_value"], dtype=np.float64)
+    out[:, :new_h, :new_w] = norm.transpose(2, 0, 1)
+    return out
+
+
+def test_shipped_preprocessing_rule_reproduces_preprocess(packaged):
+    """Issue 16 (4c): pipeline.json said "Pillow BILINEAR" while the code used OpenCV INTER_LINEAR (up to 131
+    levels apart). The rule that ships is generated from the code; followed literally, it gives
+    preprocess()'s pixels (to float32 rounding) on down- and upscaled, odd-sized and unchanged images."""
+    from edgefpn.data.preprocess import preprocess
+
+    _, _, art, _ = packaged
+    pre = json.loads(bundle.read_member(art.path, "pipeline.json"))["preprocess"]
+    size, mean, std = tuple(pre["input_size"]), pre["mean"], pre["std"]
+    assert "INTER_LINEAR" in pre["letterbox"] and "Pillow" not in pre["letterbox"].replace("not Pillow", "")
+    rng = np.random.default_rng(0)
+    for h, w in [(37, 91), (301, 207), (size[0], size[1]), (1, 500), (95, 95), (size[0] * 3 + 1, size[1] // 2)]:
+        image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        ours, _ = preprocess(image, size=size, mean=mean, std=std)
+        followed = _follow(pre["rule"], image, size, mean, std)
+        np.testing.assert_allclose(ours, followed, rtol=0, atol=2e-5, err_msg=f"{h}x{w}")
