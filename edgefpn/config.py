@@ -458,6 +458,9 @@ def _validate_ranges(cfg: Config, bad: Callable[[str, str], ConfigError]) -> Non
     synth = cfg.data.synth
     if synth.min_side > synth.max_side:
         raise bad("data.synth.min_side", f"must be <= data.synth.max_side, got {synth.min_side} > {synth.max_side}")
+    names, n = cfg.model.class_names, cfg.model.num_classes
+    if names is not None and n is not None and len(names) != n:
+        raise bad("model.class_names", f"has {len(names)} names for model.num_classes {n}")
     # check.max_map_drop / check.min_cosine are left free: an impossible gate is how a test makes check fail
 
 
