@@ -116,21 +116,20 @@ def _save(store: Path) -> None:
 
 @contextlib.contextmanager
 def persisted(run_dir: Path) -> Iterator[None]:
-    """Load ``run_dir``'s digest cache, and save it on the way out if anything was added.
+    """Load ``run_dir``'s digest cache, and save it when the command succeeded and added to it.
 
-    Nothing is written when ``run_dir`` does not exist (a command that made nothing leaves no
-    folder). Saving is best effort: a cache that cannot be written is rebuilt next time.
+    A command that fails leaves the run directory as it found it, and nothing is written when
+    ``run_dir`` does not exist (a command that made nothing leaves no folder). Saving is best
+    effort: a cache that cannot be written is rebuilt next time.
     """
     global _dirty
     store = run_dir / STORE
     _load(store)
-    try:
-        yield
-    finally:
-        if _dirty and run_dir.is_dir():
-            from edgefpn.errors import EdgefpnError
+    yield
+    if _dirty and run_dir.is_dir():
+        from edgefpn.errors import EdgefpnError
 
-            # a read-only run dir or a full disk costs the next run its cache, not this command its result
-            with contextlib.suppress(OSError, EdgefpnError):
-                _save(store)
-            _dirty = False
+        # a read-only run dir or a full disk costs the next run its cache, not this command its result
+        with contextlib.suppress(OSError, EdgefpnError):
+            _save(store)
+        _dirty = False

@@ -64,13 +64,14 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         return _load_weights(cfg, weights, out, chash, inputs)
 
     data = data_stage.run(cfg, progress=progress)
+    # the pixels are read too: an image replaced under the same name retrains
     inputs = {
         "train_annotations": data.annotation_hashes[cfg.data.train_split],
-        "val_annotations": data.annotation_hashes[cfg.data.val_split],
-        # the pixels are read too: an image replaced under the same name retrains
         "train_images": data.images_hash(cfg.data.train_split),
-        "val_images": data.images_hash(cfg.data.val_split),
     }
+    if cfg.train.eval_every:  # val is read only for the periodic mAP recorded with the model
+        inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
+        inputs["val_images"] = data.images_hash(cfg.data.val_split)
     chash = config_hash(cfg.model, cfg.train, cfg.run.seed, cfg.data.train_split)
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[train] up to date: {out}")
