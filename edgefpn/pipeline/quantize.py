@@ -18,6 +18,7 @@ from typing import Any
 from edgefpn.artifacts import Artifact, atomic_output, up_to_date, write_manifest
 from edgefpn.backends import EngineSpec
 from edgefpn.calibration import CalibrationSet, cache_key, calibrate, nncf_dataset
+from edgefpn.calibration.dataset import IMAGE_SUFFIXES
 from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
@@ -42,6 +43,10 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     val_split = data.split(cfg.data.val_split)  # before anything is written: the accuracy loops need boxes
     require_annotations(val_split, val_split.images, what="quantize's mAP-in-the-loop check")
     calib = CalibrationSet(cfg)  # refuses val overlap / empty folders before anything is written
+    if calib.skipped:  # never dropped without a word (a GIF, a sidecar file)
+        shown = ", ".join(calib.skipped[:5]) + (f" and {len(calib.skipped) - 5} more" if len(calib.skipped) > 5 else "")
+        log(f"[quantize] {calib.source}: skipped {len(calib.skipped)} file(s) that are not "
+            f"{'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))} images: {shown}")
     key = cache_key(onnx_art.sha256, calib, cfg)
     q = cfg.quantize
     chash = config_hash(q, cfg.model.input_size, cfg.model.mean, cfg.model.std, cfg.postprocess)
