@@ -27,8 +27,12 @@ class DatasetInfo:
 
     def split(self, split: str) -> CocoSplit:
         """The split, its images' sizes checked against the annotation file (headers read once, cached)."""
-        loaded = load_split(self.root, split)
-        check_image_sizes(loaded, _image_size)
+        ann = self.ann_file(split)
+        key = (str(ann.resolve()), sha256_file(ann) if ann.is_file() else None)
+        if (loaded := _PARSED.get(key)) is None:  # parsed once per content: stages reload it often
+            loaded = load_split(self.root, split)
+            _PARSED[key] = loaded
+        check_image_sizes(loaded, _image_size)  # every time: the images may change, their sizes are cached
         if loaded.skipped and (key := (str(loaded.ann_file), self.annotation_hashes.get(split))) not in _REPORTED:
             _REPORTED.add(key)  # said once per file and content, however often a stage reloads it
             shown = "; ".join(loaded.skipped[:3]) + ("; ..." if len(loaded.skipped) > 3 else "")
@@ -67,6 +71,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     return cached_image_size(path, image_size)
 
 
+_PARSED: dict[tuple[str, str | None], CocoSplit] = {}  # (annotation file, its sha256) -> its split
 _REPORTED: set[tuple[str, str | None]] = set()
 
 

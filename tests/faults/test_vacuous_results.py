@@ -34,10 +34,10 @@ def test_a_val_split_without_annotations_fails_check_and_quantize(checked_run, d
     data = copy_run(data_root, tmp_path / "data")
     val = _edit_annotations(data, "val", lambda coco: coco.update(annotations=[]))
     before = snapshot(tmp_path)
-    res = cli("check", *tiny_sets(*CHECK_ONLY_ORT, "data.builtin=false", data_root=data), "--out", run)
+    res = cli("check", *tiny_sets(*CHECK_ONLY_ORT, "data.builtin=false", data_root=data), "--out", run, "--quiet")
     refused(res, names=[val], problem=r"no usable annotations on the 6 image\(s\) of split 'val'.*"
                                       r"check's mAP gate has nothing to measure")
-    res = cli("quantize", *tiny_sets("data.builtin=false", data_root=data), "--out", run)
+    res = cli("quantize", *tiny_sets("data.builtin=false", data_root=data), "--out", run, "--quiet")
     refused(res, names=[val], problem=r"quantize's mAP-in-the-loop check has nothing to measure")
     assert snapshot(tmp_path) == before
 
@@ -55,7 +55,7 @@ def test_training_that_would_take_no_step_is_refused(data_root, tmp_path, settin
     else:
         sets.append(setting)
     before = snapshot(tmp_path)
-    res = cli("train", *tiny_sets(*sets, data_root=data), "--out", tmp_path / "run")
+    res = cli("train", *tiny_sets(*sets, data_root=data), "--out", tmp_path / "run", "--quiet")
     refused(res, names=[named], problem=problem)
     assert snapshot(tmp_path) == before  # no untrained model.pt, no run directory
 
@@ -82,7 +82,7 @@ def test_coco_width_height_must_match_the_image(data_root, tmp_path):
     ann.write_text(before_edit)
     _edit_annotations(data, "train", lambda c: c["images"][0].update(width=real[0] // 2, height=real[1] // 2))
     before = snapshot(tmp_path)
-    res = cli("data", *tiny_sets("data.builtin=false", data_root=data), "--out", tmp_path / "run")
+    res = cli("data", *tiny_sets("data.builtin=false", data_root=data), "--out", tmp_path / "run", "--quiet")
     refused(res, names=[data / "images" / first["file_name"], ann],
             problem=rf"image is {real[0]}x{real[1]} pixels but .* records width x height "
                     rf"{real[0] // 2}x{real[1] // 2}")
