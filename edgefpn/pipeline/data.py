@@ -28,10 +28,10 @@ class DatasetInfo:
     def split(self, split: str) -> CocoSplit:
         """The split, its images' sizes checked against the annotation file (headers read once, cached)."""
         ann = self.ann_file(split)
-        key = (str(ann.resolve()), sha256_file(ann) if ann.is_file() else None)
-        if (loaded := _PARSED.get(key)) is None:  # parsed once per content: stages reload it often
+        content = (str(ann.resolve()), sha256_file(ann) if ann.is_file() else None)
+        if (loaded := _PARSED.get(content)) is None:  # parsed once per content: stages reload it often
             loaded = load_split(self.root, split)
-            _PARSED[key] = loaded
+            _PARSED[content] = loaded
         check_image_sizes(loaded, _image_size)  # every time: the images may change, their sizes are cached
         if loaded.skipped and (key := (str(loaded.ann_file), self.annotation_hashes.get(split))) not in _REPORTED:
             _REPORTED.add(key)  # said once per file and content, however often a stage reloads it
