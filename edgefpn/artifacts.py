@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefpn.digests import cached_sha256
 from edgefpn.errors import EdgefpnError
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -49,12 +50,10 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(path.name + MANIFEST_SUFFIX)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    """sha256 of a file; reused while the file's path, size, times and inode are unchanged
+    (:mod:`edgefpn.digests`), so a no-op rerun stats its inputs instead of reading them."""
+    return cached_sha256(path)
 
 
 def sha256_path(path: Path) -> str:

@@ -88,8 +88,11 @@ def stage_options(fn: Callable) -> Callable:
             config_path = Path("configs/default.yaml")
         cfg = load_config(config_path, overrides)
         run_dir = common.run_dir(cfg, out)
-        return fn(*args, cfg=cfg, run_dir=run_dir, force=force, progress=not quiet and sys.stderr.isatty(),
-                  **kwargs)
+        from edgefpn.digests import persisted
+
+        with persisted(run_dir):  # file digests by stat: a no-op rerun reads no image, no artifact
+            return fn(*args, cfg=cfg, run_dir=run_dir, force=force, progress=not quiet and sys.stderr.isatty(),
+                      **kwargs)
 
     return wrapper
 

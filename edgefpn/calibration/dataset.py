@@ -48,7 +48,12 @@ class CalibrationSet:
         self.mean: tuple[float, ...] = tuple(m.mean)
         self.std: tuple[float, ...] = tuple(m.std)
         self.source = q.calib_folder or f"{cfg.data.root} (split {cfg.data.calib_split!r})"
-        candidates = _folder_images(Path(q.calib_folder)) if q.calib_folder else _split_images(cfg)
+        # files of the folder that are not images edgefpn reads, by name: the caller says so
+        self.skipped: tuple[str, ...] = ()
+        if q.calib_folder:
+            candidates, self.skipped = _folder_images(Path(q.calib_folder))
+        else:
+            candidates = _split_images(cfg)
         chosen = _choose(candidates, q.num_images, seed=cfg.run.seed)
         self.images: tuple[_Image, ...] = tuple(_Image(p, sha256_file(p)) for p in chosen)
         self.available = len(candidates)
@@ -107,13 +112,16 @@ def _split_images(cfg: Config) -> list[Path]:
     return [rec.path for rec in split.images]
 
 
-def _folder_images(folder: Path) -> list[Path]:
+def _folder_images(folder: Path) -> tuple[list[Path], tuple[str, ...]]:
+    """The folder's image files (recursively, sorted) and the other files' relative names."""
     if not folder.is_dir():
         raise DataError(f"{folder}: calibration folder not found (quantize.calib_folder)")
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    found = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not found:
         raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the calibration folder")
-    return found
+    skipped = tuple(p.relative_to(folder).as_posix() for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
+    return found, skipped
 
 
 def _choose(paths: Sequence[Path], n: int, *, seed: int) -> list[Path]:

@@ -7,7 +7,8 @@ Layout::
 
 Structural problems (missing files or keys, wrong types, unsafe paths) raise :class:`DataError`;
 individual bad annotations (non-finite or empty boxes, unknown categories, crowd regions) are
-skipped and reported in :attr:`CocoSplit.skipped`. Image files are not opened here.
+skipped and reported in :attr:`CocoSplit.skipped`, one entry per annotation. Image files are not
+opened by :func:`load_split`; :func:`check_image_sizes` compares their headers with ``width`` / ``height``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -24,7 +26,7 @@ import numpy as np
 
 from edgefpn.errors import DataError
 
-__all__ = ["MAX_ANNOTATIONS_PER_IMAGE", "CocoSplit", "ImageRecord", "load_split"]
+__all__ = ["MAX_ANNOTATIONS_PER_IMAGE", "CocoSplit", "ImageRecord", "check_image_sizes", "load_split"]
 
 MAX_ANNOTATIONS_PER_IMAGE = 10_000
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -115,7 +117,8 @@ def load_split(root: str | Path, split: str) -> CocoSplit:
     label_of = {cid: i for i, cid in enumerate(category_ids)}
     images = _parse_images(data["images"], images_dir, fail)
 
-    per_image: dict[int, tuple[list[list[float]], list[int]]] = {img["id"]: ([], []) for img in images}
+    # image id -> (boxes, labels, annotation ids)
+    per_image: dict[int, tuple[list[list[float]], list[int], list[int]]] = {img["id"]: ([], [], []) for img in images}
     skipped: list[str] = []
     counts: Counter[int] = Counter()
     for i, ann in enumerate(data["annotations"]):
@@ -141,20 +144,22 @@ def load_split(root: str | Path, split: str) -> CocoSplit:
         if w <= 0 or h <= 0:
             skipped.append(f"{where}: bbox with non-positive width or height {bbox}")
             continue
-        boxes, labels = per_image[image_id]
+        boxes, labels, ann_ids = per_image[image_id]
         boxes.append([x, y, x + w, y + h])
         labels.append(label_of[category_id])
+        ann_ids.append(ann_id)
 
     records = []
     for img in images:
-        boxes, labels = per_image[img["id"]]
+        boxes, labels, ann_ids = per_image[img["id"]]
         box_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         # Clip to the image (COCO boxes may stick out by a fraction of a pixel), then drop empties.
         np.clip(box_arr[:, 0::2], 0, img["width"], out=box_arr[:, 0::2])
         np.clip(box_arr[:, 1::2], 0, img["height"], out=box_arr[:, 1::2])
         keep = (box_arr[:, 2] > box_arr[:, 0]) & (box_arr[:, 3] > box_arr[:, 1])
-        if not keep.all():
-            skipped.append(f"image {img['id']}: {int((~keep).sum())} bbox(es) outside the image")
+        # one entry per dropped annotation: len(skipped) is the number of annotations not used
+        skipped.extend(f"annotation {ann_ids[i]} (image {img['id']}): bbox outside the image "
+                       f"({img['width']}x{img['height']})" for i in np.flatnonzero(~keep))
         records.append(
             ImageRecord(
                 id=img["id"],
@@ -253,3 +258,20 @@ def _parse_annotation(i: int, ann: Any, fail: Any) -> tuple[int, int, int, list[
     if iscrowd not in (0, 1) or isinstance(iscrowd, float):
         raise fail(f"annotations[{i}].iscrowd must be 0 or 1, got {iscrowd!r}")
     return ann_id, image_id, category_id, [float(v) for v in bbox], bool(iscrowd)
+
+
+def check_image_sizes(split: CocoSplit, size_of: Callable[[Path], tuple[int, int]]) -> None:
+    """Refuse a split whose ``width`` / ``height`` disagree with an image's real size.
+
+    Boxes are clipped to the recorded size and mapped back through the real one, so a wrong size
+    silently clips or drops most of an image's boxes. ``size_of(path)`` reads ``(width, height)``
+    from the image header (:func:`edgefpn.data.preprocess.image_size`, cached by the caller).
+
+    Raises:
+        DataError: ``"<image>: ..."`` for the first image whose size disagrees (or cannot be read).
+    """
+    for rec in split.images:
+        w, h = size_of(rec.path)
+        if (w, h) != (rec.width, rec.height):
+            raise DataError(f"{rec.path}: image is {w}x{h} pixels but {split.ann_file} records "
+                            f"width x height {rec.width}x{rec.height} (image id {rec.id}); fix the annotation file")

@@ -40,6 +40,7 @@ __all__ = [
     "boxes_to_input",
     "boxes_to_original",
     "describe_preprocessing",
+    "image_size",
     "letterbox",
     "load_image",
     "normalize",
@@ -89,11 +90,13 @@ def load_image(path: str | Path) -> np.ndarray:
 
     The pixel geometry is kept as stored: EXIF orientation is *not* applied, because COCO boxes
     (and ``width`` / ``height``) refer to the stored pixels. Any mode (L, LA, P, RGBA, CMYK, I;16, ...)
-    is converted to RGB; alpha is dropped and 16-bit values are reduced to their high byte.
+    is converted to RGB; alpha is dropped and 16-bit values are reduced to their high byte. Pixels
+    with no faithful 8-bit form are refused: floating point (mode F, e.g. a float32 TIFF) and
+    integers beyond 16 bits.
 
     Raises:
-        DataError: ``"<path>: <problem>"`` for a missing, empty, truncated, unsupported or
-            oversized (decompression bomb) file.
+        DataError: ``"<path>: <problem>"`` for a missing, empty, truncated, unsupported (or not
+            faithfully convertible) or oversized (decompression bomb) file.
     """
     path = Path(path)
     _check_file(path)
@@ -114,7 +117,26 @@ def load_image(path: str | Path) -> np.ndarray:
         return _decode_jpeg_rgb(path, head, frame[:2])
     with _open_header(path) as im:
         _load(im, path)
-        return _to_rgb(im)
+        return _to_rgb(im, path)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of the stored pixels, from the file's header alone (nothing is decoded).
+
+    Raises:
+        DataError: as :func:`load_image`, for a file whose header cannot be read.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with open(path, "rb") as f:
+            frame = _jpeg_frame(f.read(_JPEG_HEAD_BYTES))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read image file ({e.strerror or e})") from None
+    if frame is not None:
+        return frame[1], frame[0]
+    with _open_header(path) as im:
+        return im.width, im.height
 
 
 # A colour JPEG's frame header is looked for in the file's first bytes; one further back (a file with
@@ -230,18 +252,27 @@ def _open_header(path: Path) -> Iterator[Image.Image]:
         yield im
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
+def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
+    """RGB ``uint8`` pixels of a decoded image, or a :class:`DataError` where no conversion is faithful."""
     if im.mode == "RGB":
         return np.asarray(im, dtype=np.uint8).copy()
+    if im.mode == "F":
+        # float pixels have no fixed range (0..1? 0..255? HDR?): any mapping to 8 bits is a guess, and
+        # clipping to 0..255 turned a 0..1 image all black
+        raise DataError(f"{path}: 32-bit floating-point pixels (mode F) have no defined 0-255 range; "
+                        "convert the image to 8 or 16 bits per channel")
     if im.mode in _WIDE_INT_MODES:
         a = np.asarray(im).astype(np.int64)
-        a = (np.clip(a, 0, 65535) >> 8).astype(np.uint8)
+        if a.size and (a.min() < 0 or a.max() > 65535):  # 32-bit values: reducing to 8 bits would clip
+            raise DataError(f"{path}: integer pixels from {a.min()} to {a.max()} (mode {im.mode}) do not fit "
+                            "16 bits; convert the image to 8 or 16 bits per channel")
+        a = (a >> 8).astype(np.uint8)
         return np.repeat(a[:, :, None], 3, axis=2)
-    if im.mode == "F":
-        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0)
-        a = np.clip(a, 0.0, 255.0).astype(np.uint8)
-        return np.repeat(a[:, :, None], 3, axis=2)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    try:
+        rgb = im.convert("RGB")
+    except ValueError as e:  # a mode Pillow cannot convert (e.g. "La")
+        raise DataError(f"{path}: cannot convert mode {im.mode} to RGB ({e})") from None
+    return np.asarray(rgb, dtype=np.uint8).copy()
 
 
 def _check_image(image: np.ndarray) -> None:

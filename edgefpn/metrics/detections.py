@@ -13,7 +13,7 @@ def match_detections(ref: Detections, test: Detections, iou_thresh: float = 0.5)
     """Greedily match ``test`` detections to ``ref`` detections, class-agnostically.
 
     Reference detections, by decreasing score, each take the unmatched test detection with the highest
-    IoU, if that IoU is at least ``iou_thresh``.
+    IoU, if that IoU is at least ``iou_thresh``. Identical boxes count as IoU 1, zero-area ones included.
 
     Returns:
         ``n_ref``, ``n_test``, ``matched``, ``label_flips`` (matched pairs whose labels differ),
@@ -35,6 +35,10 @@ def match_detections(ref: Detections, test: Detections, iou_thresh: float = 0.5)
     if n_ref == 0 or n_test == 0:
         return out
     iou = box_iou(ref.boxes, test.boxes).astype(np.float64)  # [R, T]
+    # Identical boxes agree whatever their area: IoU is 0/0 for a zero-area box (which NMS, and so
+    # box_iou, must call 0), and a bit-exact engine would otherwise show such boxes as unmatched.
+    same = np.all(np.asarray(ref.boxes)[:, None, :] == np.asarray(test.boxes)[None, :, :], axis=2)  # [R, T]
+    iou[same] = 1.0
     free = np.ones(n_test, dtype=bool)
     ref_idx, test_idx = [], []
     for r in np.argsort(-ref.scores, kind="stable"):

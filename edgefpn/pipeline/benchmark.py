@@ -45,8 +45,9 @@ from edgefpn.backends import RUNNERS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config, config_hash
 from edgefpn.errors import ModelFileError
-from edgefpn.pipeline.check import discover_engines
+from edgefpn.pipeline.check import ENGINE_FILES
 from edgefpn.pipeline.common import log, make_pipeline
+from edgefpn.pipeline.lineage import current_engines
 from edgefpn.pipeline.report import system_info
 
 __all__ = ["ARTIFACT", "parse_benchmark_app", "render_markdown", "run"]
@@ -70,9 +71,13 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     Raises:
         ModelFileError: the run directory holds no engine.
     """
-    engines = discover_engines(run_dir, cfg.check.backends)
+    # as check: only the engines of this configuration that chain to this run's model.pt
+    engines, ignored = current_engines(cfg, run_dir, cfg.check.backends, ENGINE_FILES)
+    for e in ignored:
+        log(f"[benchmark] ignored {e.name} ({e.path}): {e.reason}")
     if not engines:
-        raise ModelFileError(f"{run_dir}: no engine to benchmark (run `edgefpn export` / `edgefpn build` first)")
+        left = f"; {len(ignored)} ignored, first {ignored[0].name}: {ignored[0].reason}" if ignored else ""
+        raise ModelFileError(f"{run_dir}: no engine to benchmark (run `edgefpn export` / `edgefpn build` first){left}")
     iters = iters or cfg.check.latency_iters
     threads = cfg.run.threads
     feed, source = _feed(cfg)

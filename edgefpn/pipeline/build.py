@@ -102,8 +102,8 @@ def run(cfg: Config, run_dir: Path, *, targets: Sequence[str] | None = None,
                 continue
             src = sources[precision]
             assert src is not None  # _skip_reason returned None
-            art = (_openvino(run_dir, precision, src, force=force) if target == "openvino"
-                   else _tensorrt(cfg, run_dir, precision, src, force=force))
+            art = (_openvino(run_dir, precision, src, base, nncf=cfg.quantize.openvino, force=force)
+                   if target == "openvino" else _tensorrt(cfg, run_dir, precision, src, force=force))
             built.append((name, art))
 
     write_json(run_dir / SUMMARY, {
@@ -204,16 +204,24 @@ def _extra(target: str, precision: str, src: _Source, backend_version: str, sett
 # OpenVINO
 
 
-def _openvino(run_dir: Path, precision: str, src: _Source, *, force: bool) -> Artifact:
+def _openvino(run_dir: Path, precision: str, src: _Source, base: _Source, *, nncf: bool, force: bool) -> Artifact:
+    """The OpenVINO engine at ``precision``. For int8 that is the quantize stage's NNCF IR, which
+    shares ``openvino/int8`` with this stage's own conversion: taken only while ``quantize.openvino``
+    is on and it was made from the current ``model.onnx`` and ``model.int8.onnx`` (else converted over)."""
     from edgefpn.backends.openvino import IR_NAME, onnx_to_openvino, openvino_version
 
     out = engine_path(run_dir, "openvino", precision)
     if precision == "int8":
         manifest = read_manifest(out)
-        if manifest is not None and manifest.get("stage") == "quantize":  # the NNCF IR is the int8 engine
-            art = require(out, "OpenVINO INT8 IR from the quantize stage")
-            log(f"[build] openvino-int8: the quantize stage's NNCF IR {out}")
-            return art
+        if manifest is not None and manifest.get("stage") == "quantize":
+            made_from = manifest.get("inputs") or {}
+            if nncf and made_from.get("model") == base.sha256 and made_from.get("int8_qdq") == src.sha256:
+                art = require(out, "OpenVINO INT8 IR from the quantize stage")
+                log(f"[build] openvino-int8: the quantize stage's NNCF IR {out}")
+                return art
+            why = ("quantize.openvino is off" if not nncf
+                   else f"made from another {base.path.name} / {src.path.name} than the current ones")
+            log(f"[build] openvino-int8: the NNCF IR in {out} is stale ({why}); converting {src.path.name}")
     settings = {"compress_to_fp16": precision == "fp16", "device": "CPU",
                 "inference_precision_hint": OPENVINO_INFERENCE_PRECISION}
     version = openvino_version()

@@ -37,6 +37,8 @@ from edgefpn.metrics.tensors import aggregate_agreement, tensor_agreement
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_pipeline, recorded_arch
+from edgefpn.pipeline.data import require_annotations
+from edgefpn.pipeline.lineage import current_engines
 from edgefpn.pipeline.report import render_markdown, system_info, with_compute
 from edgefpn.pipeline.report_html import render_html
 from edgefpn.postprocess import decoder_for, split_output_name
@@ -72,16 +74,22 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     from edgefpn.pipeline import build as build_stage
     from edgefpn.pipeline import data as data_stage
 
+    data = data_stage.run(cfg, progress=progress)
+    val = data.split(cfg.data.val_split)  # refused before anything is built when there is nothing to measure
+    require_annotations(val, _records(cfg, val), what="check's mAP gate")
     # As make would: every engine is brought up to date first (build brings export and quantize),
     # so an engine left from an older model is rebuilt, never compared against a newer reference.
     build_stage.run(cfg, run_dir, progress=progress)
 
-    data = data_stage.run(cfg, progress=progress)
     reference = EngineSpec(REFERENCE.name, REFERENCE.backend, REFERENCE.precision, run_dir / REFERENCE.path)
-    engines = discover_engines(run_dir, cfg.check.backends)
+    engines, ignored = current_engines(cfg, run_dir, cfg.check.backends, ENGINE_FILES)
+    for e in ignored:  # engines a target, precision or model ago: on disk, but not this run's
+        log(f"[check] ignored {e.name} ({e.path}): {e.reason}")
     out = run_dir / REPORT
     inputs = {e.name: sha256_path(e.path) for e in [reference, *engines]}
     inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
+    inputs["val_images"] = data.images_hash(cfg.data.val_split)
+    inputs["ignored_engines"] = config_hash([e.to_dict() for e in ignored])
     chash = config_hash(cfg.check, cfg.postprocess, cfg.deploy, cfg.model.input_size, cfg.run.threads,
                         backend_versions())
     pages = [run_dir / "report.md", run_dir / "report.html"]  # written beside report.json
@@ -91,6 +99,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         return art
 
     report = evaluate(cfg, data, reference, engines, progress=progress, arch=recorded_arch(cfg, run_dir))
+    report["ignored_engines"] = [e.to_dict() for e in ignored]
     report = with_compute(report, run_dir / export_stage.ARTIFACT, cfg.run.threads)
     write_json(out, report)
     md, html = pages
@@ -120,7 +129,8 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
     pipe = make_pipeline(cfg, arch=arch)
     deploy_pipe = make_pipeline(cfg, arch=arch, deploy=True)  # end-to-end latency: what a device runs
     split = data.split(cfg.data.val_split)
-    records = split.images[: cfg.check.max_images] if cfg.check.max_images else split.images
+    records = _records(cfg, split)
+    require_annotations(split, records, what="check's mAP gate")
     image_ids = [r.id for r in records]
     threads = cfg.run.threads
 
@@ -172,6 +182,11 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
                    "input_size": list(cfg.model.input_size), "threads": threads},
         "machine": system_info(threads),
     }
+
+
+def _records(cfg: Config, split) -> tuple:
+    """The val images check evaluates (the first ``check.max_images``, or all)."""
+    return split.images[: cfg.check.max_images] if cfg.check.max_images else split.images
 
 
 def _finite(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -279,7 +294,9 @@ def _gates(entry: dict, cfg: Config, *, is_reference: bool, selected: tuple[str,
     min_cos = cfg.check.min_cosine.get(precision)
     failed: list[str] = []
     if not is_reference:
-        if max_drop is not None and abs(entry["map_delta"]) > max_drop:
+        if max_drop is not None and entry["map"] < 0:  # COCOeval's -1: no ground truth (refused up front)
+            failed.append("mAP undefined: no ground truth in the evaluated images, nothing to measure")
+        elif max_drop is not None and abs(entry["map_delta"]) > max_drop:
             failed.append(f"mAP delta {entry['map_delta']:+.3f} exceeds ±{max_drop} AP points")
         # per-level outputs level by level, then the outputs that are not per level (two-stage heads)
         per_level = [(f"{branch}_{level}", stats, f" (level {level})")

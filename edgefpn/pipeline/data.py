@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgefpn.artifacts import sha256_file, up_to_date, write_manifest
 from edgefpn.config import Config, config_hash
-from edgefpn.data.coco import CocoSplit, load_split
+from edgefpn.data.coco import CocoSplit, ImageRecord, check_image_sizes, load_split
+from edgefpn.data.preprocess import image_size
 from edgefpn.data.synth import generate
+from edgefpn.digests import cached_image_size
 from edgefpn.errors import DataError
 from edgefpn.pipeline.common import log
 
@@ -22,14 +26,52 @@ class DatasetInfo:
         return self.root / "annotations" / f"instances_{split}.json"
 
     def split(self, split: str) -> CocoSplit:
-        loaded = load_split(self.root, split)
+        """The split, its images' sizes checked against the annotation file (headers read once, cached)."""
+        ann = self.ann_file(split)
+        content = (str(ann.resolve()), sha256_file(ann) if ann.is_file() else None)
+        if (loaded := _PARSED.get(content)) is None:  # parsed once per content: stages reload it often
+            loaded = load_split(self.root, split)
+            _PARSED[content] = loaded
+        check_image_sizes(loaded, _image_size)  # every time: the images may change, their sizes are cached
         if loaded.skipped and (key := (str(loaded.ann_file), self.annotation_hashes.get(split))) not in _REPORTED:
             _REPORTED.add(key)  # said once per file and content, however often a stage reloads it
             shown = "; ".join(loaded.skipped[:3]) + ("; ..." if len(loaded.skipped) > 3 else "")
             log(f"[data] {loaded.ann_file}: skipped {len(loaded.skipped)} annotation(s): {shown}")
         return loaded
 
+    def images_hash(self, split: str) -> str:
+        """sha256 over the split's image files (name and content, in annotation order).
 
+        A stage reads the pixels, so they are as much its input as the annotation file: an image
+        replaced under the same name makes the stages that read it stale. Digests are cached by
+        stat (:mod:`edgefpn.digests`): on a rerun nothing is read that did not change.
+        """
+        h = hashlib.sha256()
+        for rec in self.split(split).images:
+            h.update(f"{rec.file_name}\0{sha256_file(rec.path)}\n".encode())
+        return h.hexdigest()
+
+
+def require_annotations(split: CocoSplit, records: Sequence[ImageRecord], *, what: str) -> None:
+    """Refuse to measure ``what`` on ``records`` when they hold no usable box: every AP would be
+    undefined (-1) for the reference and the engines alike, a delta of 0 that passes any gate.
+
+    Raises:
+        DataError: one line naming the annotation file, the images and how many annotations were skipped.
+    """
+    if not records:
+        raise DataError(f"{split.ann_file}: no images in split {split.split!r}: {what} has nothing to measure")
+    if not any(len(r.boxes) for r in records):
+        skipped = f", {len(split.skipped)} annotation(s) skipped as unusable" if split.skipped else ""
+        raise DataError(f"{split.ann_file}: no usable annotations on the {len(records)} image(s) of split "
+                        f"{split.split!r}{skipped}: {what} has nothing to measure (mAP would be undefined)")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    return cached_image_size(path, image_size)
+
+
+_PARSED: dict[tuple[str, str | None], CocoSplit] = {}  # (annotation file, its sha256) -> its split
 _REPORTED: set[tuple[str, str | None]] = set()
 
 

@@ -39,6 +39,7 @@ from edgefpn.errors import CheckFailed, ConfigError
 from edgefpn.pipeline import check as check_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, postprocess_params
+from edgefpn.pipeline.lineage import current_engines
 
 ARTIFACT = "bundle.tar"
 PIPELINE = "pipeline.json"
@@ -58,7 +59,9 @@ def run(cfg: Config, run_dir: Path, *, engines: Sequence[str] | None = None, for
     except CheckFailed as exc:  # package what passed; the failures are in the report
         log(f"[package] {exc}")
     report = json.loads((run_dir / check_stage.REPORT).read_text(encoding="utf-8"))
-    chosen = _choose(report, run_dir, engines)
+    # as check: only engines the config makes that chain to this run's model.pt
+    _, ignored = current_engines(cfg, run_dir, cfg.check.backends, check_stage.ENGINE_FILES)
+    chosen = _choose(report, run_dir, engines, {e.name: e.reason for e in ignored})
 
     files, entries = _collect(run_dir, chosen)
     pipeline_json = json.dumps(_pipeline(cfg, run_dir), indent=2, sort_keys=True) + "\n"
@@ -132,11 +135,14 @@ def _check_requested(cfg: Config, requested: Sequence[str]) -> None:
                               f"{', '.join(possible) or 'none'}")
 
 
-def _choose(report: dict[str, Any], run_dir: Path, requested: Sequence[str] | None) -> list[str]:
-    passed = {e["name"]: e for e in report["engines"] if e["name"] in _ENGINES}
+def _choose(report: dict[str, Any], run_dir: Path, requested: Sequence[str] | None,
+            ignored: dict[str, str]) -> list[str]:
+    passed = {e["name"]: e for e in report["engines"] if e["name"] in _ENGINES and e["name"] not in ignored}
     where = run_dir / check_stage.REPORT
     if requested:
         for name in requested:
+            if name in ignored:
+                raise ConfigError(f"{run_dir / _ENGINES[name][2]}: --engines {name}: not packaged, {ignored[name]}")
             if name not in passed:  # a bad request, not a failed gate (exit 2, not 4)
                 raise ConfigError(f"--engines {name}: not built or not checked in this run ({where} has "
                                   f"{', '.join(passed) or 'no engines'})")

@@ -19,7 +19,7 @@ def run(cfg: Config, run_dir: Path, *, backend: str, images: Path, save: Path | 
         progress: bool = True) -> list[dict]:
     from tqdm import tqdm
 
-    paths = list_images(images)
+    paths = list_images(images)  # names what it skips on stderr, --quiet or not
     if backend == "torch":
         art = train_stage.run(cfg, run_dir, progress=progress)
     else:

@@ -18,10 +18,12 @@ from typing import Any
 from edgefpn.artifacts import Artifact, atomic_output, up_to_date, write_manifest
 from edgefpn.backends import EngineSpec
 from edgefpn.calibration import CalibrationSet, cache_key, calibrate, nncf_dataset
+from edgefpn.calibration.dataset import IMAGE_SUFFIXES
 from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_pipeline, recorded_arch
+from edgefpn.pipeline.data import require_annotations
 
 ARTIFACT = "model.int8.onnx"
 FP16 = "model.fp16.onnx"
@@ -38,12 +40,20 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     from edgefpn.pipeline import data as data_stage
 
     data = data_stage.run(cfg, progress=progress)
+    val_split = data.split(cfg.data.val_split)  # before anything is written: the accuracy loops need boxes
+    require_annotations(val_split, val_split.images, what="quantize's mAP-in-the-loop check")
     calib = CalibrationSet(cfg)  # refuses val overlap / empty folders before anything is written
+    if calib.skipped:  # never dropped without a word (a GIF, a sidecar file)
+        shown = ", ".join(calib.skipped[:5]) + (f" and {len(calib.skipped) - 5} more" if len(calib.skipped) > 5 else "")
+        log(f"[quantize] {calib.source}: skipped {len(calib.skipped)} file(s) that are not "
+            f"{'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))} images: {shown}")
     key = cache_key(onnx_art.sha256, calib, cfg)
     q = cfg.quantize
     chash = config_hash(q, cfg.model.input_size, cfg.model.mean, cfg.model.std, cfg.postprocess)
+    val = cfg.data.val_split
+    # the mAP-in-the-loop reads the val images (calibration images are in `key`)
     inputs = {"model": onnx_art.sha256, "calibration": key,
-              "val_annotations": data.annotation_hashes[cfg.data.val_split]}
+              "val_annotations": data.annotation_hashes[val], "val_images": data.images_hash(val)}
 
     out = run_dir / ARTIFACT
     art = None if force else up_to_date(out, config_hash=chash, inputs=inputs)
@@ -183,7 +193,9 @@ def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: Calibration
     kept = list(int8_art.manifest.get("exclude_nodes", []))
     accuracy = int8_art.manifest.get("accuracy", {})
     chash = config_hash("nncf", "performance", sorted(kept), q.max_map_drop, cfg.postprocess)
-    inputs = {"model": onnx_art.sha256, "calibration": key, "int8_qdq": int8_art.sha256}
+    val = cfg.data.val_split  # its own accuracy loop reads val, like the QDQ one
+    inputs = {"model": onnx_art.sha256, "calibration": key, "int8_qdq": int8_art.sha256,
+              "val_annotations": data.annotation_hashes[val], "val_images": data.images_hash(val)}
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[quantize] up to date: {out}")
         return art

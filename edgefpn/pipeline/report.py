@@ -138,6 +138,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for e in engines:
         lines.append("| " + " | ".join(table_row(e)) + " |")
+    if ignored := report.get("ignored_engines"):  # on disk, but not this configuration's or model's
+        lines += ["", "Not compared: " + "; ".join(f"{i['name']} (`{i['path']}`): {i['reason']}" for i in ignored)]
     for e in engines:
         if not e.get("levels"):
             continue

@@ -9,7 +9,7 @@ from typing import Any
 
 from edgefpn.artifacts import Artifact, atomic_output, read_manifest, sha256_file, up_to_date, write_manifest
 from edgefpn.config import Config, config_hash, to_dict
-from edgefpn.errors import CheckpointError, ConfigError
+from edgefpn.errors import CheckpointError, ConfigError, DataError
 from edgefpn.pipeline import data as data_stage
 from edgefpn.pipeline.common import log, make_pipeline, seed_everything
 
@@ -64,10 +64,14 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         return _load_weights(cfg, weights, out, chash, inputs)
 
     data = data_stage.run(cfg, progress=progress)
+    # the pixels are read too: an image replaced under the same name retrains
     inputs = {
         "train_annotations": data.annotation_hashes[cfg.data.train_split],
-        "val_annotations": data.annotation_hashes[cfg.data.val_split],
+        "train_images": data.images_hash(cfg.data.train_split),
     }
+    if cfg.train.eval_every:  # val is read only for the periodic mAP recorded with the model
+        inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
+        inputs["val_images"] = data.images_hash(cfg.data.val_split)
     chash = config_hash(cfg.model, cfg.train, cfg.run.seed, cfg.data.train_split)
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[train] up to date: {out}")
@@ -120,8 +124,7 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
     train_split = data.split(cfg.data.train_split)
-    if not train_split.images:
-        raise ConfigError(f"{data.ann_file(cfg.data.train_split)}: no training images")
+    _refuse_zero_steps(cfg, train_split, out)
     num_classes = cfg.model.num_classes or len(train_split.class_names)
     meta = _meta(cfg, num_classes, cfg.model.class_names or train_split.class_names, train_split.category_ids)
     model = _build(cfg, num_classes)
@@ -207,6 +210,25 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
         stale.unlink(missing_ok=True)
     return art
+
+
+def _refuse_zero_steps(cfg: Config, split, out: Path) -> None:
+    """Settings under which training would take no step (or learn from nothing) and still write an
+    untrained ``model.pt``: refused before anything is built."""
+    t, ann = cfg.train, split.ann_file
+    if not split.images:
+        raise DataError(f"{ann}: no training images")
+    if t.epochs < 1:
+        raise ConfigError(f"{cfg.source}: train.epochs is {t.epochs}: training would take no step and "
+                          f"write an untrained {out}")
+    if t.batch_size > len(split.images):
+        raise ConfigError(f"{cfg.source}: train.batch_size {t.batch_size} is larger than the {len(split.images)} "
+                          f"training images of {ann}: with whole batches only, training would take no step "
+                          f"(lower train.batch_size)")
+    if not any(len(r.boxes) for r in split.images):
+        skipped = f" ({len(split.skipped)} skipped as unusable)" if split.skipped else ""
+        raise DataError(f"{ann}: no usable annotations on the {len(split.images)} training images{skipped}: "
+                        "nothing to learn")
 
 
 def _save_resume(path: Path, model, opt, gen, epoch: int, step: int, chash: str, inputs: dict[str, str]) -> None:

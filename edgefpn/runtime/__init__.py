@@ -301,14 +301,27 @@ def detections_to_records(det: Detections, file_name: str, category_ids: Sequenc
     return out
 
 
-def list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path, *, log: Callable[[str], None] = _log) -> list[Path]:
+    """The image files of ``folder`` (by suffix, sorted); every other entry is named in one ``log`` line
+    with the reason it is skipped (a GIF, a sub-folder, a text file), never dropped without a word."""
     from edgefpn.errors import DataError
 
     if folder.is_file():
         raise DataError(f"{folder}: is a file, not a folder of images (give the folder that holds it)")
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(f"{p.name} (not {'/'.join(s[1:] for s in IMAGE_SUFFIXES)})")
+        elif not p.is_file():
+            skipped.append(f"{p.name} (not a regular file)")
+        else:
+            images.append(p)
     if not images:
-        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})"
+                        + (f"; skipped {len(skipped)}: {', '.join(skipped[:3])}" if skipped else ""))
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log(f"warning: {folder}: skipped {len(skipped)} of {len(images) + len(skipped)} entries: {shown}")
     return images

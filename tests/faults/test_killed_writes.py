@@ -202,7 +202,8 @@ def test_resume_state_from_other_settings_is_not_used(tmp_path, monkeypatch):
     resume = run / train.RESUME
     resume.write_bytes(b"PK\x03\x04 state of another run")
     write_manifest(resume, stage="train-resume", config_hash="other", inputs={})
-    cfg = load_config(EMPTY_CONFIG, [*TINY, f"data.root={tmp_path / 'data'}", "train.epochs=0"])
+    # one step (4 images, batch 4): train.epochs=0 is refused, it would write an untrained model
+    cfg = load_config(EMPTY_CONFIG, [*TINY, f"data.root={tmp_path / 'data'}", "train.epochs=1", "data.synth.num_train=4"])
     train.run(cfg, run, progress=False)
     assert loads == [] and (run / "model.pt").is_file()
 

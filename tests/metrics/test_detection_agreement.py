@@ -24,6 +24,19 @@ def test_identical_detections_match_fully():
     assert m["iou_sum"] == pytest.approx(3.0) and m["max_score_error"] == 0.0
 
 
+def test_identical_zero_area_boxes_match():
+    """Issue 16: a bit-exact engine showed 0.928 matched because IoU is 0/0 for a zero-area box
+    (boxes clipped to the image edge, degenerate decodes): identical boxes match whatever their area."""
+    ref = _dets([[0, 0, 10, 10], [5, 5, 5, 9], [7, 3, 7, 3], [60, 0, 60, 0]], [0.9, 0.8, 0.7, 0.6], [0, 1, 2, 0])
+    agree = DetectionAgreement()
+    agree.update(ref, ref)
+    report = agree.compute()
+    assert report["matched_fraction"] == 1.0 and report["mean_iou"] == 1.0 and report["matched"] == 4
+    # only identical ones: a zero-area box one pixel away still matches nothing
+    moved = _dets([[0, 0, 10, 10], [6, 5, 6, 9]], [0.9, 0.8], [0, 1])
+    assert match_detections(ref, moved)["matched"] == 1
+
+
 def test_hand_made_matching():
     test = _dets(
         [

@@ -1,0 +1,122 @@
+"""Which engines in a run directory belong to the current model: check, package and benchmark use only those.
+
+An engine is current when the config asks for it and its manifests chain back to the run's
+``model.pt``: the engine's manifest records the sha256 of the ONNX (or Q/DQ ONNX) it was made from,
+that file's manifest the sha256 of ``model.onnx``, whose manifest records ``model.pt``'s; every file
+on the way must still be the one its manifest describes. Anything else on disk (an engine of a
+target or precision no longer configured, one built from an older model, a file without a manifest)
+is left where it is, not compared, and named with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefpn.artifacts import read_manifest, sha256_path
+from edgefpn.backends import EngineSpec
+from edgefpn.config import Config
+
+__all__ = ["Ignored", "configured_engines", "current_engines"]
+
+MODEL = "model.pt"
+_ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """An engine file present in the run directory that is not compared, and why."""
+
+    name: str
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "path": self.path, "reason": self.reason}
+
+
+def configured_engines(cfg: Config) -> set[str]:
+    """Engine names the config makes: the exported ONNX, the quantize stage's models (the NNCF IR is
+    ``openvino-int8``) and ``build.targets`` x ``build.precisions`` (int8 only with quantize on)."""
+    q = cfg.quantize
+    names = {"onnxruntime-fp32"}
+    if q.enabled:
+        names.add("onnxruntime-int8")
+        if q.fp16:
+            names.add("onnxruntime-fp16")
+        if q.openvino:
+            names.add("openvino-int8")
+    names |= {f"{t}-{p}" for t in cfg.build.targets for p in cfg.build.precisions if p != "int8" or q.enabled}
+    return names
+
+
+def current_engines(cfg: Config, run_dir: Path, backends: Sequence[str],
+                    engine_files: Sequence[tuple[str, str, str, str]]) -> tuple[list[EngineSpec], list[Ignored]]:
+    """The engines of ``engine_files`` (name, backend, precision, path in ``run_dir``) present on disk
+    for ``backends`` that the config makes and that chain to ``run_dir/model.pt``; and the others
+    present on disk, each with the reason it is left out."""
+    wanted = configured_engines(cfg)
+    chain = _Chain(run_dir)
+    found: list[EngineSpec] = []
+    ignored: list[Ignored] = []
+    for name, backend, precision, rel in engine_files:
+        path = run_dir / rel
+        if backend not in backends or not path.exists():
+            continue
+        if name not in wanted:
+            why = "not made by the current configuration (left from an earlier one)"
+        else:
+            why = chain.problem(rel)
+        if why is None:
+            found.append(EngineSpec(name, backend, precision, path))
+        else:
+            ignored.append(Ignored(name, rel, why))
+    return found, ignored
+
+
+def _parents(rel: str, manifest: dict) -> dict[str, str] | None:
+    """Input key in ``rel``'s manifest -> the run-dir file whose sha256 it must equal."""
+    if rel == "model.onnx":
+        return {"model": MODEL}
+    if rel in _ONNX_FILES:
+        return {"model": "model.onnx"}
+    if manifest.get("stage") == "quantize":  # the NNCF IR (openvino/int8)
+        return {"model": "model.onnx", "int8_qdq": "model.int8.onnx"}
+    src = manifest.get("source")
+    if manifest.get("stage") == "build" and isinstance(src, dict) and src.get("path") in _ONNX_FILES:
+        return {"onnx": str(src["path"])}
+    return None
+
+
+class _Chain:
+    """Memoised chain checks of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._problems: dict[str, str | None] = {}
+
+    def problem(self, rel: str) -> str | None:
+        if rel not in self._problems:
+            self._problems[rel] = self._problem(rel)
+        return self._problems[rel]
+
+    def _problem(self, rel: str) -> str | None:
+        path = self.run_dir / rel
+        manifest = read_manifest(path)
+        if manifest is None or not path.exists():
+            return f"{rel} has no manifest (not made by edgefpn, or partly written)"
+        if manifest.get("sha256") != sha256_path(path):
+            return f"{rel} no longer matches its manifest (modified after it was made)"
+        if rel == MODEL:
+            return None
+        parents = _parents(rel, manifest)
+        if parents is None:
+            return f"{rel}: its manifest names no source model"
+        recorded = manifest.get("inputs") or {}
+        for key, parent in parents.items():
+            if (why := self.problem(parent)) is not None:
+                return why
+            if recorded.get(key) != (read_manifest(self.run_dir / parent) or {}).get("sha256"):
+                return f"made from another {parent} than the current one (an older model or configuration)"
+        return None
