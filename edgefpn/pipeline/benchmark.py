@@ -70,6 +70,9 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     Raises:
         ModelFileError: the run directory holds no engine.
     """
+    from edgefpn.pipeline.train import refused_settings
+
+    refused_settings(cfg, run_dir, "edgefpn benchmark")  # the engines here come from the run's model
     engines = discover_engines(run_dir, cfg.check.backends)
     if not engines:
         raise ModelFileError(f"{run_dir}: no engine to benchmark (run `edgefpn export` / `edgefpn build` first)")

@@ -78,13 +78,13 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         if not weights.is_file():
             raise CheckpointError(f"{weights}: checkpoint not found (model.weights)")
         inputs = {"weights": sha256_file(weights)}
-        chash = config_hash(cfg.model, cfg.data.root)
+        chash = model_config_hash(cfg)
         if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
             log(f"[train] up to date: {out}")
             return art
         return _load_weights(cfg, weights, out, chash, inputs, settings)
 
-    chash = config_hash(cfg.model, cfg.train, cfg.run.seed, cfg.data.train_split)
+    chash = model_config_hash(cfg)
     refused_by = training_refused_by()
     if refused_by is not None and (why := stale_reason(out, chash, settings)) is not None:
         raise _refusal(out, why, refused_by)  # before the data stage: other settings may regenerate data
@@ -104,8 +104,24 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     return _train(cfg, data, run_dir, out, chash, inputs, settings, force=force, progress=progress)
 
 
+def refused_settings(cfg: Config, run_dir: Path, command: str) -> None:
+    """For commands that use a run's engines but never its model (``benchmark``): refuse when the run's
+    ``model.pt`` was made with other settings than ``cfg``. A run without one (engines copied to a
+    device) passes."""
+    out = run_dir / ARTIFACT
+    if out.exists() and (why := stale_reason(out, model_config_hash(cfg), model_settings(cfg))) is not None:
+        raise _refusal(out, why, command)
+
+
 # ----------------------------------------------------------------------------------------------
 # the settings a model was made with
+
+
+def model_config_hash(cfg: Config) -> str:
+    """The ``config_hash`` of ``model.pt``: the config sections that shape it."""
+    if cfg.model.weights:
+        return config_hash(cfg.model, cfg.data.root)
+    return config_hash(cfg.model, cfg.train, cfg.run.seed, cfg.data.train_split)
 
 
 def model_settings(cfg: Config) -> dict[str, Any]:
@@ -142,20 +158,22 @@ _SYNTH = "data.synth."
 def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key (trained X, given Y)`` for each setting that differs, sorted by key.
 
-    The built-in dataset's settings are compared only when both sides generated it: a folder made by
-    the generator and then used as a plain dataset (``data.builtin=false``) holds the same images.
+    Keys on both sides come first: a trained model against a loaded checkpoint differs in
+    ``model.weights``, and listing every ``train.*`` key as unset on one side would hide it. Keys on
+    one side only are named when nothing else differs. The built-in dataset's settings count only
+    when both sides generated it: a generated folder then used as a plain dataset
+    (``data.builtin=false``) holds the same images.
     """
     both_synth = any(k.startswith(_SYNTH) for k in recorded) and any(k.startswith(_SYNTH) for k in current)
+    keys = [k for k in sorted(set(recorded) | set(current)) if both_synth or not k.startswith(_SYNTH)]
     unset = object()
-    out = []
-    for key in sorted(set(recorded) | set(current)):
-        if key.startswith(_SYNTH) and not both_synth:
-            continue
+    shared, one_sided = [], []
+    for key in keys:
         a, b = recorded.get(key, unset), current.get(key, unset)
         if a != b:
             show = [json.dumps(v) if v is not unset else "unset" for v in (a, b)]
-            out.append(f"{key} (trained {show[0]}, given {show[1]})")
-    return out
+            (one_sided if unset in (a, b) else shared).append(f"{key} (trained {show[0]}, given {show[1]})")
+    return shared or one_sided
 
 
 def stale_reason(out: Path, chash: str, settings: Mapping[str, Any],
@@ -215,7 +233,7 @@ def _keep_previous(out: Path, new: Path) -> None:
 def _free_name(path: Path, tag: str) -> Path:
     """``<stem>.<tag>-<UTC time>[-n]<suffix>`` beside ``path``, not yet taken (manifest included)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    stem, suffix = path.name.split(".", 1)[0], "." + path.name.split(".", 1)[1]
+    stem, suffix = path.stem, path.suffix
     for n in range(1, 1000):
         cand = path.with_name(f"{stem}.{tag}-{stamp}{'' if n == 1 else f'-{n}'}{suffix}")
         if not os.path.lexists(cand) and not os.path.lexists(manifest_path(cand)):
