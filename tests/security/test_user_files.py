@@ -225,10 +225,6 @@ def test_two_processes_on_one_run_directory(tiny_run, tmp_path):
     """A (another process, the run's own config) holds the run directory while B (other settings) tries
     train and predict: B is refused with A's pid and command, and the run ends consistent with A's
     config alone (B, alone afterwards, is told the model is not its own)."""
-    from edgefpn.config import load_config
-    from edgefpn.pipeline.train import model_config_hash, model_settings
-    from tests.security.harness import EMPTY_CONFIG
-
     _, src = tiny_run
     data = src.parent / "data"
     run = copy_run(src, tmp_path / "run")
@@ -252,6 +248,10 @@ def test_two_processes_on_one_run_directory(tiny_run, tmp_path):
         go.touch()
         out, _ = a.communicate(timeout=120)
     assert a.returncode == 0, out
+    from edgefpn.config import load_config
+    from edgefpn.pipeline.train import model_config_hash, model_settings
+    from tests.security.harness import EMPTY_CONFIG
+
     cfg_a = load_config(EMPTY_CONFIG, [*TINY, f"data.root={data}"])
     model = require(run / "model.pt", "checkpoint").manifest
     assert model["config_hash"] == model_config_hash(cfg_a) and model["settings"] == model_settings(cfg_a)
