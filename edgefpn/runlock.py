@@ -13,6 +13,7 @@ stdlib only (fcntl: Linux, macOS, Jetson).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -50,6 +51,16 @@ def run_lock(run_dir: Path, command: str, *, log=None) -> Iterator[None]:
     lock = run_dir / LOCK_NAME
     try:
         fd = _acquire(lock, run_dir, command, log or _stderr)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or lock.exists():
+            _remove_empty(created)
+            raise
+        # A run directory we may not write to (shared read-only, a mounted image): this command cannot
+        # write its artifacts there either, so it cannot clash with another; a stage that does need to
+        # write fails there with its own one line.
+        (log or _stderr)(f"[lock] {run_dir}: not writable here; running without its lock")
+        yield
+        return
     except BaseException:
         _remove_empty(created)
         raise

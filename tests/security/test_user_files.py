@@ -272,3 +272,27 @@ def test_stale_lock_of_a_killed_process_is_taken_over(tiny_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert f"taking over the lock of pid {dead.pid} (edgefpn train), which is no longer running" in res.output
     assert not (run / ".edgefpn.lock").exists()
+
+
+def test_read_only_run_directory_runs_without_its_lock(tmp_path, monkeypatch):
+    """Where the lock file cannot be created (a shared read-only run directory; root ignores chmod, so
+    the refusal is simulated), the command runs unlocked and says so: it cannot write there either."""
+    import errno
+
+    from edgefpn import runlock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    real_open = os.open
+
+    def read_only(path, *a, **k):
+        if Path(path).name == ".edgefpn.lock":
+            raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(runlock.os, "open", read_only)
+    said: list[str] = []
+    with runlock.run_lock(run, "edgefpn predict", log=said.append):
+        ran = True
+    assert ran and said == [f"[lock] {run}: not writable here; running without its lock"]
+    assert snapshot(run) == {}
