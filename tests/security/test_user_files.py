@@ -221,6 +221,7 @@ main(sys.argv[3:], prog_name="edgefpn")
 """
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_run_directory(tiny_run, tmp_path):
     """A (another process, the run's own config) holds the run directory while B (other settings) tries
     train and predict: B is refused with A's pid and command, and the run ends consistent with A's
