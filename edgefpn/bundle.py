@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from edgefpn.errors import ModelFileError
+from edgefpn.ownership import check_replaceable
 
-__all__ = ["MANIFEST", "SCHEMA", "Limits", "extract", "file_entry", "read_member", "read_verified", "write_tar"]
+__all__ = ["MANIFEST", "SCHEMA", "Limits", "check_extract_dest", "extract", "extracted_problem", "file_entry",
+           "read_member", "read_verified", "write_tar"]
 
 MANIFEST = "manifest.json"
 SCHEMA = "edgefpn.bundle/1"
@@ -235,12 +237,48 @@ def read_member(bundle: Path, name: str, limits: Limits = DEFAULT_LIMITS) -> byt
         return f.read()
 
 
-def extract(bundle: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """Verify ``bundle`` (:func:`read_verified`), then extract it to ``dest`` (replaced if present).
+def extracted_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a bundle extracted by edgefpn and left unchanged, or None.
 
-    Files go to a fresh temporary folder beside ``dest``, are hashed again on disk, and the folder
-    is renamed into place: ``dest`` never holds a partial or unverified bundle.
+    Such a folder holds its ``manifest.json`` and exactly the files it lists, each with its sha256:
+    a file added or edited since extraction is the user's, and replacing the folder would lose it.
     """
+    try:
+        manifest = json.loads((folder / MANIFEST).read_bytes())
+        listed = manifest["files"] if isinstance(manifest, dict) and manifest.get("schema") == SCHEMA else None
+    except (OSError, ValueError, KeyError):
+        listed = None
+    if not isinstance(listed, dict):
+        return f"no edgefpn {MANIFEST} in it"
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()} - {MANIFEST}
+    if extra := sorted(present - set(listed)):
+        return f"{len(extra)} file(s) its {MANIFEST} does not list, e.g. {extra[0]}"
+    for name in sorted(present):
+        path = folder / name
+        entry = listed[name]
+        if path.is_symlink() or not isinstance(entry, dict):
+            return f"{name} is not as extracted"
+        with open(path, "rb") as f:
+            if _hash_stream(f) != entry.get("sha256"):
+                return f"{name} changed since it was extracted"
+    return None
+
+
+def check_extract_dest(dest: Path, option: str = "--extract-to") -> None:
+    """Refuse ``dest`` unless it is absent, empty or a bundle extracted by edgefpn, unchanged."""
+    check_replaceable(dest, what="a bundle extracted by edgefpn", problem=extracted_problem, folder=True,
+                      option=option)
+
+
+def extract(bundle: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Verify ``bundle`` (:func:`read_verified`), then extract it to ``dest``.
+
+    ``dest`` may exist only as an empty folder or an unchanged earlier extraction
+    (:func:`check_extract_dest`): nothing else is ever replaced. Files go to a fresh temporary folder
+    beside ``dest``, are hashed again on disk, and the folder is renamed into place: ``dest`` never
+    holds a partial or unverified bundle.
+    """
+    check_extract_dest(dest)
     manifest = read_verified(bundle, limits)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +301,7 @@ def extract(bundle: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> dict[s
             with open(tmp.joinpath(*name.split("/")), "rb") as f:
                 if _hash_stream(f) != entry["sha256"]:
                     raise ModelFileError(f"{bundle}: {name}: sha256 does not match the manifest after extraction")
+        check_extract_dest(dest)  # again, right before: something may have been put there meanwhile
         if dest.is_dir() and not dest.is_symlink():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

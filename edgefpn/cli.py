@@ -65,6 +65,9 @@ _debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eag
                              help="Show tracebacks instead of one-line errors.")
 
 
+_MAY_TRAIN = ("train", "run")  # the other commands stop when the run's model is missing or out of date
+
+
 def stage_options(fn: Callable) -> Callable:
     """--config / --set / --out / --force / --quiet, shared by every stage command."""
 
@@ -88,11 +91,19 @@ def stage_options(fn: Callable) -> Callable:
             config_path = Path("configs/default.yaml")
         cfg = load_config(config_path, overrides)
         run_dir = common.run_dir(cfg, out)
+        call = functools.partial(fn, *args, cfg=cfg, run_dir=run_dir, force=force,
+                                 progress=not quiet and sys.stderr.isatty(), **kwargs)
+        command = click.get_current_context().info_name
+        if command == "data":  # writes data.root (edgefpn.data.synth guards it), nothing in the run dir
+            return call()
         from edgefpn.digests import persisted
+        from edgefpn.runlock import run_lock
 
-        with persisted(run_dir):  # file digests by stat: a no-op rerun reads no image, no artifact
-            return fn(*args, cfg=cfg, run_dir=run_dir, force=force, progress=not quiet and sys.stderr.isatty(),
-                      **kwargs)
+        # one command at a time per run directory; only `train` and `run` may start a training run;
+        # file digests by stat: a no-op rerun reads no image, no artifact
+        with run_lock(run_dir, f"edgefpn {command}", log=common.log), \
+                common.training_allowed(f"edgefpn {command}", command in _MAY_TRAIN), persisted(run_dir):
+            return call()
 
     return wrapper
 

@@ -25,7 +25,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from edgefpn.artifacts import read_manifest, sha256_file, sha256_path
 from edgefpn.errors import DataError
+from edgefpn.ownership import check_replaceable
 
 __all__ = ["CLASS_NAMES", "SPLITS", "generate"]
 
@@ -56,11 +58,16 @@ def generate(
     min_side: int = 224,
     max_side: int = 384,
     show_progress: bool = True,
+    option: str = "--out",
+    advice: str = "",
 ) -> dict:
     """Write the synthetic dataset to ``out`` (``images/`` + ``annotations/instances_<split>.json``).
 
     The folder is built next to ``out`` and renamed into place. An existing ``out`` is replaced only
-    if it is empty or a previous output of this function.
+    if it is empty or a previous output of this function that nobody changed: its marker records
+    every file's sha256, and a file edited or added since (a user's copy, grown into their own
+    dataset) keeps the folder from being replaced. ``option`` names what chose ``out`` and ``advice``
+    says what else to do, for that error.
 
     Returns:
         ``{"root", "seed", "class_names", "splits": {split: {"images", "annotations"}}}``.
@@ -80,7 +87,7 @@ def generate(
         )
 
     out = Path(out)
-    _check_replaceable(out)
+    _check_replaceable(out, option, advice)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -99,8 +106,10 @@ def generate(
             "max_side": max_side,
             "counts": counts,
             "class_names": list(CLASS_NAMES),
+            "files": _digests(tmp),  # what was written, so that a changed copy is never replaced
         }
         _write_json(tmp / _MARKER, params)
+        _check_replaceable(out, option, advice)  # again, right before: the user may have edited it meanwhile
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,14 +121,44 @@ def generate(
 # Files
 
 
-def _check_replaceable(out: Path) -> None:
-    if not out.exists() and not out.is_symlink():
-        return
-    if out.is_symlink() or not out.is_dir():
-        raise DataError(f"{out}: exists and is not a directory; refusing to replace it")
-    if (out / _MARKER).is_file() or not any(out.iterdir()):
-        return
-    raise DataError(f"{out}: exists and is not a synthetic dataset written by edgefpn; refusing to overwrite it")
+def _check_replaceable(out: Path, option: str, advice: str) -> None:
+    check_replaceable(out, what="a synthetic dataset written by edgefpn", problem=changed_since_generated,
+                      folder=True, option=option, advice=advice, error=DataError)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def changed_since_generated(out: Path) -> str | None:
+    """Why ``out`` is not exactly what :func:`generate` wrote there (a file edited, added or not a
+    regular file), or None. Files deleted since are no loss and do not count."""
+    try:
+        marker = json.loads((out / _MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no {_MARKER} marker in it"
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(files, dict):
+        return _changed_since_legacy(out)
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if rel == _MARKER or (path.is_dir() and not path.is_symlink()):
+            continue
+        if rel not in files:
+            return f"{rel} was added since edgefpn generated it"
+        if path.is_symlink() or not path.is_file() or sha256_file(path) != files[rel]:
+            return f"{rel} was changed since edgefpn generated it"
+    return None
+
+
+def _changed_since_legacy(out: Path) -> str | None:
+    """A marker from before per-file digests: the folder's sha256 in the data stage's manifest beside
+    it (``<root>.manifest.json``) must still match, else nothing shows the folder is unchanged."""
+    recorded = (read_manifest(out) or {}).get("sha256")
+    if recorded is not None and recorded == sha256_path(out):
+        return None
+    return ("its files cannot be shown unchanged since edgefpn generated it (an older edgefpn recorded "
+            "no digests)")
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -71,6 +71,9 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     Raises:
         ModelFileError: the run directory holds no engine.
     """
+    from edgefpn.pipeline.train import refused_settings
+
+    refused_settings(cfg, run_dir, "edgefpn benchmark")  # the engines here come from the run's model
     # as check: only the engines of this configuration that chain to this run's model.pt
     engines, ignored = current_engines(cfg, run_dir, cfg.check.backends, ENGINE_FILES)
     for e in ignored:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,28 @@ def log(message: str) -> None:
         return
     _SAID.add(message)
     print(message, file=sys.stderr, flush=True)
+
+
+# Which command may not train (None: training allowed). Stages bring their inputs up to date, so
+# `edgefpn predict` reaches the train stage through export; only `edgefpn train` and `edgefpn run` may
+# start a training run there (a quiet retrain replaced a user's 8-epoch model with a 1-epoch one).
+# A context variable rather than a parameter of every stage: the CLI sets it once per command.
+_NO_TRAINING: ContextVar[str | None] = ContextVar("edgefpn_no_training", default=None)
+
+
+@contextlib.contextmanager
+def training_allowed(command: str, allowed: bool) -> Iterator[None]:
+    """Within the body, the train stage trains only if ``allowed``; else it names ``command`` and stops."""
+    token = _NO_TRAINING.set(None if allowed else command)
+    try:
+        yield
+    finally:
+        _NO_TRAINING.reset(token)
+
+
+def training_refused_by() -> str | None:
+    """The command that may not train (see :func:`training_allowed`), or None when training is allowed."""
+    return _NO_TRAINING.get()
 
 
 def run_dir(cfg: Config, out: str | Path | None = None) -> Path:

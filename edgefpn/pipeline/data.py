@@ -104,6 +104,8 @@ def _run(cfg: Config, *, force: bool, progress: bool) -> DatasetInfo:
                 min_side=s.min_side,
                 max_side=s.max_side,
                 show_progress=progress,
+                option="data.root",
+                advice=", or set data.builtin=false to use it as your own dataset",
             )
             write_manifest(root, stage="data", config_hash=chash, inputs={}, extra={"synth": vars(s)})
         else:

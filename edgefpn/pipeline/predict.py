@@ -9,6 +9,7 @@ from edgefpn.artifacts import atomic_write_text, read_manifest
 from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.config import Config
 from edgefpn.inference import detect_file
+from edgefpn.ownership import check_detections_file
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_pipeline
@@ -19,6 +20,8 @@ def run(cfg: Config, run_dir: Path, *, backend: str, images: Path, save: Path | 
         progress: bool = True) -> list[dict]:
     from tqdm import tqdm
 
+    if save is not None:  # before any work: --save replaces only a detections file edgefpn wrote
+        check_detections_file(save, "--save")
     paths = list_images(images)  # names what it skips on stderr, --quiet or not
     if backend == "torch":
         art = train_stage.run(cfg, run_dir, progress=progress)
@@ -33,6 +36,7 @@ def run(cfg: Config, run_dir: Path, *, backend: str, images: Path, save: Path | 
         for path in tqdm(paths, desc=f"[predict] {backend}", disable=not progress, leave=False):
             dets_out.extend(detections_to_records(detect_file(runner, pipe, path), path.name, category_ids))
     if save is not None:
+        check_detections_file(save, "--save")  # again: something may have appeared there meanwhile
         atomic_write_text(save, json.dumps(dets_out, indent=1) + "\n")
         log(f"[predict] {len(dets_out)} detections on {len(paths)} images -> {save}")
     return dets_out

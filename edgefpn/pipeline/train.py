@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgefpn.artifacts import Artifact, atomic_output, read_manifest, sha256_file, up_to_date, write_manifest
+from edgefpn.artifacts import (
+    Artifact,
+    atomic_output,
+    manifest_path,
+    read_manifest,
+    sha256_file,
+    up_to_date,
+    write_manifest,
+)
 from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.errors import CheckpointError, ConfigError, DataError
 from edgefpn.pipeline import data as data_stage
-from edgefpn.pipeline.common import log, make_pipeline, seed_everything
+from edgefpn.pipeline.common import log, make_pipeline, seed_everything, training_refused_by
 
 ARTIFACT = "model.pt"
 RESUME = "train.last.pt"
+_SHOWN_DIFFERENCES = 5  # settings named with both values in a refusal; the rest by name only
 
 
 def _meta(cfg: Config, num_classes: int, class_names: tuple[str, ...] | None,
@@ -51,18 +64,30 @@ def _build(cfg: Config, num_classes: int):
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:
+    """Bring ``model.pt`` up to date: load ``model.weights``, or train.
+
+    Training happens only where :func:`edgefpn.pipeline.common.training_refused_by` allows it (the
+    CLI allows it for ``train`` and ``run``); elsewhere a missing or out-of-date model is a
+    ``ConfigError`` naming the settings that differ. A model that is replaced is kept beside it as
+    ``model.prev-<UTC time>.pt`` with its manifest.
+    """
     out = run_dir / ARTIFACT
-    if cfg.model.weights:
+    settings = model_settings(cfg)
+    if cfg.model.weights:  # loading a checkpoint is not training: every command may do it
         weights = Path(cfg.model.weights)
         if not weights.is_file():
             raise CheckpointError(f"{weights}: checkpoint not found (model.weights)")
         inputs = {"weights": sha256_file(weights)}
-        chash = config_hash(cfg.model, cfg.data.root)
+        chash = model_config_hash(cfg)
         if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
             log(f"[train] up to date: {out}")
             return art
-        return _load_weights(cfg, weights, out, chash, inputs)
+        return _load_weights(cfg, weights, out, chash, inputs, settings)
 
+    chash = model_config_hash(cfg)
+    refused_by = training_refused_by()
+    if refused_by is not None and (why := stale_reason(out, chash, settings)) is not None:
+        raise _refusal(out, why, refused_by)  # before the data stage: other settings may regenerate data
     data = data_stage.run(cfg, progress=progress)
     # the pixels are read too: an image replaced under the same name retrains
     inputs = {
@@ -72,14 +97,156 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     if cfg.train.eval_every:  # val is read only for the periodic mAP recorded with the model
         inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
         inputs["val_images"] = data.images_hash(cfg.data.val_split)
-    chash = config_hash(cfg.model, cfg.train, cfg.run.seed, cfg.data.train_split)
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[train] up to date: {out}")
         return art
-    return _train(cfg, data, run_dir, out, chash, inputs, force=force, progress=progress)
+    why = "--force" if force else stale_reason(out, chash, settings, inputs) or "out of date"
+    if refused_by is not None:
+        raise _refusal(out, why, refused_by)
+    if out.exists():
+        log(f"[train] {out}: {why}; training again")
+    return _train(cfg, data, run_dir, out, chash, inputs, settings, force=force, progress=progress)
 
 
-def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dict[str, str]) -> Artifact:
+def refused_settings(cfg: Config, run_dir: Path, command: str) -> None:
+    """For commands that use a run's engines but never its model (``benchmark``): refuse when the run's
+    ``model.pt`` was made with other settings than ``cfg``. A run without one (engines copied to a
+    device) passes."""
+    out = run_dir / ARTIFACT
+    if out.exists() and (why := stale_reason(out, model_config_hash(cfg), model_settings(cfg))) is not None:
+        raise _refusal(out, why, command)
+
+
+# ----------------------------------------------------------------------------------------------
+# the settings a model was made with
+
+
+def model_config_hash(cfg: Config) -> str:
+    """The ``config_hash`` of ``model.pt``: the config sections that shape it."""
+    if cfg.model.weights:
+        return config_hash(cfg.model, cfg.data.root)
+    return config_hash(cfg.model, cfg.train, cfg.run.seed, cfg.data.train_split)
+
+
+def model_settings(cfg: Config) -> dict[str, Any]:
+    """The settings that make ``model.pt``, as dotted keys: recorded in its manifest, so that a later
+    command with other settings can name the keys that differ.
+
+    They cover ``config_hash``'s sections, plus, for the built-in dataset, the generator settings that
+    shape its train and val images (those change the training data without being hashed: the
+    annotations' sha256 is). ``num_calib`` is left out: it changes no train or val image."""
+    if cfg.model.weights:
+        tree: dict[str, Any] = {"model": to_dict(cfg.model), "data": {"root": cfg.data.root}}
+    else:
+        data: dict[str, Any] = {"train_split": cfg.data.train_split}
+        if cfg.data.builtin:
+            data["synth"] = {k: v for k, v in to_dict(cfg.data.synth).items() if k != "num_calib"}
+        tree = {"model": to_dict(cfg.model), "train": to_dict(cfg.train), "run": {"seed": cfg.run.seed},
+                "data": data}
+    return json.loads(json.dumps(_flatten(tree)))  # as a manifest reads back: lists, not tuples
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_SYNTH = "data.synth."
+
+
+def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key (trained X, given Y)`` for each setting that differs, sorted by key.
+
+    Keys on both sides come first: a trained model against a loaded checkpoint differs in
+    ``model.weights``, and listing every ``train.*`` key as unset on one side would hide it. Keys on
+    one side only are named when nothing else differs. The built-in dataset's settings count only
+    when both sides generated it: a generated folder then used as a plain dataset
+    (``data.builtin=false``) holds the same images.
+    """
+    both_synth = any(k.startswith(_SYNTH) for k in recorded) and any(k.startswith(_SYNTH) for k in current)
+    keys = [k for k in sorted(set(recorded) | set(current)) if both_synth or not k.startswith(_SYNTH)]
+    unset = object()
+    shared, one_sided = [], []
+    for key in keys:
+        a, b = recorded.get(key, unset), current.get(key, unset)
+        if a != b:
+            show = [json.dumps(v) if v is not unset else "unset" for v in (a, b)]
+            (one_sided if unset in (a, b) else shared).append(f"{key} (trained {show[0]}, given {show[1]})")
+    return shared or one_sided
+
+
+def stale_reason(out: Path, chash: str, settings: Mapping[str, Any],
+                 inputs: Mapping[str, str] | None = None) -> str | None:
+    """Why ``out`` is not the model these settings (and ``inputs``, when given) make, or None."""
+    manifest = read_manifest(out)
+    if not out.exists():
+        return "no trained model in this run directory"
+    if manifest is None:
+        return "has no manifest (its training was interrupted, or it was not made by edgefpn)"
+    recorded = manifest.get("settings")
+    diffs = differences(recorded, settings) if isinstance(recorded, Mapping) else []
+    if diffs:
+        shown = ", ".join(diffs[:_SHOWN_DIFFERENCES])
+        rest = [d.split(" ", 1)[0] for d in diffs[_SHOWN_DIFFERENCES:]]
+        more = f" and {len(rest)} more ({', '.join(rest)})" if rest else ""
+        return f"trained with other settings than these: {shown}{more}"
+    if manifest.get("config_hash") != chash:
+        return ("made with other settings than these (its manifest records no settings to compare: "
+                "an older edgefpn made it)")
+    if inputs is not None:
+        changed = sorted(k for k, v in inputs.items() if (manifest.get("inputs") or {}).get(k) != v)
+        if changed:
+            return f"trained on other data ({', '.join(changed)} changed since)"
+        if manifest.get("sha256") != sha256_file(out):
+            return "does not match its manifest (modified or partly written)"
+    return None
+
+
+def _refusal(out: Path, why: str, command: str) -> ConfigError:
+    if not out.exists():
+        fix = "train it first with these settings: `edgefpn train` (or `edgefpn run` for every stage)"
+    else:
+        fix = ("give the same --config/--set as when it was trained, or train it again with these: "
+               "`edgefpn train` (it keeps the current model as model.prev-<time>.pt)")
+    return ConfigError(f"{out}: {why}; `{command}` never trains: {fix}")
+
+
+def _keep_previous(out: Path, new: Path) -> None:
+    """Before ``new`` replaces ``out``: keep ``out`` and its manifest as ``model.prev-<UTC time>.pt``.
+
+    Hard links where the file system allows (no copy; the replace then only renames over the name),
+    so a write that fails still leaves ``out`` in place. Nothing is kept when the bytes are the same.
+    """
+    if not out.is_file() or sha256_file(out) == sha256_file(new):
+        return
+    dest = _free_name(out, "prev")
+    for src, dst in ((out, dest), (manifest_path(out), manifest_path(dest))):
+        if src.is_file():
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+    log(f"[train] the previous {out.name} is kept as {dest} (with its manifest)")
+
+
+def _free_name(path: Path, tag: str) -> Path:
+    """``<stem>.<tag>-<UTC time>[-n]<suffix>`` beside ``path``, not yet taken (manifest included)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stem, suffix = path.stem, path.suffix
+    for n in range(1, 1000):
+        cand = path.with_name(f"{stem}.{tag}-{stamp}{'' if n == 1 else f'-{n}'}{suffix}")
+        if not os.path.lexists(cand) and not os.path.lexists(manifest_path(cand)):
+            return cand
+    raise ConfigError(f"{path.parent}: too many kept models named {stem}.{tag}-{stamp}*; remove some")
+
+
+def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dict[str, str],
+                  settings: dict[str, Any]) -> Artifact:
     """Load a user checkpoint (edgefpn or torchvision layout) and save it as this run's model."""
     from edgefpn.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
     from edgefpn.models.registry import arch_spec
@@ -99,8 +266,10 @@ def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dic
     meta["source"] = {"weights": str(weights), "sha256": inputs["weights"]}
     with atomic_output(out) as tmp:
         save_checkpoint(tmp, model, meta=meta)
+        _keep_previous(out, tmp)
     log(f"[train] loaded {weights} -> {out}")
-    return write_manifest(out, stage="train", config_hash=chash, inputs=inputs, extra={"meta": meta})
+    return write_manifest(out, stage="train", config_hash=chash, inputs=inputs,
+                          extra={"meta": meta, "settings": settings})
 
 
 def _lr_at(step: int, total: int, cfg: Config) -> float:
@@ -111,8 +280,8 @@ def _lr_at(step: int, total: int, cfg: Config) -> float:
     return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict[str, str], *,
-           force: bool, progress: bool) -> Artifact:
+def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict[str, str],
+           settings: dict[str, Any], *, force: bool, progress: bool) -> Artifact:
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -159,6 +328,12 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
         gen.set_state(state["loader_rng"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         log(f"[train] resuming from {resume} at epoch {start_epoch}")
+    elif resume.is_file():  # another run's partial training: the first epoch would overwrite it
+        kept = _free_name(resume, "prev")
+        if manifest_path(resume).is_file():
+            os.replace(manifest_path(resume), manifest_path(kept))
+        os.replace(resume, kept)
+        log(f"[train] {resume} is not resumed (other settings or --force); kept as {kept}")
 
     log(f"[train] {cfg.model.arch}/{cfg.model.backbone} fpn{cfg.model.fpn_channels}, {num_classes} classes, "
         f"{len(dataset)} images, {t.epochs} epochs x {len(loader)} iters, batch {t.batch_size}")
@@ -206,7 +381,9 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
                      "config": to_dict(cfg.train)}
     with atomic_output(out) as tmp:
         save_checkpoint(tmp, model, meta=meta)
-    art = write_manifest(out, stage="train", config_hash=chash, inputs=inputs, extra={"meta": meta})
+        _keep_previous(out, tmp)
+    art = write_manifest(out, stage="train", config_hash=chash, inputs=inputs,
+                         extra={"meta": meta, "settings": settings})
     for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
         stale.unlink(missing_ok=True)
     return art

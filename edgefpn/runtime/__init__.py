@@ -180,8 +180,9 @@ def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
 class BundleSession:
     """A verified, extracted bundle with one engine loaded. Use as a context manager.
 
-    ``extract_to`` (default: a temporary folder, removed on exit) is replaced if present, and only
-    after the bundle verified and an engine was chosen.
+    ``extract_to`` (default: a temporary folder, removed on exit) may exist only as an empty folder or
+    an unchanged earlier extraction (:func:`edgefpn.bundle.check_extract_dest`, checked first); it is
+    replaced only after the bundle verified and an engine was chosen.
     """
 
     bundle: Path
@@ -203,6 +204,8 @@ class BundleSession:
         import time
 
         self._tmp = None
+        if self.extract_to is not None:
+            bundle_io.check_extract_dest(Path(self.extract_to))  # before any work
         t0 = time.perf_counter()
         self.bundle = Path(self.bundle)
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:

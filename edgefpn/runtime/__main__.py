@@ -62,8 +62,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _infer(args: argparse.Namespace) -> None:
     from edgefpn.artifacts import atomic_write_text
+    from edgefpn.ownership import check_detections_file
     from edgefpn.runtime import BundleSession, detections_to_records, list_images
 
+    if args.out is not None:  # before any work: --out replaces only a detections file edgefpn wrote
+        check_detections_file(args.out, "--out")
     paths = list_images(args.images)
     records: list[dict] = []
     with BundleSession(args.bundle, extract_to=args.extract_to, engine=args.engine, threads=args.threads) as s:
@@ -73,6 +76,7 @@ def _infer(args: argparse.Namespace) -> None:
     if args.out is None:
         sys.stdout.write(text)
     else:
+        check_detections_file(args.out, "--out")  # again: something may have appeared there meanwhile
         atomic_write_text(args.out, text)
         print(f"[runtime] {len(records)} detections on {len(paths)} images -> {args.out}", file=sys.stderr)
 

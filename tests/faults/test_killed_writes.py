@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from edgefpn.artifacts import manifest_path, require
+from edgefpn.ownership import LOCK_NAME
 from tests.conftest import TINY
 from tests.faults.conftest import copy_run
 from tests.security.harness import EMPTY_CONFIG, cli, leftovers, snapshot, tiny_sets
@@ -50,8 +51,10 @@ def run_killed(tmp: Path, patch: str, *args: str) -> None:
 
 
 def without_leftovers(snap: dict[str, str]) -> dict[str, str]:
-    """``snap`` without the killed writer's temporary folders (and parent folders holding only those)."""
-    kept = {k: v for k, v in snap.items() if not any(part.endswith(".tmp") for part in k.split("/"))}
+    """``snap`` without the killed writer's temporary folders (and parent folders holding only those)
+    and its run-directory lock (stale once its holder is dead: the next command takes it over)."""
+    kept = {k: v for k, v in snap.items()
+            if k != LOCK_NAME and not any(part.endswith(".tmp") for part in k.split("/"))}
     return {k: v for k, v in kept.items() if v != "dir" or any(o.startswith(k + "/") for o in kept)}
 
 
@@ -64,6 +67,7 @@ def assert_killed_cleanly(run: Path, before: dict[str, str], artifact: str) -> N
 def assert_redone(run: Path, artifact: str, what: str) -> None:
     require(run / artifact, what)  # exists, has a manifest, and its sha256 matches
     assert leftovers(run) == [], "the killed writer's temporary folder was not cleaned up"
+    assert not (run / LOCK_NAME).exists(), "the killed writer's lock was not taken over and released"
 
 
 def kill_mid_write_then_rerun(tmp: Path, run: Path, patch: str, args: list, artifact: str, what: str) -> None:
