@@ -5,7 +5,8 @@ Each checkout runs on its own run directory (and dataset), made beforehand by th
     PYTHONPATH=OLD python -m edgefpn.cli run --config configs/default.yaml --out OLD_RUN \\
         --set data.root=OLD_DATA --set train.epochs=1
     (the same with NEW)
-    python benchmarks/noop_rerun.py --old OLD:OLD_RUN:OLD_DATA --new NEW:NEW_RUN:NEW_DATA --rounds 5
+    python benchmarks/noop_rerun.py --old OLD:OLD_RUN:OLD_DATA --new NEW:NEW_RUN:NEW_DATA --rounds 5 \
+        --set train.epochs=1
 
 The two are timed in alternation (old, new, old, new, ...) in one session, so a busy minute on a
 shared machine falls on both; the figure to compare is the ratio of their medians. Every call must
@@ -28,10 +29,12 @@ from pathlib import Path
 WORK = ("[train] fcos", "[export] exporting", "INT8 QDQ mAP", "[check] wrote", "[build] openvino-fp32: converting")
 
 
-def _cmd(src: str, run: str, data: str) -> tuple[list[str], dict[str, str]]:
+def _cmd(src: str, run: str, data: str, sets: list[str]) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "PYTHONPATH": src}
     cmd = [sys.executable, "-m", "edgefpn.cli", "run", "--config", str(Path(src) / "configs" / "default.yaml"),
-           "--out", run, "--set", f"data.root={data}", "--set", "train.epochs=1"]
+           "--out", run, "--set", f"data.root={data}"]
+    for item in sets:
+        cmd += ["--set", item]
     return cmd, env
 
 
@@ -46,6 +49,8 @@ def main() -> None:
     p.add_argument("--old", required=True, help="SRC:RUN_DIR:DATA_ROOT of the old checkout")
     p.add_argument("--new", required=True, help="SRC:RUN_DIR:DATA_ROOT of the new checkout")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--set", dest="sets", action="append", default=[],
+                   help="the --set overrides both run dirs were made with (e.g. train.epochs=1); repeatable")
     p.add_argument("--json", type=Path, default=None, help="also write the samples here")
     args = p.parse_args()
     sides = {"old": args.old.split(":"), "new": args.new.split(":")}
@@ -58,7 +63,7 @@ def main() -> None:
     exits: dict[str, set[int]] = {k: set() for k in sides}
     for r in range(args.rounds):
         for name, (src, run, data) in sides.items():
-            cmd, env = _cmd(src, run, data)
+            cmd, env = _cmd(src, run, data, args.sets)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
             dt = time.perf_counter() - t0

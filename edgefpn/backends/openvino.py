@@ -169,7 +169,7 @@ class OpenVinoRunner:
         """Every input's and output's shape in the compiled model (-1 for a dynamic dimension)."""
         if self.compiled is None:
             raise RuntimeError("OpenVinoRunner.io_shapes called outside its context")
-        return {port.get_any_name(): tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+        return {(port.get_any_name() if port.get_names() else ""): tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
                 for port in [*self.compiled.inputs, *self.compiled.outputs]}
 
     def __exit__(self, *exc: object) -> None:

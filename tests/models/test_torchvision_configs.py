@@ -72,6 +72,6 @@ def test_shipped_config_runs_at_its_shipped_size(layout, one_image, tmp_path):
     assert all(r["file_name"] == "a.png" and len(r["bbox"]) == 4 for r in records)
     # the ONNX was exported and verified at the shipped size (and proposal count), not a reduced one
     manifest = json.loads((run / "model.onnx.manifest.json").read_text())
-    assert manifest["extra"]["input"]["shape"] == [1, 3, *cfg.model.input_size]
+    assert manifest["input"]["shape"] == [1, 3, *cfg.model.input_size]
     if cfg.model.arch == "faster_rcnn":
-        assert manifest["extra"]["outputs"]["proposals"] == [1, cfg.model.rpn.post_nms_top_n, 4]
+        assert manifest["outputs"]["proposals"] == [1, cfg.model.rpn.post_nms_top_n, 4]

@@ -228,7 +228,11 @@ def test_tensorrt_engine_for_another_gpu_refused(packaged, tmp_path, capsys, mon
             manifest["engines"] = []
         manifest["engines"].append(_trt_entry("7.5"))
 
-    bad = _rewrite(art.path, tmp_path, edit, {"tensorrt/fp16/model.engine": b"\x00fake engine bytes"})
+    # as `edgefpn package` ships it: the engine and the sidecar manifest its runner reads (issue 16: a
+    # bundle whose engine needs a file it does not ship is refused on that ground first)
+    sidecar = json.dumps({"stage": "build", "tensorrt": _trt_entry("7.5")["target"]["tensorrt"]}).encode()
+    bad = _rewrite(art.path, tmp_path, edit, {"tensorrt/fp16/model.engine": b"\x00fake engine bytes",
+                                              "tensorrt/fp16/model.engine.manifest.json": sidecar})
     monkeypatch.setattr(device, "tensorrt_probe", lambda: ("10.3.0", DeviceInfo("Orin", "8.7", "12.6")))
     extra = () if only_trt else ("--engine", "tensorrt-fp16")
     line = _refused(capsys, _argv(bad, images, tmp_path, *extra))
