@@ -1,17 +1,19 @@
-"""Stage `train`: train the detector on CPU (or load `model.weights`) and write `model.pt`."""
+"""Stage `train`: train the detector (one process or under torchrun) or load `model.weights`; write `model.pt`.
+
+The loop, sampler and distributed plumbing live in :mod:`edgefpn.training`."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-from edgefpn.artifacts import Artifact, atomic_output, read_manifest, sha256_file, up_to_date, write_manifest
+from edgefpn.artifacts import Artifact, atomic_output, sha256_file, up_to_date, write_manifest
 from edgefpn.config import Config, config_hash, to_dict
-from edgefpn.errors import CheckpointError, ConfigError
+from edgefpn.errors import CheckpointError, ConfigError, DataError
+from edgefpn.pipeline import common
 from edgefpn.pipeline import data as data_stage
-from edgefpn.pipeline.common import log, make_pipeline, seed_everything
+from edgefpn.pipeline.common import log, seed_everything
 
 ARTIFACT = "model.pt"
 RESUME = "train.last.pt"
@@ -51,6 +53,11 @@ def _build(cfg: Config, num_classes: int):
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:
+    """Train (or load ``model.weights``) into ``run_dir/model.pt``.
+
+    Under torchrun every rank calls this; rank 0 decides what to do and is the only one that writes.
+    Other ranks return the same artifact path, read from nowhere but their dataset.
+    """
     out = run_dir / ARTIFACT
     if cfg.model.weights:
         weights = Path(cfg.model.weights)
@@ -61,18 +68,62 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
             log(f"[train] up to date: {out}")
             return art
+        if _rank() != 0:  # nothing to train: rank 0 converts the checkpoint alone
+            return Artifact(path=out, manifest={})
         return _load_weights(cfg, weights, out, chash, inputs)
 
-    data = data_stage.run(cfg, progress=progress)
+    from edgefpn.training import distributed
+
+    dist = distributed.setup(cfg)
+    try:
+        return _run_training(cfg, run_dir, out, dist, force=force, progress=progress)
+    except RuntimeError as exc:
+        if dist.enabled and distributed.is_peer_failure(exc):
+            raise distributed.PeerLost(f"rank {dist.rank}: a collective failed: {str(exc).splitlines()[0]}") from exc
+        raise
+    finally:
+        distributed.teardown(dist)
+
+
+def _rank() -> int:
+    from edgefpn.training.distributed import world_from_env
+
+    return world_from_env()[0]
+
+
+def train_config_hash(cfg: Config) -> str:
+    """What shapes the trained weights: model, train settings, seed, split.
+
+    ``train.workers`` and ``train.timeout_s`` are left out (items draw their randomness per index, so the
+    worker count does not change the result; tested), and so is the world size (the same config is the
+    same optimisation on any number of ranks; tested). ``train.device`` and ``train.amp`` are in: a
+    model trained on another device or precision differs beyond float rounding.
+    """
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in ("workers", "timeout_s")}
+    return config_hash(cfg.model, train, cfg.run.seed, cfg.data.train_split)
+
+
+def _run_training(cfg: Config, run_dir: Path, out: Path, dist, *, force: bool, progress: bool) -> Artifact:
+    if dist.is_main:
+        data = data_stage.run(cfg, progress=progress)
+    dist.barrier()  # rank 0 made or checked the dataset; the others only read it
+    if not dist.is_main:
+        common.QUIET = True  # one log, rank 0's
+        if cfg.data.builtin and up_to_date(Path(cfg.data.root), config_hash=config_hash(cfg.data.synth),
+                                           inputs={}) is None:
+            raise DataError(f"{cfg.data.root}: the built-in dataset is missing on rank {dist.rank}'s machine; "
+                            "run `edgefpn data` there first (only rank 0 writes)")
+        data = data_stage.run(cfg, progress=False)
     inputs = {
         "train_annotations": data.annotation_hashes[cfg.data.train_split],
         "val_annotations": data.annotation_hashes[cfg.data.val_split],
     }
-    chash = config_hash(cfg.model, cfg.train, cfg.run.seed, cfg.data.train_split)
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    chash = train_config_hash(cfg)
+    fresh = up_to_date(out, config_hash=chash, inputs=inputs) if dist.is_main and not force else None
+    if dist.broadcast(fresh is not None):
         log(f"[train] up to date: {out}")
-        return art
-    return _train(cfg, data, run_dir, out, chash, inputs, force=force, progress=progress)
+        return fresh or Artifact(path=out, manifest={})
+    return _train(cfg, data, run_dir, out, chash, inputs, force=force, progress=progress, dist=dist)
 
 
 def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dict[str, str]) -> Artifact:
@@ -99,149 +150,75 @@ def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dic
     return write_manifest(out, stage="train", config_hash=chash, inputs=inputs, extra={"meta": meta})
 
 
-def _lr_at(step: int, total: int, cfg: Config) -> float:
-    t = cfg.train
-    if step < t.warmup_iters:
-        return t.lr * (0.001 + 0.999 * step / max(1, t.warmup_iters))
-    progress = (step - t.warmup_iters) / max(1, total - t.warmup_iters)
-    return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict[str, str], *,
-           force: bool, progress: bool) -> Artifact:
+           force: bool, progress: bool, dist) -> Artifact:
     import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
-    from edgefpn.data.torch_dataset import DetectionDataset, collate
+    from edgefpn.data.torch_dataset import DetectionDataset
     from edgefpn.models.checkpoint import save_checkpoint
+    from edgefpn.training import loop
+    from edgefpn.training.distributed import convert_sync_batchnorm, globalise_fcos_loss
 
     t = cfg.train
     torch.set_num_threads(cfg.run.threads)
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed)  # every rank builds the same initial weights
     train_split = data.split(cfg.data.train_split)
     if not train_split.images:
         raise ConfigError(f"{data.ann_file(cfg.data.train_split)}: no training images")
     num_classes = cfg.model.num_classes or len(train_split.class_names)
     meta = _meta(cfg, num_classes, cfg.model.class_names or train_split.class_names, train_split.category_ids)
-    model = _build(cfg, num_classes)
+    module = _build(cfg, num_classes)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    module = module.to(dist.device, memory_format=memory_format)
+    dataset = DetectionDataset(train_split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std,
+                               hflip=t.hflip, seed=cfg.run.seed)
+    if len(dataset) < t.batch_size:
+        raise ConfigError(f"train.batch_size: {t.batch_size} is more than the {len(dataset)} training images")
+    loader, sampler = loop.build_loader(cfg, dataset, dist)
+    opt, params = loop.build_optimizer(cfg, module)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.train.amp == "fp16")
+    loop.amp_dtype(cfg, dist.device)  # refuse fp16 off CUDA before any work
 
-    dataset = DetectionDataset(
-        train_split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std, hflip=t.hflip
-    )
-    gen = torch.Generator().manual_seed(cfg.run.seed)
-    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=collate, generator=gen, num_workers=0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if t.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
-    else:
-        opt = torch.optim.AdamW(groups, lr=t.lr)
-
-    total_steps = t.epochs * len(loader)
-    start_epoch, step = 0, 0
     resume = run_dir / RESUME
-    resume_meta = read_manifest(resume)
-    if not force and resume.is_file() and resume_meta and resume_meta.get("config_hash") == chash \
-            and resume_meta.get("inputs") == inputs and resume_meta.get("sha256") == sha256_file(resume):
-        state = torch.load(resume, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        gen.set_state(state["loader_rng"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        log(f"[train] resuming from {resume} at epoch {start_epoch}")
+    state = loop.TrainState()
+    saved = loop.load_resume(resume, chash, inputs, force=force, dist=dist)
+    if saved is not None:
+        module.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"])
+        state = loop.TrainState(epoch=int(saved["epoch"]), step=int(saved["step"]),
+                                history=list(saved["history"]), step_losses=list(saved["step_losses"]))
+        log(f"[train] resuming from {resume} at epoch {state.epoch}")
+    model = module
+    if dist.enabled:
+        torch.manual_seed(cfg.run.seed + dist.rank)  # what a model draws while training differs per rank
+        if t.sync_bn is not False:
+            module = convert_sync_batchnorm(module, dist.device)
+        if cfg.model.arch == "fcos":
+            globalise_fcos_loss(module, dist.world_size)
+        model = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    elif t.sync_bn:
+        log("[train] train.sync_bn: one process, plain BatchNorm is the same thing")
 
     log(f"[train] {cfg.model.arch}/{cfg.model.backbone} fpn{cfg.model.fpn_channels}, {num_classes} classes, "
-        f"{len(dataset)} images, {t.epochs} epochs x {len(loader)} iters, batch {t.batch_size}")
-    history: list[dict[str, Any]] = []
+        f"{len(dataset)} images, {t.epochs} epochs x {len(sampler)} iters, global batch {t.batch_size}"
+        + (f" on {dist.world_size} ranks" if dist.enabled else "") + f", {dist.device}, amp {t.amp}")
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, t.epochs):
-        model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False,
-                   dynamic_ncols=True)
-        seen, t0, running = 0, time.perf_counter(), None
-        for images, targets in bar:
-            lr = _lr_at(step, total_steps, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            images = images.to(memory_format=memory_format)
-            losses = model(images, targets)  # IdentityTransform takes the [N, 3, H, W] batch as is
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower train.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            opt.step()
-            step += 1
-            seen += images.shape[0]
-            running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-            rate = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.1f}")
-            if not progress and step % 50 == 0:  # no bar (not a terminal): still show signs of life
-                log(f"[train] epoch {epoch + 1} step {step}/{total_steps} loss={running:.3f} lr={lr:.5f} "
-                    f"img/s={rate:.1f}")
-        bar.close()
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": round(float(running or 0.0), 4),
-                                  "images_per_s": round(seen / (time.perf_counter() - t0), 2)}
-        last = epoch + 1 == t.epochs
-        if t.eval_every and ((epoch + 1) % t.eval_every == 0 or last):
-            record["val_map"] = round(_quick_map(cfg, model, data, t.eval_images if not last else None), 2)
-        history.append(record)
-        log(f"[train] epoch {epoch + 1}/{t.epochs} " + " ".join(f"{k}={v}" for k, v in record.items() if k != "epoch"))
-        if not last:
-            _save_resume(resume, model, opt, gen, epoch + 1, step, chash, inputs)
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    meta["train"] = {"history": history, "seconds": round(time.perf_counter() - t_start, 1),
-                     "config": to_dict(cfg.train)}
-    with atomic_output(out) as tmp:
-        save_checkpoint(tmp, model, meta=meta)
-    art = write_manifest(out, stage="train", config_hash=chash, inputs=inputs, extra={"meta": meta})
-    for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
-        stale.unlink(missing_ok=True)
-    return art
-
-
-def _save_resume(path: Path, model, opt, gen, epoch: int, step: int, chash: str, inputs: dict[str, str]) -> None:
-    import torch
-
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-             "loader_rng": gen.get_state(), "epoch": epoch, "step": step}
-    from edgefpn.models.checkpoint import save_state
-
-    with atomic_output(path) as tmp:
-        save_state(tmp, state)
-    write_manifest(path, stage="train-resume", config_hash=chash, inputs=inputs)
-
-
-def _quick_map(cfg: Config, model, data, max_images: int | None) -> float:
-    """Val mAP of the in-memory model through the same wrapper, pipeline and decode as `check`."""
-    import torch
-
-    from edgefpn.data.preprocess import load_image
-    from edgefpn.metrics.coco import coco_map, detections_to_coco
-    from edgefpn.models.registry import export_wrapper
-
-    was_training = model.training
-    model.eval()
-    wrapper = export_wrapper(cfg.model.arch, model)
-    names = list(wrapper.output_names())
-    pipe = make_pipeline(cfg)
-    split = data.split(cfg.data.val_split)
-    records = split.images[:max_images] if max_images else split.images
-    results: list[dict] = []
-    with torch.inference_mode():
-        for rec in records:
-            batch, lb = pipe.prepare(load_image(rec.path))
-            outs = wrapper(torch.from_numpy(batch))
-            det = pipe.decode({n: o.numpy() for n, o in zip(names, outs, strict=True)}, [lb])[0]
-            results.extend(detections_to_coco(det, rec.id, split.category_ids))
-    model.train(was_training)
-    return float(coco_map(data.ann_file(cfg.data.val_split), results, image_ids=[r.id for r in records])["map"])
+    state = loop.run_epochs(cfg, model=model, module=module, opt=opt, params=params, loader=loader,
+                            sampler=sampler, state=state, data=data, dist=dist, resume=resume, chash=chash,
+                            inputs=inputs, progress=progress, scaler=scaler)
+    art = None
+    if dist.is_main:
+        module = module.to("cpu", memory_format=torch.contiguous_format).float().eval()  # one model.pt format
+        meta["train"] = {"history": state.history, "seconds": round(time.perf_counter() - t_start, 1),
+                         "config": to_dict(cfg.train), "world_size": dist.world_size, "device": str(dist.device),
+                         "step_loss": [float(f"{v:.7g}") for v in state.step_losses]}
+        with atomic_output(out) as tmp:
+            save_checkpoint(tmp, module, meta=meta)
+        art = write_manifest(out, stage="train", config_hash=chash, inputs=inputs, extra={"meta": meta})
+        for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
+            stale.unlink(missing_ok=True)
+    dist.barrier()  # the job ends when model.pt is in place
+    return art or Artifact(path=out, manifest={})
