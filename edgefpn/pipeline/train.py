@@ -202,9 +202,10 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     elif t.sync_bn:
         log("[train] train.sync_bn: one process, plain BatchNorm is the same thing")
 
+    backend = "nccl" if dist.device.type == "cuda" else "gloo"
     log(f"[train] {cfg.model.arch}/{cfg.model.backbone} fpn{cfg.model.fpn_channels}, {num_classes} classes, "
         f"{len(dataset)} images, {t.epochs} epochs x {len(sampler)} iters, global batch {t.batch_size}"
-        + (f" on {dist.world_size} ranks" if dist.enabled else "") + f", {dist.device}, amp {t.amp}")
+        + (f" on {dist.world_size} ranks ({backend})" if dist.enabled else "") + f", {dist.device}, amp {t.amp}")
     t_start = time.perf_counter()
     state = loop.run_epochs(cfg, model=model, module=module, opt=opt, params=params, loader=loader,
                             sampler=sampler, state=state, data=data, dist=dist, resume=resume, chash=chash,

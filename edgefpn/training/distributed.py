@@ -67,9 +67,11 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    launched: bool = False  # started by torchrun: a process group exists (even with one rank)
+
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched
 
     def barrier(self) -> None:
         if self.enabled:
@@ -134,7 +136,7 @@ def setup(cfg: Config) -> Dist:
     """Start the process group when torchrun started this process; pick the device."""
     rank, world, local_rank = world_from_env()
     device = resolve_device(cfg.train.device, local_rank, world)
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # a plain process, not started by torchrun
         return Dist(device=device)
     if cfg.train.batch_size % world:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is the global batch and must divide "
@@ -150,7 +152,7 @@ def setup(cfg: Config) -> Dist:
     # torchrun's agent stops the surviving ranks with SIGTERM when one fails: exit quietly, but through
     # the normal unwinding, so a half-written artifact's temporary folder is removed.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, launched=True)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

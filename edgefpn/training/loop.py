@@ -155,7 +155,7 @@ def run_epochs(cfg: Config, *, model: nn.Module, module: nn.Module, opt: torch.o
             if t.eval_every and ((epoch + 1) % t.eval_every == 0 or last):
                 value = quick_map(cfg, module, data, t.eval_images if not last else None, dist)
                 if value is not None:
-                    record["val_map"] = round(value, 2)
+                    record["val_map"], record["val_detections"] = round(value[0], 2), value[1]
             state.history.append(record)
             state.epoch = epoch + 1
             if dist.is_main:
@@ -203,8 +203,8 @@ def load_resume(path: Path, chash: str, inputs: dict[str, str], *, force: bool, 
     return dist.broadcast(state)
 
 
-def quick_map(cfg: Config, module: nn.Module, data, max_images: int | None, dist: Dist) -> float | None:
-    """Val mAP of the in-memory model through the same wrapper, pipeline and decode as `check`.
+def quick_map(cfg: Config, module: nn.Module, data, max_images: int | None, dist: Dist) -> tuple[float, int] | None:
+    """(val mAP, detections) of the in-memory model through the same wrapper, pipeline and decode as `check`.
 
     Each rank evaluates every ``world_size``-th image; rank 0 gathers the detections and computes
     the mAP over all of them (the single-process figure); other ranks return None.
@@ -232,4 +232,5 @@ def quick_map(cfg: Config, module: nn.Module, data, max_images: int | None, dist
     if gathered is None:
         return None
     merged = [r for part in gathered for r in part]
-    return float(coco_map(data.ann_file(cfg.data.val_split), merged, image_ids=[r.id for r in records])["map"])
+    value = float(coco_map(data.ann_file(cfg.data.val_split), merged, image_ids=[r.id for r in records])["map"])
+    return value, len(merged)
