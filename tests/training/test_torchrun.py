@@ -28,8 +28,11 @@ pytestmark = pytest.mark.slow
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 REPO = Path(__file__).resolve().parents[2]
-# The tiny run with a trainable-BN slim backbone; a small lr keeps 6 steps of float rounding (BN
-# statistics summed in another order on 2 ranks) far below rtol 1e-4 (see benchmarks/train_scaling.md).
+# The tiny run with a trainable-BN slim backbone. The ranks' BatchNorm statistics are float32 sums in
+# another order than torch's single-process kernel; SGD amplifies that rounding step by step (at
+# lr 0.02 to 2e-3 in the loss after 6 steps; at 0.002, 8 steps stay under 5e-5). One process running
+# the ranks' two-pass BN arithmetic matches the 2-rank losses to 7e-7 (benchmarks/train_scaling.md).
+WEIGHTS = {"rtol": 1e-3, "atol": 1e-3}  # the same rounding in the weights and BN running statistics
 DDP = [*TINY, "data.synth.num_train=8", "model.backbone_width=32", "model.input_size=[128, 128]",
        "model.norm=bn", "train.epochs=3", "train.batch_size=4", "train.lr=0.002", "train.eval_every=3",
        "postprocess.score_thresh=0.0", "run.threads=1"]
@@ -86,7 +89,7 @@ def test_two_ranks_give_the_one_process_run_and_only_rank0_writes(reference, tmp
     assert got_t["history"][-1]["val_detections"] == want_t["history"][-1]["val_detections"] > 6 * 50
     for k, v in ref["state_dict"].items():
         assert got["state_dict"][k].dtype == v.dtype
-        torch.testing.assert_close(got["state_dict"][k], v, rtol=1e-3, atol=1e-4, msg=k)
+        torch.testing.assert_close(got["state_dict"][k], v, **WEIGHTS, msg=k)
     # Only rank 0 wrote: the run dir holds what one process writes, the data and the working
     # directory of both ranks are untouched, and the path is said once.
     assert sorted(p.name for p in out.iterdir()) == ["model.pt", "model.pt.manifest.json"]
@@ -143,7 +146,7 @@ def test_killed_rank_ends_the_job_and_resume_continues_on_one_process(reference,
     got = _train_here(data, out)
     np.testing.assert_allclose(got["meta"]["train"]["step_loss"], ref["meta"]["train"]["step_loss"], rtol=1e-4)
     for k, v in ref["state_dict"].items():
-        torch.testing.assert_close(got["state_dict"][k], v, rtol=1e-3, atol=1e-4, msg=k)
+        torch.testing.assert_close(got["state_dict"][k], v, **WEIGHTS, msg=k)
     assert not resume.exists()
 
 
