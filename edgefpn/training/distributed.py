@@ -68,6 +68,7 @@ class Dist:
         return self.rank == 0
 
     launched: bool = False  # started by torchrun: a process group exists (even with one rank)
+    previous_sigterm: Any = None  # restored by teardown
 
     @property
     def enabled(self) -> bool:
@@ -151,8 +152,9 @@ def setup(cfg: Config) -> Dist:
         )
     # torchrun's agent stops the surviving ranks with SIGTERM when one fails: exit quietly, but through
     # the normal unwinding, so a half-written artifact's temporary folder is removed.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, launched=True)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, launched=True,
+                previous_sigterm=previous)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -160,7 +162,12 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def teardown(dist: Dist) -> None:
-    if dist.enabled and torch.distributed.is_initialized():
+    if not dist.enabled:
+        return
+    # once the stage is over (even by an error), a SIGTERM just ends the process: an exception raised
+    # while the interpreter shuts down would only print a traceback
+    signal.signal(signal.SIGTERM, dist.previous_sigterm if dist.previous_sigterm is not None else signal.SIG_DFL)
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
