@@ -6,6 +6,7 @@ PYTHON ?= python3
 CONFIG ?= configs/default.yaml
 OUT ?= runs/default
 ARGS ?=
+NPROC ?= 1
 UV_VERSION := 0.13.8
 
 # Use uv from PATH when it is there, else bootstrap a private copy into .tools/ (pip from PyPI).
@@ -33,8 +34,9 @@ setup: .venv/.synced ## create .venv from uv.lock
 data: setup ## make / validate the dataset
 	$(EDGEFPN) data $(STAGE_ARGS)
 
-train: setup ## train (or load model.weights)
-	$(EDGEFPN) train $(STAGE_ARGS)
+train: setup ## train (or load model.weights); NPROC=N: N ranks on this machine through torchrun
+	if [ "$(NPROC)" = 1 ]; then $(EDGEFPN) train $(STAGE_ARGS); \
+	else .venv/bin/torchrun --standalone --nproc-per-node $(NPROC) -m edgefpn train $(STAGE_ARGS); fi
 
 export: setup ## export the static-shape ONNX
 	$(EDGEFPN) export $(STAGE_ARGS)

@@ -32,10 +32,12 @@ class _Group(click.Group):
         except EdgefpnError as exc:
             if _DEBUG:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            if _say_in_this_rank(exc):
+                click.echo(f"error: {_rank_prefix()}{exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            if _rank_prefix() in ("", "rank 0: "):
+                click.echo(f"{_rank_prefix()}interrupted", err=True)
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -48,9 +50,31 @@ class _Group(click.Group):
         except Exception as exc:
             if _DEBUG:
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                       err=True)
+            click.echo(f"internal error: {_rank_prefix()}{type(exc).__name__}: {exc} "
+                       "(rerun with --debug for the traceback)", err=True)
             ctx.exit(1)
+
+
+def _rank_prefix() -> str:
+    """``"rank R: "`` in a process that torchrun started with several ranks, else nothing."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return f"rank {rank}: " if world.isdigit() and int(world) > 1 else ""
+
+
+def _say_in_this_rank(exc: EdgefpnError) -> bool:
+    """Under torchrun a failed job prints one cause, not one line per rank.
+
+    A config error is the same on every rank (rank 0 says it); a collective that failed because
+    another rank died (``PeerLost``) is a consequence (the failing rank says why, or torchrun's summary
+    names the rank that was killed). Every other error is this rank's own and is said here.
+    """
+    from edgefpn.errors import ConfigError
+
+    if not _rank_prefix():
+        return True
+    if getattr(exc, "quiet_in_distributed", False):
+        return False
+    return not (isinstance(exc, ConfigError) and _rank_prefix() != "rank 0: ")
 
 
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -176,7 +200,9 @@ def train(cfg, run_dir: Path, force: bool, progress: bool) -> None:
     """Train the detector (or load model.weights) into RUN_DIR/model.pt."""
     from edgefpn.pipeline import train as stage
 
-    click.echo(stage.run(cfg, run_dir, force=force, progress=progress).path)
+    art = stage.run(cfg, run_dir, force=force, progress=progress)
+    if _rank_prefix() in ("", "rank 0: "):  # under torchrun: said once
+        click.echo(art.path)
 
 
 @main.command()

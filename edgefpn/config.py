@@ -116,6 +116,11 @@ class TrainConfig:
     eval_images: int = 100  # val images used by periodic evaluation (the check stage uses all)
     channels_last: bool = False
     grad_clip: float = 10.0
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    amp: str = "off"  # off | bf16 (CPU or CUDA) | fp16 (CUDA, with a GradScaler)
+    workers: int = 0  # DataLoader worker processes per rank (decode + augmentation run there)
+    sync_bn: bool | None = None  # SyncBatchNorm for trainable BN; None: on when world size > 1
+    timeout_s: int = 600  # collective timeout under torchrun: a lost rank ends the job, never a hang
 
 
 @dataclass(frozen=True)
@@ -380,6 +385,13 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("train", "needs epochs >= 0, batch_size > 0 and lr > 0")
     if cfg.train.optimizer not in ("sgd", "adamw"):
         raise bad("train.optimizer", f"must be sgd or adamw, got {cfg.train.optimizer!r}")
+    dev = cfg.train.device
+    if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+        raise bad("train.device", f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
+    if cfg.train.amp not in ("off", "bf16", "fp16"):
+        raise bad("train.amp", f"must be off, bf16 or fp16, got {cfg.train.amp!r}")
+    if cfg.train.workers < 0 or cfg.train.timeout_s <= 0:
+        raise bad("train", f"needs workers >= 0 and timeout_s > 0, got {cfg.train.workers} and {cfg.train.timeout_s}")
     pp = cfg.postprocess
     if not 0.0 <= pp.score_thresh < 1.0 or not 0.0 < pp.nms_thresh <= 1.0:
         raise bad("postprocess", f"thresholds out of range: score {pp.score_thresh}, nms {pp.nms_thresh}")

@@ -1,9 +1,10 @@
-"""Stage `train`: train the detector on CPU (or load `model.weights`) and write `model.pt`."""
+"""Stage `train`: train the detector (one process or under torchrun) or load `model.weights`; write `model.pt`.
+
+The loop, sampler and distributed plumbing live in :mod:`edgefpn.training`."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -22,8 +23,9 @@ from edgefpn.artifacts import (
 )
 from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.errors import CheckpointError, ConfigError, DataError
+from edgefpn.pipeline import common
 from edgefpn.pipeline import data as data_stage
-from edgefpn.pipeline.common import log, make_pipeline, seed_everything, training_refused_by
+from edgefpn.pipeline.common import log, seed_everything, training_refused_by
 
 ARTIFACT = "model.pt"
 RESUME = "train.last.pt"
@@ -64,12 +66,13 @@ def _build(cfg: Config, num_classes: int):
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:
-    """Bring ``model.pt`` up to date: load ``model.weights``, or train.
+    """Bring ``model.pt`` up to date: load ``model.weights``, or train (one process or under torchrun).
 
     Training happens only where :func:`edgefpn.pipeline.common.training_refused_by` allows it (the
     CLI allows it for ``train`` and ``run``); elsewhere a missing or out-of-date model is a
     ``ConfigError`` naming the settings that differ. A model that is replaced is kept beside it as
-    ``model.prev-<UTC time>.pt`` with its manifest.
+    ``model.prev-<UTC time>.pt`` with its manifest. Under torchrun every rank calls this; rank 0
+    decides what to do and is the only one that writes.
     """
     out = run_dir / ARTIFACT
     settings = model_settings(cfg)
@@ -82,13 +85,60 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
             log(f"[train] up to date: {out}")
             return art
+        if _rank() != 0:  # nothing to train: rank 0 converts the checkpoint alone
+            return Artifact(path=out, manifest={})
         return _load_weights(cfg, weights, out, chash, inputs, settings)
 
     chash = model_config_hash(cfg)
     refused_by = training_refused_by()
     if refused_by is not None and (why := stale_reason(out, chash, settings)) is not None:
         raise _refusal(out, why, refused_by)  # before the data stage: other settings may regenerate data
-    data = data_stage.run(cfg, progress=progress)
+
+    from edgefpn.training import distributed
+
+    dist = distributed.setup(cfg)
+    try:
+        return _run_training(cfg, run_dir, out, dist, chash, settings, refused_by, force=force, progress=progress)
+    except RuntimeError as exc:
+        if dist.enabled and distributed.is_peer_failure(exc):
+            raise distributed.PeerLost(f"rank {dist.rank}: a collective failed: {str(exc).splitlines()[0]}") from exc
+        raise
+    finally:
+        distributed.teardown(dist)
+
+
+def _rank() -> int:
+    from edgefpn.training.distributed import world_from_env
+
+    return world_from_env()[0]
+
+
+# What does not shape the trained weights: items draw their randomness per index, so the worker count
+# does not change the result (tested), and a collective timeout changes nothing once training runs.
+# The world size is not a setting at all (the same config is the same optimisation on any number of
+# ranks; tested). train.device and train.amp are in: a model trained on another device or precision
+# differs beyond float rounding.
+_NOT_SHAPING = ("workers", "timeout_s")
+
+
+def train_config_hash(cfg: Config) -> str:
+    """What shapes the trained weights: model, train settings (but :data:`_NOT_SHAPING`), seed, split."""
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in _NOT_SHAPING}
+    return config_hash(cfg.model, train, cfg.run.seed, cfg.data.train_split)
+
+
+def _run_training(cfg: Config, run_dir: Path, out: Path, dist, chash: str, settings: dict[str, Any],
+                  refused_by: str | None, *, force: bool, progress: bool) -> Artifact:
+    if dist.is_main:
+        data = data_stage.run(cfg, progress=progress)
+    dist.barrier()  # rank 0 made or checked the dataset; the others only read it
+    if not dist.is_main:
+        common.QUIET = True  # one log, rank 0's
+        if cfg.data.builtin and up_to_date(Path(cfg.data.root), config_hash=config_hash(cfg.data.synth),
+                                           inputs={}) is None:
+            raise DataError(f"{cfg.data.root}: the built-in dataset is missing on rank {dist.rank}'s machine; "
+                            "run `edgefpn data` there first (only rank 0 writes)")
+        data = data_stage.run(cfg, progress=False)
     # the pixels are read too: an image replaced under the same name retrains
     inputs = {
         "train_annotations": data.annotation_hashes[cfg.data.train_split],
@@ -97,15 +147,16 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     if cfg.train.eval_every:  # val is read only for the periodic mAP recorded with the model
         inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
         inputs["val_images"] = data.images_hash(cfg.data.val_split)
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    fresh = up_to_date(out, config_hash=chash, inputs=inputs) if dist.is_main and not force else None
+    if dist.broadcast(fresh is not None):
         log(f"[train] up to date: {out}")
-        return art
+        return fresh or Artifact(path=out, manifest={})
     why = "--force" if force else stale_reason(out, chash, settings, inputs) or "out of date"
     if refused_by is not None:
         raise _refusal(out, why, refused_by)
     if out.exists():
         log(f"[train] {out}: {why}; training again")
-    return _train(cfg, data, run_dir, out, chash, inputs, settings, force=force, progress=progress)
+    return _train(cfg, data, run_dir, out, chash, inputs, settings, force=force, progress=progress, dist=dist)
 
 
 def refused_settings(cfg: Config, run_dir: Path, command: str) -> None:
@@ -125,7 +176,7 @@ def model_config_hash(cfg: Config) -> str:
     """The ``config_hash`` of ``model.pt``: the config sections that shape it."""
     if cfg.model.weights:
         return config_hash(cfg.model, cfg.data.root)
-    return config_hash(cfg.model, cfg.train, cfg.run.seed, cfg.data.train_split)
+    return train_config_hash(cfg)
 
 
 def model_settings(cfg: Config) -> dict[str, Any]:
@@ -141,7 +192,8 @@ def model_settings(cfg: Config) -> dict[str, Any]:
         data: dict[str, Any] = {"train_split": cfg.data.train_split}
         if cfg.data.builtin:
             data["synth"] = {k: v for k, v in to_dict(cfg.data.synth).items() if k != "num_calib"}
-        tree = {"model": to_dict(cfg.model), "train": to_dict(cfg.train), "run": {"seed": cfg.run.seed},
+        train = {k: v for k, v in to_dict(cfg.train).items() if k not in _NOT_SHAPING}
+        tree = {"model": to_dict(cfg.model), "train": train, "run": {"seed": cfg.run.seed},
                 "data": data}
     return json.loads(json.dumps(_flatten(tree)))  # as a manifest reads back: lists, not tuples
 
@@ -272,121 +324,84 @@ def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dic
                           extra={"meta": meta, "settings": settings})
 
 
-def _lr_at(step: int, total: int, cfg: Config) -> float:
-    t = cfg.train
-    if step < t.warmup_iters:
-        return t.lr * (0.001 + 0.999 * step / max(1, t.warmup_iters))
-    progress = (step - t.warmup_iters) / max(1, total - t.warmup_iters)
-    return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict[str, str],
-           settings: dict[str, Any], *, force: bool, progress: bool) -> Artifact:
+           settings: dict[str, Any], *, force: bool, progress: bool, dist) -> Artifact:
     import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
-    from edgefpn.data.torch_dataset import DetectionDataset, collate
+    from edgefpn.data.torch_dataset import DetectionDataset
     from edgefpn.models.checkpoint import save_checkpoint
+    from edgefpn.training import loop
+    from edgefpn.training.distributed import convert_sync_batchnorm, globalise_fcos_loss
 
     t = cfg.train
     torch.set_num_threads(cfg.run.threads)
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed)  # every rank builds the same initial weights
     train_split = data.split(cfg.data.train_split)
     _refuse_zero_steps(cfg, train_split, out)
     num_classes = cfg.model.num_classes or len(train_split.class_names)
     meta = _meta(cfg, num_classes, cfg.model.class_names or train_split.class_names, train_split.category_ids)
-    model = _build(cfg, num_classes)
+    module = _build(cfg, num_classes)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    module = module.to(dist.device, memory_format=memory_format)
+    dataset = DetectionDataset(train_split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std,
+                               hflip=t.hflip, seed=cfg.run.seed)
+    loader, sampler = loop.build_loader(cfg, dataset, dist)
+    opt, params = loop.build_optimizer(cfg, module)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.train.amp == "fp16")
+    loop.amp_dtype(cfg, dist.device)  # refuse fp16 off CUDA before any work
 
-    dataset = DetectionDataset(
-        train_split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std, hflip=t.hflip
-    )
-    gen = torch.Generator().manual_seed(cfg.run.seed)
-    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=collate, generator=gen, num_workers=0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if t.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
-    else:
-        opt = torch.optim.AdamW(groups, lr=t.lr)
-
-    total_steps = t.epochs * len(loader)
-    start_epoch, step = 0, 0
     resume = run_dir / RESUME
-    resume_meta = read_manifest(resume)
-    if not force and resume.is_file() and resume_meta and resume_meta.get("config_hash") == chash \
-            and resume_meta.get("inputs") == inputs and resume_meta.get("sha256") == sha256_file(resume):
-        state = torch.load(resume, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        gen.set_state(state["loader_rng"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        log(f"[train] resuming from {resume} at epoch {start_epoch}")
-    elif resume.is_file():  # another run's partial training: the first epoch would overwrite it
+    state = loop.TrainState()
+    saved = loop.load_resume(resume, chash, inputs, force=force, dist=dist)
+    if saved is not None:
+        module.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"])
+        state = loop.TrainState(epoch=int(saved["epoch"]), step=int(saved["step"]),
+                                history=list(saved["history"]), step_losses=list(saved["step_losses"]))
+        log(f"[train] resuming from {resume} at epoch {state.epoch}")
+    elif dist.is_main and resume.is_file():  # another run's partial training: the first epoch would overwrite it
         kept = _free_name(resume, "prev")
         if manifest_path(resume).is_file():
             os.replace(manifest_path(resume), manifest_path(kept))
         os.replace(resume, kept)
         log(f"[train] {resume} is not resumed (other settings or --force); kept as {kept}")
+    model = module
+    if dist.enabled:
+        torch.manual_seed(cfg.run.seed + dist.rank)  # what a model draws while training differs per rank
+        if t.sync_bn is not False:
+            module = convert_sync_batchnorm(module, dist.device)
+        if cfg.model.arch == "fcos":
+            globalise_fcos_loss(module, dist.world_size)
+        model = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    elif t.sync_bn:
+        log("[train] train.sync_bn: one process, plain BatchNorm is the same thing")
 
+    backend = "nccl" if dist.device.type == "cuda" else "gloo"
     log(f"[train] {cfg.model.arch}/{cfg.model.backbone} fpn{cfg.model.fpn_channels}, {num_classes} classes, "
-        f"{len(dataset)} images, {t.epochs} epochs x {len(loader)} iters, batch {t.batch_size}")
-    history: list[dict[str, Any]] = []
+        f"{len(dataset)} images, {t.epochs} epochs x {len(sampler)} iters, global batch {t.batch_size}"
+        + (f" on {dist.world_size} ranks ({backend})" if dist.enabled else "") + f", {dist.device}, amp {t.amp}")
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, t.epochs):
-        model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False,
-                   dynamic_ncols=True)
-        seen, t0, running = 0, time.perf_counter(), None
-        for images, targets in bar:
-            lr = _lr_at(step, total_steps, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            images = images.to(memory_format=memory_format)
-            losses = model(images, targets)  # IdentityTransform takes the [N, 3, H, W] batch as is
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower train.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            opt.step()
-            step += 1
-            seen += images.shape[0]
-            running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-            rate = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.1f}")
-            if not progress and step % 50 == 0:  # no bar (not a terminal): still show signs of life
-                log(f"[train] epoch {epoch + 1} step {step}/{total_steps} loss={running:.3f} lr={lr:.5f} "
-                    f"img/s={rate:.1f}")
-        bar.close()
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": round(float(running or 0.0), 4),
-                                  "images_per_s": round(seen / (time.perf_counter() - t0), 2)}
-        last = epoch + 1 == t.epochs
-        if t.eval_every and ((epoch + 1) % t.eval_every == 0 or last):
-            record["val_map"] = round(_quick_map(cfg, model, data, t.eval_images if not last else None), 2)
-        history.append(record)
-        log(f"[train] epoch {epoch + 1}/{t.epochs} " + " ".join(f"{k}={v}" for k, v in record.items() if k != "epoch"))
-        if not last:
-            _save_resume(resume, model, opt, gen, epoch + 1, step, chash, inputs)
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    meta["train"] = {"history": history, "seconds": round(time.perf_counter() - t_start, 1),
-                     "config": to_dict(cfg.train)}
-    with atomic_output(out) as tmp:
-        save_checkpoint(tmp, model, meta=meta)
-        _keep_previous(out, tmp)
-    art = write_manifest(out, stage="train", config_hash=chash, inputs=inputs,
-                         extra={"meta": meta, "settings": settings})
-    for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
-        stale.unlink(missing_ok=True)
-    return art
+    state = loop.run_epochs(cfg, model=model, module=module, opt=opt, params=params, loader=loader,
+                            sampler=sampler, state=state, data=data, dist=dist, resume=resume, chash=chash,
+                            inputs=inputs, progress=progress, scaler=scaler)
+    art = None
+    if dist.is_main:
+        module = module.to("cpu", memory_format=torch.contiguous_format).float().eval()  # one model.pt format
+        meta["train"] = {"history": state.history, "seconds": round(time.perf_counter() - t_start, 1),
+                         "config": to_dict(cfg.train), "world_size": dist.world_size, "device": str(dist.device),
+                         "step_loss": [float(f"{v:.7g}") for v in state.step_losses]}
+        with atomic_output(out) as tmp:
+            save_checkpoint(tmp, module, meta=meta)
+            _keep_previous(out, tmp)
+        art = write_manifest(out, stage="train", config_hash=chash, inputs=inputs,
+                             extra={"meta": meta, "settings": settings})
+        for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
+            stale.unlink(missing_ok=True)
+    dist.barrier()  # the job ends when model.pt is in place
+    return art or Artifact(path=out, manifest={})
 
 
 def _refuse_zero_steps(cfg: Config, split, out: Path) -> None:
@@ -406,41 +421,3 @@ def _refuse_zero_steps(cfg: Config, split, out: Path) -> None:
         skipped = f" ({len(split.skipped)} skipped as unusable)" if split.skipped else ""
         raise DataError(f"{ann}: no usable annotations on the {len(split.images)} training images{skipped}: "
                         "nothing to learn")
-
-
-def _save_resume(path: Path, model, opt, gen, epoch: int, step: int, chash: str, inputs: dict[str, str]) -> None:
-    import torch
-
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-             "loader_rng": gen.get_state(), "epoch": epoch, "step": step}
-    from edgefpn.models.checkpoint import save_state
-
-    with atomic_output(path) as tmp:
-        save_state(tmp, state)
-    write_manifest(path, stage="train-resume", config_hash=chash, inputs=inputs)
-
-
-def _quick_map(cfg: Config, model, data, max_images: int | None) -> float:
-    """Val mAP of the in-memory model through the same wrapper, pipeline and decode as `check`."""
-    import torch
-
-    from edgefpn.data.preprocess import load_image
-    from edgefpn.metrics.coco import coco_map, detections_to_coco
-    from edgefpn.models.registry import export_wrapper
-
-    was_training = model.training
-    model.eval()
-    wrapper = export_wrapper(cfg.model.arch, model)
-    names = list(wrapper.output_names())
-    pipe = make_pipeline(cfg)
-    split = data.split(cfg.data.val_split)
-    records = split.images[:max_images] if max_images else split.images
-    results: list[dict] = []
-    with torch.inference_mode():
-        for rec in records:
-            batch, lb = pipe.prepare(load_image(rec.path))
-            outs = wrapper(torch.from_numpy(batch))
-            det = pipe.decode({n: o.numpy() for n, o in zip(names, outs, strict=True)}, [lb])[0]
-            results.extend(detections_to_coco(det, rec.id, split.category_ids))
-    model.train(was_training)
-    return float(coco_map(data.ann_file(cfg.data.val_split), results, image_ids=[r.id for r in records])["map"])

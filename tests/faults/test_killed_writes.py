@@ -172,12 +172,12 @@ def test_killed_training_resumes_from_the_last_epoch_and_matches(tmp_path):
     args = ["train", *tiny_sets(*RESUME_SETS, data_root=data), "--quiet"]
     assert cli(*args, "--out", ref).exit_code == 0  # uninterrupted: 2 epochs (and the dataset)
     run_killed(tmp_path, """
-        import edgefpn.pipeline.train as train
-        real = train._save_resume
+        import edgefpn.training.loop as loop
+        real = loop._save_resume
         def save_then_die(*a, **k):
             real(*a, **k)
             die()
-        train._save_resume = save_then_die
+        loop._save_resume = save_then_die
     """, *args, "--out", run)
     assert (run / "train.last.pt").is_file() and not (run / "model.pt").exists()
     require(run / "train.last.pt", "resume state")
