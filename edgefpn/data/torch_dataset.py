@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from edgefpn.config import AugmentConfig
+from edgefpn.data.augment import MIN_BOX_SIDE, augment, clip_boxes, is_active
 from edgefpn.data.coco import CocoSplit
 from edgefpn.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, boxes_to_input, load_image, preprocess
 from edgefpn.errors import DataError
 
-__all__ = ["DetectionDataset", "collate"]
-
-MIN_BOX_SIDE = 1.0  # input pixels; smaller boxes after letterboxing are dropped
+__all__ = ["MIN_BOX_SIDE", "DetectionDataset", "collate"]
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -22,7 +22,9 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     Items are ``(image [3, H, W] float32, {"boxes": float32 [K, 4] xyxy input pixels,
     "labels": int64 [K]})``. With ``hflip`` the original image is flipped with probability 0.5
-    (drawn from torch's global generator, which the trainer seeds).
+    (drawn from torch's global generator, which the trainer seeds). With ``augment`` (an
+    ``AugmentConfig`` with any part on) item ``index`` of epoch ``e`` (:meth:`set_epoch`) is augmented
+    with ``np.random.default_rng((seed, e, index))``: the same draws whatever the worker or order.
     """
 
     def __init__(
@@ -32,6 +34,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         hflip: bool = False,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
     ) -> None:
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
             raise ValueError(f"size must be (H, W) with positive integers, got {size!r}")
@@ -40,6 +44,13 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.hflip = bool(hflip)
+        self.augment = augment if is_active(augment) else None
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation draws the next items get (part of each item's rng seed)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.split.images)
@@ -52,20 +63,21 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise DataError(
                 f"{rec.path}: image is {w}x{h} but the annotations say {rec.width}x{rec.height}"
             )
-        boxes = rec.boxes  # [K, 4] xyxy original pixels
+        boxes, labels = rec.boxes, rec.labels  # [K, 4] xyxy original pixels, [K]
         if self.hflip and torch.rand(()).item() < 0.5:
             # Flip the original, not the letterboxed input: the padding must stay bottom/right.
             image = np.ascontiguousarray(image[:, ::-1])
             boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            image, boxes, labels = augment(image, boxes, labels, rng=rng, cfg=self.augment, mean=self.mean)
         x, lb = preprocess(image, size=self.size, mean=self.mean, std=self.std)
-        boxes = boxes_to_input(boxes.reshape(-1, 4), lb)
+        boxes = boxes_to_input(np.asarray(boxes).reshape(-1, 4), lb)
         in_h, in_w = self.size
-        np.clip(boxes[:, 0::2], 0, in_w, out=boxes[:, 0::2])
-        np.clip(boxes[:, 1::2], 0, in_h, out=boxes[:, 1::2])
-        keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
+        boxes, labels = clip_boxes(boxes, labels, width=in_w, height=in_h, min_side=MIN_BOX_SIDE)
         target = {
-            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], dtype=np.float32)),
-            "labels": torch.from_numpy(np.ascontiguousarray(rec.labels[keep], dtype=np.int64)),
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
         }
         return torch.from_numpy(x), target
 

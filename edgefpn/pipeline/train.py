@@ -129,7 +129,8 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     model = model.to(memory_format=memory_format)
 
     dataset = DetectionDataset(
-        train_split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std, hflip=t.hflip
+        train_split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std, hflip=t.hflip,
+        augment=t.augment, seed=cfg.run.seed,
     )
     gen = torch.Generator().manual_seed(cfg.run.seed)
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, drop_last=True,
@@ -161,8 +162,10 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
         f"{len(dataset)} images, {t.epochs} epochs x {len(loader)} iters, batch {t.batch_size}")
     history: list[dict[str, Any]] = []
     t_start = time.perf_counter()
+    autocast = _autocast(t.amp)
     for epoch in range(start_epoch, t.epochs):
         model.train()
+        dataset.set_epoch(epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False,
                    dynamic_ncols=True)
         seen, t0, running = 0, time.perf_counter(), None
@@ -171,8 +174,9 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
             for g in opt.param_groups:
                 g["lr"] = lr
             images = images.to(memory_format=memory_format)
-            losses = model(images, targets)  # IdentityTransform takes the [N, 3, H, W] batch as is
-            loss = sum(losses.values())
+            with autocast():
+                losses = model(images, targets)  # IdentityTransform takes the [N, 3, H, W] batch as is
+            loss = sum(v.float() for v in losses.values())
             if not torch.isfinite(loss):
                 raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower train.lr")
             opt.zero_grad(set_to_none=True)
@@ -207,6 +211,19 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
         stale.unlink(missing_ok=True)
     return art
+
+
+def _autocast(amp: str):
+    """A factory of the forward pass's autocast context for ``train.amp`` (CPU here: bf16 only)."""
+    import contextlib
+
+    import torch
+
+    if amp == "off":
+        return contextlib.nullcontext
+    if amp == "fp16":  # needs CUDA and a GradScaler; this trainer runs on the CPU
+        raise ConfigError("train.amp=fp16 needs a CUDA device; on the CPU use bf16 or off")
+    return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def _save_resume(path: Path, model, opt, gen, epoch: int, step: int, chash: str, inputs: dict[str, str]) -> None:
