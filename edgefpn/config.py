@@ -152,8 +152,14 @@ class TrainConfig:
     eval_images: int = 100  # val images used by periodic evaluation (the check stage uses all)
     channels_last: bool = False
     grad_clip: float = 10.0
-    amp: str = "off"  # off | bf16 | fp16: autocast of the forward pass (bf16 also on CPU)
+    # off | bf16 | fp16: autocast of the forward pass (bf16 also on CPU). YAML 1.1 reads a bare `off` as
+    # false, so false is taken for "off" (and stored as "off").
+    amp: str | bool = "off"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.amp is False:
+            object.__setattr__(self, "amp", "off")
 
 
 @dataclass(frozen=True)
@@ -421,8 +427,14 @@ def _validate(cfg: Config, source: str) -> None:
     if cfg.train.amp not in ("off", "bf16", "fp16"):
         raise bad("train.amp", f"must be off, bf16 or fp16, got {cfg.train.amp!r}")
     _validate_augment(cfg.train.augment, bad)
-    if cfg.model.trainable_layers is not None and not 0 <= cfg.model.trainable_layers <= 5:
-        raise bad("model.trainable_layers", f"must be in 0..5, got {cfg.model.trainable_layers}")
+    if cfg.model.trainable_layers is not None:
+        top = 6 if cfg.model.backbone == "mobilenet_v3_large" else 5  # torchvision's _validate_trainable_layers
+        if not 0 <= cfg.model.trainable_layers <= top:
+            raise bad("model.trainable_layers", f"must be in 0..{top} for {cfg.model.backbone}, "
+                                                f"got {cfg.model.trainable_layers}")
+        if cfg.model.backbone_weights is None:
+            raise bad("model.trainable_layers", "applies to a pretrained backbone only: set model.backbone_weights "
+                                                "(from scratch every layer trains)")
     if cfg.model.backbone_weights is not None:
         if cfg.model.backbone_width != 64:
             raise bad("model.backbone_weights", f"needs backbone_width 64 (ImageNet weights are torchvision's "

@@ -28,7 +28,7 @@ def _meta(cfg: Config, num_classes: int, class_names: tuple[str, ...] | None,
         "backbone_name": m.backbone,
         "backbone_width": m.backbone_width,
         "neck": m.neck,
-        "norm": m.norm,
+        "norm": "frozen_bn" if m.backbone_weights else m.norm,  # as registry._backbone_kwargs builds it
         "fpn_channels": m.fpn_channels,
         "head_convs": m.head_convs,
         "num_classes": num_classes,
@@ -68,6 +68,11 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         "train_annotations": data.annotation_hashes[cfg.data.train_split],
         "val_annotations": data.annotation_hashes[cfg.data.val_split],
     }
+    if cfg.model.backbone_weights:
+        backbone_weights = Path(cfg.model.backbone_weights)
+        if not backbone_weights.is_file():
+            raise CheckpointError(f"{backbone_weights}: backbone weights not found (model.backbone_weights)")
+        inputs["backbone_weights"] = sha256_file(backbone_weights)
     chash = config_hash(cfg.model, cfg.train, cfg.run.seed, cfg.data.train_split)
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[train] up to date: {out}")
@@ -125,6 +130,8 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     num_classes = cfg.model.num_classes or len(train_split.class_names)
     meta = _meta(cfg, num_classes, cfg.model.class_names or train_split.class_names, train_split.category_ids)
     model = _build(cfg, num_classes)
+    if cfg.model.backbone_weights:
+        _load_backbone(cfg, model)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
 
@@ -211,6 +218,17 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
         stale.unlink(missing_ok=True)
     return art
+
+
+def _load_backbone(cfg: Config, model) -> None:
+    """ImageNet weights into the backbone, then torchvision's frozen stages."""
+    from edgefpn.models.pretrained import DEFAULT_TRAINABLE_LAYERS, freeze_backbone, load_backbone_weights
+
+    m = cfg.model
+    load_backbone_weights(model, m.backbone_weights, backbone=m.backbone)
+    layers = DEFAULT_TRAINABLE_LAYERS if m.trainable_layers is None else m.trainable_layers
+    freeze_backbone(model, backbone=m.backbone, trainable_layers=layers)
+    log(f"[train] backbone weights from {m.backbone_weights}; {layers} trainable backbone stages, frozen BN")
 
 
 def _autocast(amp: str):
