@@ -145,3 +145,29 @@ def test_config_refuses_slim_backbone_and_stray_trainable_layers():
         load_config(None, ["model.trainable_layers=2"])
     with pytest.raises(ConfigError, match=r"model\.trainable_layers must be in 0\.\.5 for resnet18, got 6"):
         load_config(None, ["model.backbone_weights=x.pth", "model.trainable_layers=6"])
+
+
+@pytest.mark.slow
+def test_train_stage_with_pretrained_backbone_augmentation_and_bf16(tmp_path, resnet18_file):
+    """The train stage end to end: frozen stages leave training as they came from the file, the top
+    stages train, the file's sha256 is an input, and augmentation + bf16 autocast run."""
+    from edgefpn.artifacts import read_manifest, sha256_file
+    from edgefpn.models.checkpoint import load_checkpoint
+    from edgefpn.pipeline import train
+    from tests.conftest import tiny_overrides
+
+    path, state = resnet18_file
+    cfg = load_config(None, [*tiny_overrides(tmp_path), "model.backbone_width=64", f"model.backbone_weights={path}",
+                             "model.trainable_layers=2", "train.amp=bf16", "train.augment.scale_jitter=[0.5,1.5]",
+                             "train.augment.crop={prob: 1.0}", "train.augment.photometric={}"])
+    train.run(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
+    sd = ckpt["state_dict"]
+    assert ckpt["meta"]["build"]["norm"] == "frozen_bn"
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer2.1.conv2.weight", "layer2.0.bn1.running_mean"):
+        assert torch.equal(sd[f"backbone.body.{key}"], state[key]), key  # frozen: as loaded
+    for key in ("layer3.0.conv1.weight", "layer4.1.conv2.weight"):
+        assert not torch.equal(sd[f"backbone.body.{key}"], state[key]), key  # trainable: trained
+    assert sd["backbone.body.layer3.0.conv1.weight"].dtype == torch.float32
+    inputs = read_manifest(tmp_path / "run" / "model.pt")["inputs"]
+    assert inputs["backbone_weights"] == sha256_file(path)
