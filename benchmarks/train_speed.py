@@ -81,7 +81,7 @@ class Runner:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 10.0)
         self.opt.step()
-        self.losses.append(float(loss))
+        self.losses.append(float(loss.detach()))
         return time.perf_counter() - t0
 
 
@@ -94,8 +94,13 @@ def _write(args, cfg, times: dict[str, list[float]], load: list[float], runners:
     rows = []
     for v, r in zip(VARIANTS, runners, strict=True):
         med = statistics.median(times[v.name])
+        # per round, this variant's step against today's on the same batch moments apart: robust to load
+        paired = [b / t for b, t in zip(times[VARIANTS[0].name], times[v.name], strict=True)]
         rows.append({"variant": v.name, "amp": v.amp, "channels_last": v.channels_last,
                      "step_s_median": round(med, 4), "speedup_vs_today": round(base / med, 3),
+                     "paired_speedup_median": round(statistics.median(paired), 3),
+                     "paired_rounds_faster": sum(x > 1 for x in paired),
+                     "step_s_rounds": [round(t, 4) for t in times[v.name]],
                      "images_per_s_0_workers": round(batch / (med + med_load), 2),
                      "speedup_with_loading_0_workers": round((base + med_load) / (med + med_load), 3),
                      "loss_first": round(r.losses[0], 4), "loss_last": round(r.losses[-1], 4)})
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
               ", ".join(f"{n} {t:.3f}s" for n, t in step_times.items()), file=sys.stderr, flush=True)
     for row in report["rows"]:
         print(f"{row['variant']:<28} step {row['step_s_median']:.3f}s  x{row['speedup_vs_today']:.3f}  "
+              f"paired x{row['paired_speedup_median']:.3f}  "
               f"(with loading, 0 workers: x{row['speedup_with_loading_0_workers']:.3f})")
     print(f"loading one batch: {report['load_batch_s_median']:.3f}s = {report['load_share_of_fp32_step']:.1%} "
           f"of a fp32 step + load")
