@@ -120,6 +120,10 @@ def stage_options(fn: Callable) -> Callable:
         command = click.get_current_context().info_name
         if command == "data":  # writes data.root (edgefpn.data.synth guards it), nothing in the run dir
             return call()
+        if _rank_prefix() not in ("", "rank 0: "):
+            # a torchrun rank other than 0 writes nothing (no lock, no digest cache): rank 0 holds the
+            # run directory for the whole job
+            return call()
         from edgefpn.digests import persisted
         from edgefpn.runlock import run_lock
 

@@ -80,6 +80,12 @@ class ModelConfig:
     num_classes: int | None = None  # None: taken from the training annotations
     class_names: tuple[str, ...] | None = None
     weights: str | None = None  # a checkpoint to load instead of training
+    # A torchvision ImageNet classification state dict (e.g. resnet50-0676ba61.pth) loaded into the
+    # backbone before training; its sha256 is a train input. Never downloaded.
+    backbone_weights: str | None = None
+    # torchvision's meaning (_resnet_fpn_extractor): how many of the 5 backbone stages train, counted
+    # from the top. None: 3 with backbone_weights (torchvision's default), else 5 (from scratch).
+    trainable_layers: int | None = None
     variant: str = "v1"  # torchvision's layout variant: v1, or v2 (e.g. fasterrcnn_resnet50_fpn_v2)
     representation_size: int = 1024  # faster_rcnn: width of the box head's fully connected layers
     rpn: RpnConfig = field(default_factory=RpnConfig)  # faster_rcnn only
@@ -103,6 +109,36 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class CropConfig:
+    """A random crop of the original image; boxes are cut to it (edgefpn.data.augment)."""
+
+    prob: float = 0.5  # share of images that are cropped
+    min_scale: float = 0.3  # crop side as a fraction of the image side, drawn per side
+    max_scale: float = 1.0
+    min_visible: float = 0.5  # a box cut by the crop stays a target if this share of its area is kept
+
+
+@dataclass(frozen=True)
+class PhotometricConfig:
+    """Colour jitter; each factor is drawn uniformly in [1 - x, 1 + x] (hue: a shift in [-x, x] turns)."""
+
+    prob: float = 0.8
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.25
+    hue: float = 0.02
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation beyond the flip; each part is off when null (the default)."""
+
+    scale_jitter: tuple[float, float] | None = None  # the letterbox scale times U(lo, hi)
+    crop: CropConfig | None = None
+    photometric: PhotometricConfig | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 12
     batch_size: int = 8
@@ -117,10 +153,17 @@ class TrainConfig:
     channels_last: bool = False
     grad_clip: float = 10.0
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    amp: str = "off"  # off | bf16 (CPU or CUDA) | fp16 (CUDA, with a GradScaler)
+    # off | bf16 (CPU or CUDA) | fp16 (CUDA, with a GradScaler): autocast of the forward pass. YAML 1.1
+    # reads a bare `off` as false, so false is taken for "off" (and stored as "off").
+    amp: str | bool = "off"
     workers: int = 0  # DataLoader worker processes per rank (decode + augmentation run there)
     sync_bn: bool | None = None  # SyncBatchNorm for trainable BN; None: on when world size > 1
     timeout_s: int = 600  # collective timeout under torchrun: a lost rank ends the job, never a hang
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.amp is False:
+            object.__setattr__(self, "amp", "off")
 
 
 @dataclass(frozen=True)
@@ -392,6 +435,22 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("train.amp", f"must be off, bf16 or fp16, got {cfg.train.amp!r}")
     if cfg.train.workers < 0 or cfg.train.timeout_s <= 0:
         raise bad("train", f"needs workers >= 0 and timeout_s > 0, got {cfg.train.workers} and {cfg.train.timeout_s}")
+    _validate_augment(cfg.train.augment, bad)
+    if cfg.model.trainable_layers is not None:
+        top = 6 if cfg.model.backbone == "mobilenet_v3_large" else 5  # torchvision's _validate_trainable_layers
+        if not 0 <= cfg.model.trainable_layers <= top:
+            raise bad("model.trainable_layers", f"must be in 0..{top} for {cfg.model.backbone}, "
+                                                f"got {cfg.model.trainable_layers}")
+        if cfg.model.backbone_weights is None:
+            raise bad("model.trainable_layers", "applies to a pretrained backbone only: set model.backbone_weights "
+                                                "(from scratch every layer trains)")
+    if cfg.model.backbone_weights is not None:
+        if cfg.model.backbone_width != 64:
+            raise bad("model.backbone_weights", f"needs backbone_width 64 (ImageNet weights are torchvision's "
+                                                f"full-width networks), got {cfg.model.backbone_width}")
+        if cfg.model.weights is not None:
+            raise bad("model.backbone_weights", "and model.weights exclude each other (model.weights loads "
+                                                "a whole trained detector)")
     pp = cfg.postprocess
     if not 0.0 <= pp.score_thresh < 1.0 or not 0.0 < pp.nms_thresh <= 1.0:
         raise bad("postprocess", f"thresholds out of range: score {pp.score_thresh}, nms {pp.nms_thresh}")
@@ -474,6 +533,29 @@ def _validate_ranges(cfg: Config, bad: Callable[[str, str], ConfigError]) -> Non
     if names is not None and n is not None and len(names) != n:
         raise bad("model.class_names", f"has {len(names)} names for model.num_classes {n}")
     # check.max_map_drop / check.min_cosine are left free: an impossible gate is how a test makes check fail
+
+
+def _validate_augment(aug: AugmentConfig, bad: Any) -> None:
+    if aug.scale_jitter is not None:
+        lo, hi = aug.scale_jitter
+        if not 0.0 < lo <= hi <= 4.0:
+            raise bad("train.augment.scale_jitter", f"must be [lo, hi] with 0 < lo <= hi <= 4, got {[lo, hi]}")
+    if (c := aug.crop) is not None:
+        if not 0.0 <= c.prob <= 1.0:
+            raise bad("train.augment.crop.prob", f"must be in [0, 1], got {c.prob}")
+        if not 0.0 < c.min_scale <= c.max_scale <= 1.0:
+            raise bad("train.augment.crop", f"needs 0 < min_scale <= max_scale <= 1, got "
+                                            f"{[c.min_scale, c.max_scale]}")
+        if not 0.0 <= c.min_visible <= 1.0:
+            raise bad("train.augment.crop.min_visible", f"must be in [0, 1], got {c.min_visible}")
+    if (p := aug.photometric) is not None:
+        if not 0.0 <= p.prob <= 1.0:
+            raise bad("train.augment.photometric.prob", f"must be in [0, 1], got {p.prob}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(p, name) < 1.0:
+                raise bad(f"train.augment.photometric.{name}", f"must be in [0, 1), got {getattr(p, name)}")
+        if not 0.0 <= p.hue <= 0.5:
+            raise bad("train.augment.photometric.hue", f"must be in [0, 0.5], got {p.hue}")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

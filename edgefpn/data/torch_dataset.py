@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from edgefpn.config import AugmentConfig
+from edgefpn.data.augment import MIN_BOX_SIDE, augment, clip_boxes, is_active
 from edgefpn.data.coco import CocoSplit
 from edgefpn.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, boxes_to_input, load_image, preprocess
 from edgefpn.errors import DataError
 
-__all__ = ["DetectionDataset", "collate"]
-
-MIN_BOX_SIDE = 1.0  # input pixels; smaller boxes after letterboxing are dropped
+__all__ = ["MIN_BOX_SIDE", "DetectionDataset", "collate"]
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -29,7 +29,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     depend on the worker count or the world size. The epoch comes from :meth:`set_epoch`, or with the
     index as ``dataset[(epoch, index)]``: the trainer's sampler passes it that way because persistent
     DataLoader workers hold their own copy of the dataset, which ``set_epoch`` in the main process
-    does not reach.
+    does not reach. With ``augment`` (an ``AugmentConfig`` with any part on) the item is augmented
+    with the same generator.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         hflip: bool = False,
+        augment: AugmentConfig | None = None,
         *,
         seed: int = 0,
     ) -> None:
@@ -53,6 +55,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.seed = seed
         self.epoch = 0
+        self.augment = augment if is_active(augment) else None
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch that plain integer indexing draws its randomness for."""
@@ -78,20 +81,20 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise DataError(
                 f"{rec.path}: image is {w}x{h} but the annotations say {rec.width}x{rec.height}"
             )
-        boxes = rec.boxes  # [K, 4] xyxy original pixels
+        boxes, labels = rec.boxes, rec.labels  # [K, 4] xyxy original pixels, [K]
         if self.hflip and rng.random() < 0.5:
             # Flip the original, not the letterboxed input: the padding must stay bottom/right.
             image = np.ascontiguousarray(image[:, ::-1])
             boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
+        if self.augment is not None:  # the same generator, after the flip's draw
+            image, boxes, labels = augment(image, boxes, labels, rng=rng, cfg=self.augment, mean=self.mean)
         x, lb = preprocess(image, size=self.size, mean=self.mean, std=self.std)
-        boxes = boxes_to_input(boxes.reshape(-1, 4), lb)
+        boxes = boxes_to_input(np.asarray(boxes).reshape(-1, 4), lb)
         in_h, in_w = self.size
-        np.clip(boxes[:, 0::2], 0, in_w, out=boxes[:, 0::2])
-        np.clip(boxes[:, 1::2], 0, in_h, out=boxes[:, 1::2])
-        keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
+        boxes, labels = clip_boxes(boxes, labels, width=in_w, height=in_h, min_side=MIN_BOX_SIDE)
         target = {
-            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], dtype=np.float32)),
-            "labels": torch.from_numpy(np.ascontiguousarray(rec.labels[keep], dtype=np.int64)),
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
         }
         return torch.from_numpy(x), target
 

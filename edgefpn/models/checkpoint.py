@@ -23,7 +23,14 @@ from torch import Tensor, nn
 
 from edgefpn.errors import CheckpointError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "load_weights", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "load_checked",
+    "load_checkpoint",
+    "load_weights",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "edgefpn"
 CHECKPOINT_VERSION = 1
@@ -169,8 +176,18 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, An
     """
     checkpoint = load_checkpoint(path)
     state_dict: dict[str, Tensor] = checkpoint["state_dict"]
-    model_state = model.state_dict()
+    load_checked(model, state_dict, where=str(path))
+    return checkpoint["meta"]
 
+
+def load_checked(model: nn.Module, state_dict: Mapping[str, Tensor], *, where: str) -> None:
+    """Load ``state_dict`` into ``model`` after checking keys and shapes (``model`` unchanged on error).
+
+    Raises:
+        CheckpointError: ``"<where>: N missing keys (...); N unexpected keys (...); N shape mismatches
+            (...)"``, the first three of each.
+    """
+    model_state = model.state_dict()
     missing = [k for k in model_state if k not in state_dict and not _is_bn_counter(k)]
     unexpected = [k for k in state_dict if k not in model_state and not _is_bn_counter(k)]
     mismatched = [
@@ -188,13 +205,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, An
         if keys
     ]
     if problems:
-        raise CheckpointError(f"{path}: {'; '.join(problems)}")
+        raise CheckpointError(f"{where}: {'; '.join(problems)}")
 
     # Now the two key sets agree except for BN counters: fill or drop those, then load strictly.
     to_load = {k: v for k, v in state_dict.items() if k in model_state}
     to_load.update({k: v for k, v in model_state.items() if k not in to_load})
     model.load_state_dict(to_load, strict=True)
-    return checkpoint["meta"]
 
 
 def _is_state_dict(obj: object) -> bool:

@@ -49,7 +49,8 @@ def _backbone_kwargs(m: ModelConfig) -> dict[str, Any]:
         "backbone_name": m.backbone,
         "backbone_width": m.backbone_width,
         "fpn_channels": m.fpn_channels,
-        "norm": m.norm,
+        # torchvision's convention: a pretrained backbone keeps its ImageNet BatchNorm statistics frozen
+        "norm": "frozen_bn" if m.backbone_weights else m.norm,
         "neck": m.neck,
     }
 

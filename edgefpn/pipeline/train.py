@@ -43,7 +43,7 @@ def _meta(cfg: Config, num_classes: int, class_names: tuple[str, ...] | None,
         "backbone_name": m.backbone,
         "backbone_width": m.backbone_width,
         "neck": m.neck,
-        "norm": m.norm,
+        "norm": "frozen_bn" if m.backbone_weights else m.norm,  # as registry._backbone_kwargs builds it
         "fpn_channels": m.fpn_channels,
         "head_convs": m.head_convs,
         "num_classes": num_classes,
@@ -144,6 +144,11 @@ def _run_training(cfg: Config, run_dir: Path, out: Path, dist, chash: str, setti
         "train_annotations": data.annotation_hashes[cfg.data.train_split],
         "train_images": data.images_hash(cfg.data.train_split),
     }
+    if cfg.model.backbone_weights:
+        backbone_weights = Path(cfg.model.backbone_weights)
+        if not backbone_weights.is_file():
+            raise CheckpointError(f"{backbone_weights}: backbone weights not found (model.backbone_weights)")
+        inputs["backbone_weights"] = sha256_file(backbone_weights)
     if cfg.train.eval_every:  # val is read only for the periodic mAP recorded with the model
         inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
         inputs["val_images"] = data.images_hash(cfg.data.val_split)
@@ -341,10 +346,12 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     num_classes = cfg.model.num_classes or len(train_split.class_names)
     meta = _meta(cfg, num_classes, cfg.model.class_names or train_split.class_names, train_split.category_ids)
     module = _build(cfg, num_classes)
+    if cfg.model.backbone_weights:
+        _load_backbone(cfg, module)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     module = module.to(dist.device, memory_format=memory_format)
     dataset = DetectionDataset(train_split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std,
-                               hflip=t.hflip, seed=cfg.run.seed)
+                               hflip=t.hflip, augment=t.augment, seed=cfg.run.seed)
     loader, sampler = loop.build_loader(cfg, dataset, dist)
     opt, params = loop.build_optimizer(cfg, module)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.train.amp == "fp16")
@@ -421,3 +428,14 @@ def _refuse_zero_steps(cfg: Config, split, out: Path) -> None:
         skipped = f" ({len(split.skipped)} skipped as unusable)" if split.skipped else ""
         raise DataError(f"{ann}: no usable annotations on the {len(split.images)} training images{skipped}: "
                         "nothing to learn")
+
+
+def _load_backbone(cfg: Config, model) -> None:
+    """ImageNet weights into the backbone, then torchvision's frozen stages."""
+    from edgefpn.models.pretrained import DEFAULT_TRAINABLE_LAYERS, freeze_backbone, load_backbone_weights
+
+    m = cfg.model
+    load_backbone_weights(model, m.backbone_weights, backbone=m.backbone)
+    layers = DEFAULT_TRAINABLE_LAYERS if m.trainable_layers is None else m.trainable_layers
+    freeze_backbone(model, backbone=m.backbone, trainable_layers=layers)
+    log(f"[train] backbone weights from {m.backbone_weights}; {layers} trainable backbone stages, frozen BN")
