@@ -38,19 +38,19 @@ train: setup ## train (or load model.weights); NPROC=N: N ranks on this machine 
 	if [ "$(NPROC)" = 1 ]; then $(EDGEFPN) train $(STAGE_ARGS); \
 	else .venv/bin/torchrun --standalone --nproc-per-node $(NPROC) -m edgefpn train $(STAGE_ARGS); fi
 
-export: setup ## export the static-shape ONNX
+export: train ## export the static-shape ONNX
 	$(EDGEFPN) export $(STAGE_ARGS)
 
-quantize: setup ## INT8 (QDQ ONNX, NNCF OpenVINO) and FP16 models
+quantize: export ## INT8 (QDQ ONNX, NNCF OpenVINO) and FP16 models
 	$(EDGEFPN) quantize $(STAGE_ARGS)
 
-build: setup ## every engine this machine can build (OpenVINO; TensorRT where installed)
+build: quantize ## every engine this machine can build (OpenVINO; TensorRT where installed)
 	$(EDGEFPN) build $(STAGE_ARGS)
 
-check: setup ## check every engine against the PyTorch reference
+check: build ## check every engine against the PyTorch reference
 	$(EDGEFPN) check $(STAGE_ARGS)
 
-package: setup ## bundle.tar: the engines that passed check, with a verified manifest
+package: check ## bundle.tar: the engines that passed check, with a verified manifest
 	$(EDGEFPN) package $(STAGE_ARGS)
 
 run: setup ## every stage in order
