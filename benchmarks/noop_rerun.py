@@ -29,9 +29,9 @@ from pathlib import Path
 WORK = ("[train] fcos", "[export] exporting", "INT8 QDQ mAP", "[check] wrote", "[build] openvino-fp32: converting")
 
 
-def _cmd(src: str, run: str, data: str, sets: list[str]) -> tuple[list[str], dict[str, str]]:
+def _cmd(src: str, run: str, data: str, sets: list[str], command: str) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "PYTHONPATH": src}
-    cmd = [sys.executable, "-m", "edgefpn.cli", "run", "--config", str(Path(src) / "configs" / "default.yaml"),
+    cmd = [sys.executable, "-m", "edgefpn.cli", command, "--config", str(Path(src) / "configs" / "default.yaml"),
            "--out", run, "--set", f"data.root={data}"]
     for item in sets:
         cmd += ["--set", item]
@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--old", required=True, help="SRC:RUN_DIR:DATA_ROOT of the old checkout")
     p.add_argument("--new", required=True, help="SRC:RUN_DIR:DATA_ROOT of the new checkout")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--command", default="run", help="the stage command to time (default: run, every stage)")
     p.add_argument("--set", dest="sets", action="append", default=[],
                    help="the --set overrides both run dirs were made with (e.g. train.epochs=1); repeatable")
     p.add_argument("--json", type=Path, default=None, help="also write the samples here")
@@ -63,7 +64,7 @@ def main() -> None:
     exits: dict[str, set[int]] = {k: set() for k in sides}
     for r in range(args.rounds):
         for name, (src, run, data) in sides.items():
-            cmd, env = _cmd(src, run, data, args.sets)
+            cmd, env = _cmd(src, run, data, args.sets, args.command)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
             dt = time.perf_counter() - t0
