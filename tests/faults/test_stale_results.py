@@ -132,7 +132,9 @@ def test_engines_of_an_earlier_configuration_are_not_checked_or_packaged(checked
     assert [e["name"] for e in manifest["engines"]] == ["onnxruntime-fp32"]
     bundle = snapshot(run)["bundle.tar"]
     res = cli("package", *sets, "--out", run, "--engines", "openvino-fp32", "--quiet")
-    refused(res, names=[run / "openvino" / "fp32", "openvino-fp32"], problem="not made by the current configuration")
+    # refused before check runs: these settings never build it (the engine on disk is an earlier one's)
+    refused(res, names=["openvino-fp32"], problem=r"never built with these settings \(build\.targets does not "
+                                                  r"include openvino\)")
     assert snapshot(run)["bundle.tar"] == bundle
     assert {k: v for k, v in snapshot(run).items() if k.startswith(("openvino", "tensorrt"))} == planted
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 import edgefpn.pipeline
-from edgefpn.artifacts import read_manifest, sha256_path, up_to_date, write_manifest
+from edgefpn.artifacts import read_manifest, sha256_file, sha256_path, up_to_date, write_manifest
 from edgefpn.backends.tensorrt import unavailable_reason
 from edgefpn.config import load_config
 from edgefpn.errors import BackendUnavailable
@@ -125,7 +125,9 @@ def _fake_quantize(run_dir: Path, monkeypatch, *, nncf_ir: bool):
             from edgefpn.backends.openvino import onnx_to_openvino
 
             onnx_to_openvino(out, rd / "openvino/int8/model.xml", compress_to_fp16=False)
-            write_manifest(rd / "openvino/int8", stage="quantize", config_hash="fake", inputs={})
+            # what the real stage records: the IR is taken by build only while these are current
+            made_from = {"model": sha256_file(rd / "model.onnx"), "int8_qdq": art.sha256}
+            write_manifest(rd / "openvino/int8", stage="quantize", config_hash="fake", inputs=made_from)
         return art
 
     fake = types.SimpleNamespace(run=run)
@@ -151,4 +153,5 @@ def test_int8_uses_the_quantize_stage_nncf_ir(run_copy, monkeypatch):
     cfg = load_config(None, overrides)
     (art,) = build.run(cfg, run_dir, targets=["openvino"], precisions=["int8"], progress=False)
     assert art.manifest["stage"] == "quantize"  # used as-is, not reconverted nor re-stamped
-    assert up_to_date(art.path, config_hash="fake", inputs={}) is not None
+    made_from = {"model": sha256_file(run_dir / "model.onnx"), "int8_qdq": sha256_file(run_dir / "model.int8.onnx")}
+    assert up_to_date(art.path, config_hash="fake", inputs=made_from) is not None

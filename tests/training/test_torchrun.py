@@ -92,7 +92,9 @@ def test_two_ranks_give_the_one_process_run_and_only_rank0_writes(reference, tmp
         torch.testing.assert_close(got["state_dict"][k], v, **WEIGHTS, msg=k)
     # Only rank 0 wrote: the run dir holds what one process writes, the data and the working
     # directory of both ranks are untouched, and the path is said once.
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "model.pt.manifest.json"]
+    # rank 0's: the model, and the CLI's digest cache (no lock file is left behind)
+    assert sorted(p.name for p in out.iterdir()) == ["cache", "model.pt", "model.pt.manifest.json"]
+    assert [p.name for p in (out / "cache").iterdir()] == ["digests.json"]
     assert _snapshot(data, cwd) == before
     assert log.count(str(out / "model.pt")) == 1, log
 
