@@ -14,7 +14,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 EDGEFPN := .venv/bin/edgefpn
 STAGE_ARGS := --config $(CONFIG) --out $(OUT) $(ARGS)
 
-.PHONY: all setup data train export quantize build check package run test lint benchmark bench-zoo clean help
+.PHONY: all setup data train export quantize build check package run test test-shipped lint benchmark bench-zoo clean help
 
 all: run ## data -> train -> export -> quantize -> build -> check on the default config
 
@@ -61,6 +61,9 @@ benchmark: setup ## latency / throughput of every engine in the run dir (+ OpenV
 
 test: setup ## the test suite (< 10 minutes on 2 cores)
 	.venv/bin/python -m pytest -q $(ARGS)
+
+test-shipped: setup ## every shipped torchvision config at its shipped size (~5 CPU-minutes; CI runs it after make test)
+	EDGEFPN_ALL_TORCHVISION_CONFIGS=1 .venv/bin/python -m pytest -q tests/models/test_torchvision_configs.py
 
 bench-zoo: setup ## FPN vs AugFPN per detector, one training budget -> benchmarks/zoo.{md,json} (~20 min)
 	.venv/bin/python benchmarks/zoo.py $(ARGS)
