@@ -22,8 +22,11 @@ from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
 from tests.security.harness import OpenWatch, cli, refused, snapshot, tiny_sets
 
 # quantize (QDQ + its mAP loop) and check on ONNX Runtime only: the stages that read images, cheaply
-# (a budget the 1-epoch model always meets: no sensitivity search, which is not what is tested here)
-CHEAP_QDQ = ("quantize.fp16=false", "quantize.openvino=false", "quantize.num_images=2", "quantize.max_map_drop=100")
+# (a budget the 1-epoch model always meets: no sensitivity search, which is not what is tested here;
+# calibrated on 2 images, the int8 p6/p7 maps' cosine is noise around the tiny run's 0.95 gate, and
+# the gates are not what these tests hold either: which stages rerun is)
+CHEAP_QDQ = ("quantize.fp16=false", "quantize.openvino=false", "quantize.num_images=2", "quantize.max_map_drop=100",
+             "check.min_cosine.int8=0.5")
 QDQ_ONLY = ("data.builtin=false", *CHEAP_QDQ, "build.targets=[]", "check.backends=[onnxruntime]")
 
 
