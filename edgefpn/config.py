@@ -153,8 +153,9 @@ class TrainConfig:
     channels_last: bool = False
     grad_clip: float = 10.0
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    # off | bf16 (CPU or CUDA) | fp16 (CUDA, with a GradScaler): autocast of the forward pass. YAML 1.1
-    # reads a bare `off` as false, so false is taken for "off" (and stored as "off").
+    # off | bf16 (CPU or CUDA) | fp16 (CUDA, with a GradScaler) | auto (bf16 where the device computes
+    # it natively, else off): autocast of the forward pass. YAML 1.1 reads a bare `off` as false, so
+    # false is taken for "off" (and stored as "off").
     amp: str | bool = "off"
     workers: int = 0  # DataLoader worker processes per rank (decode + augmentation run there)
     sync_bn: bool | None = None  # SyncBatchNorm for trainable BN; None: on when world size > 1
@@ -431,8 +432,8 @@ def _validate(cfg: Config, source: str) -> None:
     dev = cfg.train.device
     if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise bad("train.device", f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
-    if cfg.train.amp not in ("off", "bf16", "fp16"):
-        raise bad("train.amp", f"must be off, bf16 or fp16, got {cfg.train.amp!r}")
+    if cfg.train.amp not in ("off", "bf16", "fp16", "auto"):
+        raise bad("train.amp", f"must be off, bf16, fp16 or auto, got {cfg.train.amp!r}")
     if cfg.train.workers < 0 or cfg.train.timeout_s <= 0:
         raise bad("train", f"needs workers >= 0 and timeout_s > 0, got {cfg.train.workers} and {cfg.train.timeout_s}")
     _validate_augment(cfg.train.augment, bad)

@@ -389,7 +389,8 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     backend = "nccl" if dist.device.type == "cuda" else "gloo"
     log(f"[train] {cfg.model.arch}/{cfg.model.backbone} fpn{cfg.model.fpn_channels}, {num_classes} classes, "
         f"{len(dataset)} images, {t.epochs} epochs x {len(sampler)} iters, global batch {t.batch_size}"
-        + (f" on {dist.world_size} ranks ({backend})" if dist.enabled else "") + f", {dist.device}, amp {t.amp}")
+        + (f" on {dist.world_size} ranks ({backend})" if dist.enabled else "") + f", {dist.device}, amp {t.amp}"
+        + (f" ({loop.resolve_amp(t.amp, dist.device)})" if t.amp == "auto" else ""))
     t_start = time.perf_counter()
     state = loop.run_epochs(cfg, model=model, module=module, opt=opt, params=params, loader=loader,
                             sampler=sampler, state=state, data=data, dist=dist, resume=resume, chash=chash,
@@ -399,6 +400,7 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
         module = module.to("cpu", memory_format=torch.contiguous_format).float().eval()  # one model.pt format
         meta["train"] = {"history": state.history, "seconds": round(time.perf_counter() - t_start, 1),
                          "config": to_dict(cfg.train), "world_size": dist.world_size, "device": str(dist.device),
+                         "amp": loop.resolve_amp(cfg.train.amp, dist.device),
                          "step_loss": [float(f"{v:.7g}") for v in state.step_losses]}
         with atomic_output(out) as tmp:
             save_checkpoint(tmp, module, meta=meta)

@@ -85,11 +85,26 @@ def lr_at(step: int, total: int, cfg: Config) -> float:
     return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def resolve_amp(setting: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where ``device`` computes bf16 natively, else ``off``; other settings as given.
+
+    Why not bf16 everywhere: on a CPU without oneDNN's bf16 kernels (no AVX-512) autocast falls back to
+    a scalar ``slow_conv2d`` (an AVX2-only VM: the default model made < 50 steps in 18 minutes, loaded);
+    where oneDNN has them it trains 1.5-2x faster than fp32 at the same mAP (benchmarks/train_speed.md).
+    """
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"
+
+
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    if cfg.train.amp == "fp16" and device.type != "cuda":
+    amp = resolve_amp(cfg.train.amp, device)
+    if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp: fp16 needs CUDA (its GradScaler is for GPUs); this run is on {device}, "
-                          "use bf16 or off")
-    return AMP_DTYPES[cfg.train.amp]
+                          "use bf16, auto or off")
+    return AMP_DTYPES[amp]
 
 
 def run_epochs(cfg: Config, *, model: nn.Module, module: nn.Module, opt: torch.optim.Optimizer,

@@ -79,7 +79,7 @@ def test_train_settings_are_validated_and_hashed():
     from edgefpn.pipeline.train import train_config_hash
 
     for key, value, says in (("device", "gpu", "must be auto, cpu, cuda or cuda:N"),
-                             ("amp", "fp8", "must be off, bf16 or fp16"), ("workers", "-1", "workers >= 0")):
+                             ("amp", "fp8", "must be off, bf16, fp16 or auto"), ("workers", "-1", "workers >= 0")):
         with pytest.raises(ConfigError, match=says):
             load_config(EMPTY_CONFIG, [f"train.{key}={value}"])
     base = train_config_hash(load_config(EMPTY_CONFIG))
@@ -101,6 +101,20 @@ def test_fp16_off_cuda_and_missing_cuda_are_refused():
     with pytest.raises(ConfigError, match="'cuda:1' asked for, but torch sees no CUDA device"):
         resolve_device("cuda:1")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_auto_amp_is_bf16_only_where_onednn_has_bf16_kernels(monkeypatch):
+    """``train.amp=auto`` picks bf16 on a CPU with oneDNN bf16 kernels and fp32 on one without (an
+    AVX2-only CPU, where bf16 autocast falls back to a scalar convolution)."""
+    from edgefpn.training import loop
+
+    cfg = load_config(EMPTY_CONFIG, ["train.amp=auto"])
+    for native, want in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert loop.resolve_amp("auto", torch.device("cpu")) == ("bf16" if native else "off")
+        assert loop.amp_dtype(cfg, torch.device("cpu")) is want
+    assert loop.resolve_amp("off", torch.device("cpu")) == "off"  # an explicit setting is kept as given
+    assert loop.resolve_amp("bf16", torch.device("cpu")) == "bf16"
 
 
 def test_each_rank_prints_only_its_own_errors(monkeypatch, tmp_path):
