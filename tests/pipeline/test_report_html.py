@@ -101,6 +101,49 @@ def test_perturbed_engine_fails_and_names_the_level(checked, tmp_path, monkeypat
     assert "No engine to ship" in page and f"{output}: " in page and "<tr class='fail'>" in page
 
 
+class _RunsFourTimesWhenInt8(OnnxRuntimeRunner):
+    """An INT8 engine that really computes its model four times per call: honestly slower, not a faked timing."""
+
+    def infer(self, feed):
+        for _ in range(3 if self.spec.precision == "int8" else 0):
+            super().infer(feed)
+        return super().infer(feed)
+
+
+def test_int8_engine_slower_than_fp32_fails_with_one_line(checked, tmp_path, monkeypatch):
+    overrides, src, _ = checked
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    monkeypatch.setitem(edgefpn.backends.RUNNERS, "onnxruntime", _RunsFourTimesWhenInt8)
+    with pytest.raises(CheckFailed, match=r"1 gate\(s\) failed: onnxruntime-int8: INT8 is slower than "
+                                          r"onnxruntime-fp32: 0\.\d\dx its speed, model only"):
+        check.run(load_config(None, [*overrides, *FAST, "check.latency_iters=8"]), run_dir, progress=False)
+    report = json.loads((run_dir / "report.json").read_text())
+    speed = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8")["int8_speedup"]
+    assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 8 and speed["speedup"] < 1
+    assert "INT8 vs FP32 of the same backend" in (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "FAIL (≥ 1×)" in (run_dir / "report.html").read_text(encoding="utf-8")
+
+
+def test_paired_speedup_is_in_the_report(checked):
+    _, run_dir, report = checked
+    speed = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8")["int8_speedup"]
+    assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 3 and speed["speedup"] > 0
+    assert f"{speed['speedup']:.2f}×" in (run_dir / "report.html").read_text(encoding="utf-8")
+
+
+def test_gallery_images_are_inline_in_the_page(checked):
+    _, run_dir, report = checked
+    gallery = report["gallery"]
+    shown = [(name, e) for name, entries in gallery["engines"].items() for e in entries]
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    jpegs = re.findall(r"src='data:image/jpeg;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(jpegs) == len(shown) and all(base64.b64decode(j).startswith(b"\xff\xd8") for j in jpegs)
+    assert "Where engines disagree with the reference" in page
+    for _, e in shown:
+        assert e["missed"] + e["extra"] + e["flips"] > 0 and f"image {e['image_id']}: " in page
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="chromium is not installed (apt-get install -y chromium); the page is checked without it")
 def test_screenshot_in_headless_chromium(checked, tmp_path):
