@@ -117,7 +117,8 @@ def test_int8_engine_slower_than_fp32_fails_with_one_line(checked, tmp_path, mon
     monkeypatch.setitem(edgefpn.backends.RUNNERS, "onnxruntime", _RunsFourTimesWhenInt8)
     with pytest.raises(CheckFailed, match=r"1 gate\(s\) failed: onnxruntime-int8: INT8 is slower than "
                                           r"onnxruntime-fp32: 0\.\d\dx its speed, model only"):
-        check.run(load_config(None, [*overrides, *FAST, "check.latency_iters=8"]), run_dir, progress=False)
+        check.run(load_config(None, [*overrides, *FAST, "check.latency_iters=8", "check.min_int8_speedup=1"]),
+                  run_dir, progress=False)
     report = json.loads((run_dir / "report.json").read_text())
     speed = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8")["int8_speedup"]
     assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 8 and speed["speedup"] < 1
