@@ -358,7 +358,8 @@ def _gates(entry: dict, cfg: Config, *, is_reference: bool, selected: tuple[str,
                 failed.append(f"{name}: SNR {stats['snr_db']:.1f} dB < {floor:.1f} dB, the floor "
                               f"min cosine {min_cos} implies (a scale error cosine cannot see){where}")
     if (speed := entry.get("int8_speedup")) and speed["speedup"] < speed["min_speedup"]:
-        failed.append(f"INT8 is slower than {speed['vs']}: {speed['speedup']:.2f}x its speed, model only "
+        what = "slower than" if speed["speedup"] < 1 else "not enough faster than"
+        failed.append(f"INT8 is {what} {speed['vs']}: {speed['speedup']:.2f}x its speed, model only "
                       f"({speed['p50_ms']:.2f} vs {speed['vs_p50_ms']:.2f} ms p50 over {speed['pairs']} "
                       f"interleaved pairs; check.min_int8_speedup {speed['min_speedup']:g})")
     return {"max_map_drop": max_drop, "min_cosine": min_cos, "failed": failed, "passed": not failed}

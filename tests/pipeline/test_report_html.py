@@ -110,20 +110,35 @@ class _RunsFourTimesWhenInt8(OnnxRuntimeRunner):
         return super().infer(feed)
 
 
-def test_int8_engine_slower_than_fp32_fails_with_one_line(checked, tmp_path, monkeypatch):
-    overrides, src, _ = checked
-    run_dir = tmp_path / "run"
-    shutil.copytree(src, run_dir)
-    monkeypatch.setitem(edgefpn.backends.RUNNERS, "onnxruntime", _RunsFourTimesWhenInt8)
-    with pytest.raises(CheckFailed, match=r"1 gate\(s\) failed: onnxruntime-int8: INT8 is slower than "
-                                          r"onnxruntime-fp32: 0\.\d\dx its speed, model only"):
-        check.run(load_config(None, [*overrides, *FAST, "check.latency_iters=8", "check.min_int8_speedup=1"]),
-                  run_dir, progress=False)
-    report = json.loads((run_dir / "report.json").read_text())
-    speed = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8")["int8_speedup"]
-    assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 8 and speed["speedup"] < 1
-    assert "INT8 vs FP32 of the same backend" in (run_dir / "report.md").read_text(encoding="utf-8")
-    assert "FAIL (≥ 1×)" in (run_dir / "report.html").read_text(encoding="utf-8")
+def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
+    """check's paired timing and gate on real runners (not a whole re-check: that costs ~40 s here)."""
+    import contextlib
+
+    from edgefpn.backends import EngineSpec
+    from edgefpn.pipeline import data as data_stage
+    from edgefpn.pipeline.common import make_pipeline
+    from edgefpn.pipeline.report import render_markdown
+
+    overrides, run_dir, report = checked
+    cfg = load_config(None, [*overrides, *FAST, "check.latency_iters=4", "check.min_int8_speedup=1"])
+    records = data_stage.run(cfg, progress=False).split(cfg.data.val_split).images
+    specs = [EngineSpec("onnxruntime-fp32", "onnxruntime", "fp32", run_dir / "model.onnx"),
+             EngineSpec("onnxruntime-int8", "onnxruntime", "int8", run_dir / "model.int8.ort.onnx")]
+    with contextlib.ExitStack() as stack:
+        runners = {s.name: stack.enter_context(_RunsFourTimesWhenInt8(s, threads=1)) for s in specs}
+        speed = check._int8_speedups(runners, specs, make_pipeline(cfg), records, cfg)["onnxruntime-int8"]
+    assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 4 and speed["speedup"] < 1
+    entry = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8") | {"int8_speedup": speed}
+    gates = check._gates(entry, cfg, is_reference=False)
+    (line,) = gates["failed"]
+    assert re.fullmatch(r"INT8 is slower than onnxruntime-fp32: 0\.\d\dx its speed, model only \(.* over 4 "
+                        r"interleaved pairs; check.min_int8_speedup 1\)", line)
+    with pytest.raises(CheckFailed, match="1 gate\\(s\\) failed: onnxruntime-int8: INT8 is slower than"):
+        check._raise_on_failures([f"onnxruntime-int8: {g}" for g in gates["failed"]], run_dir / "report.json")
+    failing = report | {"engines": [e if e["name"] != entry["name"] else entry | {"gates": gates}
+                                    for e in report["engines"]]}
+    assert "| onnxruntime-int8 | onnxruntime-fp32 |" in render_markdown(failing)
+    assert "FAIL (≥ 1×)" in render_html(failing)
 
 
 def test_paired_speedup_is_in_the_report(checked):
