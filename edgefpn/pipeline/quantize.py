@@ -59,11 +59,12 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     inputs = {"model": onnx_art.sha256, "calibration": key,
               "val_annotations": data.annotation_hashes[val], "val_images": data.images_hash(val)}
 
-    art = _flavour(cfg, run_dir / ARTIFACT, onnx_art, data, calib, chash, inputs, "symmetric",
+    reference: dict[str, list] = {}  # PyTorch's val detections, run once for both flavours
+    art = _flavour(cfg, run_dir / ARTIFACT, onnx_art, data, calib, chash, inputs, "symmetric", reference,
                    force=force, progress=progress)
     # the onnxruntime-int8 engine: U8S8 unless quantize.onnxruntime asks for the symmetric model
     _flavour(cfg, run_dir / ORT_INT8, onnx_art, data, calib, config_hash(chash, q.onnxruntime), inputs,
-             q.onnxruntime, force=force, progress=progress)
+             q.onnxruntime, reference, force=force, progress=progress)
     if q.fp16:
         _fp16(cfg, run_dir, onnx_art, calib, force=force)
     if q.openvino:
@@ -76,17 +77,20 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
 
 
 def _flavour(cfg: Config, out: Path, onnx_art: Artifact, data, calib: CalibrationSet, chash: str,
-             inputs: dict[str, str], flavour: str, *, force: bool, progress: bool) -> Artifact:
+             inputs: dict[str, str], flavour: str, reference: dict[str, list], *, force: bool,
+             progress: bool) -> Artifact:
     """The QDQ model ``out`` of ``flavour`` (symmetric: TensorRT's; u8s8: ORT CPU's), reused when up to date."""
     art = None if force else up_to_date(out, config_hash=chash, inputs=inputs)
     if art is not None:
         log(f"[quantize] up to date: {out}")
         return art
-    return _int8_qdq(cfg, out.parent, onnx_art, data, calib, chash, inputs, flavour, out, progress=progress)
+    return _int8_qdq(cfg, out.parent, onnx_art, data, calib, chash, inputs, flavour, out, reference,
+                     progress=progress)
 
 
 def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: CalibrationSet, chash: str,
-              inputs: dict[str, str], flavour: str, out: Path, *, progress: bool) -> Artifact:
+              inputs: dict[str, str], flavour: str, out: Path, reference: dict[str, list], *,
+              progress: bool) -> Artifact:
     import onnx
 
     from edgefpn.models.registry import arch_spec
@@ -110,8 +114,10 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
     evaluator = Evaluator(make_pipeline(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
                           data.ann_file(cfg.data.val_split), threads=cfg.run.threads)
     ref_spec = EngineSpec("torch-fp32", "torch", "fp32", run_dir / train_stage.ARTIFACT)
-    log(f"[quantize] reference mAP: PyTorch on {len(split.images)} val images")
-    ref_results = evaluator.detect(ref_spec)
+    if "results" not in reference:
+        log(f"[quantize] reference mAP: PyTorch on {len(split.images)} val images")
+        reference["results"] = evaluator.detect(ref_spec)
+    ref_results = reference["results"]
     ref_map = evaluator.map_of(ref_results)
 
     sensitivity = None
