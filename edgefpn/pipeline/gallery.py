@@ -30,17 +30,21 @@ COLOURS = {"ref": (46, 160, 67), "test": (31, 111, 235), "missed": (214, 39, 40)
 
 
 def disagreement(ref: Detections, test: Detections, iou_thresh: float = 0.5) -> dict[str, Any]:
-    """Greedy class-agnostic matching (as ``metrics.detections.match_detections``), keeping which boxes
-    matched. Returns ``ref_status`` / ``test_status`` (``matched``, ``flip``, ``missed`` / ``extra``) and
+    """Greedy matching by IoU (as ``metrics.detections.match_detections``, same-class boxes preferred),
+    keeping which boxes matched. Returns ``ref_status`` / ``test_status`` (``matched``, ``flip``, ``missed`` / ``extra``) and
     the counts ``missed``, ``extra``, ``flips``."""
     ref_status = ["missed"] * len(ref)
     test_status = ["extra"] * len(test)
     if len(ref) and len(test):
         iou = box_iou(ref.boxes, test.boxes).astype(np.float64)  # [R, T]
         free = np.ones(len(test), dtype=bool)
+        same = ref.labels[:, None] == test.labels[None, :]  # [R, T]
         for r in np.argsort(-ref.scores, kind="stable"):
             cand = np.where(free, iou[r], -1.0)
-            t = int(np.argmax(cand))
+            # a same-class box first: per-class NMS leaves boxes of several classes on one object, and
+            # pairing them across classes would show relabels that are not there
+            pool = np.where(same[r] & (cand >= iou_thresh), cand, -1.0)
+            t = int(np.argmax(pool)) if pool.max() >= iou_thresh else int(np.argmax(cand))
             if cand[t] >= iou_thresh:
                 free[t] = False
                 status = "matched" if ref.labels[r] == test.labels[t] else "flip"
@@ -130,8 +134,7 @@ def render(report: dict[str, Any]) -> str:
                        _swatch("extra", "extra"), _swatch("flip", "other class")])
     parts = ["<h2>Where engines disagree with the reference</h2><div class='card wide'>",
              f"<p class='note'>Per engine, the {gallery['per_engine']} val images with the most missed, extra "
-             f"or relabelled detections (score ≥ {gallery['score_thresh']:.2f}, IoU ≥ 0.5, class-agnostic "
-             f"matching). {legend}</p>"]
+             f"or relabelled detections (score ≥ {gallery['score_thresh']:.2f}, IoU ≥ 0.5, same class preferred). {legend}</p>"]
     for engine, entries in gallery["engines"].items():
         if not entries:
             parts.append(f"<h3>{escape(engine)}</h3><p class='note'>no disagreement at this threshold</p>")
