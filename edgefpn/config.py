@@ -187,6 +187,9 @@ class QuantizeConfig:
     max_map_drop: float = 0.5  # AP points; past it, sensitive layers are kept in float
     fp16: bool = True  # also write the FP16 ONNX
     openvino: bool = True  # also quantize for OpenVINO with NNCF (needs the openvino extra)
+    # the onnxruntime-int8 engine's QDQ flavour: u8s8 (uint8 activations, what ORT's x86 kernels fuse and
+    # run fastest) or symmetric (model.int8.onnx's TensorRT scheme, which ORT runs as float + conversions)
+    onnxruntime: str = "u8s8"
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,9 @@ class CheckConfig:
     max_images: int | None = None  # None: the full val split
     warmup: int = 5
     latency_iters: int = 50
+    # An INT8 engine must be at least this many times faster (model only) than the FP32 engine of the
+    # same backend, timed in interleaved pairs (see check._int8_speedups); 1.0: never slower.
+    min_int8_speedup: float = 1.0
 
     def __post_init__(self) -> None:
         # defaults are plain dicts; freeze them like the ones loaded from YAML
@@ -466,6 +472,8 @@ def _validate(cfg: Config, source: str) -> None:
     q = cfg.quantize
     if q.method not in ("minmax", "percentile", "entropy"):
         raise bad("quantize.method", f"must be minmax, percentile or entropy, got {q.method!r}")
+    if q.onnxruntime not in ("u8s8", "symmetric"):
+        raise bad("quantize.onnxruntime", f"must be u8s8 or symmetric, got {q.onnxruntime!r}")
     if q.num_images <= 0 or q.batch_size <= 0 or not 0.0 < q.percentile <= 100.0:
         raise bad("quantize", "needs num_images > 0, batch_size > 0 and 0 < percentile <= 100")
     for t in cfg.build.targets:
@@ -492,6 +500,7 @@ def _validate(cfg: Config, source: str) -> None:
 # whole evaluation or an "internal error" from a library that asserts (issue 16).
 _Check = tuple[str, Callable[[Any], bool], str]
 _RANGES: tuple[_Check, ...] = (
+    ("check.min_int8_speedup", lambda v: v >= 0, ">= 0"),
     ("run.seed", lambda v: v >= 0, ">= 0"),
     ("data.synth.num_train", lambda v: v > 0, "> 0"),
     ("data.synth.num_val", lambda v: v > 0, "> 0"),

@@ -31,6 +31,10 @@ TINY = [
     # One epoch on 16 images leaves p6/p7 (3x3 and 2x2 maps at 160 px) with a few dozen values whose
     # int8 cosine is noise around 0.97; the production gate is what the default run is held to.
     "check.min_cosine.int8=0.95",
+    # A 160 px model with 32 FPN channels runs in ~2 ms, where thread wake-ups and Q/DQ at the graph edges
+    # weigh as much as the convolutions, and 3 latency pairs are noise: whether INT8 pays is measured on
+    # the default model (benchmarks/ort_int8); the gate itself is tested with check.min_int8_speedup=1.
+    "check.min_int8_speedup=0",
 ]
 
 

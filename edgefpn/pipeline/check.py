@@ -38,6 +38,7 @@ from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_pipeline, recorded_arch
 from edgefpn.pipeline.data import require_annotations
+from edgefpn.pipeline.gallery import Gallery
 from edgefpn.pipeline.lineage import current_engines
 from edgefpn.pipeline.report import render_markdown, system_info, with_compute
 from edgefpn.pipeline.report_html import render_html
@@ -50,7 +51,7 @@ REFERENCE = EngineSpec("torch-fp32", "torch", "fp32", Path(train_stage.ARTIFACT)
 ENGINE_FILES: tuple[tuple[str, str, str, str], ...] = (
     ("onnxruntime-fp32", "onnxruntime", "fp32", "model.onnx"),
     ("onnxruntime-fp16", "onnxruntime", "fp16", "model.fp16.onnx"),
-    ("onnxruntime-int8", "onnxruntime", "int8", "model.int8.onnx"),
+    ("onnxruntime-int8", "onnxruntime", "int8", "model.int8.ort.onnx"),  # ORT-CPU QDQ flavour (u8s8)
     # OpenVINO engines are IR folders (model.xml + model.bin), so their manifest covers both files
     ("openvino-fp32", "openvino", "fp32", "openvino/fp32"),
     ("openvino-fp16", "openvino", "fp16", "openvino/fp16"),
@@ -138,6 +139,7 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
     results: dict[str, list[dict]] = {s.name: [] for s in all_specs}
     tensors: dict[str, dict[str, list[dict]]] = {s.name: {} for s in engines}
     agreement = {s.name: DetectionAgreement() for s in engines}
+    gallery = Gallery(deploy_pipe.post.score_thresh)
     with contextlib.ExitStack() as stack:
         runners = {s.name: stack.enter_context(open_runner(s, threads=threads)) for s in all_specs}
         bar = tqdm(records, desc=f"[check] {len(all_specs)} engines x val", disable=not progress,
@@ -153,11 +155,13 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
                     tensors[spec.name].setdefault(name, []).append(tensor_agreement(ref, out[name]))
                 det = pipe.decode(_finite(out), [lb])[0]
                 agreement[spec.name].update(ref_det, det)
+                gallery.update(spec.name, rec.path, rec.id, ref_det, det)
                 results[spec.name].extend(detections_to_coco(det, rec.id, split.category_ids))
         bar.close()
 
         ann_file = data.ann_file(cfg.data.val_split)
         ref_map = coco_map(ann_file, results[reference.name], image_ids=image_ids)
+        speedups = _int8_speedups(runners, engines, pipe, records, cfg)
         report_engines = []
         for spec in all_specs:
             log(f"[check] latency: {spec.name}")
@@ -167,6 +171,8 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
             if spec is not reference:
                 entry["levels"], entry["outputs"] = _levels(tensors[spec.name])
                 entry["detections"] = agreement[spec.name].compute()
+            if spec.name in speedups:
+                entry["int8_speedup"] = speedups[spec.name]
             entry["gates"] = _gates(entry, cfg, is_reference=spec is reference,
                                     selected=decoder_for(pipe.arch).selected_outputs)
             report_engines.append(entry)
@@ -176,6 +182,7 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
         "reference": {k: ref_map[k] for k in ("map", "map50", "map75", "map_small", "map_medium", "map_large")}
         | {"per_class": ref_map["per_class"], "engine": reference.name},
         "engines": report_engines,
+        "gallery": gallery.compute([s.name for s in engines]),
         "dataset": {"root": str(data.root), "split": cfg.data.val_split, "images": len(records)},
         "config": {"check": to_dict(cfg.check), "postprocess": to_dict(cfg.postprocess),
                    "deploy_score_thresh": deploy_pipe.post.score_thresh,
@@ -265,6 +272,43 @@ def _latency(runner, pipe, deploy_pipe, records, cfg: Config) -> dict[str, Any]:
     return result
 
 
+def _int8_speedups(runners, engines: list[EngineSpec], pipe, records, cfg: Config) -> dict[str, dict[str, Any]]:
+    """Each INT8 engine's model-only speed relative to the FP32 engine of its backend, where there is one.
+
+    The rule (the ``check.min_int8_speedup`` gate): the two engines are timed in ``check.latency_iters``
+    interleaved pairs on the same input, the order alternating within pairs (int8 first, then fp32 first)
+    so that neither always runs right after the other; the speedup is the median over the pairs of
+    fp32 time / int8 time. On a shared machine a slow moment then slows both halves of a pair, and the
+    verdict is a ratio from the same moments, not of two latencies measured minutes apart.
+    """
+    c = cfg.check
+    by_key = {(s.backend, s.precision): s for s in engines}
+    batch, _ = pipe.prepare_file(records[0].path)
+    feed = {INPUT_NAME: batch}
+    out: dict[str, dict[str, Any]] = {}
+    for spec in engines:
+        fp32 = by_key.get((spec.backend, "fp32"))
+        if spec.precision != "int8" or fp32 is None:
+            continue
+        log(f"[check] paired latency: {spec.name} vs {fp32.name}")
+        a, b = runners[spec.name], runners[fp32.name]
+        for _ in range(c.warmup):
+            a.infer(feed)
+            b.infer(feed)
+        t_int8, t_fp32 = [], []
+        for i in range(max(c.latency_iters, 1)):
+            for runner, times in ((a, t_int8), (b, t_fp32)) if i % 2 == 0 else ((b, t_fp32), (a, t_int8)):
+                t0 = time.perf_counter()
+                runner.infer(feed)
+                times.append((time.perf_counter() - t0) * 1e3)
+        ratios = np.asarray(t_fp32) / np.asarray(t_int8)
+        out[spec.name] = {"vs": fp32.name, "speedup": round(float(np.median(ratios)), 3),
+                          "p50_ms": round(float(np.median(t_int8)), 3),
+                          "vs_p50_ms": round(float(np.median(t_fp32)), 3),
+                          "pairs": len(ratios), "min_speedup": c.min_int8_speedup}
+    return out
+
+
 def _engine_entry(spec: EngineSpec, m: dict, ref: dict, latency: dict, run_dir: Path) -> dict[str, Any]:
     mo = latency["model_only"]
     return {
@@ -313,6 +357,11 @@ def _gates(entry: dict, cfg: Config, *, is_reference: bool, selected: tuple[str,
             elif min_cos is not None and stats["snr_db"] < (floor := _snr_floor_db(min_cos)):
                 failed.append(f"{name}: SNR {stats['snr_db']:.1f} dB < {floor:.1f} dB, the floor "
                               f"min cosine {min_cos} implies (a scale error cosine cannot see){where}")
+    if (speed := entry.get("int8_speedup")) and speed["speedup"] < speed["min_speedup"]:
+        what = "slower than" if speed["speedup"] < 1 else "not enough faster than"
+        failed.append(f"INT8 is {what} {speed['vs']}: {speed['speedup']:.2f}x its speed, model only "
+                      f"({speed['p50_ms']:.2f} vs {speed['vs_p50_ms']:.2f} ms p50 over {speed['pairs']} "
+                      f"interleaved pairs; check.min_int8_speedup {speed['min_speedup']:g})")
     return {"max_map_drop": max_drop, "min_cosine": min_cos, "failed": failed, "passed": not failed}
 
 

@@ -21,7 +21,7 @@ from edgefpn.config import Config
 __all__ = ["Ignored", "configured_engines", "current_engines"]
 
 MODEL = "model.pt"
-_ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
+_ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.int8.ort.onnx", "model.fp16.onnx")
 
 
 @dataclass(frozen=True)

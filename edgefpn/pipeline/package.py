@@ -43,7 +43,7 @@ from edgefpn.pipeline.lineage import current_engines
 
 ARTIFACT = "bundle.tar"
 PIPELINE = "pipeline.json"
-_ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
+_ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.int8.ort.onnx", "model.fp16.onnx")
 _ENGINES = {name: (backend, precision, rel) for name, backend, precision, rel in check_stage.ENGINE_FILES}
 
 

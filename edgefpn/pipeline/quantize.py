@@ -2,9 +2,12 @@
 
 Writes, each with its own manifest:
 
-* ``model.int8.onnx``: explicit symmetric INT8 QDQ (ONNX Runtime and TensorRT explicit quantization),
-  from streamed, cached calibration ranges; its mAP on val is measured against PyTorch, and when the
-  drop is over ``quantize.max_map_drop`` the most sensitive network parts are kept in float.
+* ``model.int8.onnx``: explicit symmetric INT8 QDQ (TensorRT explicit quantization), from streamed,
+  cached calibration ranges; its mAP on val is measured against PyTorch, and when the drop is over
+  ``quantize.max_map_drop`` the most sensitive network parts are kept in float.
+* ``model.int8.ort.onnx``: the ONNX Runtime CPU flavour (uint8 activations, int8 per-channel weights,
+  int32 biases; ``edgefpn.quantize.ort_cpu``) from the same ranges, through the same mAP loop of its
+  own: the symmetric model is slower than FP32 in ORT on x86, this one is the ``onnxruntime-int8`` engine.
 * ``model.fp16.onnx``: FP16 weights and compute, float32 inputs and outputs.
 * ``openvino/int8/model.xml``: OpenVINO INT8 through NNCF from the same calibration images
   (skipped, with the reason in the int8 manifest, when openvino / nncf are not installed).
@@ -26,6 +29,7 @@ from edgefpn.pipeline.common import log, make_pipeline, recorded_arch
 from edgefpn.pipeline.data import require_annotations
 
 ARTIFACT = "model.int8.onnx"
+ORT_INT8 = "model.int8.ort.onnx"
 FP16 = "model.fp16.onnx"
 OPENVINO_INT8 = Path("openvino") / "int8"
 CACHE_DIR = "cache"
@@ -55,12 +59,12 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     inputs = {"model": onnx_art.sha256, "calibration": key,
               "val_annotations": data.annotation_hashes[val], "val_images": data.images_hash(val)}
 
-    out = run_dir / ARTIFACT
-    art = None if force else up_to_date(out, config_hash=chash, inputs=inputs)
-    if art is not None:
-        log(f"[quantize] up to date: {out}")
-    else:
-        art = _int8_qdq(cfg, run_dir, onnx_art, data, calib, chash, inputs, progress=progress)
+    reference: dict[str, list] = {}  # PyTorch's val detections, run once for both flavours
+    art = _flavour(cfg, run_dir / ARTIFACT, onnx_art, data, calib, chash, inputs, "symmetric", reference,
+                   force=force, progress=progress)
+    # the onnxruntime-int8 engine: U8S8 unless quantize.onnxruntime asks for the symmetric model
+    _flavour(cfg, run_dir / ORT_INT8, onnx_art, data, calib, config_hash(chash, q.onnxruntime), inputs,
+             q.onnxruntime, reference, force=force, progress=progress)
     if q.fp16:
         _fp16(cfg, run_dir, onnx_art, calib, force=force)
     if q.openvino:
@@ -72,14 +76,30 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
 # INT8 QDQ with accuracy in the loop
 
 
+def _flavour(cfg: Config, out: Path, onnx_art: Artifact, data, calib: CalibrationSet, chash: str,
+             inputs: dict[str, str], flavour: str, reference: dict[str, list], *, force: bool,
+             progress: bool) -> Artifact:
+    """The QDQ model ``out`` of ``flavour`` (symmetric: TensorRT's; u8s8: ORT CPU's), reused when up to date."""
+    art = None if force else up_to_date(out, config_hash=chash, inputs=inputs)
+    if art is not None:
+        log(f"[quantize] up to date: {out}")
+        return art
+    return _int8_qdq(cfg, out.parent, onnx_art, data, calib, chash, inputs, flavour, out, reference,
+                     progress=progress)
+
+
 def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: CalibrationSet, chash: str,
-              inputs: dict[str, str], *, progress: bool) -> Artifact:
+              inputs: dict[str, str], flavour: str, out: Path, reference: dict[str, list], *,
+              progress: bool) -> Artifact:
     import onnx
 
     from edgefpn.models.registry import arch_spec
+    from edgefpn.quantize import ort_cpu
     from edgefpn.quantize.accuracy import Evaluator, greedy_keep_float
     from edgefpn.quantize.qdq import check_qdq, node_groups, quantize_qdq
 
+    tensorrt = flavour == "symmetric"  # the contract TensorRT explicit quantization reads
+    quantize_fn = quantize_qdq if tensorrt else ort_cpu.quantize_qdq_ort
     q = cfg.quantize
     model_path = onnx_art.path
     calib_res = calibrate(cfg, model_path, onnx_art.sha256, calib, run_dir / CACHE_DIR, log=log)
@@ -88,23 +108,24 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
     op_types = arch_spec(recorded_arch(cfg, run_dir)).qdq_op_types
 
     def quantize(dst: Path, exclude) -> None:
-        quantize_qdq(model_path, dst, calib_res.cache, q.method, exclude=exclude, op_types=op_types)
+        quantize_fn(model_path, dst, calib_res.cache, q.method, exclude=exclude, op_types=op_types)
 
     split = data.split(cfg.data.val_split)
     evaluator = Evaluator(make_pipeline(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
                           data.ann_file(cfg.data.val_split), threads=cfg.run.threads)
     ref_spec = EngineSpec("torch-fp32", "torch", "fp32", run_dir / train_stage.ARTIFACT)
-    log(f"[quantize] reference mAP: PyTorch on {len(split.images)} val images")
-    ref_results = evaluator.detect(ref_spec)
+    if "results" not in reference:
+        log(f"[quantize] reference mAP: PyTorch on {len(split.images)} val images")
+        reference["results"] = evaluator.detect(ref_spec)
+    ref_results = reference["results"]
     ref_map = evaluator.map_of(ref_results)
 
-    out = run_dir / ARTIFACT
     sensitivity = None
     exclude = base_exclude
     with atomic_output(out) as tmp:
         quantize(tmp, exclude)
         int8_map = _map_of_file(evaluator, tmp)
-        log(f"[quantize] INT8 QDQ mAP {int8_map:.2f} vs PyTorch {ref_map:.2f} "
+        log(f"[quantize] INT8 QDQ ({flavour}) mAP {int8_map:.2f} vs PyTorch {ref_map:.2f} "
             f"(drop {ref_map - int8_map:.2f}, budget {q.max_map_drop:g})")
         if ref_map - int8_map > q.max_map_drop:
             groups = node_groups(onnx.load(str(model_path)))
@@ -115,9 +136,9 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
                 exclude = [*base_exclude, *(n for g in sensitivity.kept_float for n in groups[g])]
                 quantize(tmp, exclude)
                 int8_map = _map_of_file(evaluator, tmp)
-        problems = check_qdq(onnx.load(str(tmp)))
-        if problems:  # a bug here, not a user error: TensorRT would reject or mis-read the file
-            raise RuntimeError(f"{out}: QDQ model breaks the TensorRT contract: {problems[0]}")
+        problems = check_qdq(onnx.load(str(tmp))) if tensorrt else ort_cpu.check_qdq_ort(onnx.load(str(tmp)), exclude, op_types)
+        if problems:  # a bug here, not a user error: TensorRT would reject or mis-read the file, ORT run it slowly
+            raise RuntimeError(f"{out}: QDQ model breaks the {flavour} contract: {problems[0]}")
     drop = ref_map - int8_map
     met = drop <= q.max_map_drop
     if met:
@@ -131,8 +152,9 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
                 "sensitivity": sensitivity.to_dict() if sensitivity else None}
     return write_manifest(out, stage="quantize", config_hash=chash, inputs=inputs, extra={
         "precision": "int8", "format": "onnx-qdq",
+        "flavour": flavour,
         "scheme": {"activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel (axis 0)",
-                   "bias": "float", "outputs": "float"},
+                   "bias": "float", "outputs": "float"} if tensorrt else ort_cpu.SCHEME,
         "method": q.method, "percentile": q.percentile if q.method == "percentile" else None,
         "calibration": {**calib.describe(), "key": calib_res.key, "cache": str(calib_res.cache),
                         "reused": calib_res.reused, "seconds": round(calib_res.seconds, 2)},

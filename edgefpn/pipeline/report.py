@@ -99,6 +99,27 @@ def end_to_end_table(report: dict[str, Any]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+SPEEDUP_HEADER = ("int8 engine", "vs", "int8 p50 ms", "fp32 p50 ms", "speedup (median of pairs)", "pairs", "gate")
+
+
+def speedup_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Per INT8 engine with an FP32 engine on its backend: the paired model-only speedup (check's
+    ``_int8_speedups``) under :data:`SPEEDUP_HEADER`. Shared by report.md and report.html."""
+    rows = []
+    for e in report["engines"]:
+        if not (s := e.get("int8_speedup")):
+            continue
+        ok = s["speedup"] >= s["min_speedup"]
+        rows.append([e["name"], s["vs"], f"{s['p50_ms']:.2f}", f"{s['vs_p50_ms']:.2f}", f"{s['speedup']:.2f}×",
+                     str(s["pairs"]), f"{'pass' if ok else 'FAIL'} (≥ {s['min_speedup']:g}×)"])
+    return rows
+
+
+SPEEDUP_NOTE = ("INT8 and FP32 of one backend are timed in interleaved pairs on the same input (the order "
+                "alternating), and the speedup is the median of the per-pair fp32 / int8 ratios: a ratio from "
+                "the same moments on a shared machine. An INT8 engine under check.min_int8_speedup fails.")
+
+
 def compute_note(report: dict[str, Any]) -> str | None:
     """One sentence on the FLOPs convention and the peak the fractions refer to (None without them)."""
     f = report.get("flops")
@@ -151,6 +172,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {level} | {branch} | {s['cosine']:.7f} | {s['snr_db']:.1f} | "
                              f"{s.get('min_image_cosine', s['cosine']):.5f} | {s['max_abs']:.2e} |")
     lines += ["", *end_to_end_table(report)]
+    if rows := speedup_rows(report):
+        lines += ["", "## INT8 vs FP32 of the same backend (model only, paired)", "",
+                  "| " + " | ".join(SPEEDUP_HEADER) + " |", "|---|---|" + "---:|" * 4 + "---|",
+                  *("| " + " | ".join(r) + " |" for r in rows), "", SPEEDUP_NOTE]
+    if gallery := report.get("gallery"):
+        worst = [f"{name} ({len(items)})" for name, items in gallery["engines"].items() if items]
+        lines += ["", f"Disagreement gallery (report.html): {', '.join(worst) if worst else 'no engine disagrees'} "
+                  f"at score ≥ {gallery['score_thresh']:.2f}."]
     lines += ["", "mAP is COCO bbox AP in points (0–100); latency is batch 1, "
               f"{report['machine']['threads']} threads; model = engine call only, e2e = image file → detections "
               "(decode, letterbox, normalise, infer, decode boxes, NMS)."]

@@ -14,7 +14,16 @@ import re
 from html import escape
 from typing import Any
 
-from edgefpn.pipeline.report import TABLE_HEADER, compute_note, end_to_end_rows, table_row
+from edgefpn.pipeline import gallery
+from edgefpn.pipeline.report import (
+    SPEEDUP_HEADER,
+    SPEEDUP_NOTE,
+    TABLE_HEADER,
+    compute_note,
+    end_to_end_rows,
+    speedup_rows,
+    table_row,
+)
 
 __all__ = ["render_html", "ship_choice"]
 
@@ -44,6 +53,9 @@ img{max-width:100%;height:auto;display:block;margin:auto}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}@media(max-width:900px){.grid{grid-template-columns:1fr}}
 details summary{cursor:pointer;font-weight:600;margin:6px 0}
 .note{color:#5f6b76;font-size:12px}
+.gallery{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;max-width:320px}
+figure img{border-radius:4px;margin:0}figcaption{color:#5f6b76;font-size:12px;margin-top:4px}
+h3{font-size:14px;margin:14px 0 6px}.sw{display:inline-block;width:12px;height:9px;border:3px solid;margin:0 4px 0 10px;vertical-align:middle}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}dt{color:#5f6b76}dd{margin:0}
 """
 
@@ -104,6 +116,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<h2>End to end vs model only</h2><div class='card wide'>", _e2e_table(report),
         "<p class='note'>End to end = image file → detections (decode, letterbox, normalise, infer, decode "
         "boxes, NMS), at the deployment score threshold and at mAP's evaluation threshold.</p></div>",
+        _speedup_table(report),
     ]
     if note := compute_note(report):
         parts.append(f"<p class='note'>{escape(note)}</p>")
@@ -112,7 +125,7 @@ def render_html(report: dict[str, Any]) -> str:
         body = (f"<img alt='{escape(title)}' src='data:image/png;base64,{png}'>" if png
                 else "<p class='note'>no data for this plot in the report</p>")
         parts.append(f"<div class='card'><h2>{escape(title)}</h2>{body}<p class='note'>{escape(caption)}</p></div>")
-    parts += ["</div>", _level_tables(report), _machine(report), "</main></body></html>"]
+    parts += ["</div>", gallery.render(report), _level_tables(report), _machine(report), "</main></body></html>"]
     return "\n".join(parts) + "\n"
 
 
@@ -169,6 +182,17 @@ def _e2e_table(report: dict[str, Any]) -> str:
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table class='e2e'><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _speedup_table(report: dict[str, Any]) -> str:
+    rows = speedup_rows(report)
+    if not rows:
+        return ""
+    th = "".join(f"<th>{escape(h)}</th>" for h in SPEEDUP_HEADER)
+    body = "".join(f"<tr class='{'pass' if r[-1].startswith('pass') else 'fail'}'>"
+                   + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return (f"<h2>INT8 vs FP32 of the same backend</h2><div class='card wide'><table class='e2e'><thead><tr>{th}"
+            f"</tr></thead><tbody>{body}</tbody></table><p class='note'>{escape(SPEEDUP_NOTE)}</p></div>")
 
 
 def _level_tables(report: dict[str, Any]) -> str:

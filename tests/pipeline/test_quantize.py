@@ -75,6 +75,45 @@ def test_qdq_zero_points_are_int8_zero_and_weights_per_channel(quantized) -> Non
         assert producer[out.name].op_type not in ("DequantizeLinear", "QuantizeLinear"), out.name
 
 
+def test_ort_flavour_is_u8s8_and_fuses_into_qlinear_ops(quantized) -> None:
+    """model.int8.ort.onnx (the onnxruntime-int8 engine): uint8 activations, int8 per-channel weights, int32
+    biases, no Q -> DQ between float nodes; ORT turns its convolutions into QLinearConv at load time."""
+    import onnxruntime as ort
+
+    from edgefpn.quantize.ort_cpu import check_qdq_ort
+
+    cfg, run_dir, sym = quantized
+    path = run_dir / "model.int8.ort.onnx"
+    manifest = read_manifest(path)
+    assert manifest["flavour"] == "u8s8" and manifest["scheme"]["activations"].startswith("uint8")
+    assert manifest["accuracy"]["reference_map"] == sym.manifest["accuracy"]["reference_map"]
+    assert manifest["calibration"]["cache"] == sym.manifest["calibration"]["cache"]  # the same ranges
+    model = onnx.load(str(path))
+    assert check_qdq_ort(model, manifest["exclude_nodes"]) == []
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    acts = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert acts and all(inits[n.input[2]].data_type == onnx.TensorProto.UINT8 for n in acts)
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        w_dq, b_dq = producer[conv.input[1]], producer[conv.input[2]]
+        weight = numpy_helper.to_array(inits[w_dq.input[0]])
+        assert weight.dtype == np.int8 and numpy_helper.to_array(inits[w_dq.input[1]]).shape == (weight.shape[0],)
+        assert np.abs(weight).max() <= 64  # 7-bit range: no int16 saturation in the AVX2 kernels
+        assert inits[b_dq.input[0]].data_type == onnx.TensorProto.INT32, conv.name
+    for out in model.graph.output:
+        assert producer[out.name].op_type not in ("DequantizeLinear", "QuantizeLinear"), out.name
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(run_dir / "ort-optimized.onnx")
+    opts.intra_op_num_threads, opts.log_severity_level = 1, 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    fused = onnx.load(opts.optimized_model_filepath)
+    ops = [n.op_type for n in fused.graph.node]
+    # every quantized Conv is fused; the head's output convs stay float (their outputs are float)
+    assert ops.count("QLinearConv") >= len([c for c in model.graph.node if c.op_type == "Conv"]) - 15
+    # the symmetric TensorRT model is a different file, still symmetric int8
+    assert sym.path.name == "model.int8.onnx" and sym.manifest["flavour"] == "symmetric"
+
+
 def test_second_run_is_up_to_date_and_does_not_calibrate(quantized, monkeypatch) -> None:
     cfg, run_dir, art = quantized
     monkeypatch.setattr(ranges, "_collect", lambda *a, **k: pytest.fail("calibrated again"))
@@ -121,6 +160,9 @@ def test_sensitivity_records_each_candidate_and_what_stays_float(tiny_run, tmp_p
     assert [c["group"] for c in sens["candidates"]] == ["backbone/stem", "head-cls/p3"]
     assert all({"map", "recovered", "nodes"} <= set(c) for c in sens["candidates"])
     assert set(acc["kept_float_groups"]) <= {"backbone/stem", "head-cls/p3"}
+    # the ORT flavour runs the same fallback search on its own model
+    ort_acc = read_manifest(run_dir / "model.int8.ort.onnx")["accuracy"]
+    assert [c["group"] for c in ort_acc["sensitivity"]["candidates"]] == ["backbone/stem", "head-cls/p3"]
 
 
 def test_disabled_stage_is_skipped(tiny_run, tmp_path: Path) -> None:

@@ -101,6 +101,65 @@ def test_perturbed_engine_fails_and_names_the_level(checked, tmp_path, monkeypat
     assert "No engine to ship" in page and f"{output}: " in page and "<tr class='fail'>" in page
 
 
+class _RunsFourTimesWhenInt8(OnnxRuntimeRunner):
+    """An INT8 engine that really computes its model four times per call: honestly slower, not a faked timing."""
+
+    def infer(self, feed):
+        for _ in range(3 if self.spec.precision == "int8" else 0):
+            super().infer(feed)
+        return super().infer(feed)
+
+
+def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
+    """check's paired timing and gate on real runners (not a whole re-check: that costs ~40 s here)."""
+    import contextlib
+
+    from edgefpn.backends import EngineSpec
+    from edgefpn.pipeline import data as data_stage
+    from edgefpn.pipeline.common import make_pipeline
+    from edgefpn.pipeline.report import render_markdown
+
+    overrides, run_dir, report = checked
+    cfg = load_config(None, [*overrides, *FAST, "check.latency_iters=4", "check.min_int8_speedup=1"])
+    records = data_stage.run(cfg, progress=False).split(cfg.data.val_split).images
+    specs = [EngineSpec("onnxruntime-fp32", "onnxruntime", "fp32", run_dir / "model.onnx"),
+             EngineSpec("onnxruntime-int8", "onnxruntime", "int8", run_dir / "model.int8.ort.onnx")]
+    with contextlib.ExitStack() as stack:
+        runners = {s.name: stack.enter_context(_RunsFourTimesWhenInt8(s, threads=1)) for s in specs}
+        speed = check._int8_speedups(runners, specs, make_pipeline(cfg), records, cfg)["onnxruntime-int8"]
+    assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 4 and speed["speedup"] < 1
+    entry = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8") | {"int8_speedup": speed}
+    gates = check._gates(entry, cfg, is_reference=False)
+    (line,) = gates["failed"]
+    assert re.fullmatch(r"INT8 is slower than onnxruntime-fp32: 0\.\d\dx its speed, model only \(.* over 4 "
+                        r"interleaved pairs; check.min_int8_speedup 1\)", line)
+    with pytest.raises(CheckFailed, match="1 gate\\(s\\) failed: onnxruntime-int8: INT8 is slower than"):
+        check._raise_on_failures([f"onnxruntime-int8: {g}" for g in gates["failed"]], run_dir / "report.json")
+    failing = report | {"engines": [e if e["name"] != entry["name"] else entry | {"gates": gates}
+                                    for e in report["engines"]]}
+    assert "| onnxruntime-int8 | onnxruntime-fp32 |" in render_markdown(failing)
+    assert "FAIL (≥ 1×)" in render_html(failing)
+
+
+def test_paired_speedup_is_in_the_report(checked):
+    _, run_dir, report = checked
+    speed = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8")["int8_speedup"]
+    assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 3 and speed["speedup"] > 0
+    assert f"{speed['speedup']:.2f}×" in (run_dir / "report.html").read_text(encoding="utf-8")
+
+
+def test_gallery_images_are_inline_in_the_page(checked):
+    _, run_dir, report = checked
+    gallery = report["gallery"]
+    shown = [(name, e) for name, entries in gallery["engines"].items() for e in entries]
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    jpegs = re.findall(r"src='data:image/jpeg;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(jpegs) == len(shown) and all(base64.b64decode(j).startswith(b"\xff\xd8") for j in jpegs)
+    assert "Where engines disagree with the reference" in page
+    for _, e in shown:
+        assert e["missed"] + e["extra"] + e["flips"] > 0 and f"image {e['image_id']}: " in page
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="chromium is not installed (apt-get install -y chromium); the page is checked without it")
 def test_screenshot_in_headless_chromium(checked, tmp_path):
