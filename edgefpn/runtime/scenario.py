@@ -101,3 +101,25 @@ def bench_streaming(stages: FrameStages, images: Sequence[Path], *, threads: int
             out["eval"] = measure_streaming(with_score_thresh(stages, eval_score_thresh), video, threads=threads,
                                             requests=requests)
     return out
+
+
+def streaming_scenario(spec: Any, pipelines: dict[str, Any], video: Path | None, *, threads: int,
+                       requests: int = 2) -> dict[str, Any]:
+    """The ``streaming`` scenario of one engine (an :class:`~edgefpn.backends.base.EngineSpec`), per
+    threshold: ``pipelines`` maps a name (``deploy``, ``eval``) to the Pipeline decoding at it. The
+    engine is opened once, the way the device runtime opens it (:func:`edgefpn.runtime.open_runner`)."""
+    from edgefpn.runtime import open_runner
+
+    if video is None:
+        return {"skipped": "no val images on disk to make the video from"}
+    with open_runner(spec, threads=threads) as runner:
+        batch = _input_batch(runner)
+        return {name: measure_streaming(FrameStages(pipe, runner, batch=batch), video, threads=threads,
+                                        requests=requests) for name, pipe in pipelines.items()}
+
+
+def _input_batch(runner: Any) -> int:
+    from edgefpn.backends.base import INPUT_NAME
+
+    shape = runner.io_shapes().get(INPUT_NAME) if hasattr(runner, "io_shapes") else None
+    return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] >= 1 else 1

@@ -227,6 +227,9 @@ def test_bench_reports_startup_and_latency(packaged, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["engine"] == "openvino-fp32"
     assert result["startup_s"]["to_first_inference"] > 0 and result["model_only_ms"]["samples"] == 3
+    deploy = result["scenarios"]["streaming"]["deploy"]  # the val images streamed as a video
+    assert deploy["frames"] == len(list(images.iterdir())) and deploy["fps"] > 0
+    assert deploy["conditions"]["threads"] == 1 and deploy["conditions"]["batch"] == 1
 
 
 def _uv() -> str | None:
