@@ -136,7 +136,7 @@ def _bench(args: argparse.Namespace) -> None:
                 s.detect(paths[i % len(paths)])
                 e2e.append((time.perf_counter() - t) * 1e3)
             result["end_to_end_ms"] = _stats(e2e)
-            from edgefpn.runtime.stream_cli import bench_streaming
+            from edgefpn.runtime.scenario import bench_streaming
 
             result["scenarios"] = {"streaming": bench_streaming(s.stages, paths, threads=args.threads,
                                                                 eval_score_thresh=args.eval_score_thresh)}
