@@ -158,8 +158,9 @@ def pipeline_from(params: Mapping[str, Any]) -> Pipeline:
     )
 
 
-def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
-    """The backend's runner class, imported by module (never the torch runner)."""
+def open_runner(spec: EngineSpec, *, threads: int, hint: str = "latency") -> Runner:
+    """The backend's runner class, imported by module (never the torch runner). ``hint``: OpenVINO's
+    performance hint (``throughput`` for the streaming runtime: several streams, requests in flight)."""
     if spec.backend == "onnxruntime":
         from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -168,7 +169,7 @@ def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
         from edgefpn.backends.openvino import OpenVinoRunner
 
         # no compile cache: it would write into the verified bundle folder
-        return OpenVinoRunner(spec, threads=threads, use_cache=False)
+        return OpenVinoRunner(spec, threads=threads, hint=hint, use_cache=False)
     if spec.backend == "tensorrt":
         from edgefpn.backends.tensorrt import TensorRTRunner
 
@@ -220,6 +221,7 @@ class BundleSession:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     tensorrt_probe: Callable[[], tuple] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    hint: str = "latency"  # OpenVINO's performance hint; the streaming runtime asks for "throughput"
 
     def __enter__(self) -> BundleSession:
         try:
@@ -272,7 +274,7 @@ class BundleSession:
         for rel in schema.engine_reads(e):  # members only (checked above); resolved once more on disk
             _confined(self.root, rel, self.bundle)
         self.spec = EngineSpec(e["name"], e["backend"], e["precision"], self.root / e["path"])
-        self.runner = open_runner(self.spec, threads=self.threads).__enter__()
+        self.runner = open_runner(self.spec, threads=self.threads, hint=self.hint).__enter__()
         if hasattr(self.runner, "io_shapes"):  # what the backend loaded (OpenVINO, TensorRT: known only now)
             self._batch = _check_engine_io(self.runner.io_shapes(), params, self.bundle, e["name"])
         self.timings_s = {"verify": t1 - t0, "extract": t2 - t1, "load": time.perf_counter() - t2}

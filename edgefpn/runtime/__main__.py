@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="image folder, video file, camera index or rtsp:// / http(s):// URL (repeat for "
                              "several streams)")
     stream.add_argument("--out", type=Path, required=True, help="write one JSON line per frame here")
-    stream.add_argument("--requests", type=_int_at_least(1), default=2, help="engine calls in flight (default 2)")
+    stream.add_argument("--requests", type=_int_at_least(1), default=None,
+                        help="engine calls in flight (default: OpenVINO's optimal number, at least 2; else 2)")
+    stream.add_argument("--hint", choices=("throughput", "latency"), default="throughput",
+                        help="OpenVINO performance hint (default throughput: several streams, requests in flight)")
     stream.add_argument("--queue", type=_int_at_least(1), default=4,
                         help="prepared frames waiting for the engine, across streams (default 4)")
     stream.add_argument("--drop-late", action="store_true",
@@ -138,7 +141,7 @@ def _bench(args: argparse.Namespace) -> None:
             result["end_to_end_ms"] = _stats(e2e)
             from edgefpn.runtime.scenario import bench_streaming
 
-            result["scenarios"] = {"streaming": bench_streaming(s.stages, paths, threads=args.threads,
+            result["scenarios"] = {"streaming": bench_streaming(s.spec, s.pipeline, paths, threads=args.threads,
                                                                 eval_score_thresh=args.eval_score_thresh)}
     print(json.dumps(result, indent=1))
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from edgefpn.backends.base import INPUT_NAME
 
-__all__ = ["open_engine"]
+__all__ = ["default_requests", "open_engine"]
 
 Done = Callable[[Any], None]  # called with dict[str, np.ndarray] or a BaseException
 
@@ -153,6 +153,16 @@ class _TensorRTEngine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def default_requests(stages: Any) -> int:
+    """Requests in flight when the caller names none: what an OpenVINO compiled model asks for
+    (``OPTIMAL_NUMBER_OF_INFER_REQUESTS``: one per stream under the THROUGHPUT hint), at least 2 so
+    that host work overlaps the engine; 2 elsewhere."""
+    compiled = getattr(stages.runner, "compiled", None)
+    if compiled is not None:
+        return max(2, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    return 2
 
 
 def open_engine(stages: Any, *, requests: int) -> Any:

@@ -67,7 +67,7 @@ def _engine_streams(stages: FrameStages) -> int:
     return 1
 
 
-def measure_streaming(stages: FrameStages, video: Path, *, threads: int, requests: int = 2,
+def measure_streaming(stages: FrameStages, video: Path, *, threads: int, requests: int | None = None,
                       queue_size: int = 4) -> dict[str, Any]:
     """Stream ``video`` once through ``stages``; ``fps`` counts frames out over first capture to last
     detection (decode, preprocess, inference and NMS all inside), latency is capture to detection.
@@ -85,34 +85,34 @@ def measure_streaming(stages: FrameStages, video: Path, *, threads: int, request
     s = stats.summary()
     return {"fps": s["fps"], "latency_ms": s["latency_ms"], "frames": s["frames"], "dropped": s["dropped"],
             "score_thresh": stages.pipeline.post.score_thresh,
-            "conditions": {"threads": threads, "streams": _engine_streams(stages), "requests": requests,
+            "conditions": {"threads": threads, "streams": _engine_streams(stages), "requests": stats.requests,
                            "batch": stages.batch}}
 
 
-def bench_streaming(stages: FrameStages, images: Sequence[Path], *, threads: int,
-                    eval_score_thresh: float | None = None, requests: int = 2) -> dict[str, Any]:
-    """``{"deploy": record, "eval": record}`` on a video made from ``images`` (eval only when its threshold
-    is given); ``stages`` decode at the deploy threshold."""
+def bench_streaming(spec: Any, pipeline: Any, images: Sequence[Path], *, threads: int,
+                    eval_score_thresh: float | None = None) -> dict[str, Any]:
+    """``python -m edgefpn.runtime bench``'s streaming scenario: ``{"deploy": record[, "eval": record]}`` on
+    a video made from ``images``; ``pipeline`` decodes at the deploy threshold (the bundle's)."""
+    pipelines = {"deploy": pipeline}
+    if eval_score_thresh is not None:
+        pipelines["eval"] = replace(pipeline, post=replace(pipeline.post, score_thresh=float(eval_score_thresh)))
     with tempfile.TemporaryDirectory(prefix="edgefpn-video-") as tmp:
         video = Path(tmp) / "val.avi"
         write_video(images, video)
-        out = {"deploy": measure_streaming(stages, video, threads=threads, requests=requests)}
-        if eval_score_thresh is not None:
-            out["eval"] = measure_streaming(with_score_thresh(stages, eval_score_thresh), video, threads=threads,
-                                            requests=requests)
-    return out
+        return streaming_scenario(spec, pipelines, video, threads=threads)
 
 
 def streaming_scenario(spec: Any, pipelines: dict[str, Any], video: Path | None, *, threads: int,
-                       requests: int = 2) -> dict[str, Any]:
+                       requests: int | None = None) -> dict[str, Any]:
     """The ``streaming`` scenario of one engine (an :class:`~edgefpn.backends.base.EngineSpec`), per
     threshold: ``pipelines`` maps a name (``deploy``, ``eval``) to the Pipeline decoding at it. The
-    engine is opened once, the way the device runtime opens it (:func:`edgefpn.runtime.open_runner`)."""
+    engine is opened once, as ``python -m edgefpn.runtime stream`` opens it (OpenVINO: THROUGHPUT hint,
+    its optimal number of requests in flight)."""
     from edgefpn.runtime import open_runner
 
     if video is None:
         return {"skipped": "no val images on disk to make the video from"}
-    with open_runner(spec, threads=threads) as runner:
+    with open_runner(spec, threads=threads, hint="throughput") as runner:
         batch = _input_batch(runner)
         return {name: measure_streaming(FrameStages(pipe, runner, batch=batch), video, threads=threads,
                                         requests=requests) for name, pipe in pipelines.items()}

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefpn.runtime.engines import open_engine
+from edgefpn.runtime.engines import default_requests, open_engine
 from edgefpn.runtime.sources import Frame, Source, SourceError
 
 __all__ = ["FrameResult", "StreamStats", "run_stream"]
@@ -71,6 +71,7 @@ class StreamStats:
     started: float = 0.0
     finished: float = 0.0
     interrupted: bool = False
+    requests: int = 0  # engine calls that were allowed in flight
 
     @property
     def frames(self) -> int:
@@ -102,13 +103,14 @@ class _Batch:
 
 
 def run_stream(stages: Any, sources: Sequence[Source], on_frame: Callable[[FrameResult], None], *,
-               requests: int = 2, queue_size: int = 4, drop_late: bool = False, decode_workers: int = 1,
+               requests: int | None = None, queue_size: int = 4, drop_late: bool = False, decode_workers: int = 1,
                stop: threading.Event | None = None, batch_wait_s: float = 0.02) -> StreamStats:
     """Stream every source through ``stages`` (:class:`edgefpn.runtime.FrameStages`); ``on_frame`` gets
     each frame's result in frame order, on the calling thread.
 
     Args:
-        requests: engine calls in flight at once (where the backend allows; else 1).
+        requests: engine calls in flight at once (where the backend allows; else 1); default
+            :func:`edgefpn.runtime.engines.default_requests`.
         queue_size: prepared frames waiting for the engine, across sources.
         drop_late: drop (and count) a frame that finds the queue full, instead of waiting.
         decode_workers: threads that decode outputs (NMS).
@@ -116,6 +118,7 @@ def run_stream(stages: Any, sources: Sequence[Source], on_frame: Callable[[Frame
         batch_wait_s: with an engine batch N > 1, how long a partial batch waits for more frames
             before it is run padded (a live source must not wait for N frames indefinitely).
     """
+    requests = default_requests(stages) if requests is None else requests
     for name, value, low in (("requests", requests, 1), ("queue_size", queue_size, 1),
                              ("decode_workers", decode_workers, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -160,6 +163,7 @@ def run_stream(stages: Any, sources: Sequence[Source], on_frame: Callable[[Frame
             frames_q.put(_END)
 
     engine = open_engine(stages, requests=requests)
+    stats.requests = engine.requests
 
     def submit() -> None:
         n, ended, seq = stages.batch, 0, 0

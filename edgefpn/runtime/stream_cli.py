@@ -61,7 +61,8 @@ def stream_command(args: argparse.Namespace) -> int:
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
     try:
         sources = [open_source(spec, pace_fps=args.pace_fps) for spec in args.source]
-        with BundleSession(args.bundle, extract_to=args.extract_to, engine=args.engine, threads=args.threads) as s, \
+        with BundleSession(args.bundle, extract_to=args.extract_to, engine=args.engine, threads=args.threads,
+                           hint=args.hint) as s, \
                 open(tmp, "w", encoding="utf-8") as f:
             def on_frame(r) -> None:
                 fr = r.frame
