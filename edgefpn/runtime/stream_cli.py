@@ -57,7 +57,9 @@ def stream_command(args: argparse.Namespace) -> int:
         stop.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    # signal handlers can only be set from the main thread (a caller may run this from another)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
     try:
         sources = [open_source(spec, pace_fps=args.pace_fps) for spec in args.source]
@@ -78,7 +80,8 @@ def stream_command(args: argparse.Namespace) -> int:
         check_out()  # again: something may have appeared there meanwhile
         os.replace(tmp, args.out)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if main:
+            signal.signal(signal.SIGINT, previous)
         tmp.unlink(missing_ok=True)
     summary = stats.summary()
     print(f"[stream] {summary['frames']} frames from {len(sources)} stream(s) -> {args.out}: {summary['fps']} FPS, "
