@@ -115,7 +115,12 @@ class CaptureSource(Source):
         if not self.live and not Path(spec).is_file():
             raise SourceError(f"{spec}: no such video file (a source is an image folder, a video file, "
                               "a camera index or an rtsp:// / http(s):// URL)")
-        self._cap = cv2.VideoCapture(spec)
+        # one decoder thread: the reader is a thread of its own already, and FFmpeg's frame threads only
+        # add hand-offs (measured on the 320 px val video: 0.52-0.58 vs 0.56-0.69 ms of CPU per frame)
+        self._cap = cv2.VideoCapture(spec, cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
+        if not self._cap.isOpened():  # a backend that refuses the setting: open it as it comes
+            self._cap.release()
+            self._cap = cv2.VideoCapture(spec)
         if not self._cap.isOpened():
             self._cap.release()
             raise SourceError(f"{spec}: OpenCV cannot open it as a video source")
