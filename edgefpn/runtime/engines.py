@@ -47,9 +47,10 @@ class _ThreadedEngine:
             out = self._infer(batch)
         except BaseException as exc:  # noqa: BLE001 - handed to `done`, re-raised by the stream
             out = exc
-        finally:
+        try:
+            done(out)
+        finally:  # only after `done`: drain() returning means every result was handed over
             self._free.release()
-        done(out)
 
     def drain(self) -> None:
         for _ in range(self.requests):
@@ -142,9 +143,10 @@ class _TensorRTEngine:
             out: Any = {name: host.float().numpy().copy() for name, (_, host) in slot["out"].items()}
         except BaseException as exc:  # noqa: BLE001
             out = exc
-        finally:
+        try:
+            done(out)
+        finally:  # only after `done` (as above): drain() returning means every result was handed over
             self._slots.put(slot)
-        done(out)
 
     def drain(self) -> None:
         slots = [self._slots.get() for _ in range(self.requests)]

@@ -165,8 +165,16 @@ def run_stream(stages: Any, sources: Sequence[Source], on_frame: Callable[[Frame
     engine = open_engine(stages, requests=requests)
     stats.requests = engine.requests
 
+    delivered = [0]
+
+    def deliver(batch: _Batch, res: Any) -> None:  # on the engine's thread
+        decode_q.put((batch, res))
+        with cond:
+            delivered[0] += 1
+            cond.notify_all()
+
     def submit() -> None:
-        n, ended, seq = stages.batch, 0, 0
+        n, ended, seq, batches = stages.batch, 0, 0, 0
         try:
             while ended < len(sources) and not fatal:
                 item = frames_q.get()
@@ -194,8 +202,11 @@ def run_stream(stages: Any, sources: Sequence[Source], on_frame: Callable[[Frame
                     for k, (_, x, _) in enumerate(items):
                         array[k] = x[0]
                 window.acquire()  # blocks while `window` batches are not yet written out
-                engine.submit(array, lambda res, b=batch: decode_q.put((b, res)))
+                engine.submit(array, lambda res, b=batch: deliver(b, res))
+                batches += 1
             engine.drain()
+            with cond:  # every result handed over before the decode workers are told to stop
+                cond.wait_for(lambda: delivered[0] == batches or fatal)
         except BaseException as exc:  # noqa: BLE001
             fail(exc)
         finally:
