@@ -37,7 +37,7 @@ from edgefpn.inference import Pipeline, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
 from edgefpn.runtime import schema
 
-__all__ = ["PREFERENCE", "BundleSession", "check_bundled_onnx", "detections_to_records", "select_engine",
+__all__ = ["PREFERENCE", "BundleSession", "FrameStages", "check_bundled_onnx", "detections_to_records", "select_engine",
            "target_problem"]
 
 PREFERENCE: tuple[str, ...] = (
@@ -158,8 +158,9 @@ def pipeline_from(params: Mapping[str, Any]) -> Pipeline:
     )
 
 
-def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
-    """The backend's runner class, imported by module (never the torch runner)."""
+def open_runner(spec: EngineSpec, *, threads: int, hint: str = "latency") -> Runner:
+    """The backend's runner class, imported by module (never the torch runner). ``hint``: OpenVINO's
+    performance hint (``throughput`` for the streaming runtime: several streams, requests in flight)."""
     if spec.backend == "onnxruntime":
         from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -168,12 +169,41 @@ def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
         from edgefpn.backends.openvino import OpenVinoRunner
 
         # no compile cache: it would write into the verified bundle folder
-        return OpenVinoRunner(spec, threads=threads, use_cache=False)
+        return OpenVinoRunner(spec, threads=threads, hint=hint, use_cache=False)
     if spec.backend == "tensorrt":
         from edgefpn.backends.tensorrt import TensorRTRunner
 
         return TensorRTRunner(spec, threads=threads)
     raise BackendUnavailable(f"{spec.path}: unknown backend {spec.backend!r}")
+
+
+@dataclass(frozen=True)
+class FrameStages:
+    """:func:`edgefpn.inference.detect_file`'s path split into its stages, so that the streaming runtime
+    (:mod:`edgefpn.runtime.stream`) can run them on different threads: ``prepare`` (image -> model
+    input), ``infer`` (one engine call) and ``decode`` (outputs -> detections). Nothing is
+    re-implemented here: each stage is the one call the single-image path makes."""
+
+    pipeline: Pipeline
+    runner: Runner
+    batch: int = 1  # the engine's static N of its [N, 3, H, W] input
+
+    def prepare(self, image: Any) -> tuple[Any, Any]:
+        """``uint8 [h, w, 3]`` RGB -> (``[1, 3, H, W]`` model input, its letterbox)."""
+        return self.pipeline.prepare(image)
+
+    def infer(self, batch: Any) -> dict[str, Any]:
+        """One engine call on a ``[N, 3, H, W]`` input (N = :attr:`batch`)."""
+        from edgefpn.backends.base import INPUT_NAME
+
+        return self.runner.infer({INPUT_NAME: batch})
+
+    def decode(self, outputs: Mapping[str, Any], letterboxes: Sequence[Any]) -> list[Detections]:
+        """Engine outputs -> detections in original pixels, one per letterbox; batch items beyond
+        ``len(letterboxes)`` are padding and are cut off before decoding."""
+        if len(letterboxes) < self.batch:
+            outputs = {k: v[: len(letterboxes)] for k, v in outputs.items()}
+        return self.pipeline.decode(outputs, letterboxes)
 
 
 @dataclass
@@ -191,6 +221,7 @@ class BundleSession:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     tensorrt_probe: Callable[[], tuple] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    hint: str = "latency"  # OpenVINO's performance hint; the streaming runtime asks for "throughput"
 
     def __enter__(self) -> BundleSession:
         try:
@@ -223,7 +254,7 @@ class BundleSession:
             from edgefpn.onnx_guard import io_shapes
 
             shapes = io_shapes(bundle_io.read_member(self.bundle, self.entry["path"]))  # parsed just above
-            _check_engine_io(shapes, params, self.bundle, self.entry["name"])
+            self._batch = _check_engine_io(shapes, params, self.bundle, self.entry["name"])
         if self.extract_to is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="edgefpn-bundle-"))
             self.root = self._tmp / "bundle"
@@ -243,9 +274,9 @@ class BundleSession:
         for rel in schema.engine_reads(e):  # members only (checked above); resolved once more on disk
             _confined(self.root, rel, self.bundle)
         self.spec = EngineSpec(e["name"], e["backend"], e["precision"], self.root / e["path"])
-        self.runner = open_runner(self.spec, threads=self.threads).__enter__()
+        self.runner = open_runner(self.spec, threads=self.threads, hint=self.hint).__enter__()
         if hasattr(self.runner, "io_shapes"):  # what the backend loaded (OpenVINO, TensorRT: known only now)
-            _check_engine_io(self.runner.io_shapes(), params, self.bundle, e["name"])
+            self._batch = _check_engine_io(self.runner.io_shapes(), params, self.bundle, e["name"])
         self.timings_s = {"verify": t1 - t0, "extract": t2 - t1, "load": time.perf_counter() - t2}
         _log(f"[runtime] {self.bundle}: verified {len(manifest['files'])} files; engine {e['name']}")
         return self
@@ -261,6 +292,11 @@ class BundleSession:
     def detect(self, path: str | Path) -> Detections:
         return detect_file(self.runner, self.pipeline, path)
 
+    @property
+    def stages(self) -> FrameStages:
+        """This session's per-frame path split into its stages (for :mod:`edgefpn.runtime.stream`)."""
+        return FrameStages(self.pipeline, self.runner, batch=int(getattr(self, "_batch", 1)))
+
 
 def _confined(root: Path, rel: str, bundle: Path) -> Path:
     """``root/rel``, refused unless it is a regular file (no link) that resolves inside ``root``."""
@@ -271,15 +307,17 @@ def _confined(root: Path, rel: str, bundle: Path) -> Path:
     return path
 
 
-def _check_engine_io(shapes: Mapping[str, tuple], params: Mapping[str, Any], bundle: Path, name: str) -> None:
-    """The engine's input is ``[1, 3, H, W]`` of pipeline.json's input size, and its class outputs have
+def _check_engine_io(shapes: Mapping[str, tuple], params: Mapping[str, Any], bundle: Path, name: str) -> int:
+    """The engine's input is ``[N, 3, H, W]`` (static N >= 1) of pipeline.json's input size, and its class outputs have
     pipeline.json's class count: refused up front, not as a shape error (or an IndexError into the
     category ids) in the middle of a run."""
     from edgefpn.backends.base import INPUT_NAME
 
     h, w = params["preprocess"]["input_size"]
-    want = (1, 3, h, w)
     got = shapes.get(INPUT_NAME)
+    # a static batch N >= 1 (export.batch): the streaming runtime fills N frames per call
+    n = got[0] if got is not None and len(got) == 4 and isinstance(got[0], int) and got[0] >= 1 else 1
+    want = (n, 3, h, w)
     if got is None or tuple(got) != want:
         raise ModelFileError(f"{bundle}: pipeline.json preprocess.input_size [{h}, {w}] disagrees with engine "
                              f"{name!r}: its input {INPUT_NAME!r} is {list(got) if got is not None else 'missing'}, "
@@ -292,6 +330,7 @@ def _check_engine_io(shapes: Mapping[str, tuple], params: Mapping[str, Any], bun
     if classes and classes != {num_classes}:
         raise ModelFileError(f"{bundle}: pipeline.json classes.num_classes is {num_classes}, engine {name!r} "
                              f"outputs {sorted(classes)} classes; refusing the bundle")
+    return n
 
 
 def detections_to_records(det: Detections, file_name: str, category_ids: Sequence[int]) -> list[dict]:

@@ -1,6 +1,7 @@
-"""``python -m edgefpn.runtime {infer,bench}``: the device command line (argparse; no click, no torch).
+"""``python -m edgefpn.runtime {infer,stream,bench}``: the device command line (argparse; no click, no torch).
 
 Errors are one line on stderr (``error: <file>: <problem>``) and the exit code of the edgefpn error.
+``stream`` exits 130 after Ctrl-C (SIGINT), once what was captured is processed and written out.
 """
 
 from __future__ import annotations
@@ -53,10 +54,29 @@ def _parser() -> argparse.ArgumentParser:
     infer = sub.add_parser("infer", parents=[common], help="detections for a folder of images")
     infer.add_argument("--images", type=Path, required=True, help="folder of images")
     infer.add_argument("--out", type=Path, default=None, help="write detections JSON here (default: stdout)")
+    stream = sub.add_parser("stream", parents=[common],
+                            help="detections for video / camera / image-folder streams, pipelined (JSON lines)")
+    stream.add_argument("--source", action="append", required=True,
+                        help="image folder, video file, camera index or rtsp:// / http(s):// URL (repeat for "
+                             "several streams)")
+    stream.add_argument("--out", type=Path, required=True, help="write one JSON line per frame here")
+    stream.add_argument("--requests", type=_int_at_least(1), default=None,
+                        help="engine calls in flight (default: OpenVINO's optimal number, at least 2; else 2)")
+    stream.add_argument("--hint", choices=("throughput", "latency"), default="throughput",
+                        help="OpenVINO performance hint (default throughput: several streams, requests in flight)")
+    stream.add_argument("--queue", type=_int_at_least(1), default=4,
+                        help="prepared frames waiting for the engine, across streams (default 4)")
+    stream.add_argument("--drop-late", action="store_true",
+                        help="drop (and count) a frame that finds the queue full instead of waiting for it")
+    stream.add_argument("--pace-fps", type=float, default=None,
+                        help="release each source's frames no faster than this (replays a file as a live camera)")
     bench = sub.add_parser("bench", parents=[common], help="start-up and latency of the chosen engine")
     bench.add_argument("--iters", type=_int_at_least(1), default=50)
     bench.add_argument("--warmup", type=_int_at_least(0), default=5)
-    bench.add_argument("--images", type=Path, default=None, help="also time end-to-end on these images")
+    bench.add_argument("--images", type=Path, default=None,
+                       help="also time end-to-end on these images, one by one and streamed (as a video)")
+    bench.add_argument("--eval-score-thresh", type=float, default=None,
+                       help="also stream at this score threshold (the evaluation one; the bundle's is the deploy one)")
     return p
 
 
@@ -119,12 +139,20 @@ def _bench(args: argparse.Namespace) -> None:
                 s.detect(paths[i % len(paths)])
                 e2e.append((time.perf_counter() - t) * 1e3)
             result["end_to_end_ms"] = _stats(e2e)
+            from edgefpn.runtime.scenario import bench_streaming
+
+            result["scenarios"] = {"streaming": bench_streaming(s.spec, s.pipeline, paths, threads=args.threads,
+                                                                eval_score_thresh=args.eval_score_thresh)}
     print(json.dumps(result, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "stream":
+            from edgefpn.runtime.stream_cli import stream_command
+
+            return stream_command(args)
         (_infer if args.command == "infer" else _bench)(args)
     except EdgefpnError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -64,6 +64,7 @@ def test_benchmark_every_engine_without_torch(tiny_run, tmp_path):
     for r in rows.values():
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
         assert r["fps"] > 0 and r["throughput"]["fps"] > 0
+        assert "skipped" in r["scenarios"]["streaming"]  # no val images to make the video from
     ov = rows["openvino-fp32"]
     assert ov["throughput"]["requests"] >= 1 and "THROUGHPUT" in ov["throughput"]["mode"]
     app = ov["benchmark_app"]
@@ -95,6 +96,16 @@ def test_benchmark_rewrites_a_deleted_markdown(tiny_run, tmp_path):
         return benchmark.run(cfg, run_dir, progress=False, iters=2, app_seconds=0, throughput_seconds=0.1)
 
     bench()
+    # the streaming scenario on the val video (6 tiny val images), at the deploy and eval thresholds
+    row = json.loads((run_dir / "benchmark.json").read_text())["engines"][0]
+    streaming = row["scenarios"]["streaming"]
+    for name in ("deploy", "eval"):
+        r = streaming[name]
+        assert r["frames"] == 6 and r["dropped"] == 0 and r["fps"] > 0
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        assert r["conditions"] == {"threads": cfg.run.threads, "streams": 1, "requests": 2, "batch": 1}
+    assert streaming["eval"]["score_thresh"] == cfg.postprocess.score_thresh
+    assert "streaming FPS, deploy" in (run_dir / "benchmark.md").read_text()
     (run_dir / "benchmark.md").unlink()
     bench()  # not "up to date": benchmark.md is missing
     assert (run_dir / "benchmark.md").read_text().startswith("# edgefpn benchmark")

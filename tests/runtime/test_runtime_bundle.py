@@ -17,34 +17,14 @@ import pytest
 from edgefpn import bundle
 from edgefpn.backends.base import EngineSpec
 from edgefpn.backends.tensorrt import DeviceInfo
-from edgefpn.config import load_config
 from edgefpn.inference import detect_file
-from edgefpn.pipeline import build, package
-from edgefpn.pipeline import data as data_stage
+from edgefpn.pipeline import package
 from edgefpn.pipeline.common import make_pipeline
 from edgefpn.runtime import __main__ as runtime_main
 from edgefpn.runtime import open_runner
 
 pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
 BLOCKED = ("torch", "torchvision", "click", "tqdm", "yaml")
-
-
-@pytest.fixture(scope="module")
-def packaged(tiny_run, tmp_path_factory):
-    overrides, src = tiny_run
-    tmp = tmp_path_factory.mktemp("package")
-    run_dir = tmp / "run"
-    shutil.copytree(src, run_dir)
-    # check (which package brings up to date) builds what the config asks for: keep it to fp32
-    cfg = load_config(None, [*overrides, "quantize.enabled=false", "build.precisions=[fp32]"])
-    build.run(cfg, run_dir, targets=["openvino"], precisions=["fp32"], progress=False)
-    art = package.run(cfg, run_dir, progress=False)
-    images = tmp / "val_images"
-    images.mkdir()
-    split = data_stage.run(cfg, progress=False).split(cfg.data.val_split)
-    for rec in split.images:
-        shutil.copy(rec.path, images / Path(rec.path).name)
-    return cfg, run_dir, art, images
 
 
 def _members(path: Path) -> list[tarfile.TarInfo]:
@@ -247,6 +227,9 @@ def test_bench_reports_startup_and_latency(packaged, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["engine"] == "openvino-fp32"
     assert result["startup_s"]["to_first_inference"] > 0 and result["model_only_ms"]["samples"] == 3
+    deploy = result["scenarios"]["streaming"]["deploy"]  # the val images streamed as a video
+    assert deploy["frames"] == len(list(images.iterdir())) and deploy["fps"] > 0
+    assert deploy["conditions"]["threads"] == 1 and deploy["conditions"]["batch"] == 1
 
 
 def _uv() -> str | None:

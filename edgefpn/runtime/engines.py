@@ -1,0 +1,179 @@
+"""Engine calls with several requests in flight, for the streaming runtime (:mod:`.stream`).
+
+One small interface per backend: ``submit(batch, done)`` starts one call on a ``[N, 3, H, W]`` input and
+returns at once unless all ``requests`` are busy (then it blocks: backpressure); ``done`` is later called,
+on some worker thread, with the output dict (the runner's names and arrays) or the exception.
+
+- OpenVINO: ``AsyncInferQueue`` on the runner's compiled model (OpenVINO's own request pool).
+- ONNX Runtime: ``InferenceSession.run`` is thread-safe, so ``requests`` threads share the session.
+- TensorRT: one execution context per request on one deserialized engine, each with its own CUDA
+  stream and device buffers (TensorRT 10 tensor API, ``execute_async_v3``); pinned host staging.
+- Any other runner: its own ``infer``, one call at a time, on a worker thread.
+Backends are imported lazily; nothing here imports torch unless a TensorRT engine is streamed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from edgefpn.backends.base import INPUT_NAME
+
+__all__ = ["default_requests", "open_engine"]
+
+Done = Callable[[Any], None]  # called with dict[str, np.ndarray] or a BaseException
+
+
+class _ThreadedEngine:
+    """``requests`` worker threads calling ``infer`` (thread-safe for ONNX Runtime; 1 otherwise)."""
+
+    def __init__(self, infer: Callable[[np.ndarray], dict[str, np.ndarray]], requests: int) -> None:
+        self.requests = requests
+        self._infer = infer
+        self._free = threading.Semaphore(requests)
+        self._pool = ThreadPoolExecutor(max_workers=requests, thread_name_prefix="edgefpn-infer")
+
+    def submit(self, batch: np.ndarray, done: Done) -> None:
+        self._free.acquire()
+        self._pool.submit(self._run, batch, done)
+
+    def _run(self, batch: np.ndarray, done: Done) -> None:
+        try:
+            out = self._infer(batch)
+        except BaseException as exc:  # noqa: BLE001 - handed to `done`, re-raised by the stream
+            out = exc
+        try:
+            done(out)
+        finally:  # only after `done`: drain() returning means every result was handed over
+            self._free.release()
+
+    def drain(self) -> None:
+        for _ in range(self.requests):
+            self._free.acquire()
+        for _ in range(self.requests):
+            self._free.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _OpenVinoEngine:
+    """``openvino.AsyncInferQueue`` over the runner's compiled model (same config as its sync calls)."""
+
+    def __init__(self, runner: Any, requests: int) -> None:
+        import openvino as ov
+
+        compiled = runner.compiled
+        self.requests = requests
+        self._ports = [(port, port.get_any_name()) for port in compiled.outputs]
+        self._queue = ov.AsyncInferQueue(compiled, requests)
+        self._queue.set_callback(self._finished)
+
+    def _finished(self, request: Any, userdata: tuple[Done, np.ndarray]) -> None:
+        done, _ = userdata  # the input array rode along: shared with the request until now
+        try:
+            # copied: the request's output tensors are overwritten by its next call
+            out: Any = {name: np.array(request.get_tensor(port).data) for port, name in self._ports}
+        except BaseException as exc:  # noqa: BLE001
+            out = exc
+        done(out)
+
+    def submit(self, batch: np.ndarray, done: Done) -> None:
+        batch = np.ascontiguousarray(batch)  # the dtype prepare made (the engine input type)
+        # start_async waits for an idle request; share_inputs: the request reads `batch` in place
+        self._queue.start_async({INPUT_NAME: batch}, (done, batch), share_inputs=True)
+
+    def drain(self) -> None:
+        self._queue.wait_all()
+
+    def close(self) -> None:
+        self._queue = None
+
+
+class _TensorRTEngine:
+    """One execution context, CUDA stream and set of device buffers per request, on one engine."""
+
+    def __init__(self, runner: Any, requests: int) -> None:
+        import tensorrt as trt
+        import torch
+
+        engine = runner._engine  # deserialized (and checked against this GPU) by TensorRTRunner
+        if engine is None:
+            raise RuntimeError("TensorRT engine streamed outside its runner's context")
+        self.requests = requests
+        self._slots: queue.Queue = queue.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=requests, thread_name_prefix="edgefpn-trt")
+        for _ in range(requests):
+            context = engine.create_execution_context()
+            slot = {"context": context, "stream": torch.cuda.Stream(), "in": {}, "out": {}}
+            for i in range(engine.num_io_tensors):
+                name = engine.get_tensor_name(i)
+                shape = tuple(engine.get_tensor_shape(name))
+                dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
+                device = torch.empty(shape, dtype=dtype, device="cuda")
+                host = torch.empty(shape, dtype=dtype, pin_memory=True)  # async copies need pinned memory
+                context.set_tensor_address(name, device.data_ptr())
+                is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+                slot["in" if is_input else "out"][name] = (device, host)
+            self._slots.put(slot)
+
+    def submit(self, batch: np.ndarray, done: Done) -> None:
+        slot = self._slots.get()  # blocks while every context is busy
+        self._pool.submit(self._run, slot, batch, done)
+
+    def _run(self, slot: dict, batch: np.ndarray, done: Done) -> None:
+        import torch
+
+        try:
+            stream = slot["stream"]
+            with torch.cuda.stream(stream):
+                for device, host in slot["in"].values():  # one input: images
+                    host.copy_(torch.from_numpy(np.ascontiguousarray(batch)).to(host.dtype))
+                    device.copy_(host, non_blocking=True)
+                if not slot["context"].execute_async_v3(stream.cuda_stream):
+                    raise RuntimeError("TensorRT execution failed")
+                for device, host in slot["out"].values():
+                    host.copy_(device, non_blocking=True)
+            stream.synchronize()
+            out: Any = {name: host.float().numpy().copy() for name, (_, host) in slot["out"].items()}
+        except BaseException as exc:  # noqa: BLE001
+            out = exc
+        try:
+            done(out)
+        finally:  # only after `done` (as above): drain() returning means every result was handed over
+            self._slots.put(slot)
+
+    def drain(self) -> None:
+        slots = [self._slots.get() for _ in range(self.requests)]
+        for slot in slots:
+            self._slots.put(slot)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def default_requests(stages: Any) -> int:
+    """Requests in flight when the caller names none: what an OpenVINO compiled model asks for
+    (``OPTIMAL_NUMBER_OF_INFER_REQUESTS``: one per stream under the THROUGHPUT hint), at least 2 so
+    that host work overlaps the engine; 2 elsewhere."""
+    compiled = getattr(stages.runner, "compiled", None)
+    if compiled is not None:
+        return max(2, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    return 2
+
+
+def open_engine(stages: Any, *, requests: int) -> Any:
+    """The in-flight engine for ``stages.runner`` (:class:`edgefpn.runtime.FrameStages`)."""
+    backend = getattr(getattr(stages.runner, "spec", None), "backend", None)
+    if backend == "openvino" and getattr(stages.runner, "compiled", None) is not None:
+        return _OpenVinoEngine(stages.runner, requests)
+    if backend == "tensorrt":
+        return _TensorRTEngine(stages.runner, requests)
+    if backend == "onnxruntime":
+        return _ThreadedEngine(stages.infer, requests)
+    return _ThreadedEngine(stages.infer, 1)  # unknown runner: not assumed thread-safe

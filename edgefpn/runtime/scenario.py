@@ -1,0 +1,125 @@
+"""The ``streaming`` benchmark scenario: the pipelined runtime's end-to-end FPS on a video of images.
+
+Used by ``edgefpn benchmark`` (:mod:`edgefpn.pipeline.benchmark`) and ``python -m edgefpn.runtime
+bench --images``. The video is written with OpenCV (MJPG in AVI, which every OpenCV build with a video
+backend reads back); frames of different sizes are placed top-left on one canvas of the largest size,
+black elsewhere, so that no image is stretched.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefpn.errors import DataError
+from edgefpn.runtime import FrameStages
+from edgefpn.runtime.sources import CaptureSource
+from edgefpn.runtime.stream import run_stream
+
+__all__ = ["bench_streaming", "measure_streaming", "with_score_thresh", "write_video"]
+
+
+def write_video(images: Sequence[Path], path: Path, *, fps: float = 30.0) -> int:
+    """Write ``images`` as an MJPG AVI at ``path``; returns the frame count (checked by reading it back)."""
+    import cv2
+
+    from edgefpn.data.preprocess import load_image
+
+    if not images:
+        raise DataError(f"{path}: no images to make a video of")
+    frames = [load_image(p) for p in images]
+    h = max(f.shape[0] for f in frames)
+    w = max(f.shape[1] for f in frames)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise DataError(f"{path}: this OpenCV build cannot write MJPG video")
+    canvas = np.zeros((h, w, 3), np.uint8)
+    try:
+        for f in frames:
+            canvas[:] = 0
+            canvas[: f.shape[0], : f.shape[1]] = f[:, :, ::-1]  # RGB -> BGR
+            writer.write(canvas)
+    finally:
+        writer.release()
+    cap = cv2.VideoCapture(str(path))
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    if count != len(frames):
+        raise DataError(f"{path}: wrote {len(frames)} frames but OpenCV reads back {count}")
+    return count
+
+
+def with_score_thresh(stages: FrameStages, score_thresh: float) -> FrameStages:
+    """The same stages decoding at another score threshold (the eval one, say)."""
+    pipe = stages.pipeline
+    return replace(stages, pipeline=replace(pipe, post=replace(pipe.post, score_thresh=float(score_thresh))))
+
+
+def _engine_streams(stages: FrameStages) -> int:
+    compiled = getattr(stages.runner, "compiled", None)
+    if compiled is not None:  # OpenVINO: the execution streams the compiled model runs
+        return int(compiled.get_property("NUM_STREAMS"))
+    return 1
+
+
+def measure_streaming(stages: FrameStages, video: Path, *, threads: int, requests: int | None = None,
+                      queue_size: int = 4) -> dict[str, Any]:
+    """Stream ``video`` once through ``stages``; ``fps`` counts frames out over first capture to last
+    detection (decode, preprocess, inference and NMS all inside), latency is capture to detection.
+
+    Returns the scenario record: ``fps``, ``latency_ms`` {p50, p99}, ``frames``, ``dropped`` and
+    ``conditions`` {threads, streams, requests, batch}.
+    """
+    h, w = stages.pipeline.input_size
+    warm, _ = stages.prepare(np.zeros((h, w, 3), np.uint8))
+    stages.infer(np.repeat(warm, stages.batch, axis=0))  # warm: first-call costs are not streaming
+    stats = run_stream(stages, [CaptureSource(str(video))], lambda _: None, requests=requests,
+                       queue_size=queue_size)
+    if stats.errors:
+        raise DataError(stats.errors[0])
+    s = stats.summary()
+    return {"fps": s["fps"], "latency_ms": s["latency_ms"], "frames": s["frames"], "dropped": s["dropped"],
+            "score_thresh": stages.pipeline.post.score_thresh,
+            "conditions": {"threads": threads, "streams": _engine_streams(stages), "requests": stats.requests,
+                           "batch": stages.batch}}
+
+
+def bench_streaming(spec: Any, pipeline: Any, images: Sequence[Path], *, threads: int,
+                    eval_score_thresh: float | None = None) -> dict[str, Any]:
+    """``python -m edgefpn.runtime bench``'s streaming scenario: ``{"deploy": record[, "eval": record]}`` on
+    a video made from ``images``; ``pipeline`` decodes at the deploy threshold (the bundle's)."""
+    pipelines = {"deploy": pipeline}
+    if eval_score_thresh is not None:
+        pipelines["eval"] = replace(pipeline, post=replace(pipeline.post, score_thresh=float(eval_score_thresh)))
+    with tempfile.TemporaryDirectory(prefix="edgefpn-video-") as tmp:
+        video = Path(tmp) / "val.avi"
+        write_video(images, video)
+        return streaming_scenario(spec, pipelines, video, threads=threads)
+
+
+def streaming_scenario(spec: Any, pipelines: dict[str, Any], video: Path | None, *, threads: int,
+                       requests: int | None = None) -> dict[str, Any]:
+    """The ``streaming`` scenario of one engine (an :class:`~edgefpn.backends.base.EngineSpec`), per
+    threshold: ``pipelines`` maps a name (``deploy``, ``eval``) to the Pipeline decoding at it. The
+    engine is opened once, as ``python -m edgefpn.runtime stream`` opens it (OpenVINO: THROUGHPUT hint,
+    its optimal number of requests in flight)."""
+    from edgefpn.runtime import open_runner
+
+    if video is None:
+        return {"skipped": "no val images on disk to make the video from"}
+    with open_runner(spec, threads=threads, hint="throughput") as runner:
+        batch = _input_batch(runner)
+        return {name: measure_streaming(FrameStages(pipe, runner, batch=batch), video, threads=threads,
+                                        requests=requests) for name, pipe in pipelines.items()}
+
+
+def _input_batch(runner: Any) -> int:
+    from edgefpn.backends.base import INPUT_NAME
+
+    shape = runner.io_shapes().get(INPUT_NAME) if hasattr(runner, "io_shapes") else None
+    return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] >= 1 else 1
