@@ -93,10 +93,32 @@ def graft_onnx(network: onnx.ModelProto, spec: E2ESpec) -> onnx.ModelProto:
         g.output.extend(tail.graph.output)
         g.node.extend(tail.graph.node)
         g.initializer.extend(tail.graph.initializer)
+    _toposort(g)
     for key, value in metadata(spec).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return model
+
+
+def _toposort(g: onnx.GraphProto) -> None:
+    """Order ``g``'s nodes so that each comes after its producers (onnxconverter's FP16 conversion
+    leaves its input Cast after the first Conv, which onnx.checker refuses once the graph is edited)."""
+    ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending, ordered = list(g.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave it for onnx.checker to name
+            ordered += rest
+            break
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)
 
 
 def graft_openvino(ir_xml: Path, network_onnx: onnx.ModelProto, spec: E2ESpec, out_xml: Path) -> list[str]:

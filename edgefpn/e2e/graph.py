@@ -2,10 +2,10 @@
 
 ``detection_tail`` builds a graph whose inputs are a raw engine's outputs (``cls_p3``..., or Faster
 R-CNN's ``proposals``/``roi_*``) and whose outputs are the static detections ``det_boxes`` [N, K, 4]
-(input pixels), ``det_scores`` [N, K], ``det_labels`` [N, K] (int64, -1 past ``num_dets``) and
-``num_dets`` [N] (int64), K = ``detections_per_img``. ``uint8_head`` builds a graph from the
+(input pixels), ``det_scores`` [N, K], ``det_labels`` [N, K] (int32, -1 past ``num_dets``) and
+``num_dets`` [N] (int32), K = ``detections_per_img``. ``uint8_head`` builds a graph from the
 letterboxed ``uint8 [N, H, W, 3]`` RGB image (``images_u8``) and the resized image's ``valid_hw``
-[N, 2] (int64 rows, cols) to the float ``images`` [N, 3, H, W] the network takes. ``edgefpn.e2e.graft``
+[N, 2] (int32 rows, cols) to the float ``images`` [N, 3, H, W] the network takes. ``edgefpn.e2e.graft``
 joins them to a network.
 
 Semantics follow ``edgefpn.postprocess`` (numpy) op for op where ONNX allows:
@@ -39,7 +39,11 @@ from edgefpn.postprocess.fcos import _fcos_anchors
 from edgefpn.postprocess.nms import _float32_below
 from edgefpn.postprocess.retinanet import NUM_ANCHORS, _anchor_geometry
 
-__all__ = ["DET_OUTPUTS", "U8_INPUTS", "detection_tail", "uint8_head"]
+__all__ = ["DET_OUTPUTS", "GRAPH_VERSION", "U8_INPUTS", "detection_tail", "uint8_head"]
+
+# Part of every e2e artifact's config hash: bump it whenever the graph this module emits changes, so
+# that e2e files made by an older edgefpn are rebuilt rather than found up to date.
+GRAPH_VERSION = 2
 
 DET_OUTPUTS = ("det_boxes", "det_scores", "det_labels", "num_dets")
 U8_INPUTS = ("images_u8", "valid_hw")
@@ -48,6 +52,9 @@ _EMPTY = -1.0  # score of a dropped candidate: below every real score (>= 0), ab
 _NMS_SCORE_FLOOR = -0.5  # the NMS op's score_threshold: keeps every real candidate, drops the _EMPTY ones
 _BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 _MIN_BOX_SIZE = 1e-2  # faster_rcnn.py's remove_small_boxes
+# Index arithmetic, labels and the integer I/O are INT32 (TensorRT's native integer type; the lint
+# refuses INT64 engine I/O). Only what ONNX mandates stays INT64: TopK's and NonMaxSuppression's index
+# outputs (cast at once) and the indices of GatherND/ScatterND, which TensorRT takes as index tensors.
 
 
 class _Builder:
@@ -87,7 +94,7 @@ class _Builder:
 
         A flat ``Gather`` with ``n * rows`` offsets (GatherND with batch_dims is not in every parser)."""
         flat = self.reshape(table, [n * rows] + ([width] if width else []))
-        offs = self.const((np.arange(n, dtype=np.int64) * rows)[:, None], np.int64, "offs")
+        offs = self.const((np.arange(n, dtype=np.int64) * rows)[:, None], np.int32, "offs")
         return self.op("Gather", [flat, self.op("Add", [idx, offs])], axis=0)
 
 
@@ -97,7 +104,7 @@ def _vi(name: str, elem: int, shape: Sequence[int]) -> onnx.ValueInfoProto:
 
 def uint8_head(batch: int, input_size: tuple[int, int], coef: np.ndarray, *, out: str = "images",
                opset: int = 17) -> onnx.ModelProto:
-    """``images_u8`` uint8 [N, H, W, 3] + ``valid_hw`` int64 [N, 2] -> ``out`` float32 [N, 3, H, W].
+    """``images_u8`` uint8 [N, H, W, 3] + ``valid_hw`` int32 [N, 2] -> ``out`` float32 [N, 3, H, W].
 
     ``coef`` is ``edgefpn.data.preprocess``'s [2, 3] float32 (scale, offset) per channel: the same two
     float32 operations as the host's ``_normalize_into`` (x * scale, then + offset), so the result is
@@ -112,12 +119,12 @@ def uint8_head(batch: int, input_size: tuple[int, int], coef: np.ndarray, *, out
     x = b.op("Transpose", [x], perm=[0, 3, 1, 2])  # [N, 3, H, W]
     vh = b.reshape(b.slice("valid_hw", 0, 1, 1), [batch, 1, 1, 1])
     vw = b.reshape(b.slice("valid_hw", 1, 2, 1), [batch, 1, 1, 1])
-    rows = b.op("Less", [b.const(np.arange(h).reshape(1, 1, h, 1), np.int64, "rows"), vh])
-    cols = b.op("Less", [b.const(np.arange(w).reshape(1, 1, 1, w), np.int64, "cols"), vw])
+    rows = b.op("Less", [b.const(np.arange(h).reshape(1, 1, h, 1), np.int32, "rows"), vh])
+    cols = b.op("Less", [b.const(np.arange(w).reshape(1, 1, 1, w), np.int32, "cols"), vw])
     b.op("Where", [b.op("And", [rows, cols]), x, b.const(0.0, hint="zero")], out=out)
     graph = helper.make_graph(b.nodes, "edgefpn_uint8_head",
                               [_vi("images_u8", TensorProto.UINT8, [batch, h, w, 3]),
-                               _vi("valid_hw", TensorProto.INT64, [batch, 2])],
+                               _vi("valid_hw", TensorProto.INT32, [batch, 2])],
                               [_vi(out, TensorProto.FLOAT, [batch, 3, h, w])], b.inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, _MIN_OPSET))])
 
@@ -144,7 +151,7 @@ def detection_tail(arch: str, raw_outputs: dict[str, list[int]], params: Postpro
     k = params.detections_per_img
     inputs = [_vi(name, TensorProto.FLOAT, shape) for name, shape in raw_outputs.items()]
     outputs = [_vi("det_boxes", TensorProto.FLOAT, [n, k, 4]), _vi("det_scores", TensorProto.FLOAT, [n, k]),
-               _vi("det_labels", TensorProto.INT64, [n, k]), _vi("num_dets", TensorProto.INT64, [n])]
+               _vi("det_labels", TensorProto.INT32, [n, k]), _vi("num_dets", TensorProto.INT32, [n])]
     graph = helper.make_graph(b.nodes, "edgefpn_detection_tail", inputs, outputs, b.inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, _MIN_OPSET))])
 
@@ -162,7 +169,7 @@ def _threshold_topk(b: _Builder, scores: str, n: int, count: int, params: Postpr
                             scores, b.const(_EMPTY)])
     k = min(params.topk_candidates, count)
     vals, idx = b.op("TopK", [masked, b.const([k], np.int64, "k")], outputs=2, axis=1, largest=1, sorted=1)
-    return vals, idx, k
+    return vals, b.op("Cast", [idx], to=TensorProto.INT32), k
 
 
 def _clip(b: _Builder, boxes: str, input_size: tuple[int, int]) -> str:
@@ -183,7 +190,7 @@ def _fcos(b: _Builder, raw: dict[str, list[int]], params: PostprocessParams, siz
         score = b.op("Sqrt", [b.op("Mul", [cls, ctr])])  # [N, C, HW], torchvision's FCOS score
         score = b.reshape(b.op("Transpose", [score], perm=[0, 2, 1]), [n, hw * c])  # [HW, C] order
         vals, idx, k = _threshold_topk(b, score, n, hw * c, params)
-        cc = b.const([c], np.int64, "C")
+        cc = b.const([c], np.int32, "C")
         loc, label = b.op("Div", [idx, cc]), b.op("Mod", [idx, cc])
         codes = b.gather_rows(b.op("Transpose", [b.reshape(f"box_{lvl}", [n, 4, hw])], perm=[0, 2, 1]),
                               loc, n, hw, 4)  # [N, k, 4] ltrb
@@ -209,7 +216,7 @@ def _retinanet(b: _Builder, raw: dict[str, list[int]], params: PostprocessParams
         cls = b.op("Transpose", [b.reshape(f"cls_{lvl}", [n, NUM_ANCHORS, c, hw])], perm=[0, 3, 1, 2])
         score = b.op("Sigmoid", [b.reshape(cls, [n, hwa * c])])
         vals, idx, k = _threshold_topk(b, score, n, hwa * c, params)
-        cc = b.const([c], np.int64, "C")
+        cc = b.const([c], np.int32, "C")
         anchor, label = b.op("Div", [idx, cc]), b.op("Mod", [idx, cc])
         box = b.op("Transpose", [b.reshape(f"box_{lvl}", [n, NUM_ANCHORS, 4, hw])], perm=[0, 3, 1, 2])
         deltas = b.gather_rows(b.reshape(box, [n, hwa, 4]), anchor, n, hwa, 4)  # [N, k, 4]
@@ -260,7 +267,7 @@ def _faster_rcnn(b: _Builder, raw: dict[str, list[int]], params: PostprocessPara
                                           b.const([n, k, c], np.int64)]), [n, k * c])
     keep = b.op("And", [keep, valid_kc])
     masked = b.op("Where", [keep, flat_scores, b.const(_EMPTY)])
-    labels = b.const(np.tile(np.arange(c, dtype=np.int64), (n, k)), np.int64, "labels")  # [N, K*C]
+    labels = b.const(np.tile(np.arange(c, dtype=np.int64), (n, k)), np.int32, "labels")  # [N, K*C]
     return n, boxes, masked, labels, k * c
 
 
@@ -280,11 +287,11 @@ def _nms_and_top(b: _Builder, n: int, m: int, c: int, boxes: str, scores: str, l
         pad = k - m
         boxes = b.op("Concat", [boxes, b.const(np.zeros((n, pad, 4)), hint="pad_boxes")], axis=1)
         scores = b.op("Concat", [scores, b.const(np.full((n, pad), _EMPTY), hint="pad_scores")], axis=1)
-        labels = b.op("Concat", [labels, b.const(np.zeros((n, pad)), np.int64, "pad_labels")], axis=1)
+        labels = b.op("Concat", [labels, b.const(np.zeros((n, pad)), np.int32, "pad_labels")], axis=1)
         m = k
     # [N, C, M]: each candidate scores only in its own class, so per-class NMS is class-aware NMS
     own = b.op("Equal", [b.op("Unsqueeze", [labels, b.const([1], np.int64)]),
-                         b.const(np.arange(c).reshape(1, c, 1), np.int64, "classes")])
+                         b.const(np.arange(c).reshape(1, c, 1), np.int32, "classes")])
     per_class = b.op("Where", [own, b.op("Unsqueeze", [scores, b.const([1], np.int64)]), b.const(_EMPTY)])
     selected = b.op("NonMaxSuppression", [boxes, per_class, b.const([k], np.int64, "max_per_class"),
                                           b.const([_float32_below(params.nms_thresh)], hint="iou"),
@@ -294,11 +301,12 @@ def _nms_and_top(b: _Builder, n: int, m: int, c: int, boxes: str, scores: str, l
     kept_scores = b.op("GatherND", [scores, bm])  # [S]
     kept = b.op("ScatterND", [b.const(np.full((n, m), _EMPTY), hint="none"), bm, kept_scores])  # [N, M]
     top, idx = b.op("TopK", [kept, b.const([k], np.int64, "kfinal")], outputs=2, axis=1, largest=1, sorted=1)
+    idx = b.op("Cast", [idx], to=TensorProto.INT32)
     valid = b.op("Greater", [top, b.const(_NMS_SCORE_FLOOR)])  # [N, K]
     det_boxes = b.gather_rows(boxes, idx, n, m, 4)
     b.op("Where", [b.op("Unsqueeze", [valid, b.const([2], np.int64)]), det_boxes, b.const(0.0)], out="det_boxes")
     b.op("Where", [valid, top, b.const(0.0)], out="det_scores")
     det_labels = b.gather_rows(labels, idx, n, m, None)
-    b.op("Where", [valid, det_labels, b.const(-1, np.int64)], out="det_labels")
-    b.op("ReduceSum", [b.op("Cast", [valid], to=TensorProto.INT64), b.const([1], np.int64)], out="num_dets",
+    b.op("Where", [valid, det_labels, b.const(-1, np.int32)], out="det_labels")
+    b.op("ReduceSum", [b.op("Cast", [valid], to=TensorProto.INT32), b.const([1], np.int64)], out="num_dets",
          keepdims=0)
