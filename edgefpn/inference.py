@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from edgefpn.backends.base import INPUT_NAME, Runner
-from edgefpn.data.preprocess import Letterbox, boxes_to_original, letterbox_u8_file, preprocess, preprocess_file
+from edgefpn.data.preprocess import (
+    Letterbox,
+    boxes_to_original,
+    letterbox_u8_file,
+    preprocess,
+    preprocess_file,
+)
 from edgefpn.postprocess import Detections, PostprocessParams, decoder_for
 from edgefpn.postprocess.nms import _float32_below
 
