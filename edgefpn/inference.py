@@ -15,6 +15,7 @@ from edgefpn.backends.base import INPUT_NAME, Runner
 from edgefpn.data.preprocess import (
     Letterbox,
     boxes_to_original,
+    letterbox_u8,
     letterbox_u8_file,
     preprocess,
     preprocess_file,
@@ -57,6 +58,14 @@ class Pipeline:
         """``prepare(load_image(path))``: image file -> model input, the end-to-end path."""
         chw, lb = preprocess_file(path, size=self.input_size, mean=self.mean, std=self.std)
         return chw[None], lb  # [1, 3, H, W]
+
+    def feed_image(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], Letterbox]:
+        """A decoded ``uint8 [h, w, 3]`` RGB image -> the engine's feed in this pipeline's ``input`` type."""
+        if self.input == "uint8":
+            u8, valid_hw, lb = letterbox_u8(image, size=self.input_size)
+            return {"images_u8": u8, "valid_hw": valid_hw}, lb
+        batch, lb = self.prepare(image)
+        return {INPUT_NAME: batch}, lb
 
     def feed_file(self, path: str | Path) -> tuple[dict[str, np.ndarray], Letterbox]:
         """Image file -> the engine's feed in this pipeline's ``input`` type, and the letterbox."""

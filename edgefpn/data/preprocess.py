@@ -41,6 +41,7 @@ __all__ = [
     "boxes_to_original",
     "describe_preprocessing",
     "image_size",
+    "letterbox_u8",
     "letterbox_u8_file",
     "normalise_coefficients",
     "letterbox",
@@ -472,8 +473,14 @@ def letterbox_u8_file(path: str | Path, *, size: tuple[int, int]) -> tuple[np.nd
     masks it to the float contract's 0.0 padding), ``valid_hw`` int32 ``[1, 2]`` (rows, cols of the
     resized image) and the :class:`Letterbox`. The graph applies :func:`normalise_coefficients`.
     """
+    return letterbox_u8(load_image(path), size=size)
+
+
+def letterbox_u8(image: np.ndarray, *, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Letterbox]:
+    """:func:`letterbox_u8_file` of an ``uint8 [h, w, 3]`` RGB image already decoded (a video frame)."""
+    _check_image(image)
     size = _check_size(size)
-    resized, lb = _resize_to_fit(load_image(path), size)
+    resized, lb = _resize_to_fit(image, size)
     rh, rw = resized.shape[:2]
     out = np.zeros((1, *size, 3), dtype=np.uint8)
     out[0, :rh, :rw] = resized
