@@ -126,7 +126,13 @@ def uint8_head(batch: int, input_size: tuple[int, int], coef: np.ndarray, *, out
                               [_vi("images_u8", TensorProto.UINT8, [batch, h, w, 3]),
                                _vi("valid_hw", TensorProto.INT32, [batch, 2])],
                               [_vi(out, TensorProto.FLOAT, [batch, 3, h, w])], b.inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, _MIN_OPSET))])
+    return _model(graph, opset)
+
+
+def _model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    # the lowest IR version the opset needs (make_model's default, the newest, is more than ONNX Runtime reads)
+    opsets = [helper.make_opsetid("", max(opset, _MIN_OPSET))]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
 def detection_tail(arch: str, raw_outputs: dict[str, list[int]], params: PostprocessParams,
@@ -153,7 +159,7 @@ def detection_tail(arch: str, raw_outputs: dict[str, list[int]], params: Postpro
     outputs = [_vi("det_boxes", TensorProto.FLOAT, [n, k, 4]), _vi("det_scores", TensorProto.FLOAT, [n, k]),
                _vi("det_labels", TensorProto.INT32, [n, k]), _vi("num_dets", TensorProto.INT32, [n])]
     graph = helper.make_graph(b.nodes, "edgefpn_detection_tail", inputs, outputs, b.inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, _MIN_OPSET))])
+    return _model(graph, opset)
 
 
 def _num_classes(arch: str, raw: dict[str, list[int]], params: PostprocessParams) -> int:
