@@ -16,7 +16,7 @@ import pytest
 from edgefpn.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_coefficients, preprocess
 from edgefpn.e2e.graft import E2ESpec, graft_onnx
 from edgefpn.e2e.graph import DET_OUTPUTS, detection_tail, uint8_head
-from edgefpn.lint import errors, lint_onnx
+from edgefpn.lint import lint_onnx
 from edgefpn.postprocess import PostprocessParams, decode, decoder_for
 
 SIZE = (96, 128)
@@ -73,7 +73,7 @@ def test_in_graph_decode_and_nms_equal_the_numpy_decoder(arch: str, backend: str
     tail = detection_tail(arch, {k: list(v.shape) for k, v in _raw(arch, np.random.default_rng(0)).items()},
                           params, SIZE)
     assert [o.name for o in tail.graph.output] == list(DET_OUTPUTS)
-    assert not errors(lint_onnx(tail)), [str(f) for f in lint_onnx(tail)]  # TensorRT 10 parses these ops
+    assert not lint_onnx(tail), [str(f) for f in lint_onnx(tail)]  # the TensorRT lint passes it: no finding
     bound = {"cap": 0, "nms": 0}
     for seed in range(3):
         raw = _raw(arch, np.random.default_rng(seed))
