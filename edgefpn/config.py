@@ -173,6 +173,11 @@ class ExportConfig:
     batch: int = 1
     simplify: bool = True
     atol: float = 1e-4
+    # The end-to-end contract (edgefpn.e2e): `uint8` adds graphs fed the letterboxed uint8 image, `nms`
+    # graphs that return detections. Either makes model.e2e.onnx and an `-e2e` twin of every engine;
+    # model.onnx and the raw engines stay as they are.
+    input: str = "float"  # float | uint8
+    nms: bool = False
 
 
 @dataclass(frozen=True)
@@ -486,6 +491,10 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("build.openvino_hint", f"must be latency or throughput, got {cfg.build.openvino_hint!r}")
     if cfg.export.batch <= 0:
         raise bad("export.batch", f"must be positive, got {cfg.export.batch}")
+    if cfg.export.input not in ("float", "uint8"):
+        raise bad("export.input", f"must be float or uint8, got {cfg.export.input!r}")
+    if (cfg.export.nms or cfg.export.input == "uint8") and cfg.export.opset < 13:
+        raise bad("export.opset", f"must be >= 13 for export.nms / export.input=uint8, got {cfg.export.opset}")
     for split_key in ("train_split", "val_split", "calib_split"):
         split = getattr(cfg.data, split_key)
         if not split or "/" in split or split.startswith("."):

@@ -12,8 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from edgefpn.backends.base import INPUT_NAME, Runner
-from edgefpn.data.preprocess import Letterbox, boxes_to_original, preprocess, preprocess_file
+from edgefpn.data.preprocess import (
+    Letterbox,
+    boxes_to_original,
+    letterbox_u8,
+    letterbox_u8_file,
+    preprocess,
+    preprocess_file,
+)
 from edgefpn.postprocess import Detections, PostprocessParams, decoder_for
+from edgefpn.postprocess.nms import _float32_below
+
+# The two engine contracts (README "Engine contracts"): what an engine is fed and what it returns.
+INPUTS = ("float", "uint8")  # float [N, 3, H, W] normalised | uint8 [N, H, W, 3] letterboxed + valid_hw
+CONTRACTS = ("raw", "detections")  # per-level maps decoded here | det_boxes/det_scores/det_labels/num_dets
 
 
 @dataclass(frozen=True)
@@ -29,9 +41,14 @@ class Pipeline:
     std: tuple[float, float, float]
     post: PostprocessParams
     arch: str = "fcos"
+    input: str = "float"  # what the engine is fed: INPUTS
+    contract: str = "raw"  # what the engine returns: CONTRACTS
 
     def __post_init__(self) -> None:
         decoder_for(self.arch)  # an unknown arch fails here, not on the first image
+        if self.input not in INPUTS or self.contract not in CONTRACTS:
+            raise ValueError(f"input must be one of {INPUTS} and contract one of {CONTRACTS}, "
+                             f"got {self.input!r} and {self.contract!r}")
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         chw, lb = preprocess(image, size=self.input_size, mean=self.mean, std=self.std)
@@ -41,6 +58,47 @@ class Pipeline:
         """``prepare(load_image(path))``: image file -> model input, the end-to-end path."""
         chw, lb = preprocess_file(path, size=self.input_size, mean=self.mean, std=self.std)
         return chw[None], lb  # [1, 3, H, W]
+
+    def feed_image(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], Letterbox]:
+        """A decoded ``uint8 [h, w, 3]`` RGB image -> the engine's feed in this pipeline's ``input`` type."""
+        if self.input == "uint8":
+            u8, valid_hw, lb = letterbox_u8(image, size=self.input_size)
+            return {"images_u8": u8, "valid_hw": valid_hw}, lb
+        batch, lb = self.prepare(image)
+        return {INPUT_NAME: batch}, lb
+
+    def feed_file(self, path: str | Path) -> tuple[dict[str, np.ndarray], Letterbox]:
+        """Image file -> the engine's feed in this pipeline's ``input`` type, and the letterbox."""
+        if self.input == "uint8":
+            image, valid_hw, lb = letterbox_u8_file(path, size=self.input_size)
+            return {"images_u8": image, "valid_hw": valid_hw}, lb
+        batch, lb = self.prepare_file(path)
+        return {INPUT_NAME: batch}, lb
+
+    def detections(self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[Detections]:
+        """The engine's outputs in this pipeline's ``contract`` -> detections in original image pixels."""
+        if self.contract == "raw":
+            return self.decode(outputs, letterboxes)
+        return [replace(d, boxes=boxes_to_original(d.boxes, lb).astype(np.float32))
+                for d, lb in zip(self.read_detections(outputs), letterboxes, strict=True)]
+
+    def read_detections(self, outputs: Mapping[str, np.ndarray]) -> list[Detections]:
+        """An in-graph NMS engine's static outputs -> per image the first ``num_dets`` detections (input
+        pixels) whose score passes ``post.score_thresh``.
+
+        The graph was made at ``postprocess.score_thresh``; a higher threshold (deploy's) is applied
+        here, on at most K rows, and gives exactly the numpy decoder's result at that threshold: the
+        boxes it drops rank below every box it keeps, in the per-level top-k, in greedy NMS and at the
+        detection cap alike.
+        """
+        thresh = _float32_below(self.post.score_thresh)
+        dets = []
+        for boxes, scores, labels, n in zip(outputs["det_boxes"], outputs["det_scores"], outputs["det_labels"],
+                                            np.asarray(outputs["num_dets"]).reshape(-1), strict=True):
+            keep = np.flatnonzero(scores[: int(n)] > thresh)
+            dets.append(Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32),
+                                   labels[keep].astype(np.int64)))
+        return dets
 
     def decode(self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[Detections]:
         """Raw per-level outputs -> detections in original image pixels, one per batch item."""
@@ -53,6 +111,5 @@ class Pipeline:
 
 def detect_file(runner: Runner, pipeline: Pipeline, path: str | Path) -> Detections:
     """Decode one image file and detect objects in it (the end-to-end latency path)."""
-    batch, lb = pipeline.prepare_file(path)
-    outputs = runner.infer({INPUT_NAME: batch})
-    return pipeline.decode(outputs, [lb])[0]
+    feed, lb = pipeline.feed_file(path)
+    return pipeline.detections(runner.infer(feed), [lb])[0]

@@ -69,6 +69,8 @@ _SHAPE_INPUTS: Mapping[str, frozenset[int]] = {
     "GatherElements": frozenset({1}), "GatherND": frozenset({1}), "ScatterElements": frozenset({1}),
     "ScatterND": frozenset({1}), "Split": frozenset({1}), "OneHot": frozenset({1}),
     "CumSum": frozenset({1}), "Range": frozenset({0, 1, 2}), "Trilu": frozenset({1}),
+    # the in-graph NMS of the end-to-end graphs (edgefpn.e2e): max_output_boxes_per_class is a count
+    "NonMaxSuppression": frozenset({2}),
     **{op: frozenset({1}) for op in (
         "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
         "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")},

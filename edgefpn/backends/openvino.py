@@ -179,7 +179,9 @@ class OpenVinoRunner:
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._request is None:
             raise RuntimeError("OpenVinoRunner.infer called outside its context")
-        inputs = {name: np.ascontiguousarray(arr, dtype=np.float32) for name, arr in feed.items()}
+        # float feeds as float32; an end-to-end graph's uint8 image and int64 valid_hw keep their type
+        inputs = {name: np.ascontiguousarray(arr, dtype=np.float32 if np.issubdtype(arr.dtype, np.floating) else None)
+                  for name, arr in feed.items()}
         # share_inputs: the request reads the caller's float32 array in place rather than copying it into
         # its own tensor first (as benchmark_app, which fills its tensors once); the outputs are still
         # copied (share_outputs=False), since the request overwrites them on its next call.

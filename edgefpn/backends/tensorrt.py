@@ -250,6 +250,10 @@ def build_engine(onnx_path: Path, engine_path: Path, *, precision: str, settings
     config.builder_optimization_level = settings.builder_optimization_level
     for flag in flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    if pinned := keep_e2e_float(network, trt):
+        # the end-to-end graph's head, decode and NMS run float32 whatever the network's precision
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        log(f"[build] tensorrt: {pinned} layers of the in-graph head / decode / NMS pinned to float32")
     if settings.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = settings.dla_core
@@ -273,6 +277,29 @@ def build_engine(onnx_path: Path, engine_path: Path, *, precision: str, settings
     if cache_path is not None:
         atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return BuildResult(flags, device, str(trt.__version__), cache_path)
+
+
+# ONNX node-name prefixes of edgefpn.e2e's grafted head and tail; TensorRT's parser names each layer
+# after the node it comes from.
+E2E_PREFIXES = ("e2e/", "e2e_head/")
+
+
+def keep_e2e_float(network, trt) -> int:
+    """Pin every float layer of the grafted e2e head and tail to float32 (``layer.precision`` and its
+    float outputs), as issue 15 asks: only the network is reduced precision. Returns how many."""
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if not any(p in layer.name for p in E2E_PREFIXES):
+            continue
+        floats = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in (trt.float32, trt.float16)]
+        if not floats:
+            continue  # integer index arithmetic: nothing to pin
+        layer.precision = trt.float32
+        for j in floats:
+            layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
 
 
 def _parser_errors(parser) -> str:
@@ -369,6 +396,7 @@ class TensorRTRunner:
                 buf.copy_(torch.from_numpy(np.ascontiguousarray(feed[name])).to(buf.dtype), non_blocking=False)
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError(f"{self.spec.path}: TensorRT execution failed")
-            outs = {name: buf.float().cpu() for name, buf in self._outputs.items()}
+            # float outputs as float32; an e2e engine's det_labels / num_dets stay integers
+            outs = {name: (buf.float() if buf.is_floating_point() else buf).cpu() for name, buf in self._outputs.items()}
         self._stream.synchronize()
         return {name: t.numpy() for name, t in outs.items()}

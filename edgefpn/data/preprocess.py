@@ -41,6 +41,9 @@ __all__ = [
     "boxes_to_original",
     "describe_preprocessing",
     "image_size",
+    "letterbox_u8",
+    "letterbox_u8_file",
+    "normalise_coefficients",
     "letterbox",
     "load_image",
     "normalize",
@@ -461,6 +464,33 @@ def preprocess_file(
     coef = _stats_affine(mean, std)
     resized, lb = _resize_to_fit(load_image(path), size)
     return _normalize_into_padded(resized, coef, size), lb
+
+
+def letterbox_u8_file(path: str | Path, *, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Letterbox]:
+    """The uint8-input contract's host side: decode + resize only, as :func:`preprocess_file` does.
+
+    Returns ``uint8 [1, H, W, 3]`` RGB with the resized image at the top-left (the rest 0: the graph
+    masks it to the float contract's 0.0 padding), ``valid_hw`` int32 ``[1, 2]`` (rows, cols of the
+    resized image) and the :class:`Letterbox`. The graph applies :func:`normalise_coefficients`.
+    """
+    return letterbox_u8(load_image(path), size=size)
+
+
+def letterbox_u8(image: np.ndarray, *, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, Letterbox]:
+    """:func:`letterbox_u8_file` of an ``uint8 [h, w, 3]`` RGB image already decoded (a video frame)."""
+    _check_image(image)
+    size = _check_size(size)
+    resized, lb = _resize_to_fit(image, size)
+    rh, rw = resized.shape[:2]
+    out = np.zeros((1, *size, 3), dtype=np.uint8)
+    out[0, :rh, :rw] = resized
+    return out, np.array([[rh, rw]], dtype=np.int32), lb
+
+
+def normalise_coefficients(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``float32 [2, 3]``: per RGB channel ``(x / 255 - mean) / std == x * [0] + [1]``, the two float32
+    operations :func:`preprocess` applies (an end-to-end graph applies the same, bit for bit)."""
+    return np.array(_stats_affine(mean, std))
 
 
 def _check_boxes(boxes_xyxy: np.ndarray) -> np.ndarray:

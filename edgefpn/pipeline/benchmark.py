@@ -45,6 +45,7 @@ from edgefpn.backends import RUNNERS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config, config_hash
 from edgefpn.errors import ModelFileError
+from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline.check import ENGINE_FILES
 from edgefpn.pipeline.common import log, make_pipeline
 from edgefpn.pipeline.lineage import current_engines
@@ -104,23 +105,27 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     video_dir = tempfile.TemporaryDirectory(prefix="edgefpn-val-video-")
     video = _val_video(cfg, Path(video_dir.name))
     for spec in engines:
+        spec_feed = feed
+        if e2e_stage.contract_of(cfg, spec.name)[0] == "uint8":  # an in-graph twin fed the uint8 image
+            spec_feed = _uint8_feed(cfg)
         if not RUNNERS[spec.backend].is_available():
             rows.append(_row(spec) | {"skipped": f"backend {spec.backend!r} is not installed on this machine"})
             log(f"[benchmark] skipped {spec.name}: {spec.backend} not installed")
             continue
-        if spec.backend == "openvino" and app_seconds > 0:
+        if spec.backend == "openvino" and app_seconds > 0 and INPUT_NAME in spec_feed:  # benchmark_app: float .npy
             log(f"[benchmark] {spec.name}: {app_rounds} rounds of {iters} x batch 1, then benchmark_app "
                 f"-t {_round_seconds(app_seconds, app_rounds)}")
-            samples, app = _cross_check(spec, feed, threads, cfg.check.warmup, iters, app_seconds, app_rounds)
+            samples, app = _cross_check(spec, spec_feed, threads, cfg.check.warmup, iters, app_seconds, app_rounds)
             row = _row(spec) | _stats(samples)
             row["benchmark_app"] = app
         else:
             log(f"[benchmark] {spec.name}: {iters} x batch 1")
-            row = _row(spec) | _stats(_latency(spec, feed, threads, cfg.check.warmup, iters))
-        row["throughput"] = _throughput(spec, feed, threads, throughput_seconds, row["fps"])
-        log(f"[benchmark] {spec.name}: streaming the val video at the deploy and eval thresholds")
-        row["scenarios"] = {"streaming": streaming_scenario(
-            spec, {"deploy": make_pipeline(cfg, deploy=True), "eval": make_pipeline(cfg)}, video, threads=threads)}
+            row = _row(spec) | _stats(_latency(spec, spec_feed, threads, cfg.check.warmup, iters))
+        row["throughput"] = _throughput(spec, spec_feed, threads, throughput_seconds, row["fps"])
+        if not spec.name.endswith(e2e_stage.SUFFIX):  # the streaming runtime feeds raw float engines only
+            log(f"[benchmark] {spec.name}: streaming the val video at the deploy and eval thresholds")
+            row["scenarios"] = {"streaming": streaming_scenario(
+                spec, {"deploy": make_pipeline(cfg, deploy=True), "eval": make_pipeline(cfg)}, video, threads=threads)}
         rows.append(row)
     video_dir.cleanup()
 
@@ -137,6 +142,23 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
 
 def _row(spec: EngineSpec) -> dict[str, Any]:
     return {"name": spec.name, "backend": spec.backend, "precision": spec.precision}
+
+
+def _uint8_feed(cfg: Config) -> dict[str, np.ndarray]:
+    """The uint8 contract's feed of the same image as :func:`_feed` (a fixed random image without data)."""
+    from dataclasses import replace
+
+    from edgefpn.data.coco import load_split
+    from edgefpn.data.preprocess import load_image
+
+    pipe = replace(make_pipeline(cfg), input="uint8")
+    root = Path(cfg.data.root)
+    if (root / "annotations" / f"instances_{cfg.data.val_split}.json").is_file():
+        split = load_split(root, cfg.data.val_split)
+        if split.images:
+            return pipe.feed_image(load_image(split.images[0].path))[0]
+    rng = np.random.default_rng(0)
+    return pipe.feed_image(rng.integers(0, 256, (*cfg.model.input_size, 3), dtype=np.uint8))[0]
 
 
 def _feed(cfg: Config) -> tuple[dict[str, np.ndarray], str]:

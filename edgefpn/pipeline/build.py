@@ -36,6 +36,7 @@ from edgefpn.artifacts import (
 from edgefpn.config import PRECISIONS, Config, config_hash
 from edgefpn.errors import BackendUnavailable, ConfigError, ModelFileError
 from edgefpn.lint import Finding, errors, lint_onnx
+from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline.common import log
 
@@ -106,6 +107,9 @@ def run(cfg: Config, run_dir: Path, *, targets: Sequence[str] | None = None,
                    if target == "openvino" else _tensorrt(cfg, run_dir, precision, src, force=force))
             built.append((name, art))
 
+    if e2e_stage.enabled(cfg):
+        built += _e2e(cfg, run_dir, built, sources, force=force)
+
     write_json(run_dir / SUMMARY, {
         "schema": "edgefpn.build/1",
         "targets": list(targets), "precisions": list(precisions),
@@ -161,10 +165,11 @@ def _source(art: Artifact) -> _Source:
 
     model = onnx.load(str(art.path))
     findings = lint_onnx(model)
-    (inp,) = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    tt = inp.type.tensor_type
-    spec = {"name": inp.name, "shape": [d.dim_value for d in tt.shape.dim],
-            "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name}
+    inps = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    specs = [{"name": i.name, "shape": [d.dim_value for d in i.type.tensor_type.shape.dim],
+              "dtype": onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name} for i in inps]
+    # the image input first; an e2e graph with uint8 input also takes valid_hw (edgefpn.e2e)
+    spec = specs[0] if len(specs) == 1 else {**specs[0], "inputs": specs}
     n_err = len(errors(findings))
     if findings:
         log(f"[build] TensorRT lint of {art.path.name}: {n_err} error(s), {len(findings) - n_err} warning(s)"
@@ -242,7 +247,31 @@ def _openvino(run_dir: Path, precision: str, src: _Source, base: _Source, *, nnc
 # TensorRT
 
 
-def _tensorrt(cfg: Config, run_dir: Path, precision: str, src: _Source, *, force: bool) -> Artifact:
+def _e2e(cfg: Config, run_dir: Path, built: list[tuple[str, Artifact]], sources: dict[str, _Source | None], *,
+         force: bool) -> list[tuple[str, Artifact]]:
+    """The ``-e2e`` twins (edgefpn.pipeline.e2e) of the ONNX models and of the engines just built."""
+    out: list[tuple[str, Artifact]] = []
+    onnx_twins = {}
+    for precision, rel in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx"),
+                           ("int8-ort", "model.int8.ort.onnx")):  # the last for onnxruntime-int8-e2e only
+        if (art := e2e_stage.make_onnx(cfg, run_dir, rel, force=force)) is not None:
+            onnx_twins[precision] = art
+    for name, _art in built:
+        target, precision = name.split("-", 1)
+        if target == "openvino":
+            art = e2e_stage.make_openvino(cfg, run_dir, precision, export_stage.ARTIFACT, force=force)
+        else:  # TensorRT builds the e2e ONNX of the same precision (fp16 engines from the fp32 graph)
+            twin = onnx_twins.get("int8" if precision == "int8" else "fp32")
+            art = None if twin is None else _tensorrt(
+                cfg, run_dir, precision, _source(twin), force=force,
+                out=engine_path(run_dir, "tensorrt", precision).parent.with_name(f"{precision}-e2e") / "model.engine")
+        if art is not None:
+            out.append((f"{name}-e2e", art))
+    return out
+
+
+def _tensorrt(cfg: Config, run_dir: Path, precision: str, src: _Source, *, force: bool,
+              out: Path | None = None) -> Artifact:
     from edgefpn.backends import tensorrt as trt_backend
 
     errs = errors(src.lint)
@@ -254,7 +283,7 @@ def _tensorrt(cfg: Config, run_dir: Path, precision: str, src: _Source, *, force
     version = trt_backend.tensorrt_version()
     if device is None or version is None:
         raise BackendUnavailable(f"tensorrt: {trt_backend.unavailable_reason() or 'not usable here'}")
-    out = engine_path(run_dir, "tensorrt", precision)
+    out = out or engine_path(run_dir, "tensorrt", precision)
     chash = config_hash(settings, {"precision": precision, "device": device.to_dict(), "tensorrt": version})
     inputs = {"onnx": src.sha256}
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):

@@ -34,6 +34,7 @@ from edgefpn.inference import detect_file
 from edgefpn.metrics.coco import coco_map, detections_to_coco
 from edgefpn.metrics.detections import DetectionAgreement
 from edgefpn.metrics.tensors import aggregate_agreement, tensor_agreement
+from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_pipeline, recorded_arch
@@ -58,7 +59,16 @@ ENGINE_FILES: tuple[tuple[str, str, str, str], ...] = (
     ("openvino-int8", "openvino", "int8", "openvino/int8"),
     ("tensorrt-fp16", "tensorrt", "fp16", "tensorrt/fp16/model.engine"),
     ("tensorrt-int8", "tensorrt", "int8", "tensorrt/int8/model.engine"),
+    # the end-to-end twins (export.nms / export.input=uint8), after the raw engines they are checked against
+    *e2e_stage.ENGINE_FILES,
 )
+
+# An end-to-end engine against its raw twin (same backend, precision and network; the twin decoded by
+# numpy), on the same images at postprocess.score_thresh: (min matched fraction, min mean IoU, max
+# score error). FP32 holds the issue-15 floors. FP16 / INT8 networks are the twin's own, but a backend
+# may fuse the grafted graph's first and last layers differently, so their scores may move by a
+# rounding of the reduced precision; their mAP gate still applies in full.
+E2E_AGREEMENT = {"fp32": (0.99, 0.99, 1e-4), "fp16": (0.98, 0.98, 1e-2), "int8": (0.98, 0.98, 1e-2)}
 
 
 def discover_engines(run_dir: Path, backends: Sequence[str]) -> list[EngineSpec]:
@@ -129,6 +139,10 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
 
     pipe = make_pipeline(cfg, arch=arch)
     deploy_pipe = make_pipeline(cfg, arch=arch, deploy=True)  # end-to-end latency: what a device runs
+    # each engine's own contract: what it is fed and what it returns (raw engines: float in, raw out)
+    pipes = {s.name: _contract(pipe, cfg, s.name) for s in [reference, *engines]}
+    twins = {s.name: e2e_stage.raw_twin(s.name) for s in engines if s.name.endswith(e2e_stage.SUFFIX)}
+    twin_agreement = {name: DetectionAgreement() for name in twins}
     split = data.split(cfg.data.val_split)
     records = _records(cfg, split)
     require_annotations(split, records, what="check's mAP gate")
@@ -146,16 +160,24 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
                    leave=False, dynamic_ncols=True)
         for rec in bar:
             batch, lb = pipe.prepare_file(rec.path)
+            feeds = {"float": {INPUT_NAME: batch}}
+            if any(p.input == "uint8" for p in pipes.values()):
+                feeds["uint8"] = next(p for p in pipes.values() if p.input == "uint8").feed_file(rec.path)[0]
             ref_out = runners[reference.name].infer({INPUT_NAME: batch})
             ref_det = pipe.decode(ref_out, [lb])[0]
             results[reference.name].extend(detections_to_coco(ref_det, rec.id, split.category_ids))
+            dets = {}
             for spec in engines:
-                out = runners[spec.name].infer({INPUT_NAME: batch})
+                p = pipes[spec.name]
+                out = runners[spec.name].infer(feeds[p.input])
                 for name, ref in ref_out.items():
-                    tensors[spec.name].setdefault(name, []).append(tensor_agreement(ref, out[name]))
-                det = pipe.decode(_finite(out), [lb])[0]
+                    if name in out:  # an in-graph NMS engine has no raw tensors: its twin is compared instead
+                        tensors[spec.name].setdefault(name, []).append(tensor_agreement(ref, out[name]))
+                det = dets[spec.name] = p.detections(_finite(out), [lb])[0]
                 agreement[spec.name].update(ref_det, det)
                 gallery.update(spec.name, rec.path, rec.id, ref_det, det)
+                if spec.name in twins and twins[spec.name] in dets:
+                    twin_agreement[spec.name].update(dets[twins[spec.name]], det)
                 results[spec.name].extend(detections_to_coco(det, rec.id, split.category_ids))
         bar.close()
 
@@ -165,14 +187,20 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
         report_engines = []
         for spec in all_specs:
             log(f"[check] latency: {spec.name}")
-            latency = _latency(runners[spec.name], pipe, deploy_pipe, records, cfg)
+            latency = _latency(runners[spec.name], pipes[spec.name], _contract(deploy_pipe, cfg, spec.name),
+                               records, cfg)
             entry = _engine_entry(spec, coco_map(ann_file, results[spec.name], image_ids=image_ids),
                                   ref_map, latency, reference.path.parent)
+            entry["contract"] = {"input": pipes[spec.name].input, "output": pipes[spec.name].contract}
             if spec is not reference:
                 entry["levels"], entry["outputs"] = _levels(tensors[spec.name])
                 entry["detections"] = agreement[spec.name].compute()
             if spec.name in speedups:
                 entry["int8_speedup"] = speedups[spec.name]
+            if spec.name in twins:
+                found = twins[spec.name] in {s.name for s in engines}
+                entry["twin"] = {"engine": twins[spec.name], "present": found,
+                                 **(twin_agreement[spec.name].compute() if found else {})}
             entry["gates"] = _gates(entry, cfg, is_reference=spec is reference,
                                     selected=decoder_for(pipe.arch).selected_outputs)
             report_engines.append(entry)
@@ -189,6 +217,14 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
                    "input_size": list(cfg.model.input_size), "threads": threads},
         "machine": system_info(threads),
     }
+
+
+def _contract(pipe, cfg: Config, name: str):
+    """``pipe`` fed and read as engine ``name``'s contract (edgefpn.pipeline.e2e.contract_of)."""
+    from dataclasses import replace
+
+    input_type, contract = e2e_stage.contract_of(cfg, name)
+    return replace(pipe, input=input_type, contract=contract)
 
 
 def _records(cfg: Config, split) -> tuple:
@@ -239,8 +275,7 @@ def _latency(runner, pipe, deploy_pipe, records, cfg: Config) -> dict[str, Any]:
     -> detections, cycling through the val images) at the deployment score threshold; end to end at
     the evaluation threshold too where the two differ. ``check.latency_iters`` samples of each."""
     c = cfg.check
-    batch, _ = pipe.prepare_file(records[0].path)
-    feed = {INPUT_NAME: batch}
+    feed, _ = pipe.feed_file(records[0].path)
     for _ in range(c.warmup):
         runner.infer(feed)
     paths = [r.path for r in records]
@@ -282,6 +317,8 @@ def _int8_speedups(runners, engines: list[EngineSpec], pipe, records, cfg: Confi
     verdict is a ratio from the same moments, not of two latencies measured minutes apart.
     """
     c = cfg.check
+    # raw engines only: an -e2e twin runs its raw twin's network (and may take a uint8 feed)
+    engines = [s for s in engines if not s.name.endswith(e2e_stage.SUFFIX)]
     by_key = {(s.backend, s.precision): s for s in engines}
     batch, _ = pipe.prepare_file(records[0].path)
     feed = {INPUT_NAME: batch}
@@ -357,12 +394,31 @@ def _gates(entry: dict, cfg: Config, *, is_reference: bool, selected: tuple[str,
             elif min_cos is not None and stats["snr_db"] < (floor := _snr_floor_db(min_cos)):
                 failed.append(f"{name}: SNR {stats['snr_db']:.1f} dB < {floor:.1f} dB, the floor "
                               f"min cosine {min_cos} implies (a scale error cosine cannot see){where}")
+        if "twin" in entry:
+            failed += _twin_failures(entry["twin"], precision)
     if (speed := entry.get("int8_speedup")) and speed["speedup"] < speed["min_speedup"]:
         what = "slower than" if speed["speedup"] < 1 else "not enough faster than"
         failed.append(f"INT8 is {what} {speed['vs']}: {speed['speedup']:.2f}x its speed, model only "
                       f"({speed['p50_ms']:.2f} vs {speed['vs_p50_ms']:.2f} ms p50 over {speed['pairs']} "
                       f"interleaved pairs; check.min_int8_speedup {speed['min_speedup']:g})")
     return {"max_map_drop": max_drop, "min_cosine": min_cos, "failed": failed, "passed": not failed}
+
+
+def _twin_failures(twin: dict[str, Any], precision: str) -> list[str]:
+    """An end-to-end engine against its raw twin (E2E_AGREEMENT): one line per broken bound."""
+    if not twin["present"]:
+        return [f"no {twin['engine']} to compare the in-graph contract with (build or check it too)"]
+    min_matched, min_iou, max_err = E2E_AGREEMENT.get(precision, E2E_AGREEMENT["int8"])
+    vs = f"vs {twin['engine']}"
+    failed = []
+    if twin["matched_fraction"] < min_matched:
+        failed.append(f"detections {vs}: matched fraction {twin['matched_fraction']:.4f} < {min_matched} "
+                      f"({twin['matched']} of {max(twin['n_ref'], twin['n_test'])}; {twin['label_flips']} label flips)")
+    if twin["mean_iou"] < min_iou:
+        failed.append(f"detections {vs}: mean IoU {twin['mean_iou']:.4f} < {min_iou}")
+    if twin["max_score_error"] > max_err:
+        failed.append(f"detections {vs}: max score error {twin['max_score_error']:.2g} > {max_err:g}")
+    return failed
 
 
 def _snr_floor_db(min_cosine: float) -> float:

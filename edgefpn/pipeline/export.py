@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from edgefpn.artifacts import Artifact, atomic_output, up_to_date, write_manifest
-from edgefpn.config import Config, config_hash
+from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.errors import ExportError
+from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_pipeline
 from edgefpn.postprocess import decoder_for
@@ -20,12 +21,17 @@ ARTIFACT = "model.onnx"
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:
     model_art = train_stage.run(cfg, run_dir, progress=progress)
     out = run_dir / ARTIFACT
-    chash = config_hash(cfg.export, cfg.postprocess, cfg.model.input_size)
+    # export.input / export.nms shape only the e2e graph: model.onnx (and its hash) stays as it was
+    raw_settings = {k: v for k, v in to_dict(cfg.export).items() if k not in ("input", "nms")}
+    chash = config_hash(raw_settings, cfg.postprocess, cfg.model.input_size)
     inputs = {"model": model_art.sha256}
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[export] up to date: {out}")
-        return art
-    return _export(cfg, model_art, out, chash, inputs)
+    else:
+        art = _export(cfg, model_art, out, chash, inputs)
+    if e2e_stage.enabled(cfg):
+        e2e_stage.make_onnx(cfg, run_dir, ARTIFACT, force=force)
+    return art
 
 
 def _sample_input(cfg: Config) -> np.ndarray:

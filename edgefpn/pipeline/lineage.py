@@ -22,6 +22,7 @@ __all__ = ["Ignored", "configured_engines", "current_engines"]
 
 MODEL = "model.pt"
 _ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.int8.ort.onnx", "model.fp16.onnx")
+_E2E_ONNX = ("model.e2e.onnx", "model.int8.e2e.onnx", "model.fp16.e2e.onnx")  # TensorRT e2e engines' sources
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ def configured_engines(cfg: Config) -> set[str]:
         if q.openvino:
             names.add("openvino-int8")
     names |= {f"{t}-{p}" for t in cfg.build.targets for p in cfg.build.precisions if p != "int8" or q.enabled}
+    if cfg.export.nms or cfg.export.input == "uint8":  # edgefpn.pipeline.e2e: a twin of every engine
+        names |= {f"{n}-e2e" for n in names}
     return names
 
 
@@ -79,12 +82,14 @@ def _parents(rel: str, manifest: dict) -> dict[str, str] | None:
     """Input key in ``rel``'s manifest -> the run-dir file whose sha256 it must equal."""
     if rel == "model.onnx":
         return {"model": MODEL}
+    if manifest.get("stage") == "e2e" and isinstance(manifest.get("e2e_source"), str):
+        return {"source": manifest["e2e_source"]}  # an -e2e engine: through its raw twin
     if rel in _ONNX_FILES:
         return {"model": "model.onnx"}
     if manifest.get("stage") == "quantize":  # the NNCF IR (openvino/int8)
         return {"model": "model.onnx", "int8_qdq": "model.int8.onnx"}
     src = manifest.get("source")
-    if manifest.get("stage") == "build" and isinstance(src, dict) and src.get("path") in _ONNX_FILES:
+    if manifest.get("stage") == "build" and isinstance(src, dict) and src.get("path") in _ONNX_FILES + _E2E_ONNX:
         return {"onnx": str(src["path"])}
     return None
 

@@ -37,13 +37,15 @@ from edgefpn.config import Config, config_hash
 from edgefpn.data.preprocess import describe_preprocessing
 from edgefpn.errors import CheckFailed, ConfigError
 from edgefpn.pipeline import check as check_stage
+from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, postprocess_params
 from edgefpn.pipeline.lineage import current_engines
 
 ARTIFACT = "bundle.tar"
 PIPELINE = "pipeline.json"
-_ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.int8.ort.onnx", "model.fp16.onnx")
+_ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.int8.ort.onnx", "model.fp16.onnx",
+               *e2e_stage.ONNX_TWINS.values())
 _ENGINES = {name: (backend, precision, rel) for name, backend, precision, rel in check_stage.ENGINE_FILES}
 
 
@@ -63,7 +65,7 @@ def run(cfg: Config, run_dir: Path, *, engines: Sequence[str] | None = None, for
     _, ignored = current_engines(cfg, run_dir, cfg.check.backends, check_stage.ENGINE_FILES)
     chosen = _choose(report, run_dir, engines, {e.name: e.reason for e in ignored})
 
-    files, entries = _collect(run_dir, chosen)
+    files, entries = _collect(run_dir, chosen, {n: e2e_stage.contract_of(cfg, n) for n in chosen})
     pipeline_json = json.dumps(_pipeline(cfg, run_dir), indent=2, sort_keys=True) + "\n"
     out = run_dir / ARTIFACT
     inputs = {name: e["sha256"] for name, e in files.items()}
@@ -107,6 +109,10 @@ def _why_not_built(cfg: Config, name: str) -> str | None:
     from edgefpn.pipeline import build as build_stage
 
     backend, precision, _ = _ENGINES[name]
+    if name != e2e_stage.raw_twin(name):  # an in-graph twin: made where its raw twin is, when asked for
+        if not e2e_stage.enabled(cfg):
+            return "export.nms is false and export.input is float (no end-to-end engines)"
+        return _why_not_built(cfg, e2e_stage.raw_twin(name))
     if backend not in cfg.check.backends:
         return f"check.backends does not include {backend}"
     # int8 engines come from the quantize stage, and so does ONNX Runtime's fp16 model
@@ -167,6 +173,8 @@ def _source_onnx(run_dir: Path, rel: str, manifest: dict[str, Any]) -> str:
     src = manifest.get("source")
     if isinstance(src, dict) and src.get("path") in _ONNX_FILES:
         return str(src["path"])
+    if manifest.get("stage") == "e2e":  # an e2e ONNX is its own source; an e2e IR's is the e2e ONNX
+        return rel if rel in _ONNX_FILES else e2e_stage.ONNX_TWINS["model.onnx"]
     wanted = set((manifest.get("inputs") or {}).values())
     for name in _ONNX_FILES:
         m = read_manifest(run_dir / name)
@@ -186,7 +194,8 @@ def _target(backend: str, precision: str, manifest: dict[str, Any]) -> dict[str,
     return target
 
 
-def _collect(run_dir: Path, chosen: list[str]) -> tuple[dict[str, dict], list[dict[str, Any]]]:
+def _collect(run_dir: Path, chosen: list[str],
+             contracts: dict[str, tuple[str, str]]) -> tuple[dict[str, dict], list[dict[str, Any]]]:
     roles: dict[str, set[str]] = {check_stage.REPORT: {"report"}, "report.md": {"report"}}
     entries = []
     for name in chosen:
@@ -206,6 +215,8 @@ def _collect(run_dir: Path, chosen: list[str]) -> tuple[dict[str, dict], list[di
             "manifest": manifest_path(Path(rel)).as_posix(),
             "source": source, "target": _target(backend, precision, manifest),
             "built_with": manifest.get("versions", {}), "stage": manifest.get("stage"),
+            # what the engine is fed and returns (README "Engine contracts"); the runtime follows it
+            "input": contracts[name][0], "contract": contracts[name][1],
         })
     files = {n: bundle.file_entry(run_dir / n, sorted(r)) for n, r in sorted(roles.items())}
     return files, entries

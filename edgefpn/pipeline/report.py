@@ -118,6 +118,39 @@ def speedup_rows(report: dict[str, Any]) -> list[list[str]]:
 SPEEDUP_NOTE = ("INT8 and FP32 of one backend are timed in interleaved pairs on the same input (the order "
                 "alternating), and the speedup is the median of the per-pair fp32 / int8 ratios: a ratio from "
                 "the same moments on a shared machine. An INT8 engine under check.min_int8_speedup fails.")
+def contract_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)``: each in-graph (``-e2e``) engine beside its raw twin (same backend, precision
+    and network): mAP, model-only and end-to-end p50 of both contracts, the in-graph e2e p50 over the
+    raw twin's model-only p50, and their detection agreement. Empty rows without e2e engines."""
+    by_name = {e["name"]: e for e in report["engines"]}
+    head = ["engine", "input", "mAP raw", "mAP in-graph", "model p50 raw", "model p50 in-graph", "e2e p50 raw",
+            "e2e p50 in-graph", "in-graph e2e / raw model", "matched", "mean IoU", "max score err", "label flips"]
+    rows = []
+    for e in report["engines"]:
+        twin = e.get("twin")
+        raw = by_name.get(twin["engine"]) if twin else None
+        if raw is None:
+            continue
+        rm, em = raw["latency"]["model_only"]["p50"], e["latency"]["model_only"]["p50"]
+        re2e, ee2e = raw["latency"]["end_to_end"]["p50"], e["latency"]["end_to_end"]["p50"]
+        rows.append([e["name"], e.get("contract", {}).get("input", "–"), _fmt(raw["map"]), _fmt(e["map"]),
+                     f"{rm:.2f}", f"{em:.2f}", f"{re2e:.2f}", f"{ee2e:.2f}",
+                     f"{ee2e / rm:.2f}×" if rm > 0 else "–", f"{twin['matched_fraction']:.4f}",
+                     f"{twin['mean_iou']:.4f}", f"{twin['max_score_error']:.1e}", str(twin["label_flips"])])
+    return head, rows
+
+
+def contract_table(report: dict[str, Any]) -> list[str]:
+    """Markdown lines of :func:`contract_rows` under a heading (none without e2e engines)."""
+    head, rows = contract_rows(report)
+    if not rows:
+        return []
+    return ["## Engine contracts: raw outputs vs in-graph decode + NMS", "",
+            "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2),
+            *("| " + " | ".join(r) + " |" for r in rows), "",
+            "Latency p50 in ms. e2e = image file → detections at the deployment threshold; for the in-graph "
+            "engine that is decode + resize on the host, the rest in the engine. Agreement: the in-graph "
+            "engine's detections against its raw twin's numpy-decoded ones on every image, at mAP's threshold."]
 
 
 def compute_note(report: dict[str, Any]) -> str | None:
@@ -180,6 +213,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         worst = [f"{name} ({len(items)})" for name, items in gallery["engines"].items() if items]
         lines += ["", f"Disagreement gallery (report.html): {', '.join(worst) if worst else 'no engine disagrees'} "
                   f"at score ≥ {gallery['score_thresh']:.2f}."]
+    if contracts := contract_table(report):
+        lines += ["", *contracts]
     lines += ["", "mAP is COCO bbox AP in points (0–100); latency is batch 1, "
               f"{report['machine']['threads']} threads; model = engine call only, e2e = image file → detections "
               "(decode, letterbox, normalise, infer, decode boxes, NMS)."]

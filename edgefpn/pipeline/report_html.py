@@ -20,6 +20,7 @@ from edgefpn.pipeline.report import (
     SPEEDUP_NOTE,
     TABLE_HEADER,
     compute_note,
+    contract_rows,
     end_to_end_rows,
     speedup_rows,
     table_row,
@@ -118,6 +119,11 @@ def render_html(report: dict[str, Any]) -> str:
         "boxes, NMS), at the deployment score threshold and at mAP's evaluation threshold.</p></div>",
         _speedup_table(report),
     ]
+    head, rows = contract_rows(report)
+    if rows:  # the in-graph (-e2e) engines beside their raw twins
+        parts += ["<h2>Engine contracts: raw outputs vs in-graph decode + NMS</h2><div class='card wide'>",
+                  _rows_table(head, rows), "<p class='note'>Latency p50 in ms; agreement of each in-graph "
+                  "engine with its raw twin on every image.</p></div>"]
     if note := compute_note(report):
         parts.append(f"<p class='note'>{escape(note)}</p>")
     parts.append("<div class='grid'>")
@@ -178,7 +184,10 @@ def _engine_table(report: dict[str, Any]) -> str:
 
 
 def _e2e_table(report: dict[str, Any]) -> str:
-    head, rows = end_to_end_rows(report)
+    return _rows_table(*end_to_end_rows(report))
+
+
+def _rows_table(head: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table class='e2e'><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"

@@ -26,9 +26,11 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgefpn import bundle as bundle_io
 from edgefpn.backends.base import EngineSpec, Runner
@@ -40,11 +42,12 @@ from edgefpn.runtime import schema
 __all__ = ["PREFERENCE", "BundleSession", "FrameStages", "check_bundled_onnx", "detections_to_records", "select_engine",
            "target_problem"]
 
-PREFERENCE: tuple[str, ...] = (
+# Each in-graph (-e2e) engine right before its raw twin: the same network, with less host work per frame.
+PREFERENCE: tuple[str, ...] = tuple(n for raw in (
     "tensorrt-int8", "tensorrt-fp16",
     "openvino-int8", "openvino-fp32", "openvino-fp16",
     "onnxruntime-int8", "onnxruntime-fp32", "onnxruntime-fp16",
-)
+) for n in (f"{raw}-e2e", raw))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -203,7 +206,7 @@ class FrameStages:
         ``len(letterboxes)`` are padding and are cut off before decoding."""
         if len(letterboxes) < self.batch:
             outputs = {k: v[: len(letterboxes)] for k, v in outputs.items()}
-        return self.pipeline.decode(outputs, letterboxes)
+        return self.pipeline.detections(outputs, letterboxes)  # numpy decode only for raw outputs
 
 
 @dataclass
@@ -254,7 +257,7 @@ class BundleSession:
             from edgefpn.onnx_guard import io_shapes
 
             shapes = io_shapes(bundle_io.read_member(self.bundle, self.entry["path"]))  # parsed just above
-            self._batch = _check_engine_io(shapes, params, self.bundle, self.entry["name"])
+            self._batch = _check_engine_io(shapes, params, self.bundle, self.entry)
         if self.extract_to is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="edgefpn-bundle-"))
             self.root = self._tmp / "bundle"
@@ -265,7 +268,9 @@ class BundleSession:
         if json.loads((self.root / manifest["pipeline"]).read_bytes()) != params:
             raise ModelFileError(f"{self.bundle}: {manifest['pipeline']} changed while it was being extracted")
         try:  # schema-valid settings the decoder still refuses: one line, no traceback
-            self.pipeline = pipeline_from(params)
+            # the engine's contract: a uint8 feed, and no numpy decode when it returns detections
+            self.pipeline = replace(pipeline_from(params), input=self.entry.get("input", "float"),
+                                    contract=self.entry.get("contract", "raw"))
             self.category_ids = [int(c) for c in params["classes"]["category_ids"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{self.bundle}: {manifest['pipeline']}: unusable pipeline settings "
@@ -276,7 +281,7 @@ class BundleSession:
         self.spec = EngineSpec(e["name"], e["backend"], e["precision"], self.root / e["path"])
         self.runner = open_runner(self.spec, threads=self.threads, hint=self.hint).__enter__()
         if hasattr(self.runner, "io_shapes"):  # what the backend loaded (OpenVINO, TensorRT: known only now)
-            self._batch = _check_engine_io(self.runner.io_shapes(), params, self.bundle, e["name"])
+            self._batch = _check_engine_io(self.runner.io_shapes(), params, self.bundle, e)
         self.timings_s = {"verify": t1 - t0, "extract": t2 - t1, "load": time.perf_counter() - t2}
         _log(f"[runtime] {self.bundle}: verified {len(manifest['files'])} files; engine {e['name']}")
         return self
@@ -290,11 +295,22 @@ class BundleSession:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def detect(self, path: str | Path) -> Detections:
+        """Image file -> detections in original pixels (``detect_image`` of the decoded file)."""
         return detect_file(self.runner, self.pipeline, path)
+
+    def detect_image(self, image: np.ndarray) -> Detections:
+        """The per-frame path: ``uint8 [h, w, 3]`` RGB -> preprocess -> infer -> detections, in the
+        engine's contract (float or uint8 feed; numpy decode only for a raw-output engine)."""
+        feed, lb = self.pipeline.feed_image(image)
+        return self.pipeline.detections(self.runner.infer(feed), [lb])[0]
 
     @property
     def stages(self) -> FrameStages:
         """This session's per-frame path split into its stages (for :mod:`edgefpn.runtime.stream`)."""
+        if self.pipeline.input != "float":
+            # the streaming engines batch one float [N, 3, H, W] array; a uint8 engine takes two inputs
+            raise ModelFileError(f"{self.bundle}: engine {self.spec.name!r} takes a uint8 image; the streaming "
+                                 "runtime feeds float-input engines only for now: pick one with --engine")
         return FrameStages(self.pipeline, self.runner, batch=int(getattr(self, "_batch", 1)))
 
 
@@ -307,20 +323,27 @@ def _confined(root: Path, rel: str, bundle: Path) -> Path:
     return path
 
 
-def _check_engine_io(shapes: Mapping[str, tuple], params: Mapping[str, Any], bundle: Path, name: str) -> int:
-    """The engine's input is ``[N, 3, H, W]`` (static N >= 1) of pipeline.json's input size, and its class outputs have
-    pipeline.json's class count: refused up front, not as a shape error (or an IndexError into the
-    category ids) in the middle of a run."""
+def _check_engine_io(shapes: Mapping[str, tuple], params: Mapping[str, Any], bundle: Path,
+                     entry: Mapping[str, Any]) -> int:
+    """The engine's input is ``[N, 3, H, W]`` (static N >= 1) of pipeline.json's input size
+    (``images_u8`` ``[N, H, W, 3]`` for a uint8-input engine), and its class outputs have pipeline.json's
+    class count: refused up front, not as a shape error (or an IndexError into the category ids) in
+    the middle of a run. Returns N."""
     from edgefpn.backends.base import INPUT_NAME
 
+    name = entry["name"]
     h, w = params["preprocess"]["input_size"]
-    got = shapes.get(INPUT_NAME)
+    uint8 = entry.get("input", "float") == "uint8"
+    got = shapes.get("images_u8" if uint8 else INPUT_NAME)
     # a static batch N >= 1 (export.batch): the streaming runtime fills N frames per call
     n = got[0] if got is not None and len(got) == 4 and isinstance(got[0], int) and got[0] >= 1 else 1
-    want = (n, 3, h, w)
+    want = (n, h, w, 3) if uint8 else (n, 3, h, w)
+    if entry.get("contract", "raw") == "detections" and "det_boxes" not in shapes:
+        raise ModelFileError(f"{bundle}: engine {name!r} is recorded as returning detections but has no "
+                             "det_boxes output; refusing the bundle")
     if got is None or tuple(got) != want:
         raise ModelFileError(f"{bundle}: pipeline.json preprocess.input_size [{h}, {w}] disagrees with engine "
-                             f"{name!r}: its input {INPUT_NAME!r} is {list(got) if got is not None else 'missing'}, "
+                             f"{name!r}: its input {'images_u8' if uint8 else INPUT_NAME!r} is {list(got) if got is not None else 'missing'}, "
                              f"expected {list(want)}; refusing the bundle")
     num_classes = params["classes"]["num_classes"]
     if "roi_cls" in shapes:  # Faster R-CNN: C + 1 logits per RoI (class 0 is the background)

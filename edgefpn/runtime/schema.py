@@ -117,6 +117,11 @@ def _check_engine(p: _Problems, i: int, e: Any, listed: Mapping[str, Any], names
         p.add(f"{where}.backend", f"must be one of {list(BACKENDS)}, got {e.get('backend')!r}")
     if e.get("precision") not in PRECISIONS:
         p.add(f"{where}.precision", f"must be one of {list(PRECISIONS)}, got {e.get('precision')!r}")
+    # the engine contract (absent in bundles from before it: float in, raw out); see edgefpn.inference
+    if e.get("input", "float") not in ("float", "uint8"):
+        p.add(f"{where}.input", f"must be float or uint8, got {e.get('input')!r}")
+    if e.get("contract", "raw") not in ("raw", "detections"):
+        p.add(f"{where}.contract", f"must be raw or detections, got {e.get('contract')!r}")
     target = e.get("target", {})
     if target is not None and not isinstance(target, dict):
         p.add(f"{where}.target", f"must be an object, got {type(target).__name__}")

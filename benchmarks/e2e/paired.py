@@ -1,0 +1,60 @@
+"""Paired, interleaved: the in-graph engine end to end vs its raw twin model-only, in one process.
+
+    .venv/bin/python benchmarks/e2e/paired.py RUN_DIR ENGINE [PAIRS]     (ENGINE: e.g. openvino-int8)
+
+check times engines one after another, so on a loaded machine two engines' figures come from different
+minutes; here each pair is (raw twin: one model-only call on a fixed val image) then (ENGINE-e2e: one
+image file -> detections call, deploy threshold), alternating, and the ratio of the medians is printed.
+Settings as the run: --set keys of benchmarks/e2e/measure.sh.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from edgefpn.backends import EngineSpec, open_runner
+from edgefpn.config import load_config
+from edgefpn.data.coco import load_split
+from edgefpn.inference import detect_file
+from edgefpn.pipeline.check import ENGINE_FILES
+from edgefpn.pipeline.common import make_pipeline, recorded_arch
+
+SETS = ["train.amp=off", "train.channels_last=false", "train.epochs=1", "run.threads=1",
+        "export.input=uint8", "export.nms=true"]
+
+
+def main(run_dir: Path, raw: str, pairs: int) -> None:
+    cfg = load_config(Path("configs/default.yaml"), SETS)
+    files = {n: (b, p, run_dir / rel) for n, b, p, rel in ENGINE_FILES}
+    arch = recorded_arch(cfg, run_dir)
+    pipe = make_pipeline(cfg, arch=arch, deploy=True)
+    e2e_pipe = replace(pipe, input=cfg.export.input, contract="detections")
+    paths = [im.path for im in load_split(cfg.data.root, cfg.data.val_split).images]
+    batch, _ = pipe.prepare_file(paths[0])
+    model_only, end_to_end, raw_e2e = [], [], []
+    with open_runner(EngineSpec(raw, *files[raw]), threads=cfg.run.threads) as r, \
+            open_runner(EngineSpec(f"{raw}-e2e", *files[f"{raw}-e2e"]), threads=cfg.run.threads) as e:
+        for i in range(pairs + 10):
+            t0 = time.perf_counter()
+            r.infer({"images": batch})
+            t1 = time.perf_counter()
+            detect_file(e, e2e_pipe, paths[i % len(paths)])
+            t2 = time.perf_counter()
+            detect_file(r, pipe, paths[i % len(paths)])  # the raw contract's whole job, for comparison
+            t3 = time.perf_counter()
+            if i >= 10:  # warm-up pairs dropped
+                model_only.append((t1 - t0) * 1e3)
+                end_to_end.append((t2 - t1) * 1e3)
+                raw_e2e.append((t3 - t2) * 1e3)
+    mo, ee = statistics.median(model_only), statistics.median(end_to_end)
+    print(f"{pairs} interleaved pairs: {raw} model-only p50 {mo:.2f} ms; {raw}-e2e end-to-end p50 {ee:.2f} ms "
+          f"(image file -> detections, score > {pipe.post.score_thresh}); ratio {ee / mo:.2f}x; raw contract "
+          f"end to end {statistics.median(raw_e2e):.2f} ms ({statistics.median(raw_e2e) / mo:.2f}x)")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 200)
