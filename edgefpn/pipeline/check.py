@@ -140,20 +140,30 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
     agreement = {s.name: DetectionAgreement() for s in engines}
     with contextlib.ExitStack() as stack:
         runners = {s.name: stack.enter_context(open_runner(s, threads=threads)) for s in all_specs}
-        bar = tqdm(records, desc=f"[check] {len(all_specs)} engines x val", disable=not progress,
+        bar = tqdm(total=len(records), desc=f"[check] {len(all_specs)} engines x val", disable=not progress,
                    leave=False, dynamic_ncols=True)
-        for rec in bar:
-            batch, lb = pipe.prepare_file(rec.path)
+        # export.batch images per engine call (the engines' static batch; the last chunk is filled by
+        # the runner); every statistic stays per image, so batch 1 and batch N report alike
+        step = cfg.export.batch
+        for start in range(0, len(records), step):
+            chunk = records[start:start + step]
+            prepared = [pipe.prepare_file(rec.path) for rec in chunk]
+            batch = np.concatenate([b for b, _ in prepared])
+            lbs = [lb for _, lb in prepared]
             ref_out = runners[reference.name].infer({INPUT_NAME: batch})
-            ref_det = pipe.decode(ref_out, [lb])[0]
-            results[reference.name].extend(detections_to_coco(ref_det, rec.id, split.category_ids))
-            for spec in engines:
-                out = runners[spec.name].infer({INPUT_NAME: batch})
-                for name, ref in ref_out.items():
-                    tensors[spec.name].setdefault(name, []).append(tensor_agreement(ref, out[name]))
-                det = pipe.decode(_finite(out), [lb])[0]
-                agreement[spec.name].update(ref_det, det)
-                results[spec.name].extend(detections_to_coco(det, rec.id, split.category_ids))
+            ref_dets = pipe.decode(ref_out, lbs)
+            outs = {spec.name: runners[spec.name].infer({INPUT_NAME: batch}) for spec in engines}
+            for i, rec in enumerate(chunk):
+                ref_i = {name: value[i:i + 1] for name, value in ref_out.items()}
+                results[reference.name].extend(detections_to_coco(ref_dets[i], rec.id, split.category_ids))
+                for spec in engines:
+                    out = {name: value[i:i + 1] for name, value in outs[spec.name].items()}
+                    for name, ref in ref_i.items():
+                        tensors[spec.name].setdefault(name, []).append(tensor_agreement(ref, out[name]))
+                    det = pipe.decode(_finite(out), [lbs[i]])[0]
+                    agreement[spec.name].update(ref_dets[i], det)
+                    results[spec.name].extend(detections_to_coco(det, rec.id, split.category_ids))
+            bar.update(len(chunk))
         bar.close()
 
         ann_file = data.ann_file(cfg.data.val_split)
@@ -179,7 +189,7 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
         "dataset": {"root": str(data.root), "split": cfg.data.val_split, "images": len(records)},
         "config": {"check": to_dict(cfg.check), "postprocess": to_dict(cfg.postprocess),
                    "deploy_score_thresh": deploy_pipe.post.score_thresh,
-                   "input_size": list(cfg.model.input_size), "threads": threads},
+                   "input_size": list(cfg.model.input_size), "threads": threads, "batch": cfg.export.batch},
         "machine": system_info(threads),
     }
 
@@ -233,7 +243,9 @@ def _latency(runner, pipe, deploy_pipe, records, cfg: Config) -> dict[str, Any]:
     the evaluation threshold too where the two differ. ``check.latency_iters`` samples of each."""
     c = cfg.check
     batch, _ = pipe.prepare_file(records[0].path)
-    feed = {INPUT_NAME: batch}
+    # model-only: one full engine batch per call (export.batch copies of the image); end to end: one
+    # image file per call, as a device handles a single camera (the runner fills the batch)
+    feed = {INPUT_NAME: np.repeat(batch, cfg.export.batch, axis=0)}
     for _ in range(c.warmup):
         runner.infer(feed)
     paths = [r.path for r in records]
@@ -257,7 +269,8 @@ def _latency(runner, pipe, deploy_pipe, records, cfg: Config) -> dict[str, Any]:
                 samples.append((time.perf_counter() - t0) * 1e3)
         done += n
     # the raw samples stay in the report for the latency-distribution plot of report.html
-    result = {"model_only": _percentiles(model_only) | {"samples_ms": [round(t, 4) for t in model_only]}}
+    result = {"model_only": _percentiles(model_only) | {"samples_ms": [round(t, 4) for t in model_only],
+                                                        "batch": cfg.export.batch}}
     for key, p in pipes.items():
         samples, found = e2e[key]
         result[key] = _percentiles(samples) | {"score_thresh": p.post.score_thresh,

@@ -151,7 +151,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {level} | {branch} | {s['cosine']:.7f} | {s['snr_db']:.1f} | "
                              f"{s.get('min_image_cosine', s['cosine']):.5f} | {s['max_abs']:.2e} |")
     lines += ["", *end_to_end_table(report)]
-    lines += ["", "mAP is COCO bbox AP in points (0–100); latency is batch 1, "
+    lines += ["", "mAP is COCO bbox AP in points (0–100); model-only latency is one engine call of batch "
+              f"{report['config'].get('batch', 1)}, end to end one image, "
               f"{report['machine']['threads']} threads; model = engine call only, e2e = image file → detections "
               "(decode, letterbox, normalise, infer, decode boxes, NMS)."]
     if note := compute_note(report):

@@ -159,7 +159,14 @@ def pipeline_from(params: Mapping[str, Any]) -> Pipeline:
 
 
 def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
-    """The backend's runner class, imported by module (never the torch runner)."""
+    """The backend's runner, imported by module (never the torch runner), taking any number of images
+    per call whatever the engine's static batch (:class:`edgefpn.backends.base.BatchedRunner`)."""
+    from edgefpn.backends.base import BatchedRunner
+
+    return BatchedRunner(_backend_runner(spec, threads=threads))
+
+
+def _backend_runner(spec: EngineSpec, *, threads: int) -> Runner:
     if spec.backend == "onnxruntime":
         from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -272,14 +279,15 @@ def _confined(root: Path, rel: str, bundle: Path) -> Path:
 
 
 def _check_engine_io(shapes: Mapping[str, tuple], params: Mapping[str, Any], bundle: Path, name: str) -> None:
-    """The engine's input is ``[1, 3, H, W]`` of pipeline.json's input size, and its class outputs have
-    pipeline.json's class count: refused up front, not as a shape error (or an IndexError into the
-    category ids) in the middle of a run."""
+    """The engine's input is ``[N, 3, H, W]`` of pipeline.json's input size (``N`` >= 1, the engine's static
+    batch, read from the engine itself), and its class outputs have pipeline.json's class count: refused
+    up front, not as a shape error (or an IndexError into the category ids) in the middle of a run."""
     from edgefpn.backends.base import INPUT_NAME
 
     h, w = params["preprocess"]["input_size"]
-    want = (1, 3, h, w)
     got = shapes.get(INPUT_NAME)
+    batch = got[0] if got is not None and len(got) == 4 and isinstance(got[0], int) and got[0] >= 1 else 1
+    want = (batch, 3, h, w)
     if got is None or tuple(got) != want:
         raise ModelFileError(f"{bundle}: pipeline.json preprocess.input_size [{h}, {w}] disagrees with engine "
                              f"{name!r}: its input {INPUT_NAME!r} is {list(got) if got is not None else 'missing'}, "
