@@ -24,8 +24,12 @@ def system_info(threads: int) -> dict[str, Any]:
                     break
     except OSError:
         pass
+    from edgefpn.runtime.device import device_kind
+
     return {
         "cpu": cpu,
+        # the key the device runtime matches to rank a bundle's engines by these latencies
+        "device_kind": device_kind(),
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
         "cpu_flags": flags,

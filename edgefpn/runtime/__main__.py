@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--iters", type=_int_at_least(1), default=50)
     bench.add_argument("--warmup", type=_int_at_least(0), default=5)
     bench.add_argument("--images", type=Path, default=None, help="also time end-to-end on these images")
+    bench.add_argument("--offline-seconds", type=float, default=3.0,
+                       help="seconds per point of the offline sweep (requests x streams); 0 skips it")
     return p
 
 
@@ -93,7 +95,7 @@ def _bench(args: argparse.Namespace) -> None:
     import numpy as np
 
     from edgefpn.backends.base import INPUT_NAME
-    from edgefpn.runtime import BundleSession, list_images
+    from edgefpn.runtime import BundleSession, list_images, open_runner, scenarios
 
     t0 = time.perf_counter()
     with BundleSession(args.bundle, extract_to=args.extract_to, engine=args.engine, threads=args.threads) as s:
@@ -119,6 +121,15 @@ def _bench(args: argparse.Namespace) -> None:
                 s.detect(paths[i % len(paths)])
                 e2e.append((time.perf_counter() - t) * 1e3)
             result["end_to_end_ms"] = _stats(e2e)
+        # the named scenarios of `edgefpn benchmark`, each with the conditions it ran under
+        batch = s.runner.batch or 1
+        result["scenarios"] = {"single_stream": scenarios.single_stream(
+            model_only, threads=args.threads, batch=batch, end_to_end_ms=e2e if args.images is not None else None)}
+        if args.offline_seconds > 0:
+            result["scenarios"]["offline"] = scenarios.offline(
+                [s.spec], feed[INPUT_NAME], threads=args.threads, seconds=args.offline_seconds,
+                open_runner=open_runner, log=lambda m: print(f"[runtime] {m.strip()}", file=sys.stderr))
+        result["definitions"] = dict(scenarios.FPS_DEFINITIONS)
     print(json.dumps(result, indent=1))
 
 
