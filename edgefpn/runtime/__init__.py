@@ -15,7 +15,7 @@ Engine choice, among the bundle's engines this device can run (every bundled eng
 gates): by measured speed first. When the bundle's ``report.json`` was measured on this kind of device
 (``machine.device_kind`` equals :func:`edgefpn.runtime.device.device_kind`), the engines are ranked by
 their recorded end-to-end p50 latency (model-only where no end-to-end figure is recorded): on the default
-model on a 2-core AVX-512 CPU, ONNX Runtime int8 is the slowest ONNX Runtime engine, which no fixed
+model on the 2-core development CPU, ONNX Runtime int8 is the slowest ONNX Runtime engine, which no fixed
 order can know. Only without a measurement for this kind of device does the fixed order apply:
 TensorRT int8 > fp16 > OpenVINO int8 > fp32 > fp16 > ONNX Runtime int8 > fp32 > fp16 (OpenVINO fp16
 and ONNX Runtime fp16 below fp32 because CPUs compute them in f32 anyway or insert casts). The log
