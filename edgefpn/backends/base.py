@@ -68,6 +68,8 @@ class BatchedRunner:
         self.inner.__exit__(*exc)
 
     def __getattr__(self, name: str) -> object:  # compiled, io_shapes, hint...: the engine's own
+        if name == "inner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
