@@ -35,29 +35,31 @@ def test_batch_runner_fills_and_cuts_a_static_batch(tmp_path):
 def test_export_batch_2_through_quantize_build_check(tiny_run, tmp_path):
     pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
     from edgefpn.config import load_config
-    from edgefpn.pipeline import check
+    from edgefpn.pipeline import check, quantize
 
     overrides, src = tiny_run
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir)
-    cfg = load_config(None, [*overrides, "export.batch=2", "quantize.fp16=false", "build.targets=[openvino]",
-                             "build.precisions=[fp32,int8]", "check.backends=[onnxruntime,openvino]",
+    # QDQ int8 (calibrated and mAP-checked at batch 2) and OpenVINO fp32; NNCF and fp16 left out for time
+    cfg = load_config(None, [*overrides, "export.batch=2", "quantize.fp16=false", "quantize.openvino=false",
+                             "build.targets=[openvino]", "build.precisions=[fp32]",
+                             "check.backends=[onnxruntime,openvino]",
                              # the one-epoch tiny model's int8 box cosine wanders around 0.95 with the
                              # calibration order; batch-2 plumbing is what is under test here
                              "check.min_cosine.int8=0.9"])
-    check.run(cfg, run_dir, progress=False)  # export, quantize and build first, as make would
+    quantize.run(cfg, run_dir, progress=False)  # export first (batch 2), as make would
+    check.run(cfg, run_dir, progress=False)  # builds openvino-fp32 first
 
     from edgefpn.onnx_guard import io_shapes
 
     for rel in ("model.onnx", "model.int8.onnx"):
         assert io_shapes((run_dir / rel).read_bytes())[INPUT_NAME] == (2, 3, 160, 160), rel
-    for rel in ("openvino/fp32", "openvino/int8"):
-        with open_runner(EngineSpec(rel, "openvino", "fp32", run_dir / rel), threads=1) as r:
-            assert r.batch == 2, rel
+    with open_runner(EngineSpec("ov", "openvino", "fp32", run_dir / "openvino/fp32"), threads=1) as r:
+        assert r.batch == 2
     report = json.loads((run_dir / "report.json").read_text())
     assert report["config"]["batch"] == 2 and report["dataset"]["images"] == 6  # 3 batches of 2
     engines = {e["name"]: e for e in report["engines"]}
-    assert set(engines) == {"torch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8"}
+    assert set(engines) == {"torch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32"}
     for e in engines.values():
         assert e["gates"]["passed"], (e["name"], e["gates"])
         assert e["latency"]["model_only"]["batch"] == 2
