@@ -4,7 +4,7 @@
 # default run exists in runs/default (here: a copy of the lead's fresh-clone `make all`, fp32 recipe).
 set -u
 OUT=benchmarks/scenarios
-SETS=(--set train.amp=off --set train.channels_last=false)  # the recipe runs/default was trained with
+SETS=(--set train.amp=off --set train.channels_last=false --set train.epochs=1)  # how runs/default was trained (1-epoch ref)
 { echo "start $(date -u +%FT%TZ)"; uptime; } > "$OUT/load.txt"
 nice -n 5 .venv/bin/edgefpn benchmark --config configs/default.yaml "${SETS[@]}" --out runs/default \
   --batch 1,2,4,8 --iters 40 --app-seconds 6 --app-rounds 3 --throughput-seconds 1 > "$OUT/benchmark.log" 2>&1
