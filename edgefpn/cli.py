@@ -296,14 +296,24 @@ def package(cfg, run_dir: Path, force: bool, progress: bool, engines: tuple[str,
 @click.option("--app-rounds", type=click.IntRange(1), default=3, show_default=True,
               help="Interleaved (ours, benchmark_app) rounds the cross-check time is split into.")
 @click.option("--throughput-seconds", type=click.FloatRange(0.1), default=5.0, show_default=True,
-              help="Duration of the OpenVINO THROUGHPUT-hint run per engine.")
+              help="Duration of each offline sweep point (requests x streams x batch) per engine.")
+@click.option("--batch", "batches", default="", metavar="N,N,...",
+              help="Engine batches to sweep, e.g. 1,2,4,8: batch-N engines are exported and built in "
+                   "RUN_DIR/batch-N/ (needs PyTorch); default: the run's export.batch only.")
 def benchmark(cfg, run_dir: Path, force: bool, progress: bool, iters: int | None, app_seconds: float,
-              app_rounds: int, throughput_seconds: float) -> None:
-    """Latency and throughput of every engine in RUN_DIR (no PyTorch, no dataset needed)."""
+              app_rounds: int, throughput_seconds: float, batches: str) -> None:
+    """Named FPS scenarios (single_stream, offline) of every engine in RUN_DIR, with their conditions
+    (no PyTorch, no dataset needed unless --batch asks for engines the run does not have)."""
     from edgefpn.pipeline import benchmark as stage
 
+    try:
+        sweep = tuple(int(b) for b in batches.split(",") if b.strip())
+    except ValueError:
+        raise click.BadParameter(f"a comma-separated list of integers, got {batches!r}", param_hint="--batch") from None
+    if any(b < 1 for b in sweep):
+        raise click.BadParameter(f"every batch must be >= 1, got {batches!r}", param_hint="--batch")
     art = stage.run(cfg, run_dir, force=force, progress=progress, iters=iters, app_seconds=app_seconds,
-                    app_rounds=app_rounds, throughput_seconds=throughput_seconds)
+                    app_rounds=app_rounds, throughput_seconds=throughput_seconds, batches=sweep)
     click.echo(art.path)
     click.echo((art.path.parent / "benchmark.md").read_text(encoding="utf-8"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edgefpn.backends.base import INPUT_NAME, EngineSpec, Runner
+from edgefpn.backends.base import INPUT_NAME, BatchedRunner, EngineSpec, Runner, engine_batch
 from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
 from edgefpn.backends.openvino import OpenVinoRunner
 from edgefpn.backends.tensorrt import TensorRTRunner
@@ -45,7 +45,9 @@ def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
         ) from None
     if not cls.is_available():
         raise BackendUnavailable(f"backend {spec.backend!r} is not installed on this machine")
-    return cls(spec, threads=threads)
+    # any number of images per call, whatever the engine's static batch (export.batch)
+    return BatchedRunner(cls(spec, threads=threads))
 
 
-__all__ = ["CAPABILITIES", "INPUT_NAME", "RUNNERS", "EngineSpec", "Runner", "open_runner"]
+__all__ = ["CAPABILITIES", "INPUT_NAME", "RUNNERS", "BatchedRunner", "EngineSpec", "Runner", "engine_batch",
+           "open_runner"]

@@ -1,32 +1,34 @@
-"""Command `benchmark`: latency and throughput of every engine in the run directory, runtime only.
+"""Command `benchmark`: named FPS scenarios of every engine in the run directory, each with its conditions.
 
-Unlike `check`, nothing here needs the PyTorch reference or the dataset, and torch is imported
-nowhere on this path, so it runs on a device that has only the inference runtime (and edgefpn).
-The input is the first val image when the dataset is on disk, else a fixed synthetic tensor (for
-model-only timing the pixel values do not matter; NMS, which they would change, is not timed).
+Per engine (``engines[].scenarios``, definitions in :data:`edgefpn.runtime.scenarios.FPS_DEFINITIONS`):
 
-Per engine: batch-1 model-only latency (p50 / p90 / p99, mean, FPS) over ``iters`` timed calls
-after ``check.warmup`` untimed ones, and a throughput figure: for OpenVINO, the THROUGHPUT hint
-with as many async requests as the plugin asks for; for the others, the batch-1 loop's FPS.
+* ``single_stream``: batch-1 latency p50 / p90 / p99 over ``iters`` timed calls after ``check.warmup``
+  untimed ones, model-only and end to end (image file -> detections at the deploy threshold, when the
+  val images are on disk), and ``fps`` = 1000 / mean model-only latency.
+* ``offline``: the best model-only throughput over requests in flight, streams and batch (every
+  batch-N engine ``--batch`` built), each sweep point ``throughput_seconds`` long.
+* ``streaming`` is written by the streaming runtime's benchmark where it exists (shown when present).
 
-Cross-check: OpenVINO engines are also timed by OpenVINO's own ``benchmark_app`` with the same
-settings as our runner (latency hint, ``INFERENCE_NUM_THREADS``, f32 inference precision, f32
-input, sync API) on the same input tensor (``-i input.npy``). On a shared machine one pair of runs
-can disagree by 20% from noise alone, so the two are interleaved: ``app_rounds`` rounds of (our
-``iters`` calls, then ``benchmark_app`` for ``app_seconds / app_rounds``). The engine's latency is
-over all its rounds' samples; the ratio is the median over rounds of (our p50 / benchmark_app's median).
+``batch_sweep`` adds, per engine and batch, the latency of one batch-N call and the best throughput at
+that batch. ``--batch 1,2,4,8`` makes the batch-N engines it needs in ``RUN_DIR/batch-N/`` (an edgefpn
+run directory of its own, loading this run's ``model.pt`` as ``model.weights``, with ``export.batch=N``,
+fp32 and int8 only): each artifact there keeps its manifest and is skipped when up to date.
+
+Cross-check with OpenVINO's ``benchmark_app`` (:mod:`edgefpn.pipeline.benchmark_app`), interleaved round
+by round so both see the same machine (``app_rounds`` rounds of ours then theirs, ``app_seconds`` in
+all per mode): ``single_stream`` against its latency mode (same threads, f32, sync API, same input);
+``offline`` against its async mode at our best point (same streams, requests, threads, batch). The
+ratio is the median over rounds of (ours / theirs).
+
+Without ``--batch`` beyond the run's own, torch is imported nowhere on this path: it runs on a device
+that has only the inference runtime (and edgefpn).
 """
 
 from __future__ import annotations
 
-import json
-import re
-import shlex
-import shutil
-import subprocess
-import sys
+import dataclasses
 import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,38 +46,48 @@ from edgefpn.artifacts import (
 from edgefpn.backends import RUNNERS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config, config_hash
-from edgefpn.errors import ModelFileError
+from edgefpn.errors import ConfigError, ModelFileError
 from edgefpn.pipeline import e2e as e2e_stage
+from edgefpn.pipeline.benchmark_app import benchmark_app, parse_benchmark_app
+from edgefpn.pipeline.benchmark_md import render_markdown
 from edgefpn.pipeline.check import ENGINE_FILES
 from edgefpn.pipeline.common import log, make_pipeline
 from edgefpn.pipeline.lineage import current_engines
 from edgefpn.pipeline.report import system_info
+from edgefpn.runtime import scenarios as sc
 from edgefpn.runtime.scenario import streaming_scenario
 
-__all__ = ["ARTIFACT", "parse_benchmark_app", "render_markdown", "run"]
+__all__ = ["ARTIFACT", "batch_run", "parse_benchmark_app", "render_markdown", "run"]
 
 ARTIFACT = "benchmark.json"
-SCHEMA = "edgefpn.benchmark/1"
+SCHEMA = "edgefpn.benchmark/2"
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True, iters: int | None = None,
-        app_seconds: float = 10.0, app_rounds: int = 3, throughput_seconds: float = 5.0) -> Artifact:
+        app_seconds: float = 10.0, app_rounds: int = 3, throughput_seconds: float = 5.0,
+        batches: Sequence[int] = ()) -> Artifact:
     """Benchmark every engine in ``run_dir``; write ``benchmark.json`` and ``benchmark.md``.
 
     Args:
-        iters: timed batch-1 calls per engine (per round for OpenVINO engines; default
-            ``check.latency_iters``).
-        app_seconds: total ``benchmark_app`` time per OpenVINO engine, split over ``app_rounds``
+        iters: timed single-stream calls per engine (per round for OpenVINO engines; default
+            ``check.latency_iters``); a batch-N latency takes ``max(10, iters // N)`` calls.
+        app_seconds: ``benchmark_app`` time per OpenVINO engine and mode, split over ``app_rounds``
             (0 skips the cross-check).
-        app_rounds: interleaved (ours, benchmark_app) rounds per OpenVINO engine.
-        throughput_seconds: duration of each OpenVINO throughput run.
+        app_rounds: interleaved (ours, benchmark_app) rounds per OpenVINO engine and mode.
+        throughput_seconds: duration of each offline sweep point.
+        batches: engine batches to sweep besides the run's own ``export.batch`` (built in ``batch-N/``).
 
     Raises:
         ModelFileError: the run directory holds no engine.
+        ConfigError: a batch below 1.
     """
     from edgefpn.pipeline.train import refused_settings
 
     refused_settings(cfg, run_dir, "edgefpn benchmark")  # the engines here come from the run's model
+    if app_rounds < 1:
+        raise ValueError(f"app_rounds must be >= 1, got {app_rounds}")
+    if any(n < 1 for n in batches):
+        raise ConfigError(f"--batch: every batch must be >= 1, got {', '.join(map(str, batches))}")
     # as check: only the engines of this configuration that chain to this run's model.pt
     engines, ignored = current_engines(cfg, run_dir, cfg.check.backends, ENGINE_FILES)
     for e in ignored:
@@ -83,54 +95,65 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     if not engines:
         left = f"; {len(ignored)} ignored, first {ignored[0].name}: {ignored[0].reason}" if ignored else ""
         raise ModelFileError(f"{run_dir}: no engine to benchmark (run `edgefpn export` / `edgefpn build` first){left}")
+    own = cfg.export.batch
+    sweep = sorted(set(batches) | {own})
+    by_batch = {own: engines} | {n: _batch_engines(cfg, run_dir, n, progress) for n in sweep if n != own}
     iters = iters or cfg.check.latency_iters
     threads = cfg.run.threads
-    feed, source = _feed(cfg)
+    feed, source, paths = _feed(cfg)
     out = run_dir / ARTIFACT
     machine = system_info(threads)
-    if app_rounds < 1:
-        raise ValueError(f"app_rounds must be >= 1, got {app_rounds}")
     settings = {"iters": iters, "warmup": cfg.check.warmup, "threads": threads, "app_seconds": app_seconds,
                 "app_rounds": app_rounds, "throughput_seconds": throughput_seconds, "input": source,
-                "scenarios": ["streaming"],
+                "batches": sweep, "end_to_end": bool(paths), "scenarios": ["single_stream", "offline", "streaming"],
                 "cpu": machine["cpu"], "versions": backend_versions()}
     chash = config_hash(settings)
-    inputs = {e.name: sha256_path(e.path) for e in engines}
+    inputs = {(e.name if n == own else f"batch-{n}/{e.name}"): sha256_path(e.path)
+              for n, specs in by_batch.items() for e in specs}
     md = run_dir / "benchmark.md"
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs, outputs=[md])):
         log(f"[benchmark] up to date: {out} (--force re-measures)")
         return art
 
-    rows = []
+    rows, sweep_rows = [], []
+    deploy = make_pipeline(cfg, deploy=True) if paths else None
     video_dir = tempfile.TemporaryDirectory(prefix="edgefpn-val-video-")
     video = _val_video(cfg, Path(video_dir.name))
     for spec in engines:
-        spec_feed = feed
-        if e2e_stage.contract_of(cfg, spec.name)[0] == "uint8":  # an in-graph twin fed the uint8 image
-            spec_feed = _uint8_feed(cfg)
         if not RUNNERS[spec.backend].is_available():
             rows.append(_row(spec) | {"skipped": f"backend {spec.backend!r} is not installed on this machine"})
             log(f"[benchmark] skipped {spec.name}: {spec.backend} not installed")
             continue
-        if spec.backend == "openvino" and app_seconds > 0 and INPUT_NAME in spec_feed:  # benchmark_app: float .npy
-            log(f"[benchmark] {spec.name}: {app_rounds} rounds of {iters} x batch 1, then benchmark_app "
-                f"-t {_round_seconds(app_seconds, app_rounds)}")
-            samples, app = _cross_check(spec, spec_feed, threads, cfg.check.warmup, iters, app_seconds, app_rounds)
-            row = _row(spec) | _stats(samples)
-            row["benchmark_app"] = app
+        if spec.name.endswith(e2e_stage.SUFFIX):
+            # the scenarios feed one float [N, 3, H, W] array; check's report times the in-graph
+            # contract (end to end, image file -> detections) beside its raw twin
+            rows.append(_row(spec) | {"skipped": "in-graph (-e2e) engine: timed by check beside its raw twin"})
+            log(f"[benchmark] skipped {spec.name}: in-graph engines are timed by check (report.md)")
+            continue
+        family = {n: s for n, specs in by_batch.items() for s in specs if s.name == spec.name}
+        ss = _single_stream(spec, feed, cfg, iters, app_seconds, app_rounds, own)
+        if deploy is not None:
+            e2e = _end_to_end(spec, deploy, paths, threads, cfg.check.warmup, iters)
+            ss = sc.single_stream(ss.pop("_samples"), threads=threads, batch=own, end_to_end_ms=e2e, **ss)
         else:
-            log(f"[benchmark] {spec.name}: {iters} x batch 1")
-            row = _row(spec) | _stats(_latency(spec, spec_feed, threads, cfg.check.warmup, iters))
-        row["throughput"] = _throughput(spec, spec_feed, threads, throughput_seconds, row["fps"])
-        if not spec.name.endswith(e2e_stage.SUFFIX):  # the streaming runtime feeds raw float engines only
+            ss = sc.single_stream(ss.pop("_samples"), threads=threads, batch=own, **ss)
+        log(f"[benchmark] {spec.name}: offline sweep over batch {', '.join(map(str, family))}")
+        off = sc.offline(list(family.values()), feed[INPUT_NAME], threads=threads, seconds=throughput_seconds,
+                         open_runner=open_runner, log=log)
+        if spec.backend == "openvino" and app_seconds > 0:
+            off["benchmark_app"] = _offline_cross_check(family, off, feed, threads, app_seconds, app_rounds)
+        scenarios = {"single_stream": ss, "offline": off}
+        if video is not None:
             log(f"[benchmark] {spec.name}: streaming the val video at the deploy and eval thresholds")
-            row["scenarios"] = {"streaming": streaming_scenario(
-                spec, {"deploy": make_pipeline(cfg, deploy=True), "eval": make_pipeline(cfg)}, video, threads=threads)}
-        rows.append(row)
+            scenarios["streaming"] = streaming_scenario(
+                spec, {"deploy": make_pipeline(cfg, deploy=True), "eval": make_pipeline(cfg)}, video, threads=threads)
+        rows.append(_row(spec) | {"latency_ms": ss["model_only_ms"], "fps": ss["fps"], "scenarios": scenarios})
+        sweep_rows += _batch_sweep(family, off["sweep"], feed, threads, cfg.check.warmup, iters)
     video_dir.cleanup()
 
     report = {"schema": SCHEMA, "input": {"source": source, "shape": list(feed[INPUT_NAME].shape)},
-              "settings": settings, "engines": rows, "machine": machine}
+              "settings": settings, "definitions": dict(sc.FPS_DEFINITIONS), "engines": rows,
+              "batch_sweep": sweep_rows, "machine": machine}
     if (flops := _flops(run_dir / "model.onnx", rows, threads)) is not None:
         report["flops"] = flops
     write_json(out, report)
@@ -140,29 +163,40 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     return art
 
 
+def batch_run(cfg: Config, run_dir: Path, batch: int) -> tuple[Config, Path]:
+    """The configuration and run directory of this run's batch-``batch`` engines: ``run_dir/batch-N``,
+    loading ``run_dir/model.pt`` as ``model.weights`` with ``export.batch=N``, fp32 and int8 only (fp16
+    is left out of the sweep: CPUs compute it in f32)."""
+    sub = run_dir / f"batch-{batch}"
+    r = dataclasses.replace
+    derived = r(cfg, run=r(cfg.run, out=str(sub)), export=r(cfg.export, batch=batch),
+                model=r(cfg.model, weights=str((run_dir / "model.pt").resolve()), backbone_weights=None),
+                quantize=r(cfg.quantize, fp16=False),
+                build=r(cfg.build, precisions=tuple(p for p in cfg.build.precisions if p != "fp16")))
+    return derived, sub
+
+
+def _batch_engines(cfg: Config, run_dir: Path, batch: int, progress: bool) -> list[EngineSpec]:
+    from edgefpn.pipeline import build as build_stage
+
+    if not (run_dir / "model.pt").is_file():
+        raise ModelFileError(f"{run_dir}/model.pt: --batch {batch} exports from the run's model; train it first")
+    derived, sub = batch_run(cfg, run_dir, batch)
+    log(f"[benchmark] batch {batch}: engines in {sub} (export.batch={batch}; each stage skipped when up to date)")
+    build_stage.run(derived, sub, progress=progress)  # export and quantize first, as make would
+    specs, ignored = current_engines(derived, sub, cfg.check.backends, ENGINE_FILES)
+    for e in ignored:
+        log(f"[benchmark] batch {batch}: ignored {e.name} ({e.path}): {e.reason}")
+    return specs
+
+
 def _row(spec: EngineSpec) -> dict[str, Any]:
     return {"name": spec.name, "backend": spec.backend, "precision": spec.precision}
 
 
-def _uint8_feed(cfg: Config) -> dict[str, np.ndarray]:
-    """The uint8 contract's feed of the same image as :func:`_feed` (a fixed random image without data)."""
-    from dataclasses import replace
-
-    from edgefpn.data.coco import load_split
-    from edgefpn.data.preprocess import load_image
-
-    pipe = replace(make_pipeline(cfg), input="uint8")
-    root = Path(cfg.data.root)
-    if (root / "annotations" / f"instances_{cfg.data.val_split}.json").is_file():
-        split = load_split(root, cfg.data.val_split)
-        if split.images:
-            return pipe.feed_image(load_image(split.images[0].path))[0]
-    rng = np.random.default_rng(0)
-    return pipe.feed_image(rng.integers(0, 256, (*cfg.model.input_size, 3), dtype=np.uint8))[0]
-
-
-def _feed(cfg: Config) -> tuple[dict[str, np.ndarray], str]:
-    """The first val image, preprocessed, when the dataset is on disk; else a fixed synthetic input."""
+def _feed(cfg: Config) -> tuple[dict[str, np.ndarray], str, list[Path]]:
+    """The first val image, preprocessed, and the val image files (end to end) when the dataset is on
+    disk; else a fixed synthetic input and no files."""
     from edgefpn.data.coco import load_split
     from edgefpn.data.preprocess import load_image
 
@@ -171,10 +205,10 @@ def _feed(cfg: Config) -> tuple[dict[str, np.ndarray], str]:
         split = load_split(root, cfg.data.val_split)
         if split.images:
             batch, _ = make_pipeline(cfg).prepare(load_image(split.images[0].path))
-            return {INPUT_NAME: batch}, f"val image {split.images[0].path.name}"
+            return {INPUT_NAME: batch}, f"val image {split.images[0].path.name}", [r.path for r in split.images]
     h, w = cfg.model.input_size
     batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
-    return {INPUT_NAME: batch}, "synthetic N(0, 1), seed 0"
+    return {INPUT_NAME: batch}, "synthetic N(0, 1), seed 0", []
 
 
 def _val_video(cfg: Config, folder: Path) -> Path | None:
@@ -195,25 +229,16 @@ def _val_video(cfg: Config, folder: Path) -> Path | None:
 def _latency(spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup: int,
              iters: int) -> list[float]:
     """``iters`` timed engine calls (ms) after ``warmup`` untimed ones, on a freshly opened runner."""
-    samples = []
     with open_runner(spec, threads=threads) as runner:
-        for _ in range(warmup):
-            runner.infer(feed)
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            runner.infer(feed)
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+        return sc.time_calls(lambda _: runner.infer(feed), warmup=warmup, iters=iters)
 
 
-def _stats(samples: list[float]) -> dict[str, Any]:
-    arr = np.asarray(samples)
-    return {
-        "latency_ms": {f"p{q}": round(float(np.percentile(arr, q)), 3) for q in (50, 90, 99)}
-        | {"mean": round(float(arr.mean()), 3)},
-        "fps": round(1000.0 / float(arr.mean()), 2),
-        "samples_ms": [round(t, 4) for t in samples],
-    }
+def _end_to_end(spec: EngineSpec, pipe, paths: list[Path], threads: int, warmup: int, iters: int) -> list[float]:
+    """Image file -> detections at the deploy threshold, cycling through the val images."""
+    from edgefpn.inference import detect_file
+
+    with open_runner(spec, threads=threads) as runner:
+        return sc.time_calls(lambda i: detect_file(runner, pipe, paths[i % len(paths)]), warmup=warmup, iters=iters)
 
 
 def _round_seconds(total: float, rounds: int) -> int:
@@ -221,128 +246,84 @@ def _round_seconds(total: float, rounds: int) -> int:
     return max(1, round(total / rounds))
 
 
-def _cross_check(spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup: int, iters: int,
-                 app_seconds: float, rounds: int) -> tuple[list[float], dict[str, Any]]:
-    """Our timing and benchmark_app's, interleaved round by round so that both see the same machine.
-
-    Returns all our samples (ms) and the benchmark_app record: per-round statistics and the median of
-    the rounds' medians (``median_ms``), or ``skipped`` with the reason.
-    """
+def _single_stream(spec: EngineSpec, feed: dict[str, np.ndarray], cfg: Config, iters: int, app_seconds: float,
+                   rounds: int, batch: int) -> dict[str, Any]:
+    """Model-only samples (``_samples``) and, for OpenVINO, benchmark_app's latency mode interleaved."""
+    threads, warmup = cfg.run.threads, cfg.check.warmup
+    full = {INPUT_NAME: np.repeat(feed[INPUT_NAME], batch, axis=0)}
+    if spec.backend != "openvino" or app_seconds <= 0:
+        log(f"[benchmark] {spec.name}: {iters} x single stream")
+        return {"_samples": _latency(spec, full, threads, warmup, iters)}
+    secs = _round_seconds(app_seconds, rounds)
+    log(f"[benchmark] {spec.name}: {rounds} rounds of {iters} x single stream, then benchmark_app -t {secs}")
     samples: list[float] = []
     app_rounds: list[dict[str, float]] = []
     record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        # the very tensor we time, so that both tools run the same input (benchmark_app's default
-        # is uniform noise in [0, 255], far outside a normalised image's range)
         npy = Path(tmp) / "input.npy"
-        np.save(npy, np.ascontiguousarray(feed[INPUT_NAME], dtype=np.float32))
+        np.save(npy, np.ascontiguousarray(full[INPUT_NAME], dtype=np.float32))
         for _ in range(rounds):
-            ours = _latency(spec, feed, threads, warmup, iters)
+            ours = _latency(spec, full, threads, warmup, iters)
             samples.extend(ours)
-            record = _benchmark_app(spec, threads, _round_seconds(app_seconds, rounds), npy)
+            record = benchmark_app(spec, threads, secs, npy, mode="latency")
             if "median_ms" not in record:
-                return samples, record
-            app_rounds.append({k: record[k] for k in _APP_PATTERNS if k in record}
+                return {"_samples": samples, "benchmark_app": record}
+            app_rounds.append({k: record[k] for k in ("median_ms", "average_ms", "fps", "count") if k in record}
                               | {"ours_p50_ms": round(float(np.median(ours)), 3)})
-    medians = [r["median_ms"] for r in app_rounds]
     # each round's pair ran back to back; the median of the pairs' ratios ignores a round that another
     # process disturbed, which a ratio of pooled figures would not
     ratios = [r["ours_p50_ms"] / r["median_ms"] for r in app_rounds]
-    return samples, {"command": record["command"], "load_config": record["load_config"], "rounds": app_rounds,
-                     "median_ms": round(float(np.median(medians)), 3),
-                     "ours_over_app_p50": round(float(np.median(ratios)), 3)}
+    return {"_samples": samples, "benchmark_app": {
+        "mode": "latency", "command": record["command"], "load_config": record["load_config"], "rounds": app_rounds,
+        "median_ms": round(float(np.median([r["median_ms"] for r in app_rounds])), 3),
+        "ours_over_app_p50": round(float(np.median(ratios)), 3)}}
 
 
-def _throughput(spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, seconds: float,
-                loop_fps: float) -> dict[str, Any]:
-    if spec.backend != "openvino":
-        return {"fps": loop_fps, "mode": "batch-1 sync loop (the latency run)"}
-    import openvino as ov
-
-    from edgefpn.backends.openvino import OpenVinoRunner
-
-    with OpenVinoRunner(spec, threads=threads, hint="throughput") as runner:
-        compiled = runner.compiled
-        nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        queue = ov.AsyncInferQueue(compiled, nireq)
-        for _ in range(nireq):  # warm every request once
-            queue.start_async(feed)
-        queue.wait_all()
-        done = 0
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            queue.start_async(feed)  # blocks while every request is busy
-            done += 1
-        queue.wait_all()
-        elapsed = time.perf_counter() - t0
-        streams = int(compiled.get_property("NUM_STREAMS"))
-    return {"fps": round(done / elapsed, 2), "mode": "openvino THROUGHPUT hint, async requests",
-            "requests": nireq, "streams": streams, "inferences": done, "seconds": round(elapsed, 2)}
-
-
-def _streaming_cells(row: dict[str, Any]) -> str:
-    """The two streaming cells of a row: FPS (and its ratio to the throughput figure), p50 / p99."""
-    st = row.get("scenarios", {}).get("streaming", {})
-    cells = []
-    for name in ("deploy", "eval"):
-        if name not in st:
-            cells.append("–")
-            continue
-        r, tp = st[name], row["throughput"]["fps"]
-        cells.append(f"{r['fps']:.1f} ({r['fps'] / tp:.2f}x throughput; {r['latency_ms']['p50']:.1f} / "
-                     f"{r['latency_ms']['p99']:.1f})")
-    return " | ".join(cells)
-
-
-_APP_PATTERNS = {
-    "median_ms": r"Median:\s+([\d.]+)\s*ms",
-    "average_ms": r"Average:\s+([\d.]+)\s*ms",
-    "min_ms": r"Min:\s+([\d.]+)\s*ms",
-    "max_ms": r"Max:\s+([\d.]+)\s*ms",
-    "fps": r"Throughput:\s+([\d.]+)\s*FPS",
-    "count": r"Count:\s+(\d+)\s+iterations",
-}
-
-
-def parse_benchmark_app(text: str) -> dict[str, float]:
-    """The latency statistics and throughput of ``benchmark_app``'s log (keys that were found)."""
-    found = {}
-    for key, pattern in _APP_PATTERNS.items():
-        if m := re.search(pattern, text):
-            found[key] = float(m.group(1))
-    return found
-
-
-def _benchmark_app_exe() -> str | None:
-    beside = Path(sys.executable).parent / "benchmark_app"
-    return str(beside) if beside.is_file() else shutil.which("benchmark_app")
-
-
-def _benchmark_app(spec: EngineSpec, threads: int, seconds: int, input_npy: Path) -> dict[str, Any]:
-    from edgefpn.backends.openvino import ir_xml
-
-    exe = _benchmark_app_exe()
-    if exe is None:
-        return {"skipped": "benchmark_app not found (it ships with the openvino package)"}
-    # benchmark_app rejects -nthreads together with a hint, so the thread count goes in -load_config;
-    # -ip f32 stops it from feeding u8 (it treats a 3-channel NCHW input as an image by default)
-    plugin_config = {"CPU": {"INFERENCE_NUM_THREADS": threads}}
-    args = ["-m", str(ir_xml(spec.path)), "-d", "CPU", "-hint", "latency", "-load_config", "CONFIG",
-            "-t", str(seconds), "-infer_precision", "f32", "-ip", "f32", "-api", "sync", "-i", "INPUT.npy"]
+def _offline_cross_check(family: dict[int, EngineSpec], off: dict[str, Any], feed: dict[str, np.ndarray],
+                         threads: int, app_seconds: float, rounds: int) -> dict[str, Any]:
+    """Our best offline point against benchmark_app's async mode with the same streams, requests,
+    threads and batch, interleaved round by round."""
+    c = off["conditions"]
+    spec = family[c["batch"]]
+    secs = _round_seconds(app_seconds, rounds)
+    log(f"[benchmark] {spec.name}: {rounds} rounds of offline (batch {c['batch']}, {c['streams']} streams, "
+        f"{c['requests']} requests) then benchmark_app async -t {secs}")
+    app_rounds: list[dict[str, float]] = []
+    record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg_file = Path(tmp) / "config.json"
-        cfg_file.write_text(json.dumps(plugin_config), encoding="utf-8")
-        cmd = [exe, *[{"CONFIG": str(cfg_file), "INPUT.npy": str(input_npy)}.get(a, a) for a in args]]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 5 + 120, check=False)
-        except subprocess.TimeoutExpired:
-            return {"skipped": f"benchmark_app did not finish in {seconds * 5 + 120:g} s"}
-    stats = parse_benchmark_app(proc.stdout + proc.stderr)
-    record = {"command": "benchmark_app " + shlex.join(args), "load_config": plugin_config}
-    if proc.returncode != 0 or "median_ms" not in stats:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
-        return record | {"skipped": f"benchmark_app failed (exit {proc.returncode}): {tail[0][:200]}"}
-    return record | stats
+        npy = Path(tmp) / "input.npy"
+        np.save(npy, np.ascontiguousarray(np.repeat(feed[INPUT_NAME], c["batch"], axis=0), dtype=np.float32))
+        for _ in range(rounds):
+            ours = sc.offline_point(spec, feed[INPUT_NAME], threads=threads, seconds=secs, streams=c["streams"],
+                                    requests=c["requests"], open_runner=open_runner)
+            record = benchmark_app(spec, threads, secs, npy, mode="async", streams=c["streams"],
+                                   requests=c["requests"])
+            if "fps" not in record:
+                return record
+            app_rounds.append({"fps": record["fps"], "count": record.get("count"), "ours_fps": ours["fps"]})
+    return {"mode": "async", "command": record["command"], "load_config": record["load_config"], "rounds": app_rounds,
+            "fps": round(float(np.median([r["fps"] for r in app_rounds])), 2),
+            "ours_fps": round(float(np.median([r["ours_fps"] for r in app_rounds])), 2),
+            "ours_over_app_fps": round(float(np.median([r["ours_fps"] / r["fps"] for r in app_rounds])), 3)}
+
+
+def _batch_sweep(family: dict[int, EngineSpec], points: list[dict[str, Any]], feed: dict[str, np.ndarray],
+                 threads: int, warmup: int, iters: int) -> list[dict[str, Any]]:
+    """Per batch: the latency of one batch-N call (one request), and the best offline point at that batch."""
+    from edgefpn.runtime.conditions import run_conditions
+
+    rows = []
+    for n, spec in sorted(family.items()):
+        calls = max(10, iters // n)
+        samples = _latency(spec, {INPUT_NAME: np.repeat(feed[INPUT_NAME], n, axis=0)}, threads, warmup, calls)
+        stats = sc.latency_stats(samples)
+        best = max((p for p in points if p["conditions"]["batch"] == n and p["engine_path"] == str(spec.path)),
+                   key=lambda p: p["fps"], default=None)
+        rows.append({"engine": spec.name, "batch": n, "latency_ms": stats,
+                     "ms_per_image": round(stats["mean"] / n, 3), "fps": round(1000.0 * n / stats["mean"], 2),
+                     "conditions": run_conditions(threads=threads, streams=1, requests=1, batch=n),
+                     "offline": None if best is None else {"fps": best["fps"], "conditions": best["conditions"]}})
+    return rows
 
 
 def _flops(onnx_path: Path, rows: list[dict[str, Any]], threads: int) -> dict[str, Any] | None:
@@ -359,56 +340,3 @@ def _flops(onnx_path: Path, rows: list[dict[str, Any]], threads: int) -> dict[st
         if "latency_ms" in row:
             row.update(achieved(flops["gflops_per_image"], row["latency_ms"]["p50"], row["precision"], peak))
     return {"gflops_per_image": flops["gflops_per_image"], "convention": flops["convention"], "peak": peak}
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """benchmark.md: one table, the cross-check beside our own figures."""
-    m = report["machine"]
-    lines = [
-        "# edgefpn benchmark",
-        "",
-        f"{m['cpu']}, {report['settings']['threads']} threads · input {report['input']['source']} "
-        f"{report['input']['shape']} · {report['settings']['iters']} timed iterations after "
-        f"{report['settings']['warmup']} warm-up",
-        "",
-        "| engine | precision | p50 ms | p90 ms | p99 ms | FPS (batch 1) | throughput FPS | GFLOP/s (% nominal peak) | "
-        "benchmark_app median ms | ours / benchmark_app | streaming FPS, deploy (p50 / p99 ms) | "
-        "streaming FPS, eval (p50 / p99 ms) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["engines"]:
-        if "skipped" in r:
-            lines.append(f"| {r['name']} | {r['precision']} | " + " | ".join(["–"] * 9) + f" | skipped: {r['skipped']} |")
-            continue
-        lat, tp = r["latency_ms"], r["throughput"]
-        tp_txt = f"{tp['fps']:.1f}" + (f" ({tp['requests']} req, {tp['streams']} streams)" if "requests" in tp else "")
-        compute = "–"
-        if r.get("achieved_gflops") is not None:
-            frac = r.get("fraction_of_peak")
-            compute = f"{r['achieved_gflops']:.1f}" + (f" ({100 * frac:.1f}% {r['peak_basis']})" if frac else "")
-        app = r.get("benchmark_app", {})
-        app_med = f"{app['median_ms']:.2f}" if "median_ms" in app else ("–" if not app else "failed")
-        ratio = f"{app['ours_over_app_p50']:.2f}" if "ours_over_app_p50" in app else "–"
-        lines.append(f"| {r['name']} | {r['precision']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | "
-                     f"{r['fps']:.1f} | {tp_txt} | {compute} | {app_med} | {ratio} | {_streaming_cells(r)} |")
-    rounds = report["settings"].get("app_rounds", 1)
-    lines += ["", "Latency is model-only (engine call), batch 1. Throughput: OpenVINO with the THROUGHPUT hint "
-              "and async requests; other backends: the batch-1 loop. benchmark_app runs with the same settings "
-              "as our runner (latency hint, same threads, f32 inference precision, sync API) on the same input "
-              f"tensor, interleaved with ours in {rounds} round(s): an OpenVINO engine's p50 is over all its "
-              "rounds, the benchmark_app figure is the median of its rounds' medians, and ours / benchmark_app is "
-              "the median of the rounds' ratios."]
-    lines += ["", "Streaming: the pipelined runtime (`python -m edgefpn.runtime stream`) on a video of the val "
-              "images: video decode, preprocessing, inference and decode + NMS overlapped on worker threads, "
-              "frames out over wall time from the first capture to the last detection, latency capture to "
-              "detection; conditions (threads, engine streams, requests in flight, batch) in benchmark.json."]
-    if f := report.get("flops"):
-        lines += ["", f"Compute: {f['gflops_per_image']:.3f} GFLOPs per image ({f['convention']}); peak "
-                  f"{f['peak']['fp32_gflops']:.0f} GFLOP/s fp32, {f['peak']['int8_gops']:.0f} GOP/s int8 "
-                  f"({f['peak']['fp32_basis']})."]
-    for r in report["engines"]:
-        if (app := r.get("benchmark_app")) and "command" in app:
-            lines += ["", f"{r['name']}: `{app['command']}` with `{json.dumps(app['load_config'])}`"
-                      + (f" — {app['skipped']}" if "skipped" in app else "")]
-    lines.append("")
-    return "\n".join(lines)

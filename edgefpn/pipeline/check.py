@@ -156,29 +156,41 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
     gallery = Gallery(deploy_pipe.post.score_thresh)
     with contextlib.ExitStack() as stack:
         runners = {s.name: stack.enter_context(open_runner(s, threads=threads)) for s in all_specs}
-        bar = tqdm(records, desc=f"[check] {len(all_specs)} engines x val", disable=not progress,
+        bar = tqdm(total=len(records), desc=f"[check] {len(all_specs)} engines x val", disable=not progress,
                    leave=False, dynamic_ncols=True)
-        for rec in bar:
-            batch, lb = pipe.prepare_file(rec.path)
+        # export.batch images per engine call (the engines' static batch; the last chunk is filled by
+        # the runner); every statistic stays per image, so batch 1 and batch N report alike
+        step = cfg.export.batch
+        u8_pipe = next((p for p in pipes.values() if p.input == "uint8"), None)
+        for start in range(0, len(records), step):
+            chunk = records[start:start + step]
+            prepared = [pipe.prepare_file(rec.path) for rec in chunk]
+            batch = np.concatenate([b for b, _ in prepared])
+            lbs = [lb for _, lb in prepared]
             feeds = {"float": {INPUT_NAME: batch}}
-            if any(p.input == "uint8" for p in pipes.values()):
-                feeds["uint8"] = next(p for p in pipes.values() if p.input == "uint8").feed_file(rec.path)[0]
+            if u8_pipe is not None:  # an in-graph twin's uint8 contract: the same images, letterboxed only
+                u8 = [u8_pipe.feed_file(rec.path)[0] for rec in chunk]
+                feeds["uint8"] = {k: np.concatenate([f[k] for f in u8]) for k in u8[0]}
             ref_out = runners[reference.name].infer({INPUT_NAME: batch})
-            ref_det = pipe.decode(ref_out, [lb])[0]
-            results[reference.name].extend(detections_to_coco(ref_det, rec.id, split.category_ids))
-            dets = {}
-            for spec in engines:
-                p = pipes[spec.name]
-                out = runners[spec.name].infer(feeds[p.input])
-                for name, ref in ref_out.items():
-                    if name in out:  # an in-graph NMS engine has no raw tensors: its twin is compared instead
-                        tensors[spec.name].setdefault(name, []).append(tensor_agreement(ref, out[name]))
-                det = dets[spec.name] = p.detections(_finite(out), [lb])[0]
-                agreement[spec.name].update(ref_det, det)
-                gallery.update(spec.name, rec.path, rec.id, ref_det, det)
-                if spec.name in twins and twins[spec.name] in dets:
-                    twin_agreement[spec.name].update(dets[twins[spec.name]], det)
-                results[spec.name].extend(detections_to_coco(det, rec.id, split.category_ids))
+            ref_dets = pipe.decode(ref_out, lbs)
+            outs = {spec.name: runners[spec.name].infer(feeds[pipes[spec.name].input]) for spec in engines}
+            for i, rec in enumerate(chunk):
+                ref_i = {name: value[i:i + 1] for name, value in ref_out.items()}
+                results[reference.name].extend(detections_to_coco(ref_dets[i], rec.id, split.category_ids))
+                dets = {}
+                for spec in engines:
+                    p = pipes[spec.name]
+                    out = {name: value[i:i + 1] for name, value in outs[spec.name].items()}
+                    for name, ref in ref_i.items():
+                        if name in out:  # an in-graph NMS engine has no raw tensors: its twin is compared instead
+                            tensors[spec.name].setdefault(name, []).append(tensor_agreement(ref, out[name]))
+                    det = dets[spec.name] = p.detections(_finite(out), [lbs[i]])[0]
+                    agreement[spec.name].update(ref_dets[i], det)
+                    gallery.update(spec.name, rec.path, rec.id, ref_dets[i], det)
+                    if spec.name in twins and twins[spec.name] in dets:
+                        twin_agreement[spec.name].update(dets[twins[spec.name]], det)
+                    results[spec.name].extend(detections_to_coco(det, rec.id, split.category_ids))
+            bar.update(len(chunk))
         bar.close()
 
         ann_file = data.ann_file(cfg.data.val_split)
@@ -214,7 +226,7 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
         "dataset": {"root": str(data.root), "split": cfg.data.val_split, "images": len(records)},
         "config": {"check": to_dict(cfg.check), "postprocess": to_dict(cfg.postprocess),
                    "deploy_score_thresh": deploy_pipe.post.score_thresh,
-                   "input_size": list(cfg.model.input_size), "threads": threads},
+                   "input_size": list(cfg.model.input_size), "threads": threads, "batch": cfg.export.batch},
         "machine": system_info(threads),
     }
 
@@ -275,7 +287,10 @@ def _latency(runner, pipe, deploy_pipe, records, cfg: Config) -> dict[str, Any]:
     -> detections, cycling through the val images) at the deployment score threshold; end to end at
     the evaluation threshold too where the two differ. ``check.latency_iters`` samples of each."""
     c = cfg.check
-    feed, _ = pipe.feed_file(records[0].path)
+    one, _ = pipe.feed_file(records[0].path)  # in the engine's contract (float or uint8 feed)
+    # model-only: one full engine batch per call (export.batch copies of the image); end to end: one
+    # image file per call, as a device handles a single camera (the runner fills the batch)
+    feed = {k: np.repeat(v, cfg.export.batch, axis=0) for k, v in one.items()}
     for _ in range(c.warmup):
         runner.infer(feed)
     paths = [r.path for r in records]
@@ -299,7 +314,8 @@ def _latency(runner, pipe, deploy_pipe, records, cfg: Config) -> dict[str, Any]:
                 samples.append((time.perf_counter() - t0) * 1e3)
         done += n
     # the raw samples stay in the report for the latency-distribution plot of report.html
-    result = {"model_only": _percentiles(model_only) | {"samples_ms": [round(t, 4) for t in model_only]}}
+    result = {"model_only": _percentiles(model_only) | {"samples_ms": [round(t, 4) for t in model_only],
+                                                        "batch": cfg.export.batch}}
     for key, p in pipes.items():
         samples, found = e2e[key]
         result[key] = _percentiles(samples) | {"score_thresh": p.post.score_thresh,

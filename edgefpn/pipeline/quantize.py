@@ -112,7 +112,7 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
 
     split = data.split(cfg.data.val_split)
     evaluator = Evaluator(make_pipeline(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
-                          data.ann_file(cfg.data.val_split), threads=cfg.run.threads)
+                          data.ann_file(cfg.data.val_split), threads=cfg.run.threads, batch=_batch(onnx_art))
     ref_spec = EngineSpec("torch-fp32", "torch", "fp32", run_dir / train_stage.ARTIFACT)
     if "results" not in reference:
         log(f"[quantize] reference mAP: PyTorch on {len(split.images)} val images")
@@ -226,7 +226,7 @@ def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: Calibration
     ranking = _openvino_ranking(accuracy, groups)
     split = data.split(cfg.data.val_split)
     evaluator = Evaluator(make_pipeline(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
-                          data.ann_file(cfg.data.val_split), threads=cfg.run.threads)
+                          data.ann_file(cfg.data.val_split), threads=cfg.run.threads, batch=_batch(onnx_art))
     ref_map = float(accuracy["reference_map"])
     dataset = nncf_dataset(calib, model_batch=_batch(onnx_art), batch_size=q.batch_size)
     log(f"[quantize] OpenVINO INT8 with NNCF on {len(calib)} calibration images")

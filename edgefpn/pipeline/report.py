@@ -24,8 +24,12 @@ def system_info(threads: int) -> dict[str, Any]:
                     break
     except OSError:
         pass
+    from edgefpn.runtime.device import device_kind
+
     return {
         "cpu": cpu,
+        # the key the device runtime matches to rank a bundle's engines by these latencies
+        "device_kind": device_kind(),
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
         "cpu_flags": flags,
@@ -215,7 +219,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"at score ≥ {gallery['score_thresh']:.2f}."]
     if contracts := contract_table(report):
         lines += ["", *contracts]
-    lines += ["", "mAP is COCO bbox AP in points (0–100); latency is batch 1, "
+    lines += ["", "mAP is COCO bbox AP in points (0–100); model-only latency is one engine call of batch "
+              f"{report['config'].get('batch', 1)}, end to end one image, "
               f"{report['machine']['threads']} threads; model = engine call only, e2e = image file → detections "
               "(decode, letterbox, normalise, infer, decode boxes, NMS)."]
     if note := compute_note(report):

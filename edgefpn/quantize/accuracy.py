@@ -31,9 +31,10 @@ class Evaluator:
     """mAP of engines over val records; inputs of the sensitivity subset are prepared once."""
 
     def __init__(self, pipe: Pipeline, records: Sequence[ImageRecord], category_ids: Sequence[int],
-                 ann_file: Path, *, threads: int, subset: int = SENSITIVITY_IMAGES) -> None:
+                 ann_file: Path, *, threads: int, subset: int = SENSITIVITY_IMAGES, batch: int = 1) -> None:
         self.pipe, self.records, self.category_ids = pipe, list(records), list(category_ids)
         self.ann_file, self.threads = ann_file, threads
+        self.batch = batch  # images per engine call: the engines' static batch (export.batch)
         self.subset_records = self.records[:subset]
         self._subset_inputs: list | None = None
 
@@ -55,11 +56,13 @@ class Evaluator:
         records = self.subset_records if subset else self.records
         results: list[dict] = []
         with open_runner(spec, threads=self.threads) as runner:
-            for rec, batch, lb in self._inputs(records, cache=subset):
-                out = runner.infer({INPUT_NAME: batch})
+            items = list(self._inputs(records, cache=subset))
+            for start in range(0, len(items), self.batch):
+                chunk = items[start:start + self.batch]
+                out = runner.infer({INPUT_NAME: np.concatenate([batch for _, batch, _ in chunk])})
                 out = {k: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in out.items()}
-                det = self.pipe.decode(out, [lb])[0]
-                results.extend(detections_to_coco(det, rec.id, self.category_ids))
+                for (rec, _, _), det in zip(chunk, self.pipe.decode(out, [lb for _, _, lb in chunk]), strict=True):
+                    results.extend(detections_to_coco(det, rec.id, self.category_ids))
         return results
 
     def map_of(self, results: list[dict], *, subset: bool = False) -> float:

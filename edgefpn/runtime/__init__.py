@@ -11,9 +11,15 @@
    (:mod:`edgefpn.data.preprocess`), decoding (:mod:`edgefpn.postprocess`) and
    :func:`edgefpn.inference.detect_file` as the check stage.
 
-Engine preference (first one in the bundle that this device can run wins): TensorRT int8 > fp16 >
-OpenVINO int8 > fp32 > fp16 > ONNX Runtime int8 > fp32 > fp16. OpenVINO fp16 and ONNX Runtime fp16
-rank below fp32 because CPUs compute them in f32 anyway (fp16 storage only) or insert casts.
+Engine choice, among the bundle's engines this device can run (every bundled engine passed check's
+gates): by measured speed first. When the bundle's ``report.json`` was measured on this kind of device
+(``machine.device_kind`` equals :func:`edgefpn.runtime.device.device_kind`), the engines are ranked by
+their recorded end-to-end p50 latency (model-only where no end-to-end figure is recorded): on the default
+model on the 2-core development CPU, ONNX Runtime int8 is the slowest ONNX Runtime engine, which no fixed
+order can know. Only without a measurement for this kind of device does the fixed order apply:
+TensorRT int8 > fp16 > OpenVINO int8 > fp32 > fp16 > ONNX Runtime int8 > fp32 > fp16 (OpenVINO fp16
+and ONNX Runtime fp16 below fp32 because CPUs compute them in f32 anyway or insert casts). The log
+says which engine was picked and why.
 An engine can run here when its backend imports and its target matches: TensorRT version and compute
 capability per :func:`edgefpn.backends.tensorrt.compat_problem`; OpenVINO not older than the one
 that built the IR. ONNX files run on any ONNX Runtime.
@@ -39,8 +45,8 @@ from edgefpn.inference import Pipeline, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
 from edgefpn.runtime import schema
 
-__all__ = ["PREFERENCE", "BundleSession", "FrameStages", "check_bundled_onnx", "detections_to_records", "select_engine",
-           "target_problem"]
+__all__ = ["PREFERENCE", "BundleSession", "FrameStages", "check_bundled_onnx", "detections_to_records",
+           "rank_engines", "recorded_latencies", "select_engine", "target_problem"]
 
 # Each in-graph (-e2e) engine right before its raw twin: the same network, with less host work per frame.
 PREFERENCE: tuple[str, ...] = tuple(n for raw in (
@@ -101,9 +107,42 @@ def target_problem(engine: Mapping[str, Any], *, tensorrt_probe: Callable[[], tu
     return f"{path}: unknown backend {backend!r}"
 
 
+def recorded_latencies(report: Mapping[str, Any] | None, kind: str) -> dict[str, float]:
+    """Engine name -> recorded p50 latency (ms; end to end, else model-only) from a check report measured
+    on a device of ``kind``; empty when the report is absent, from another kind of device, or unreadable."""
+    if not isinstance(report, Mapping):
+        return {}
+    machine = report.get("machine")
+    if not isinstance(machine, Mapping) or machine.get("device_kind") != kind:
+        return {}
+    out: dict[str, float] = {}
+    for e in report.get("engines") or []:
+        try:
+            lat = e.get("latency") or {}
+            ms = (lat.get("end_to_end") or lat.get("model_only") or {}).get("p50")
+            if isinstance(e["name"], str) and isinstance(ms, (int, float)) and ms > 0:
+                out[e["name"]] = float(ms)
+        except (AttributeError, KeyError, TypeError):
+            continue  # a malformed entry is not a measurement
+    return out
+
+
+def rank_engines(names: Sequence[str], latencies: Mapping[str, float]) -> list[str]:
+    """``names`` fastest first by ``latencies``; those without one after, in :data:`PREFERENCE` order."""
+    def key(n: str) -> tuple:
+        fixed = PREFERENCE.index(n) if n in PREFERENCE else len(PREFERENCE)
+        return (0, latencies[n], fixed) if n in latencies else (1, fixed, 0.0)
+
+    return sorted(names, key=key)
+
+
 def select_engine(manifest: Mapping[str, Any], bundle: Path, *, name: str | None = None,
-                  tensorrt_probe: Callable[[], tuple] | None = None) -> dict[str, Any]:
-    """The engine to run: ``name`` if given, else the first of :data:`PREFERENCE` this device can run.
+                  tensorrt_probe: Callable[[], tuple] | None = None,
+                  latencies: Mapping[str, float] | None = None, kind: str | None = None,
+                  log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """The engine to run: ``name`` if given; else the fastest by ``latencies`` (recorded on a device of
+    ``kind``, see :func:`recorded_latencies`) that this device can run, the first of :data:`PREFERENCE`
+    when none is measured. ``log`` gets one line saying which engine and why.
 
     Raises:
         ModelFileError: ``name`` is not in the bundle, its target does not match this device, or no
@@ -117,12 +156,27 @@ def select_engine(manifest: Mapping[str, Any], bundle: Path, *, name: str | None
         if problem is not None:
             raise ModelFileError(f"{bundle}: {problem}")
         return engines[name]
+    latencies = latencies or {}
     reasons = []
-    for candidate in sorted(engines, key=lambda n: PREFERENCE.index(n) if n in PREFERENCE else len(PREFERENCE)):
+    runnable = []
+    for candidate in rank_engines(list(engines), latencies):
         problem = target_problem(engines[candidate], tensorrt_probe=tensorrt_probe)
         if problem is None:
-            return engines[candidate]
-        reasons.append(f"{candidate}: {problem}")
+            runnable.append(candidate)
+        else:
+            reasons.append(f"{candidate}: {problem}")
+    if runnable:
+        pick = runnable[0]
+        if pick in latencies:
+            others = ", ".join(f"{n} {latencies[n]:.2f} ms" for n in runnable[1:] if n in latencies)
+            why = (f"fastest recorded on this kind of device ({kind}): p50 {latencies[pick]:.2f} ms"
+                   + (f" vs {others}" if others else ""))
+        else:
+            why = ("no latency recorded for this kind of device"
+                   + (f" ({kind})" if kind else "") + "; first in the fixed order " + " > ".join(PREFERENCE))
+        skipped = f"; cannot run here: {'; '.join(reasons)}" if reasons else ""
+        log(f"[runtime] engine {pick}: {why}{skipped}")
+        return engines[pick]
     raise ModelFileError(f"{bundle}: no engine in the bundle can run here ({'; '.join(reasons) or 'it has none'})")
 
 
@@ -162,8 +216,15 @@ def pipeline_from(params: Mapping[str, Any]) -> Pipeline:
 
 
 def open_runner(spec: EngineSpec, *, threads: int, hint: str = "latency") -> Runner:
-    """The backend's runner class, imported by module (never the torch runner). ``hint``: OpenVINO's
-    performance hint (``throughput`` for the streaming runtime: several streams, requests in flight)."""
+    """The backend's runner, imported by module (never the torch runner), taking any number of images
+    per call whatever the engine's static batch (:class:`edgefpn.backends.base.BatchedRunner`).
+    ``hint``: OpenVINO's performance hint (``throughput`` for the streaming runtime)."""
+    from edgefpn.backends.base import BatchedRunner
+
+    return BatchedRunner(_backend_runner(spec, threads=threads, hint=hint))
+
+
+def _backend_runner(spec: EngineSpec, *, threads: int, hint: str = "latency") -> Runner:
     if spec.backend == "onnxruntime":
         from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -251,7 +312,9 @@ class BundleSession:
         params = schema.validate_pipeline(bundle_io.read_member(self.bundle, manifest["pipeline"]),
                                           manifest["pipeline"], self.bundle)
         t1 = time.perf_counter()
-        self.entry = select_engine(manifest, self.bundle, name=self.engine, tensorrt_probe=self.tensorrt_probe)
+        latencies, kind = ({}, None) if self.engine is not None else _recorded(manifest, self.bundle)
+        self.entry = select_engine(manifest, self.bundle, name=self.engine, tensorrt_probe=self.tensorrt_probe,
+                                   latencies=latencies, kind=kind)
         check_bundled_onnx(self.bundle, self.entry["path"], backend=self.entry["backend"])
         if self.entry["backend"] == "onnxruntime":  # its declared shapes, from the verified bytes
             from edgefpn.onnx_guard import io_shapes
@@ -312,6 +375,23 @@ class BundleSession:
             raise ModelFileError(f"{self.bundle}: engine {self.spec.name!r} takes a uint8 image; the streaming "
                                  "runtime feeds float-input engines only for now: pick one with --engine")
         return FrameStages(self.pipeline, self.runner, batch=int(getattr(self, "_batch", 1)))
+
+
+def _recorded(manifest: Mapping[str, Any], bundle: Path) -> tuple[dict[str, float], str]:
+    """The bundle report's latencies for this kind of device (from the verified tar, nothing extracted)."""
+    import json
+
+    from edgefpn.runtime.device import device_kind
+
+    kind = device_kind()
+    rel = (manifest.get("report") or {}).get("json")
+    if not rel:
+        return {}, kind
+    try:
+        report = json.loads(bundle_io.read_member(bundle, rel))
+    except (ValueError, ModelFileError, OSError):  # an unreadable report is no measurement, not an error
+        return {}, kind
+    return recorded_latencies(report, kind), kind
 
 
 def _confined(root: Path, rel: str, bundle: Path) -> Path:

@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="also time end-to-end on these images, one by one and streamed (as a video)")
     bench.add_argument("--eval-score-thresh", type=float, default=None,
                        help="also stream at this score threshold (the evaluation one; the bundle's is the deploy one)")
+    bench.add_argument("--offline-seconds", type=float, default=3.0,
+                       help="seconds per point of the offline sweep (requests x streams); 0 skips it")
     return p
 
 
@@ -113,12 +115,12 @@ def _bench(args: argparse.Namespace) -> None:
     import numpy as np
 
     from edgefpn.backends.base import INPUT_NAME
-    from edgefpn.runtime import BundleSession, list_images
+    from edgefpn.runtime import BundleSession, list_images, open_runner, scenarios
 
     t0 = time.perf_counter()
     with BundleSession(args.bundle, extract_to=args.extract_to, engine=args.engine, threads=args.threads) as s:
         h, w = s.pipeline.input_size
-        feed = {INPUT_NAME: np.zeros((1, 3, h, w), np.float32)}
+        feed, _ = s.pipeline.feed_image(np.zeros((h, w, 3), np.uint8))  # in the engine's contract
         s.runner.infer(feed)
         first = time.perf_counter() - t0
         for _ in range(args.warmup):
@@ -141,8 +143,19 @@ def _bench(args: argparse.Namespace) -> None:
             result["end_to_end_ms"] = _stats(e2e)
             from edgefpn.runtime.scenario import bench_streaming
 
-            result["scenarios"] = {"streaming": bench_streaming(s.spec, s.pipeline, paths, threads=args.threads,
-                                                                eval_score_thresh=args.eval_score_thresh)}
+            streaming = bench_streaming(s.spec, s.pipeline, paths, threads=args.threads,
+                                        eval_score_thresh=args.eval_score_thresh)
+        # the named scenarios of `edgefpn benchmark`, each with the conditions it ran under
+        batch = s.runner.batch or 1
+        result["scenarios"] = {"single_stream": scenarios.single_stream(
+            model_only, threads=args.threads, batch=batch, end_to_end_ms=e2e if args.images is not None else None)}
+        if args.offline_seconds > 0 and INPUT_NAME in feed:  # the sweep feeds one float array
+            result["scenarios"]["offline"] = scenarios.offline(
+                [s.spec], feed[INPUT_NAME], threads=args.threads, seconds=args.offline_seconds,
+                open_runner=open_runner, log=lambda m: print(f"[runtime] {m.strip()}", file=sys.stderr))
+        if args.images is not None:
+            result["scenarios"]["streaming"] = streaming
+        result["definitions"] = dict(scenarios.FPS_DEFINITIONS)
     print(json.dumps(result, indent=1))
 
 

@@ -39,3 +39,21 @@ def cuda_device(index: int = 0) -> DeviceInfo | None:
 def tensorrt_probe() -> tuple[str | None, DeviceInfo | None]:
     """(TensorRT version, GPU 0) on this device; either is None when absent."""
     return tensorrt_version(), cuda_device()
+
+
+def device_kind() -> str:
+    """What kind of device this is, for matching recorded latencies: ``"<arch> <CPU or board model>"``,
+    plus ``" + <GPU name>"`` when a CUDA GPU is visible (``"x86_64 AMD EPYC"``,
+    ``"aarch64 NVIDIA Jetson Orin Nano Developer Kit + Orin"``). Latencies measured on one kind rank
+    engines only on the same kind: an engine's speed order differs between CPUs and GPUs."""
+    import platform
+    from pathlib import Path
+
+    from edgefpn.runtime.conditions import cpu_model, is_jetson
+
+    root = Path("/")
+    board = (root / "proc/device-tree/model")
+    model = board.read_text(errors="replace").strip("\x00 \n") if is_jetson(root) and board.is_file() else None
+    kind = f"{platform.machine()} {model or cpu_model(root) or platform.processor() or 'unknown'}"
+    gpu = cuda_device()
+    return kind + (f" + {gpu.name}" if gpu is not None else "")

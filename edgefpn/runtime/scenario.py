@@ -18,6 +18,7 @@ import numpy as np
 
 from edgefpn.errors import DataError
 from edgefpn.runtime import FrameStages
+from edgefpn.runtime.conditions import run_conditions
 from edgefpn.runtime.sources import CaptureSource
 from edgefpn.runtime.stream import run_stream
 
@@ -73,7 +74,7 @@ def measure_streaming(stages: FrameStages, video: Path, *, threads: int, request
     detection (decode, preprocess, inference and NMS all inside), latency is capture to detection.
 
     Returns the scenario record: ``fps``, ``latency_ms`` {p50, p99}, ``frames``, ``dropped`` and
-    ``conditions`` {threads, streams, requests, batch}.
+    ``conditions`` (:func:`edgefpn.runtime.conditions.run_conditions`).
     """
     h, w = stages.pipeline.input_size
     warm, _ = stages.prepare(np.zeros((h, w, 3), np.uint8))
@@ -85,8 +86,8 @@ def measure_streaming(stages: FrameStages, video: Path, *, threads: int, request
     s = stats.summary()
     return {"fps": s["fps"], "latency_ms": s["latency_ms"], "frames": s["frames"], "dropped": s["dropped"],
             "score_thresh": stages.pipeline.post.score_thresh,
-            "conditions": {"threads": threads, "streams": _engine_streams(stages), "requests": stats.requests,
-                           "batch": stages.batch}}
+            "conditions": run_conditions(threads=threads, streams=_engine_streams(stages), requests=stats.requests,
+                                         batch=stages.batch)}
 
 
 def bench_streaming(spec: Any, pipeline: Any, images: Sequence[Path], *, threads: int,

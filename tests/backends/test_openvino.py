@@ -20,7 +20,7 @@ pytestmark = pytest.mark.openvino
 OUTPUT_NAMES = [f"{k}_p{lvl}" for k in ("cls", "box", "ctr") for lvl in range(3, 8)]
 
 
-def make_tiny_onnx(path: Path, *, seed: int = 0, size: int = 64, num_classes: int = 3) -> Path:
+def make_tiny_onnx(path: Path, *, seed: int = 0, size: int = 64, num_classes: int = 3, batch: int = 1) -> Path:
     """A tiny FPN-shaped conv net exported by torch with the detector's 15 output names, in ~1 s."""
     import torch
     from torch import nn
@@ -46,7 +46,7 @@ def make_tiny_onnx(path: Path, *, seed: int = 0, size: int = 64, num_classes: in
     model = Tiny().eval()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated; edgefpn uses it too
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), input_names=["images"],
+        torch.onnx.export(model, (torch.zeros(batch, 3, size, size),), str(path), input_names=["images"],
                           output_names=OUTPUT_NAMES, opset_version=17, dynamo=False)
     return path
 

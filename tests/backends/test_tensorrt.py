@@ -181,3 +181,34 @@ def test_parser_errors_name_the_node(trt, tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(ExportError, match="uniq"):
         build_engine(path, tmp_path / "bad.engine", precision="fp16", settings=TensorRTConfig(), cache_dir=None)
+
+
+@pytest.mark.tensorrt
+def test_batch_2_engine_runs_any_number_of_images_and_offline(trt, tmp_path):
+    """A static batch-2 engine (export.batch=2) through the BatchedRunner and the offline scenario."""
+    from edgefpn.backends import open_runner
+    from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
+    from edgefpn.pipeline.build import engine_path
+    from edgefpn.runtime.scenarios import offline_point
+    from tests.backends.test_openvino import make_tiny_onnx
+
+    one = make_tiny_onnx(tmp_path / "b1.onnx")
+    two = make_tiny_onnx(tmp_path / "b2.onnx", batch=2)
+    engine = engine_path(tmp_path, "tensorrt", "fp16")
+    settings = TensorRTConfig(workspace_mb=256)
+    result = build_engine(two, engine, precision="fp16", settings=settings, cache_dir=tmp_path / "tensorrt")
+    write_manifest(engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)})
+    spec = EngineSpec("trt", "tensorrt", "fp16", engine)
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    with OnnxRuntimeRunner(EngineSpec("ort", "onnxruntime", "fp32", one), threads=1) as r:
+        ref = [r.infer({"images": x[i:i + 1]}) for i in range(3)]
+    with open_runner(spec, threads=1) as r:
+        assert r.batch == 2 and r.io_shapes()["images"] == (2, 3, 64, 64)
+        for k in (1, 2, 3):
+            out = r.infer({"images": x[:k]})
+            for name, value in out.items():
+                assert value.shape[0] == k
+                for i in range(k):
+                    np.testing.assert_allclose(value[i:i + 1], ref[i][name], atol=2e-2, rtol=2e-2, err_msg=name)
+    point = offline_point(spec, x[:1], threads=2, seconds=0.5, streams=2, requests=2, open_runner=open_runner)
+    assert point["fps"] > 0 and point["conditions"]["batch"] == 2 and point["conditions"]["requests"] == 2

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from edgefpn.pipeline.benchmark import parse_benchmark_app
+from edgefpn.pipeline.benchmark_app import parse_benchmark_app
 
 APP_LOG = """
 [Step 11/11] Dumping statistics report
@@ -38,7 +38,7 @@ from edgefpn.config import load_config
 from edgefpn.pipeline import benchmark
 cfg = load_config(None, json.loads(sys.argv[1]))
 benchmark.run(cfg, Path(sys.argv[2]), progress=False, iters=3, app_seconds=2, app_rounds=2,
-              throughput_seconds=0.5)
+              throughput_seconds=0.2)
 assert "torch" not in sys.modules, "the benchmark path imported torch"
 """
 
@@ -61,25 +61,42 @@ def test_benchmark_every_engine_without_torch(tiny_run, tmp_path):
     assert report["input"]["source"].startswith("synthetic") and report["input"]["shape"] == [1, 3, 160, 160]
     rows = {r["name"]: r for r in report["engines"]}
     assert set(rows) == {"onnxruntime-fp32", "openvino-fp32"}
+    assert set(report["definitions"]) == {"single_stream", "streaming", "offline"}
     for r in rows.values():
-        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
-        assert r["fps"] > 0 and r["throughput"]["fps"] > 0
+        ss, off = r["scenarios"]["single_stream"], r["scenarios"]["offline"]
+        assert 0 < ss["model_only_ms"]["p50"] <= ss["model_only_ms"]["p99"] and ss["fps"] > 0
+        assert "end_to_end_ms" not in ss  # no dataset on disk: model-only only
+        # every FPS with its conditions: the run's knobs and the machine facts (None when unreadable)
+        assert (ss["conditions"]["batch"], ss["conditions"]["requests"], ss["conditions"]["threads"]) == (1, 1, 2)
+        assert {"cpu_model", "governor", "cpu_mhz", "nvpmodel", "jetson_clocks", "power_mw"} <= set(ss["conditions"])
+        assert off["fps"] == max(p["fps"] for p in off["sweep"]) and off["conditions"]["requests"] >= 1
+        assert all(p["conditions"]["batch"] == 1 and p["fps"] > 0 for p in off["sweep"])
         assert "skipped" in r["scenarios"]["streaming"]  # no val images to make the video from
     ov = rows["openvino-fp32"]
-    assert ov["throughput"]["requests"] >= 1 and "THROUGHPUT" in ov["throughput"]["mode"]
-    app = ov["benchmark_app"]
+    # the OpenVINO sweep: the plugin's own choice, then explicit (streams, requests)
+    assert {(p["conditions"]["streams"], p["conditions"]["requests"]) for p in ov["scenarios"]["offline"]["sweep"]} \
+        >= {(1, 1), (1, 2), (2, 2), (2, 4)}
+    app = ov["scenarios"]["single_stream"]["benchmark_app"]
     assert "skipped" not in app, app
     assert app["median_ms"] > 0 and app["ours_over_app_p50"] > 0
     # interleaved: 2 rounds of (3 of our calls, then benchmark_app for 1 s) on the same input tensor
-    assert len(rows["onnxruntime-fp32"]["samples_ms"]) == 3 and len(ov["samples_ms"]) == 6
+    assert ov["scenarios"]["single_stream"]["model_only_ms"]["samples"] == 6
+    assert rows["onnxruntime-fp32"]["scenarios"]["single_stream"]["model_only_ms"]["samples"] == 3
     assert len(app["rounds"]) == 2 and all(r["median_ms"] > 0 and r["ours_p50_ms"] > 0 for r in app["rounds"])
     assert app["median_ms"] == pytest.approx(sum(r["median_ms"] for r in app["rounds"]) / 2, abs=1e-3)
     ratios = sorted(r["ours_p50_ms"] / r["median_ms"] for r in app["rounds"])
     assert app["ours_over_app_p50"] == pytest.approx(sum(ratios) / 2, abs=1e-3)
     assert "-i INPUT.npy" in app["command"] and "-t 1" in app["command"]
     assert "-infer_precision f32" in app["command"] and app["load_config"] == {"CPU": {"INFERENCE_NUM_THREADS": 2}}
+    # offline against benchmark_app's async mode at our best point: same streams and requests
+    best, asy = ov["scenarios"]["offline"]["conditions"], ov["scenarios"]["offline"]["benchmark_app"]
+    assert "skipped" not in asy, asy
+    assert asy["fps"] > 0 and asy["ours_fps"] > 0 and len(asy["rounds"]) == 2
+    assert f"-nireq {best['requests']}" in asy["command"] and "-api async" in asy["command"]
+    assert asy["load_config"]["CPU"]["NUM_STREAMS"] == best["streams"]
     md = (run_dir / "benchmark.md").read_text()
     assert md.startswith("# edgefpn benchmark") and "| openvino-fp32 |" in md and "benchmark_app" in md
+    assert "## What each FPS means" in md and "**offline**" in md and "b1 s1 r1 t2" in md
 
 
 def test_benchmark_rewrites_a_deleted_markdown(tiny_run, tmp_path):
