@@ -153,8 +153,10 @@ def test_int8_qdq_onnx_converts_and_agrees_with_onnxruntime(tiny_onnx, tmp_path)
             return next(self.batches, None)
 
     qdq = tmp_path / "model.int8.onnx"
+    # 7-bit weights (reduce_range): on an x86 CPU without VNNI, ONNX Runtime's int8 kernels saturate an
+    # int16 sum of 8-bit products (cosine 0.93 here on an AVX2-only VM), which is ORT's error, not OpenVINO's
     quantize_static(str(tiny_onnx), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    reduce_range=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     assert onnx_to_openvino(qdq, tmp_path / "int8/model.xml", compress_to_fp16=False) == OUTPUT_NAMES
     x = sample()
