@@ -53,3 +53,14 @@ def tiny_run(tmp_path_factory) -> tuple[list[str], Path]:
     cfg = load_config(None, overrides)
     export.run(cfg, Path(cfg.run.out), progress=False)
     return overrides, Path(cfg.run.out)
+
+
+@pytest.fixture
+def trt():
+    """The tensorrt module on a machine with a CUDA GPU, else a skip that says what is missing."""
+    from edgefpn.backends.tensorrt import cuda_device
+
+    module = pytest.importorskip("tensorrt", reason="tensorrt is not installed (pip install tensorrt, NVIDIA GPU)")
+    if cuda_device() is None:
+        pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
+    return module

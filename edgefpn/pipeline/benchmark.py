@@ -145,8 +145,8 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         scenarios = {"single_stream": ss, "offline": off}
         if video is not None:
             log(f"[benchmark] {spec.name}: streaming the val video at the deploy and eval thresholds")
-            scenarios["streaming"] = streaming_scenario(
-                spec, {"deploy": make_pipeline(cfg, deploy=True), "eval": make_pipeline(cfg)}, video, threads=threads)
+        scenarios["streaming"] = streaming_scenario(  # {"skipped": why} without val images on disk
+            spec, {"deploy": make_pipeline(cfg, deploy=True), "eval": make_pipeline(cfg)}, video, threads=threads)
         rows.append(_row(spec) | {"latency_ms": ss["model_only_ms"], "fps": ss["fps"], "scenarios": scenarios})
         sweep_rows += _batch_sweep(family, off["sweep"], feed, threads, cfg.check.warmup, iters)
     video_dir.cleanup()

@@ -313,8 +313,9 @@ class BundleSession:
                                           manifest["pipeline"], self.bundle)
         t1 = time.perf_counter()
         latencies, kind = ({}, None) if self.engine is not None else _recorded(manifest, self.bundle)
+        why: list[str] = []  # said once the engine has loaded: a refused bundle gets its one error line only
         self.entry = select_engine(manifest, self.bundle, name=self.engine, tensorrt_probe=self.tensorrt_probe,
-                                   latencies=latencies, kind=kind)
+                                   latencies=latencies, kind=kind, log=why.append)
         check_bundled_onnx(self.bundle, self.entry["path"], backend=self.entry["backend"])
         if self.entry["backend"] == "onnxruntime":  # its declared shapes, from the verified bytes
             from edgefpn.onnx_guard import io_shapes
@@ -347,6 +348,8 @@ class BundleSession:
             self._batch = _check_engine_io(self.runner.io_shapes(), params, self.bundle, e)
         self.timings_s = {"verify": t1 - t0, "extract": t2 - t1, "load": time.perf_counter() - t2}
         _log(f"[runtime] {self.bundle}: verified {len(manifest['files'])} files; engine {e['name']}")
+        for line in why:
+            _log(line)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,7 +21,6 @@ from edgefpn.backends.tensorrt import (
     build_engine,
     build_flags,
     compat_problem,
-    cuda_device,
     trtexec_command,
     unavailable_reason,
 )
@@ -30,15 +29,6 @@ from edgefpn.errors import BackendUnavailable, ModelFileError
 
 ORIN = DeviceInfo("Orin", "8.7", "12.6")
 BUILT = {"tensorrt": {"version": "10.3.0", "compute_capability": "8.7", "device": "Orin"}}
-
-
-@pytest.fixture
-def trt():
-    """The tensorrt module on a machine with a CUDA GPU, else a skip that says what is missing."""
-    module = pytest.importorskip("tensorrt", reason="tensorrt is not installed (pip install tensorrt, NVIDIA GPU)")
-    if cuda_device() is None:
-        pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
-    return module
 
 
 # ----------------------------------------------------------------------------------------------

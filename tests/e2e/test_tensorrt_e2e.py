@@ -12,19 +12,11 @@ import onnx
 import pytest
 
 from edgefpn.backends import EngineSpec
-from edgefpn.backends.tensorrt import TensorRTRunner, build_engine, cuda_device
+from edgefpn.backends.tensorrt import TensorRTRunner, build_engine
 from edgefpn.config import TensorRTConfig
 from edgefpn.e2e.graph import detection_tail
 from edgefpn.postprocess import PostprocessParams, decode, decoder_for
 from tests.e2e.test_graph import SIZE, _raw
-
-
-@pytest.fixture
-def trt():
-    module = pytest.importorskip("tensorrt", reason="tensorrt is not installed (pip install tensorrt, NVIDIA GPU)")
-    if cuda_device() is None:
-        pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
-    return module
 
 
 @pytest.mark.tensorrt

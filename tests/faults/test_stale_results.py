@@ -43,7 +43,7 @@ def _first_image(data: Path, split: str) -> Path:
 
 
 # what each stage logs when it does its work ("up to date" lines are said once per process)
-WORK = {"train": "[train] fcos/", "export": "[export] exporting", "quantize": "[quantize] INT8 QDQ mAP",
+WORK = {"train": "[train] fcos/", "export": "[export] exporting", "quantize": "[quantize] INT8 QDQ (",
         "check": "[check] wrote"}
 
 

@@ -120,9 +120,11 @@ def test_benchmark_rewrites_a_deleted_markdown(tiny_run, tmp_path):
         r = streaming[name]
         assert r["frames"] == 6 and r["dropped"] == 0 and r["fps"] > 0
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
-        assert r["conditions"] == {"threads": cfg.run.threads, "streams": 1, "requests": 2, "batch": 1}
+        knobs = {k: r["conditions"][k] for k in ("threads", "streams", "requests", "batch")}
+        assert knobs == {"threads": cfg.run.threads, "streams": 1, "requests": 2, "batch": 1}
+        assert "cpu_model" in r["conditions"]  # and the machine facts (run_conditions)
     assert streaming["eval"]["score_thresh"] == cfg.postprocess.score_thresh
-    assert "streaming FPS, deploy" in (run_dir / "benchmark.md").read_text()
+    assert "streaming FPS (deploy / eval)" in (run_dir / "benchmark.md").read_text()
     (run_dir / "benchmark.md").unlink()
     bench()  # not "up to date": benchmark.md is missing
     assert (run_dir / "benchmark.md").read_text().startswith("# edgefpn benchmark")

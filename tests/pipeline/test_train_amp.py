@@ -14,7 +14,7 @@ def test_amp_values():
     assert load_config(None, ["train.amp=off"]).train.amp == "off"  # YAML 1.1 reads `off` as false
     assert load_config(None, []).train.amp == "off"
     assert load_config(None, ["train.amp=bf16"]).train.amp == "bf16"
-    with pytest.raises(ConfigError, match=r"train\.amp must be off, bf16 or fp16, got True"):
+    with pytest.raises(ConfigError, match=r"train\.amp must be off, bf16, fp16 or auto, got True"):
         load_config(None, ["train.amp=on"])
 
 
