@@ -78,7 +78,7 @@ def _torchvision_model(layout: str, path: Path) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.slow
+@pytest.mark.shipped  # torchvision's full-size layouts: `make test-shipped` (CI runs it after make test)
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_predict_matches_torchvision(layout: str, images: Path, tmp_path: Path) -> None:
     weights = tmp_path / "weights.pt"

@@ -119,7 +119,7 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(degenerate, np.minimum(*per_axis), box_iou(a, b))
 
 
-@pytest.mark.slow
+@pytest.mark.shipped  # torchvision's full-size layouts: `make test-shipped` (CI runs it after make test)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_predict_matches_torchvision(layout: str, images: Path, tmp_path: Path) -> None:
     config = ROOT / "configs" / "torchvision" / f"{layout}.yaml"
