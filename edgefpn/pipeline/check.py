@@ -29,6 +29,7 @@ from edgefpn.artifacts import (
 from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config, config_hash, to_dict
+from edgefpn.data.preprocess import load_image
 from edgefpn.errors import CheckFailed
 from edgefpn.inference import detect_file
 from edgefpn.metrics.coco import coco_map, detections_to_coco
@@ -164,12 +165,14 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
         u8_pipe = next((p for p in pipes.values() if p.input == "uint8"), None)
         for start in range(0, len(records), step):
             chunk = records[start:start + step]
-            prepared = [pipe.prepare_file(rec.path) for rec in chunk]
+            # each image decoded once, whatever contracts the engines take
+            images = [load_image(rec.path) for rec in chunk]
+            prepared = [pipe.prepare(image) for image in images]
             batch = np.concatenate([b for b, _ in prepared])
             lbs = [lb for _, lb in prepared]
             feeds = {"float": {INPUT_NAME: batch}}
             if u8_pipe is not None:  # an in-graph twin's uint8 contract: the same images, letterboxed only
-                u8 = [u8_pipe.feed_file(rec.path)[0] for rec in chunk]
+                u8 = [u8_pipe.feed_image(image)[0] for image in images]
                 feeds["uint8"] = {k: np.concatenate([f[k] for f in u8]) for k in u8[0]}
             ref_out = runners[reference.name].infer({INPUT_NAME: batch})
             ref_dets = pipe.decode(ref_out, lbs)
