@@ -92,6 +92,10 @@ class _OpenVinoEngine:
         self._queue.wait_all()
 
     def close(self) -> None:
+        # wait_all first, also after an error: OpenVINO's requests must be idle (their callbacks
+        # done) before the queue is destroyed, or a request thread calls into a freed queue
+        if self._queue is not None:
+            self._queue.wait_all()
         self._queue = None
 
 

@@ -62,6 +62,11 @@ def build_loader(cfg: Config, dataset, dist: Dist) -> tuple[torch.utils.data.Dat
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=t.workers,
         persistent_workers=t.workers > 0, pin_memory=dist.device.type == "cuda",
         worker_init_fn=_seed_worker if t.workers else None,
+        # Not fork: by the time the loader starts, the process holds OpenMP/oneDNN thread pools (and,
+        # in one Python process like the test suite, OpenVINO's and ONNX Runtime's); a forked child
+        # inherits their locks mid-state, and the test suite segfaulted on exit about one run in two.
+        # forkserver children start clean, once per run: the workers are persistent.
+        multiprocessing_context="forkserver" if t.workers else None,
         generator=torch.Generator().manual_seed(hash_seed(cfg.run.seed, dist.rank)),
     )
     return loader, sampler
