@@ -173,11 +173,12 @@ def default_requests(stages: Any) -> int:
 
 def open_engine(stages: Any, *, requests: int) -> Any:
     """The in-flight engine for ``stages.runner`` (:class:`edgefpn.runtime.FrameStages`)."""
-    backend = getattr(getattr(stages.runner, "spec", None), "backend", None)
-    if backend == "openvino" and getattr(stages.runner, "compiled", None) is not None:
+    from edgefpn.backends import BACKENDS
+
+    record = BACKENDS.get(getattr(getattr(stages.runner, "spec", None), "backend", None))
+    mode = "serial" if record is None else record.throughput  # unknown runner: not assumed thread-safe
+    if mode == "requests" and getattr(stages.runner, "compiled", None) is not None:
         return _OpenVinoEngine(stages.runner, requests)
-    if backend == "tensorrt":
+    if mode == "cuda-streams":
         return _TensorRTEngine(stages.runner, requests)
-    if backend == "onnxruntime":
-        return _ThreadedEngine(stages.infer, requests)
-    return _ThreadedEngine(stages.infer, 1)  # unknown runner: not assumed thread-safe
+    return _ThreadedEngine(stages.infer, requests if mode == "threads" else 1)
