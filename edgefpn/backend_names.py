@@ -33,6 +33,8 @@ NAMES: dict[str, Names] = {
     "onnxruntime": Names(built=False, checked=True, default=True, packages=("onnxruntime",)),
     "openvino": Names(built=True, checked=True, default=True, packages=("openvino", "nncf"), reads="ir"),
     "tensorrt": Names(built=True, checked=True, default=True, packages=("tensorrt",), reads="file+manifest"),
+    # opt-in: build.targets and check.backends must name it (the default run's outputs stay as they were)
+    "executorch": Names(built=True, checked=True, default=False, packages=("executorch",), reads="file+manifest"),
 }
 
 BUILD_TARGETS = tuple(n for n, b in NAMES.items() if b.built)  # `edgefpn build --target` choices

@@ -238,7 +238,7 @@ def quantize(cfg, run_dir: Path, force: bool, progress: bool) -> None:
               help="Engine precision; repeatable (default: build.precisions).")
 def build(cfg, run_dir: Path, force: bool, progress: bool, targets: tuple[str, ...],
           precisions: tuple[str, ...]) -> None:
-    """Build the engines of each target (OpenVINO IR, TensorRT) from the exported model."""
+    """Build the engines of each target (OpenVINO IR, TensorRT, ExecuTorch) from the exported model."""
     from edgefpn.pipeline import build as stage
 
     for art in stage.run(cfg, run_dir, targets=targets or None, precisions=precisions or None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from edgefpn.backends import executorch as _executorch
 from edgefpn.backends import onnxruntime as _onnxruntime
 from edgefpn.backends import openvino as _openvino
 from edgefpn.backends import tensorrt as _tensorrt
@@ -23,6 +24,7 @@ from edgefpn.backends.base import (
     Runner,
     engine_batch,
 )
+from edgefpn.backends.executorch import ExecuTorchRunner
 from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
 from edgefpn.backends.openvino import OpenVinoRunner
 from edgefpn.backends.tensorrt import TensorRTRunner
@@ -34,6 +36,7 @@ BACKENDS: Mapping[str, Backend] = {
     "onnxruntime": _onnxruntime.BACKEND,
     "openvino": _openvino.BACKEND,
     "tensorrt": _tensorrt.BACKEND,
+    "executorch": _executorch.BACKEND,
 }
 
 
@@ -70,5 +73,5 @@ def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
 
 
 __all__ = ["BACKENDS", "CAPABILITIES", "INPUT_NAME", "RUNNERS", "Backend", "BaseRunner", "BatchedRunner",
-           "EngineSpec", "OnnxRuntimeRunner", "OpenVinoRunner", "Runner", "TensorRTRunner",
+           "EngineSpec", "ExecuTorchRunner", "OnnxRuntimeRunner", "OpenVinoRunner", "Runner", "TensorRTRunner",
            "TorchRunner", "backend", "engine_batch", "open_runner"]

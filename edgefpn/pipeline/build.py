@@ -9,6 +9,7 @@ version, build settings and the TensorRT lint findings of its source:
 * ``tensorrt/{fp16,int8}/model.engine``: plain TensorRT engines (fp16 from ``model.onnx``, int8 from
   the Q/DQ ``model.int8.onnx``), beside a ``trtexec.sh`` that builds the same engine on the target
   device (a Jetson) from the same ONNX.
+* ``executorch/fp32/model.pte`` (opt in): an ExecuTorch program (XNNPACK delegate) from ``model.pt``.
 
 Targets the user names (``--target``) must be available, else a one-line error and nothing is
 written. Targets that come from the config (``build.targets``) are built where possible; the rest are

@@ -22,7 +22,8 @@ and ONNX Runtime fp16 below fp32 because CPUs compute them in f32 anyway or inse
 says which engine was picked and why.
 An engine can run here when its backend record's ``target_problem`` says so (edgefpn.backends): TensorRT
 version and compute capability per :func:`edgefpn.backends.tensorrt.compat_problem`; OpenVINO not older
-than the one that built the IR; ONNX files on any ONNX Runtime.
+than the one that built the IR; ONNX files on any ONNX Runtime; ExecuTorch programs where executorch and
+torch import.
 """
 
 from __future__ import annotations
