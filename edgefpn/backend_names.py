@@ -3,7 +3,7 @@ tracking need without importing numpy or torch (loading a config imports no torc
 
 Everything else about a backend (runner, engine paths, build, availability, device compatibility,
 bundle metadata, throughput mode) is its ``Backend`` record in ``edgefpn/backends/<name>.py``;
-``tests/backends/test_registry.py`` checks that this table and ``edgefpn.backends.BACKENDS`` name the
+``tests/backends/test_backend_registry.py`` checks that this table and ``edgefpn.backends.BACKENDS`` name the
 same backends in the same order.
 """
 
