@@ -62,6 +62,21 @@ class _ThreadedEngine:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _reader(names: list[str]) -> Callable[[Any, tuple[Done, np.ndarray]], None]:
+    """An AsyncInferQueue callback: the request's outputs (copied: the request's tensors are overwritten by
+    its next call) by output index, handed to the submitter's ``done``."""
+
+    def finished(request: Any, userdata: tuple[Done, np.ndarray]) -> None:
+        done, _ = userdata  # the input array rode along: shared with the request until now
+        try:
+            out: Any = {name: np.array(request.get_output_tensor(i).data) for i, name in enumerate(names)}
+        except BaseException as exc:  # noqa: BLE001 - handed to the decode worker, re-raised there
+            out = exc
+        done(out)
+
+    return finished
+
+
 class _OpenVinoEngine:
     """``openvino.AsyncInferQueue`` over the runner's compiled model (same config as its sync calls)."""
 
@@ -70,18 +85,12 @@ class _OpenVinoEngine:
 
         compiled = runner.compiled
         self.requests = requests
-        self._ports = [(port, port.get_any_name()) for port in compiled.outputs]
         self._queue = ov.AsyncInferQueue(compiled, requests)
-        self._queue.set_callback(self._finished)
-
-    def _finished(self, request: Any, userdata: tuple[Done, np.ndarray]) -> None:
-        done, _ = userdata  # the input array rode along: shared with the request until now
-        try:
-            # copied: the request's output tensors are overwritten by its next call
-            out: Any = {name: np.array(request.get_tensor(port).data) for port, name in self._ports}
-        except BaseException as exc:  # noqa: BLE001
-            out = exc
-        done(out)
+        # The callback holds output names only: no port (a port keeps its CompiledModel alive) and no
+        # `self`. A callback runs on OpenVINO's executor thread; had it held the last reference to the
+        # compiled model, the model would be destroyed there, and its executor joining its own thread
+        # aborts the process (std::system_error; seen about one stream in five in the test suite).
+        self._queue.set_callback(_reader([port.get_any_name() for port in compiled.outputs]))
 
     def submit(self, batch: np.ndarray, done: Done) -> None:
         batch = np.ascontiguousarray(batch)  # the dtype prepare made (the engine input type)
