@@ -23,8 +23,7 @@ from edgefpn.inference import detect_file
 from edgefpn.pipeline.check import ENGINE_FILES
 from edgefpn.pipeline.common import make_pipeline, recorded_arch
 
-SETS = ["train.amp=off", "train.channels_last=false", "train.epochs=1", "run.threads=1",
-        "export.input=uint8", "export.nms=true"]
+SETS = ["export.input=uint8", "export.nms=true"]
 
 
 def main(run_dir: Path, raw: str, pairs: int) -> None:
