@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ from typing import Any
 import click
 
 from edgefpn.backend_names import BUILD_TARGETS
-from edgefpn.errors import EdgefpnError
+from edgefpn.errors import ConfigError, EdgefpnError
 
 _DEBUG = False
+# how long a torchrun rank other than 0 waits, on a config error that rank 0 reports, to be stopped
+RANK0_GRACE_S = 30.0
 
 
 class _Group(click.Group):
@@ -35,6 +38,11 @@ class _Group(click.Group):
                 raise
             if _say_in_this_rank(exc):
                 click.echo(f"error: {_rank_prefix()}{exc}", err=True)
+            elif isinstance(exc, ConfigError):
+                # rank 0 says it. torchrun stops every rank as soon as one exits, so a silent rank that
+                # exited first could kill rank 0 before its line is out (seen on a loaded machine):
+                # wait, bounded, to be stopped by torchrun when rank 0 has exited
+                time.sleep(RANK0_GRACE_S)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             if _rank_prefix() in ("", "rank 0: "):
@@ -69,7 +77,6 @@ def _say_in_this_rank(exc: EdgefpnError) -> bool:
     another rank died (``PeerLost``) is a consequence (the failing rank says why, or torchrun's summary
     names the rank that was killed). Every other error is this rank's own and is said here.
     """
-    from edgefpn.errors import ConfigError
 
     if not _rank_prefix():
         return True
