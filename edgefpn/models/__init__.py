@@ -3,9 +3,10 @@
 from edgefpn.models.backbones import BACKBONES, LevelSpec, ResNetFPN, resnet_fpn
 from edgefpn.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from edgefpn.models.export import export_onnx
-from edgefpn.models.fcos import FCOS_LEVELS, FCOSExportWrapper, IdentityTransform, fcos
+from edgefpn.models.fcos import FCOS_LEVELS, FCOSExportWrapper, fcos
 from edgefpn.models.outputs import ExportModule
 from edgefpn.models.registry import ARCHITECTURES, ArchSpec, arch_spec, build_model, export_wrapper
+from edgefpn.models.transform import IdentityTransform
 
 __all__ = [
     "ARCHITECTURES",

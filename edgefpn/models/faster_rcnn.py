@@ -28,9 +28,9 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from edgefpn.models.backbones import LastLevelMaxPoolNamed, ResNetFPN, level_stride, mobilenet_fpn, resnet_fpn
-from edgefpn.models.fcos import IdentityTransform
 from edgefpn.models.necks import AUX_LOSS_WEIGHT, ConsistentSupervision, attach_neck
 from edgefpn.models.necks.soft_roi import SoftRoISelection, StaticRoIPool
+from edgefpn.models.transform import IdentityTransform
 
 __all__ = ["FASTER_RCNN_LEVELS", "VARIANTS", "AugEdgeFasterRCNN", "EdgeFasterRCNN", "faster_rcnn"]
 

@@ -6,7 +6,8 @@ from torchvision.models.detection import FCOS
 from torchvision.models.detection.image_list import ImageList
 
 from edgefpn.models import ARCHITECTURES, build_model
-from edgefpn.models.fcos import IdentityTransform, fcos
+from edgefpn.models.fcos import fcos
+from edgefpn.models.transform import IdentityTransform
 
 TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "head_convs": 1}
 
