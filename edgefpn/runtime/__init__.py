@@ -41,7 +41,7 @@ import numpy as np
 from edgefpn import bundle as bundle_io
 from edgefpn.backends.base import EngineSpec, Runner
 from edgefpn.errors import BackendUnavailable, ModelFileError
-from edgefpn.inference import Pipeline, detect_file
+from edgefpn.inference import PrePost, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
 from edgefpn.runtime import schema
 
@@ -202,9 +202,10 @@ def check_bundled_onnx(bundle: Path, name: str, *, backend: str | None = None) -
                              f"{info.get('location', '')!r}; a bundled ONNX must be self-contained")
 
 
-def pipeline_from(params: Mapping[str, Any]) -> Pipeline:
+def prepost_from(params: Mapping[str, Any]) -> PrePost:
+    """The bundle's ``pipeline.json`` (preprocess / postprocess / arch) as a :class:`PrePost`."""
     pre, post = params["preprocess"], params["postprocess"]
-    return Pipeline(
+    return PrePost(
         input_size=tuple(pre["input_size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
         post=PostprocessParams(score_thresh=post["score_thresh"], nms_thresh=post["nms_thresh"],
                                topk_candidates=post["topk_candidates"],
@@ -248,7 +249,7 @@ class FrameStages:
     input), ``infer`` (one engine call) and ``decode`` (outputs -> detections). Nothing is
     re-implemented here: each stage is the one call the single-image path makes."""
 
-    pipeline: Pipeline
+    pipeline: PrePost
     runner: Runner
     batch: int = 1  # the engine's static N of its [N, 3, H, W] input
 
@@ -333,7 +334,7 @@ class BundleSession:
             raise ModelFileError(f"{self.bundle}: {manifest['pipeline']} changed while it was being extracted")
         try:  # schema-valid settings the decoder still refuses: one line, no traceback
             # the engine's contract: a uint8 feed, and no numpy decode when it returns detections
-            self.pipeline = replace(pipeline_from(params), input=self.entry.get("input", "float"),
+            self.pipeline = replace(prepost_from(params), input=self.entry.get("input", "float"),
                                     contract=self.entry.get("contract", "raw"))
             self.category_ids = [int(c) for c in params["classes"]["category_ids"]]
         except (KeyError, TypeError, ValueError) as exc:

@@ -106,7 +106,7 @@ def bench_streaming(spec: Any, pipeline: Any, images: Sequence[Path], *, threads
 def streaming_scenario(spec: Any, pipelines: dict[str, Any], video: Path | None, *, threads: int,
                        requests: int | None = None) -> dict[str, Any]:
     """The ``streaming`` scenario of one engine (an :class:`~edgefpn.backends.base.EngineSpec`), per
-    threshold: ``pipelines`` maps a name (``deploy``, ``eval``) to the Pipeline decoding at it. The
+    threshold: ``pipelines`` maps a name (``deploy``, ``eval``) to the ``PrePost`` decoding at it. The
     engine is opened once, as ``python -m edgefpn.runtime stream`` opens it (OpenVINO: THROUGHPUT hint,
     its optimal number of requests in flight)."""
     from edgefpn.runtime import open_runner
