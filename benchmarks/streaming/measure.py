@@ -108,12 +108,12 @@ def _session(args: argparse.Namespace):
         return
     from edgefpn.backends.base import EngineSpec
     from edgefpn.config import load_config
-    from edgefpn.pipeline.common import make_pipeline
+    from edgefpn.pipeline.common import make_prepost
 
     backend, precision = args.engine.split("-")
     rel = "model.onnx" if backend == "onnxruntime" else f"{backend}/{precision}"
     spec = EngineSpec(args.engine, backend, precision, args.run_dir / rel)
-    prepost = make_pipeline(load_config(args.config, []), deploy=True)
+    prepost = make_prepost(load_config(args.config, []), deploy=True)
     with open_runner(spec, threads=args.threads) as runner:
         yield types.SimpleNamespace(spec=spec, prepost=prepost, stages=FrameStages(prepost, runner))
 

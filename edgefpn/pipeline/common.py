@@ -103,7 +103,7 @@ def deploy_score_thresh(cfg: Config) -> float:
     return cfg.postprocess.score_thresh if t is None else t
 
 
-def make_pipeline(cfg: Config, *, arch: str | None = None, deploy: bool = False) -> PrePost:
+def make_prepost(cfg: Config, *, arch: str | None = None, deploy: bool = False) -> PrePost:
     """Preprocessing of ``cfg.model`` and the decoder of ``arch`` (``cfg.model.arch`` by default);
     ``deploy=True`` decodes at the deployment score threshold (see :func:`postprocess_params`)."""
     m = cfg.model

@@ -116,7 +116,7 @@ def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
 
     from edgefpn.backends import EngineSpec
     from edgefpn.pipeline import data as data_stage
-    from edgefpn.pipeline.common import make_pipeline
+    from edgefpn.pipeline.common import make_prepost
     from edgefpn.pipeline.report import render_markdown
 
     overrides, run_dir, report = checked
@@ -126,7 +126,7 @@ def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
              EngineSpec("onnxruntime-int8", "onnxruntime", "int8", run_dir / "model.int8.ort.onnx")]
     with contextlib.ExitStack() as stack:
         runners = {s.name: stack.enter_context(_RunsFourTimesWhenInt8(s, threads=1)) for s in specs}
-        speed = check._int8_speedups(runners, specs, make_pipeline(cfg), records, cfg)["onnxruntime-int8"]
+        speed = check._int8_speedups(runners, specs, make_prepost(cfg), records, cfg)["onnxruntime-int8"]
     assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 4 and speed["speedup"] < 1
     entry = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8") | {"int8_speedup": speed}
     gates = check._gates(entry, cfg, is_reference=False)

@@ -19,7 +19,7 @@ from edgefpn.backends.base import EngineSpec
 from edgefpn.backends.tensorrt import DeviceInfo
 from edgefpn.inference import detect_file
 from edgefpn.pipeline import package
-from edgefpn.pipeline.common import make_pipeline
+from edgefpn.pipeline.common import make_prepost
 from edgefpn.runtime import __main__ as runtime_main
 from edgefpn.runtime import open_runner
 
@@ -89,7 +89,7 @@ def _expected(cfg, run_dir: Path, art, images: Path, engine: str) -> list[tuple]
     """What the check stage's pipeline detects with ``engine``: (file, category id, xyxy box, score)."""
     backend, precision = engine.split("-")
     rel = {"openvino": "openvino/fp32", "onnxruntime": "model.onnx"}[backend]
-    pipe = make_pipeline(cfg, deploy=True)  # the bundle keeps what a deployed detector keeps
+    pipe = make_prepost(cfg, deploy=True)  # the bundle keeps what a deployed detector keeps
     with tarfile.open(art.path) as tar:
         category_ids = json.loads(tar.extractfile("pipeline.json").read())["classes"]["category_ids"]
     expected = []
