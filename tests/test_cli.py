@@ -180,7 +180,7 @@ def test_cli_keeps_vendor_telemetry_off(tmp_path):
     import sys
 
     code = ("import sys\nfrom edgefpn.cli import main\n"
-            "try:\n    main(['lint', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+            "try:\n    main(['trt-lint', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
             "import openvino.tools.ovc.convert_impl as c\nprint(c.tm.__name__)")
     missing = tmp_path / "none.onnx"
     env = {k: v for k, v in __import__("os").environ.items() if k != "EDGEFPN_VENDOR_TELEMETRY"}

@@ -277,7 +277,7 @@ def _tensorrt(cfg: Config, run_dir: Path, precision: str, src: _Source, *, force
     errs = errors(src.lint)
     if errs:
         raise ModelFileError(f"{src.path}: {len(errs)} TensorRT lint error(s), first: {errs[0]} "
-                             f"(all: edgefpn lint {src.path})")
+                             f"(all: edgefpn trt-lint {src.path})")
     settings = cfg.build.tensorrt
     device = trt_backend.cuda_device()
     version = trt_backend.tensorrt_version()
