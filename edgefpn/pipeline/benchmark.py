@@ -49,11 +49,11 @@ from edgefpn.config import Config, config_hash
 from edgefpn.errors import ConfigError, ModelFileError
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline.benchmark_app import benchmark_app, parse_benchmark_app
-from edgefpn.pipeline.benchmark_md import render_markdown
 from edgefpn.pipeline.check import ENGINE_FILES
 from edgefpn.pipeline.common import log, make_prepost
 from edgefpn.pipeline.lineage import current_engines
-from edgefpn.pipeline.report import system_info
+from edgefpn.report.benchmark_md import render_markdown
+from edgefpn.report.check_md import system_info
 from edgefpn.runtime import scenarios as sc
 from edgefpn.runtime.scenario import streaming_scenario
 

@@ -40,11 +40,11 @@ from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_prepost, recorded_arch
 from edgefpn.pipeline.data import require_annotations
-from edgefpn.pipeline.gallery import Gallery
 from edgefpn.pipeline.lineage import current_engines
-from edgefpn.pipeline.report import render_markdown, system_info, with_compute
-from edgefpn.pipeline.report_html import render_html
 from edgefpn.postprocess import decoder_for, split_output_name
+from edgefpn.report.check_html import render_html
+from edgefpn.report.check_md import render_markdown, system_info, with_compute
+from edgefpn.report.gallery import Gallery
 
 REPORT = "report.json"
 REFERENCE = EngineSpec("torch-fp32", "torch", "fp32", Path(train_stage.ARTIFACT))

@@ -12,7 +12,7 @@ from edgefpn.artifacts import manifest_path, read_manifest, sha256_file
 from edgefpn.config import load_config
 from edgefpn.errors import CheckFailed
 from edgefpn.pipeline import check, export, train
-from edgefpn.pipeline.report import render_markdown
+from edgefpn.report.check_md import render_markdown
 
 
 def test_export_is_static_with_15_named_outputs(tiny_run):

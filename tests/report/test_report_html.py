@@ -16,7 +16,7 @@ from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
 from edgefpn.config import load_config
 from edgefpn.errors import CheckFailed
 from edgefpn.pipeline import check
-from edgefpn.pipeline.report_html import render_html, ship_choice
+from edgefpn.report.check_html import render_html, ship_choice
 
 FAST = ["check.backends=[onnxruntime]", "check.max_images=2"]
 
@@ -117,7 +117,7 @@ def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
     from edgefpn.backends import EngineSpec
     from edgefpn.pipeline import data as data_stage
     from edgefpn.pipeline.common import make_prepost
-    from edgefpn.pipeline.report import render_markdown
+    from edgefpn.report.check_md import render_markdown
 
     overrides, run_dir, report = checked
     cfg = load_config(None, [*overrides, *FAST, "check.latency_iters=4", "check.min_int8_speedup=1"])
