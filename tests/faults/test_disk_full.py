@@ -1,4 +1,4 @@
-"""Case 11 of issue 8: the disk fills up while a stage writes.
+"""A full disk while a stage writes: one error line, and the run directory as it was.
 
 Two ways, each asserting one line naming the artifact, exit 2, and the run directory exactly as before:
 

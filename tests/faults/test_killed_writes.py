@@ -1,4 +1,4 @@
-"""Case 9 of issue 8: a stage SIGKILLed while it writes (train checkpoint, training resume state, ONNX
+"""A stage SIGKILLed while it writes (train checkpoint, training resume state, ONNX
 export, OpenVINO IR, bundle).
 
 Each runs ``edgefpn`` in a subprocess whose writer is patched to write half of its bytes and then

@@ -1,4 +1,4 @@
-"""Case 12 of issue 8: an engine that outputs NaN or Inf fails the check stage, which names the engine,
+"""An engine that outputs NaN or Inf fails the check stage, which names the engine,
 the output and the level (in the one error line and in report.json), and exits 4."""
 
 from __future__ import annotations

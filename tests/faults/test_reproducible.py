@@ -1,4 +1,4 @@
-"""Case 14 of issue 8: the same inputs give the same bytes.
+"""The same inputs give the same bytes.
 
 * exporting the same checkpoint twice (a fresh export, in another run directory) gives a byte-identical
   ONNX, and loading the same weights twice gives a byte-identical ``model.pt``;

@@ -1,4 +1,4 @@
-"""Case 10 of issue 8: a changed model, calibration set, preprocessing or backend version never reuses a
+"""A changed model, calibration set, preprocessing or backend version never reuses a
 calibration, timing or compiled-model cache (nor a check report or benchmark measured with the old one).
 """
 

@@ -1,4 +1,4 @@
-"""Issue 16, section 2: no stale results.
+"""No stale results: every figure comes from the run's current inputs.
 
 * A stage's inputs are the content it reads, images included: an image replaced in place (the
   annotation files untouched) reruns the stages that read it, and a no-op rerun opens no image.

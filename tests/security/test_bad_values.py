@@ -1,4 +1,4 @@
-"""Issue 16, section 5: bad values are bad input, refused at load time.
+"""Bad values are bad input, refused at load time.
 
 Each is one ``error:`` line naming the key or flag, exit 2, no traceback, and the user's folder exactly
 as before (nothing trained, evaluated or extracted first).

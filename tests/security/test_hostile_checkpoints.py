@@ -1,4 +1,4 @@
-"""Cases 1-2 of issue 8: checkpoints that run code on load, and corrupt or ill-fitting checkpoints.
+"""Checkpoints that run code on load, and corrupt or ill-fitting checkpoints.
 
 Each goes through ``edgefpn train --set model.weights=FILE`` into a copy of the tiny run: one line
 naming the file and the problem, exit 2, the canary absent, the run directory byte-identical.

@@ -1,4 +1,4 @@
-"""Cases 3-4 of issue 8: ONNX files whose external data escapes their folder, and files that are not ONNX.
+"""ONNX files whose external data escapes their folder, and files that are not ONNX.
 
 Entry points: ``edgefpn trt-lint FILE.onnx`` (the CLI command that reads a user's ONNX), the device
 runtime on a bundle holding such a model, and the ONNX Runtime runner every stage uses. The escaping

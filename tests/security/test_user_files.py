@@ -1,4 +1,4 @@
-"""Issue 16, part 1: nothing the user owns is deleted or overwritten.
+"""Nothing the user owns is deleted or overwritten.
 
 One test per class, through the CLI or the runtime as a user would type it: a path that edgefpn
 would write (``--extract-to``, ``--out``, ``--save``, a run directory, the built-in dataset's folder)
