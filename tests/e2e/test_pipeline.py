@@ -10,7 +10,7 @@ import pytest
 from edgefpn.artifacts import sha256_path
 from edgefpn.config import load_config
 from edgefpn.errors import CheckFailed
-from tests.faults.conftest import copy_run
+from tests.conftest import copy_run
 
 # ONNX Runtime FP32 only, three val images: the contract, not the speed (OpenVINO's grafted IR is
 # compared with the numpy decoder in test_graph.py; check handles it as any other backend)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import cli, leftovers, refused, snapshot, tiny_sets
 
 NO_SPACE = r"not written: No space left on device.*; nothing partial was kept"

@@ -21,8 +21,7 @@ import pytest
 
 from edgefpn.artifacts import manifest_path, require
 from edgefpn.ownership import LOCK_NAME
-from tests.conftest import TINY
-from tests.faults.conftest import copy_run
+from tests.conftest import TINY, copy_run
 from tests.security.harness import EMPTY_CONFIG, cli, leftovers, snapshot, tiny_sets
 
 PRELUDE = """

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from edgefpn import bundle
 from edgefpn.artifacts import manifest_path
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import cli, tiny_sets
 
 TIMESTAMP_KEYS = {"created_unix"}

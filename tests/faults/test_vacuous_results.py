@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import cli, refused, snapshot, tiny_sets
 
 

@@ -26,8 +26,9 @@ from edgefpn.models.necks import (
     attach_neck,
     detector_class,
 )
+from tests.conftest import tiny_build_kwargs
 
-TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "head_convs": 1, "num_classes": 3}
+TINY = tiny_build_kwargs(num_classes=3)
 
 
 def _targets() -> list[dict[str, torch.Tensor]]:

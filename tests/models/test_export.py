@@ -12,8 +12,9 @@ import torch
 
 from edgefpn.models.export import export_onnx
 from edgefpn.models.fcos import FCOSExportWrapper, fcos, fcos_output_names, fcos_output_shapes
+from tests.conftest import tiny_build_kwargs
 
-TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "head_convs": 1}
+TINY = tiny_build_kwargs()
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 
 

@@ -14,8 +14,9 @@ from edgefpn.models.faster_rcnn import FASTER_RCNN_LEVELS, faster_rcnn
 from edgefpn.models.faster_rcnn_export import FasterRCNNExportWrapper, MultiLevelRoIAlign
 from edgefpn.models.registry import build_model
 from edgefpn.postprocess import PostprocessParams, box_iou, faster_rcnn_decode
+from tests.conftest import tiny_build_kwargs
 
-TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "backbone_width": 16, "representation_size": 64}
+TINY = tiny_build_kwargs("faster_rcnn")
 PARAMS = PostprocessParams(score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
 SIZE = (96, 128)
 

@@ -17,6 +17,7 @@ from edgefpn.config import load_config
 from edgefpn.errors import CheckFailed
 from edgefpn.pipeline import check
 from edgefpn.report.check_html import render_html, ship_choice
+from tests.conftest import copy_run
 
 FAST = ["check.backends=[onnxruntime]", "check.max_images=2"]
 
@@ -25,8 +26,7 @@ FAST = ["check.backends=[onnxruntime]", "check.max_images=2"]
 def checked(tiny_run, tmp_path_factory):
     """A copy of the tiny run after a passing `check` (torch reference + ONNX Runtime)."""
     overrides, src = tiny_run
-    run_dir = tmp_path_factory.mktemp("html") / "run"
-    shutil.copytree(src, run_dir)
+    run_dir = copy_run(src, tmp_path_factory.mktemp("html") / "run")
     check.run(load_config(None, [*overrides, "check.backends=[onnxruntime]"]), run_dir, progress=False)
     return overrides, run_dir, json.loads((run_dir / "report.json").read_text())
 
@@ -87,8 +87,7 @@ def _nan_box_p4(out):
 ])
 def test_perturbed_engine_fails_and_names_the_level(checked, tmp_path, monkeypatch, perturb, output, needle):
     overrides, src, _ = checked
-    run_dir = tmp_path / "run"
-    shutil.copytree(src, run_dir)
+    run_dir = copy_run(src, tmp_path / "run")
     monkeypatch.setitem(edgefpn.backends.RUNNERS, "onnxruntime", _perturbing(perturb))
     level = output.split("_")[1]
     with pytest.raises(CheckFailed, match=f"onnxruntime-fp32: {output}: .*{needle}.*\\(level {level}\\)"):

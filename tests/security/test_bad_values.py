@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from edgefpn.runtime import __main__ as runtime_main
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import cli, refused, refused_text, snapshot, tiny_sets
 from tests.security.test_hostile_bundles import valid  # noqa: F401  (fixture)
 
