@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefpn.backend_names import backend_packages
 from edgefpn.digests import cached_sha256
 from edgefpn.errors import EdgefpnError
 
@@ -32,6 +33,8 @@ _TRACKED_PACKAGES = (
     "edgefpn", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf",
     "pillow", "pycocotools", "tensorrt",
 )
+# and every backend's own (edgefpn.backend_names), so a new backend's version is recorded without an edit here
+_TRACKED_PACKAGES += tuple(p for p in backend_packages() if p not in _TRACKED_PACKAGES)
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,7 @@ def backend_versions() -> dict[str, str]:
     key of anything cached from running engines (calibration ranges, timings, check reports), so an
     upgraded backend never reuses numbers measured with the old one."""
     versions = tool_versions()
-    return {k: versions[k] for k in ("onnxruntime", "openvino", "nncf", "tensorrt", "numpy", "pillow")
-            if k in versions}
+    return {k: versions[k] for k in (*backend_packages(), "numpy", "pillow") if k in versions}
 
 
 def _fsync_dir(path: Path) -> None:

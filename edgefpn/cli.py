@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from edgefpn.backend_names import BUILD_TARGETS
 from edgefpn.errors import EdgefpnError
 
 _DEBUG = False
@@ -231,13 +232,13 @@ def quantize(cfg, run_dir: Path, force: bool, progress: bool) -> None:
 
 @main.command()
 @stage_options
-@click.option("--target", "targets", multiple=True, type=click.Choice(["openvino", "tensorrt"]),
+@click.option("--target", "targets", multiple=True, type=click.Choice(BUILD_TARGETS),
               help="Engine target; repeatable (default: build.targets, skipping those missing here).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Engine precision; repeatable (default: build.precisions).")
 def build(cfg, run_dir: Path, force: bool, progress: bool, targets: tuple[str, ...],
           precisions: tuple[str, ...]) -> None:
-    """Build OpenVINO IR and TensorRT engines from the exported (and quantized) ONNX."""
+    """Build the engines of each target (OpenVINO IR, TensorRT, ExecuTorch) from the exported model."""
     from edgefpn.pipeline import build as stage
 
     for art in stage.run(cfg, run_dir, targets=targets or None, precisions=precisions or None,

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from edgefpn.backend_names import BUILD_TARGETS, CHECKED, DEFAULT_CHECKED, DEFAULT_TARGETS
 from edgefpn.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; anything bigger is a mistake or an attack
@@ -209,7 +210,7 @@ class TensorRTConfig:
 
 @dataclass(frozen=True)
 class BuildConfig:
-    targets: tuple[str, ...] = ("openvino", "tensorrt")  # those missing on this machine are skipped
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # those missing on this machine are skipped
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     openvino_hint: str = "latency"  # latency | throughput
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
@@ -217,7 +218,7 @@ class BuildConfig:
 
 @dataclass(frozen=True)
 class CheckConfig:
-    backends: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
+    backends: tuple[str, ...] = DEFAULT_CHECKED
     max_map_drop: Mapping[str, float] = field(
         default_factory=lambda: {"fp32": 0.05, "fp16": 0.2, "int8": 0.5}
     )
@@ -482,8 +483,11 @@ def _validate(cfg: Config, source: str) -> None:
     if q.num_images <= 0 or q.batch_size <= 0 or not 0.0 < q.percentile <= 100.0:
         raise bad("quantize", "needs num_images > 0, batch_size > 0 and 0 < percentile <= 100")
     for t in cfg.build.targets:
-        if t not in ("openvino", "tensorrt"):
-            raise bad("build.targets", f"has unknown target {t!r}; valid: ['openvino', 'tensorrt']")
+        if t not in BUILD_TARGETS:
+            raise bad("build.targets", f"has unknown target {t!r}; valid: {list(BUILD_TARGETS)}")
+    for b in cfg.check.backends:
+        if b not in CHECKED:
+            raise bad("check.backends", f"has unknown backend {b!r}; valid: {list(CHECKED)}")
     for p_ in cfg.build.precisions:
         if p_ not in PRECISIONS:
             raise bad("build.precisions", f"has unknown precision {p_!r}; valid: {list(PRECISIONS)}")

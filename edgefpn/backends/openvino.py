@@ -21,24 +21,28 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgefpn.artifacts import sha256_file
-from edgefpn.backends.base import EngineSpec
-from edgefpn.errors import BackendUnavailable, ModelFileError
+from edgefpn.backends.base import Backend, BaseRunner, EngineSpec
+from edgefpn.backends.building import BuildSource, engine_extra
+from edgefpn.errors import ModelFileError
 
-__all__ = ["IR_NAME", "OpenVinoRunner", "ir_xml", "onnx_to_openvino", "openvino_version"]
+__all__ = ["BACKEND", "IR_NAME", "OpenVinoRunner", "ir_xml", "onnx_to_openvino", "openvino_version"]
 
 IR_NAME = "model.xml"
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 _INSTALL = "pip install 'edgefpn[openvino]' (or: pip install openvino)"
+# OpenVINO on CPU computes in f32 for every engine (module docstring); recorded per engine and bundle.
+INFERENCE_PRECISION = "f32"
 
 
 def openvino_version() -> str:
@@ -92,7 +96,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(BaseRunner):
     """Runs an OpenVINO IR on the CPU: fixed threads, a performance hint, f32 inference precision.
 
     Compiled models are cached (OpenVINO's ``CACHE_DIR``) in ``cache_root/<key>``, where the key hashes
@@ -101,13 +105,15 @@ class OpenVinoRunner:
     ``RUN_DIR/openvino/fp32/model.xml``: ``RUN_DIR/openvino/.ov-cache``), outside the artifact.
     """
 
+    requires = ("openvino",)
+    install = _INSTALL
+
     def __init__(self, spec: EngineSpec, *, threads: int, hint: str = "latency",
-                 inference_precision: str = "f32", cache_root: Path | None = None,
+                 inference_precision: str = INFERENCE_PRECISION, cache_root: Path | None = None,
                  use_cache: bool = True) -> None:
         if hint not in _HINTS:
             raise ValueError(f"hint must be one of {sorted(_HINTS)}, got {hint!r}")
-        self.spec = spec
-        self.threads = threads
+        super().__init__(spec, threads=threads)
         self.hint = hint
         self.inference_precision = inference_precision
         self.cache_root = cache_root
@@ -117,13 +123,10 @@ class OpenVinoRunner:
         self._request = None
         self._outputs: list[tuple[Any, str]] = []
 
-    @staticmethod
-    def is_available() -> bool:
-        try:
-            import openvino  # noqa: F401
-        except (ImportError, OSError):
-            return False
-        return True
+    @classmethod
+    def open(cls, spec: EngineSpec, *, threads: int, hint: str = "latency") -> OpenVinoRunner:
+        # no compile cache: it would write into the verified bundle folder
+        return cls(spec, threads=threads, hint=hint, use_cache=False)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -132,11 +135,9 @@ class OpenVinoRunner:
             "INFERENCE_PRECISION_HINT": self.inference_precision,
         }
 
-    def __enter__(self) -> OpenVinoRunner:
-        try:
-            import openvino as ov
-        except ImportError:
-            raise BackendUnavailable(f"openvino is not installed: {_INSTALL}") from None
+    def _load(self) -> None:
+        import openvino as ov
+
         xml = ir_xml(self.spec.path)
         bin_ = xml.with_suffix(".bin")
         if not xml.is_file() or not bin_.is_file():
@@ -156,7 +157,6 @@ class OpenVinoRunner:
                 f"{xml}: compiled with inference precision {got}, not the requested {self.inference_precision}")
         self._outputs = [(port, port.get_any_name()) for port in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
-        return self
 
     def _cache_dir(self, xml: Path, bin_: Path, config: Mapping[str, Any], version: str) -> Path:
         blob = json.dumps({"xml": sha256_file(xml), "bin": sha256_file(bin_), "openvino": version,
@@ -165,20 +165,16 @@ class OpenVinoRunner:
         root = self.cache_root if self.cache_root is not None else xml.parent.parent / ".ov-cache"
         return root / key
 
-    def io_shapes(self) -> dict[str, tuple]:
+    def _io_shapes(self) -> dict[str, tuple]:
         """Every input's and output's shape in the compiled model (-1 for a dynamic dimension)."""
-        if self.compiled is None:
-            raise RuntimeError("OpenVinoRunner.io_shapes called outside its context")
         return {(port.get_any_name() if port.get_names() else ""): tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
                 for port in [*self.compiled.inputs, *self.compiled.outputs]}
 
-    def __exit__(self, *exc: object) -> None:
+    def _unload(self) -> None:
         self._request = None
         self.compiled = None
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._request is None:
-            raise RuntimeError("OpenVinoRunner.infer called outside its context")
+    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # float feeds as float32; an end-to-end graph's uint8 image and int64 valid_hw keep their type
         inputs = {name: np.ascontiguousarray(arr, dtype=np.float32 if np.issubdtype(arr.dtype, np.floating) else None)
                   for name, arr in feed.items()}
@@ -187,3 +183,94 @@ class OpenVinoRunner:
         # copied (share_outputs=False), since the request overwrites them on its next call.
         result = self._request.infer(inputs, share_inputs=True)
         return {name: np.asarray(result[port]) for port, name in self._outputs}
+
+
+# ----------------------------------------------------------------------------------------------
+# the backend record
+
+
+def engine_path(run_dir: Path, precision: str) -> Path:
+    """``openvino/<precision>``: an IR folder (model.xml + model.bin), so its manifest covers both files."""
+    return run_dir / "openvino" / precision
+
+
+def unavailable_reason() -> str | None:
+    if OpenVinoRunner.is_available():
+        return None
+    return "the `openvino` Python package is not installed; install it with `pip install 'edgefpn[openvino]'`"
+
+
+def _vtuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in str(v).split(".")[:3]:
+        digits = "".join(ch for ch in part.split("-")[0] if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def target_problem(engine: Mapping[str, Any], probe: Callable[[], tuple] | None = None) -> str | None:
+    """An IR runs on an OpenVINO not older (major.minor) than the one that built it. Imports nothing."""
+    try:
+        have = importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        return "openvino is not installed"
+    built = (engine.get("target") or {}).get("version")
+    if built and _vtuple(have)[:2] < _vtuple(built)[:2]:
+        return f"{engine['path']}: IR built with OpenVINO {built}, this device has OpenVINO {have}"
+    return None
+
+
+def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, base: BuildSource,
+          force: bool) -> Any:
+    """The OpenVINO engine at ``precision``. For int8 that is the quantize stage's NNCF IR, which
+    shares ``openvino/int8`` with this stage's own conversion: taken only while ``quantize.openvino``
+    is on and it was made from the current ``model.onnx`` and ``model.int8.onnx`` (else converted over)."""
+    from edgefpn.artifacts import atomic_output, read_manifest, require, up_to_date, write_manifest
+    from edgefpn.config import config_hash
+    from edgefpn.pipeline.common import log
+
+    nncf = cfg.quantize.openvino
+    out = engine_path(run_dir, precision)
+    if precision == "int8":
+        manifest = read_manifest(out)
+        if manifest is not None and manifest.get("stage") == "quantize":
+            made_from = manifest.get("inputs") or {}
+            if nncf and made_from.get("model") == base.sha256 and made_from.get("int8_qdq") == src.sha256:
+                art = require(out, "OpenVINO INT8 IR from the quantize stage")
+                log(f"[build] openvino-int8: the quantize stage's NNCF IR {out}")
+                return art
+            why = ("quantize.openvino is off" if not nncf
+                   else f"made from another {base.path.name} / {src.path.name} than the current ones")
+            log(f"[build] openvino-int8: the NNCF IR in {out} is stale ({why}); converting {src.path.name}")
+    settings = {"compress_to_fp16": precision == "fp16", "device": "CPU",
+                "inference_precision_hint": INFERENCE_PRECISION}
+    version = openvino_version()
+    chash = config_hash({"target": "openvino", "precision": precision, "openvino": version, **settings})
+    inputs = {"onnx": src.sha256}
+    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+        log(f"[build] up to date: {out}")
+        return art
+    log(f"[build] openvino-{precision}: converting {src.path.name} (compress_to_fp16={settings['compress_to_fp16']})")
+    with atomic_output(out) as tmp:
+        outputs = onnx_to_openvino(src.path, tmp / IR_NAME, compress_to_fp16=bool(settings["compress_to_fp16"]))
+    return write_manifest(out, stage="build", config_hash=chash, inputs=inputs,
+                          extra=engine_extra("openvino", precision, src, version, settings, outputs=outputs,
+                                             files=[IR_NAME, Path(IR_NAME).with_suffix(".bin").name]))
+
+
+def build_e2e(cfg: Any, run_dir: Path, precision: str, twins: Mapping[str, Any], *, source: Callable,
+              force: bool) -> Any:
+    """The ``-e2e`` IR: the raw IR with the in-graph head / tail grafted on through OpenVINO's graph API."""
+    from edgefpn.pipeline import e2e as e2e_stage
+    from edgefpn.pipeline import export as export_stage
+
+    return e2e_stage.make_openvino(cfg, run_dir, precision, export_stage.ARTIFACT, force=force)
+
+
+BACKEND = Backend(
+    name="openvino", runner=OpenVinoRunner, precisions=("fp32", "fp16", "int8"), needs_gpu=False,
+    file_kind="OpenVINO IR folder (model.xml + model.bin)", engine_path=engine_path,
+    unavailable=lambda: unavailable_reason(), target_problem=target_problem,
+    bundle_target=lambda precision, manifest: {"device": "CPU", "inference_precision": INFERENCE_PRECISION},
+    throughput="requests", rank=1, preferred=("int8", "fp32", "fp16"), build=build, e2e=build_e2e, benchmark_app=True,
+)

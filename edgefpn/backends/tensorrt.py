@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgefpn.artifacts import atomic_write_bytes, read_manifest
-from edgefpn.backends.base import EngineSpec
+from edgefpn.backends.base import Backend, BaseRunner, EngineSpec
+from edgefpn.backends.building import BuildSource, engine_extra
 from edgefpn.errors import BackendUnavailable, ExportError, ModelFileError
 
 if TYPE_CHECKING:  # the config module needs pyyaml, which a runtime-only install may lack
     from edgefpn.config import TensorRTConfig
 
 __all__ = [
-    "INSTALL_HINT", "BuildResult", "DeviceInfo", "TensorRTRunner", "build_engine", "compat_problem",
+    "BACKEND", "INSTALL_HINT", "BuildResult", "DeviceInfo", "TensorRTRunner", "build_engine", "compat_problem",
     "cuda_device", "tensorrt_version", "timing_cache_key", "trtexec_command", "unavailable_reason",
 ]
 
@@ -315,30 +316,30 @@ def _parser_errors(parser) -> str:
 # runner
 
 
-class TensorRTRunner:
+class TensorRTRunner(BaseRunner):
     """Runs a serialized engine on GPU 0 with torch CUDA tensors as I/O buffers (TensorRT 10 tensor API).
 
     Before deserializing, it reads the engine's manifest and refuses (``ModelFileError``) an engine
     built for another TensorRT version or compute capability (see :func:`compat_problem`).
     """
 
+    requires = ("tensorrt", "torch")
+    install = INSTALL_HINT
+
     def __init__(self, spec: EngineSpec, *, threads: int) -> None:
-        self.spec = spec
-        self.threads = threads  # host threads are irrelevant to TensorRT; kept for the Runner signature
+        super().__init__(spec, threads=threads)  # host threads are irrelevant to TensorRT
         self._engine = None
         self._context = None
         self._stream = None
         self._inputs: dict[str, Any] = {}
         self._outputs: dict[str, Any] = {}
 
-    @staticmethod
-    def is_available() -> bool:
-        return unavailable_reason() is None
-
-    def __enter__(self) -> TensorRTRunner:
+    @classmethod
+    def unavailable(cls) -> str | None:
         reason = unavailable_reason()
-        if reason is not None:
-            raise BackendUnavailable(f"tensorrt: {reason}")
+        return None if reason is None else f"tensorrt: {reason}"
+
+    def _load(self) -> None:
         manifest = read_manifest(self.spec.path)
         if manifest is None:
             raise ModelFileError(f"{self.spec.path}: no manifest beside the engine; cannot check it was built for "
@@ -374,23 +375,20 @@ class TensorRTRunner:
             self._context.set_tensor_address(name, buf.data_ptr())
             is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self._inputs if is_input else self._outputs)[name] = buf
-        return self
 
-    def io_shapes(self) -> dict[str, tuple]:
+    def _io_shapes(self) -> dict[str, tuple]:
         """Every I/O tensor's shape in the deserialized engine (static: checked on load)."""
         return {name: tuple(buf.shape) for name, buf in [*self._inputs.items(), *self._outputs.items()]}
 
-    def __exit__(self, *exc: object) -> None:
+    def _unload(self) -> None:
         self._context = None
         self._engine = None
         self._inputs, self._outputs = {}, {}
         self._stream = None
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        if self._context is None:
-            raise RuntimeError("TensorRTRunner.infer called outside its context")
         with torch.cuda.stream(self._stream):
             for name, buf in self._inputs.items():
                 buf.copy_(torch.from_numpy(np.ascontiguousarray(feed[name])).to(buf.dtype), non_blocking=False)
@@ -400,3 +398,106 @@ class TensorRTRunner:
             outs = {name: (buf.float() if buf.is_floating_point() else buf).cpu() for name, buf in self._outputs.items()}
         self._stream.synchronize()
         return {name: t.numpy() for name, t in outs.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# the backend record
+
+TRTEXEC_SCRIPT = "trtexec.sh"
+
+
+def engine_path(run_dir: Path, precision: str) -> Path:
+    return run_dir / "tensorrt" / precision / "model.engine"
+
+
+def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: bool, out: Path | None = None,
+          **_: Any) -> Any:
+    """The TensorRT engine at ``precision`` from ``src`` (fp16 from ``model.onnx``, int8 from the Q/DQ
+    ``model.int8.onnx``); refused when the TensorRT lint found errors in ``src``."""
+    from edgefpn.artifacts import atomic_output, up_to_date, write_manifest
+    from edgefpn.config import config_hash
+    from edgefpn.lint import errors
+    from edgefpn.pipeline.common import log
+
+    errs = errors(src.lint)
+    if errs:
+        raise ModelFileError(f"{src.path}: {len(errs)} TensorRT lint error(s), first: {errs[0]} "
+                             f"(all: edgefpn trt-lint {src.path})")
+    settings = cfg.build.tensorrt
+    device = cuda_device()
+    version = tensorrt_version()
+    if device is None or version is None:
+        raise BackendUnavailable(f"tensorrt: {unavailable_reason() or 'not usable here'}")
+    out = out or engine_path(run_dir, precision)
+    chash = config_hash(settings, {"precision": precision, "device": device.to_dict(), "tensorrt": version})
+    inputs = {"onnx": src.sha256}
+    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+        log(f"[build] up to date: {out}")
+        return art
+    with atomic_output(out) as tmp:
+        result = build_engine(src.path, tmp, precision=precision, settings=settings,
+                              cache_dir=run_dir / "tensorrt", log=log)
+    info = result.manifest(settings)
+    return write_manifest(out, stage="build", config_hash=chash, inputs=inputs, extra=engine_extra(
+        "tensorrt", precision, src, result.version, {k: info[k] for k in (
+            "workspace_mb", "builder_optimization_level", "dla_core", "hardware_compatibility",
+            "version_compatible", "timing_cache")},
+        tensorrt=info, device=result.device.to_dict(), build_flags=result.flags))
+
+
+def build_e2e(cfg: Any, run_dir: Path, precision: str, twins: Mapping[str, Any], *, source: Callable,
+              force: bool) -> Any:
+    """The ``-e2e`` engine: built from the e2e ONNX of the same precision (fp16 from the fp32 graph)."""
+    twin = twins.get("int8" if precision == "int8" else "fp32")
+    if twin is None:
+        return None
+    out = engine_path(run_dir, precision).parent.with_name(f"{precision}-e2e") / "model.engine"
+    return build(cfg, run_dir, precision, source(twin), force=force, out=out)
+
+
+def write_trtexec(cfg: Any, run_dir: Path, precision: str, src: BuildSource | None) -> Path | None:
+    """``tensorrt/<precision>/trtexec.sh``: the same build with trtexec, for on-device builds (written
+    whether or not TensorRT is installed here)."""
+    import os
+
+    from edgefpn.artifacts import atomic_write_text
+    from edgefpn.lint import errors
+
+    if src is None or errors(src.lint):
+        return None  # the build would fail; the lint findings are in build.json
+    script = engine_path(run_dir, precision).parent / TRTEXEC_SCRIPT
+    onnx_rel = os.path.relpath(src.path, script.parent)
+    cmd = trtexec_command(onnx_rel, "model.engine", precision=precision, settings=cfg.build.tensorrt,
+                          timing_cache="../timing-trtexec.cache" if cfg.build.tensorrt.timing_cache else None)
+    text = trtexec_script(cmd)
+    if not script.is_file() or script.read_text(encoding="utf-8") != text:
+        atomic_write_text(script, text)
+        script.chmod(0o755)
+    return script
+
+
+def target_problem(engine: Mapping[str, Any], probe: Callable[[], tuple] | None = None) -> str | None:
+    """The bundled engine's TensorRT version and compute capability against this device's (``probe``:
+    ``edgefpn.runtime.device.tensorrt_probe`` unless given)."""
+    import importlib.util
+
+    from edgefpn.runtime import device
+
+    path = engine["path"]
+    version, gpu = (probe or device.tensorrt_probe)()
+    problem = compat_problem({"tensorrt": (engine.get("target") or {}).get("tensorrt")}, version=version, device=gpu)
+    if problem is not None:
+        return f"{path}: {problem}"
+    if importlib.util.find_spec("torch") is None:  # TensorRTRunner keeps its CUDA buffers in torch
+        return f"{path}: the TensorRT runner needs torch for CUDA buffers, which is not installed"
+    return None
+
+
+BACKEND = Backend(
+    name="tensorrt", runner=TensorRTRunner, precisions=("fp16", "int8"), needs_gpu=True,
+    file_kind="TensorRT engine (.engine)", engine_path=engine_path, unavailable=lambda: unavailable_reason(),
+    target_problem=target_problem,
+    # version, compute capability, compat flags: what the runtime checks before deserializing
+    bundle_target=lambda precision, manifest: {"tensorrt": manifest.get("tensorrt")},
+    throughput="cuda-streams", rank=0, preferred=("int8", "fp16"), build=build, e2e=build_e2e, side_files=write_trtexec,
+)

@@ -43,7 +43,7 @@ from edgefpn.artifacts import (
     write_json,
     write_manifest,
 )
-from edgefpn.backends import RUNNERS, EngineSpec, open_runner
+from edgefpn.backends import BACKENDS, RUNNERS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config, config_hash
 from edgefpn.errors import ConfigError, ModelFileError
@@ -140,7 +140,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         log(f"[benchmark] {spec.name}: offline sweep over batch {', '.join(map(str, family))}")
         off = sc.offline(list(family.values()), feed[INPUT_NAME], threads=threads, seconds=throughput_seconds,
                          open_runner=open_runner, log=log)
-        if spec.backend == "openvino" and app_seconds > 0:
+        if BACKENDS[spec.backend].benchmark_app and app_seconds > 0:
             off["benchmark_app"] = _offline_cross_check(family, off, feed, threads, app_seconds, app_rounds)
         scenarios = {"single_stream": ss, "offline": off}
         if video is not None:
@@ -251,7 +251,7 @@ def _single_stream(spec: EngineSpec, feed: dict[str, np.ndarray], cfg: Config, i
     """Model-only samples (``_samples``) and, for OpenVINO, benchmark_app's latency mode interleaved."""
     threads, warmup = cfg.run.threads, cfg.check.warmup
     full = {INPUT_NAME: np.repeat(feed[INPUT_NAME], batch, axis=0)}
-    if spec.backend != "openvino" or app_seconds <= 0:
+    if not BACKENDS[spec.backend].benchmark_app or app_seconds <= 0:
         log(f"[benchmark] {spec.name}: {iters} x single stream")
         return {"_samples": _latency(spec, full, threads, warmup, iters)}
     secs = _round_seconds(app_seconds, rounds)

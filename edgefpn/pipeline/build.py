@@ -1,4 +1,4 @@
-"""Stage `build`: OpenVINO IR and TensorRT engines from the exported (and quantized) ONNX.
+"""Stage `build`: the engines of every ``build.targets`` backend (its ``Backend.build``, edgefpn.backends).
 
 Engines, each with a manifest recording the source ONNX's sha256, precision, input spec, backend
 version, build settings and the TensorRT lint findings of its source:
@@ -9,6 +9,7 @@ version, build settings and the TensorRT lint findings of its source:
 * ``tensorrt/{fp16,int8}/model.engine``: plain TensorRT engines (fp16 from ``model.onnx``, int8 from
   the Q/DQ ``model.int8.onnx``), beside a ``trtexec.sh`` that builds the same engine on the target
   device (a Jetson) from the same ONNX.
+* ``executorch/fp32/model.pte`` (opt in): an ExecuTorch program (XNNPACK delegate) from ``model.pt``.
 
 Targets the user names (``--target``) must be available, else a one-line error and nothing is
 written. Targets that come from the config (``build.targets``) are built where possible; the rest are
@@ -17,54 +18,29 @@ skipped with the reason logged and recorded in ``build.json``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefpn.artifacts import (
-    Artifact,
-    atomic_output,
-    atomic_write_text,
-    read_manifest,
-    require,
-    up_to_date,
-    write_json,
-    write_manifest,
-)
-from edgefpn.config import PRECISIONS, Config, config_hash
-from edgefpn.errors import BackendUnavailable, ConfigError, ModelFileError
+from edgefpn.artifacts import Artifact, write_json
+from edgefpn.backend_names import BUILD_TARGETS
+from edgefpn.backends import backend
+from edgefpn.backends.building import BuildSource
+from edgefpn.config import PRECISIONS, Config
+from edgefpn.errors import BackendUnavailable, ConfigError
 from edgefpn.lint import Finding, errors, lint_onnx
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline.common import log
 
-TARGETS = ("openvino", "tensorrt")
+TARGETS = BUILD_TARGETS  # every backend whose record has a build (edgefpn.backends.BACKENDS)
 SUMMARY = "build.json"
-TRTEXEC_SCRIPT = "trtexec.sh"
-# OpenVINO on CPU computes in f32 for every engine (see edgefpn.backends.openvino); recorded per engine.
-OPENVINO_INFERENCE_PRECISION = "f32"
+_Source = BuildSource
 
 
 def engine_path(run_dir: Path, target: str, precision: str) -> Path:
-    """Where the ``target`` engine at ``precision`` lives (check.ENGINE_FILES names the same paths)."""
-    if target == "openvino":
-        return run_dir / "openvino" / precision
-    return run_dir / "tensorrt" / precision / "model.engine"
-
-
-@dataclass(frozen=True)
-class _Source:
-    """An ONNX the build reads: its file, sha256 (from its manifest), input spec and lint findings."""
-
-    path: Path
-    sha256: str
-    input: dict[str, Any]
-    lint: list[Finding]
-
-    def describe(self) -> dict[str, Any]:
-        return {"path": self.path.name, "sha256": self.sha256}
+    """Where the ``target`` engine at ``precision`` lives (its record's ``engine_path``)."""
+    return backend(target).engine_path(run_dir, precision)
 
 
 def run(cfg: Config, run_dir: Path, *, targets: Sequence[str] | None = None,
@@ -89,23 +65,23 @@ def run(cfg: Config, run_dir: Path, *, targets: Sequence[str] | None = None,
     skipped: list[dict[str, str]] = []
     scripts: list[str] = []
     for target in targets:
+        record = backend(target)
         for precision in precisions:
             name = f"{target}-{precision}"
             reason = _skip_reason(target, precision, sources.get(precision), int8_reason)
-            if reason is None and target == "tensorrt":
-                script = _write_trtexec(run_dir, precision, sources[precision], cfg)
-                if script is not None:
-                    scripts.append(str(script.relative_to(run_dir)))
+            if reason is None and record.side_files is not None:  # e.g. trtexec.sh, for an on-device build
+                side = record.side_files(cfg, run_dir, precision, sources[precision])
+                if side is not None:
+                    scripts.append(str(side.relative_to(run_dir)))
             reason = reason or unavailable.get(target)
             if reason is not None:
                 log(f"[build] skipped {name}: {reason}")
                 skipped.append({"name": name, "reason": reason})
                 continue
             src = sources[precision]
-            assert src is not None  # _skip_reason returned None
-            art = (_openvino(run_dir, precision, src, base, nncf=cfg.quantize.openvino, force=force)
-                   if target == "openvino" else _tensorrt(cfg, run_dir, precision, src, force=force))
-            built.append((name, art))
+            if src is None:  # _skip_reason returned None only with a source
+                raise RuntimeError(f"{name}: no source model")
+            built.append((name, record.build(cfg, run_dir, precision, src, base=base, force=force)))
 
     if e2e_stage.enabled(cfg):
         built += _e2e(cfg, run_dir, built, sources, force=force)
@@ -131,26 +107,18 @@ def _checked(values: Sequence[str], valid: Sequence[str], what: str) -> tuple[st
 
 
 def unavailable_reason(target: str) -> str | None:
-    """Why ``target`` (openvino, tensorrt) cannot be built on this machine, or None."""
+    """Why ``target`` cannot be built on this machine, or None."""
     return _unavailable(target)
 
 
 def _unavailable(target: str) -> str | None:
-    if target == "openvino":
-        from edgefpn.backends.openvino import OpenVinoRunner
-
-        return None if OpenVinoRunner.is_available() else \
-            "the `openvino` Python package is not installed; install it with `pip install 'edgefpn[openvino]'`"
-    from edgefpn.backends.tensorrt import unavailable_reason
-
-    return unavailable_reason()
+    return backend(target).unavailable()
 
 
 def _skip_reason(target: str, precision: str, src: _Source | None, int8_reason: str | None) -> str | None:
-    from edgefpn.backends import CAPABILITIES
-
-    if precision not in CAPABILITIES[target].precisions:
-        return f"{target} engines are built at {' and '.join(CAPABILITIES[target].precisions)} only"
+    record = backend(target)
+    if precision not in record.precisions:
+        return f"{target} engines are built at {' and '.join(record.precisions)} only"
     if src is None:
         return f"no int8 model: {int8_reason}"
     return None
@@ -198,55 +166,6 @@ def _lint_summary(findings: list[Finding]) -> dict[str, Any]:
     return {"errors": len(errs), "warnings": len(findings) - len(errs), "findings": [f.to_dict() for f in findings]}
 
 
-def _extra(target: str, precision: str, src: _Source, backend_version: str, settings: dict[str, Any],
-           **more: Any) -> dict[str, Any]:
-    return {"target": target, "precision": precision, "source": src.describe(), "input": src.input,
-            "backend_version": backend_version, "settings": settings,
-            "lint": [f.to_dict() for f in src.lint], **more}
-
-
-# ----------------------------------------------------------------------------------------------
-# OpenVINO
-
-
-def _openvino(run_dir: Path, precision: str, src: _Source, base: _Source, *, nncf: bool, force: bool) -> Artifact:
-    """The OpenVINO engine at ``precision``. For int8 that is the quantize stage's NNCF IR, which
-    shares ``openvino/int8`` with this stage's own conversion: taken only while ``quantize.openvino``
-    is on and it was made from the current ``model.onnx`` and ``model.int8.onnx`` (else converted over)."""
-    from edgefpn.backends.openvino import IR_NAME, onnx_to_openvino, openvino_version
-
-    out = engine_path(run_dir, "openvino", precision)
-    if precision == "int8":
-        manifest = read_manifest(out)
-        if manifest is not None and manifest.get("stage") == "quantize":
-            made_from = manifest.get("inputs") or {}
-            if nncf and made_from.get("model") == base.sha256 and made_from.get("int8_qdq") == src.sha256:
-                art = require(out, "OpenVINO INT8 IR from the quantize stage")
-                log(f"[build] openvino-int8: the quantize stage's NNCF IR {out}")
-                return art
-            why = ("quantize.openvino is off" if not nncf
-                   else f"made from another {base.path.name} / {src.path.name} than the current ones")
-            log(f"[build] openvino-int8: the NNCF IR in {out} is stale ({why}); converting {src.path.name}")
-    settings = {"compress_to_fp16": precision == "fp16", "device": "CPU",
-                "inference_precision_hint": OPENVINO_INFERENCE_PRECISION}
-    version = openvino_version()
-    chash = config_hash({"target": "openvino", "precision": precision, "openvino": version, **settings})
-    inputs = {"onnx": src.sha256}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
-        log(f"[build] up to date: {out}")
-        return art
-    log(f"[build] openvino-{precision}: converting {src.path.name} (compress_to_fp16={settings['compress_to_fp16']})")
-    with atomic_output(out) as tmp:
-        outputs = onnx_to_openvino(src.path, tmp / IR_NAME, compress_to_fp16=bool(settings["compress_to_fp16"]))
-    return write_manifest(out, stage="build", config_hash=chash, inputs=inputs,
-                          extra=_extra("openvino", precision, src, version, settings, outputs=outputs,
-                                       files=[IR_NAME, Path(IR_NAME).with_suffix(".bin").name]))
-
-
-# ----------------------------------------------------------------------------------------------
-# TensorRT
-
-
 def _e2e(cfg: Config, run_dir: Path, built: list[tuple[str, Artifact]], sources: dict[str, _Source | None], *,
          force: bool) -> list[tuple[str, Artifact]]:
     """The ``-e2e`` twins (edgefpn.pipeline.e2e) of the ONNX models and of the engines just built."""
@@ -258,60 +177,8 @@ def _e2e(cfg: Config, run_dir: Path, built: list[tuple[str, Artifact]], sources:
             onnx_twins[precision] = art
     for name, _art in built:
         target, precision = name.split("-", 1)
-        if target == "openvino":
-            art = e2e_stage.make_openvino(cfg, run_dir, precision, export_stage.ARTIFACT, force=force)
-        else:  # TensorRT builds the e2e ONNX of the same precision (fp16 engines from the fp32 graph)
-            twin = onnx_twins.get("int8" if precision == "int8" else "fp32")
-            art = None if twin is None else _tensorrt(
-                cfg, run_dir, precision, _source(twin), force=force,
-                out=engine_path(run_dir, "tensorrt", precision).parent.with_name(f"{precision}-e2e") / "model.engine")
+        make = backend(target).e2e
+        art = None if make is None else make(cfg, run_dir, precision, onnx_twins, source=_source, force=force)
         if art is not None:
             out.append((f"{name}-e2e", art))
     return out
-
-
-def _tensorrt(cfg: Config, run_dir: Path, precision: str, src: _Source, *, force: bool,
-              out: Path | None = None) -> Artifact:
-    from edgefpn.backends import tensorrt as trt_backend
-
-    errs = errors(src.lint)
-    if errs:
-        raise ModelFileError(f"{src.path}: {len(errs)} TensorRT lint error(s), first: {errs[0]} "
-                             f"(all: edgefpn trt-lint {src.path})")
-    settings = cfg.build.tensorrt
-    device = trt_backend.cuda_device()
-    version = trt_backend.tensorrt_version()
-    if device is None or version is None:
-        raise BackendUnavailable(f"tensorrt: {trt_backend.unavailable_reason() or 'not usable here'}")
-    out = out or engine_path(run_dir, "tensorrt", precision)
-    chash = config_hash(settings, {"precision": precision, "device": device.to_dict(), "tensorrt": version})
-    inputs = {"onnx": src.sha256}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
-        log(f"[build] up to date: {out}")
-        return art
-    with atomic_output(out) as tmp:
-        result = trt_backend.build_engine(src.path, tmp, precision=precision, settings=settings,
-                                          cache_dir=run_dir / "tensorrt", log=log)
-    info = result.manifest(settings)
-    return write_manifest(out, stage="build", config_hash=chash, inputs=inputs, extra=_extra(
-        "tensorrt", precision, src, result.version, {k: info[k] for k in (
-            "workspace_mb", "builder_optimization_level", "dla_core", "hardware_compatibility",
-            "version_compatible", "timing_cache")},
-        tensorrt=info, device=result.device.to_dict(), build_flags=result.flags))
-
-
-def _write_trtexec(run_dir: Path, precision: str, src: _Source | None, cfg: Config) -> Path | None:
-    """``tensorrt/<precision>/trtexec.sh``: the same build with trtexec, for on-device builds."""
-    from edgefpn.backends.tensorrt import trtexec_command, trtexec_script
-
-    if src is None or errors(src.lint):
-        return None  # the build would fail; the lint findings are in build.json
-    script = engine_path(run_dir, "tensorrt", precision).parent / TRTEXEC_SCRIPT
-    onnx_rel = os.path.relpath(src.path, script.parent)
-    cmd = trtexec_command(onnx_rel, "model.engine", precision=precision, settings=cfg.build.tensorrt,
-                          timing_cache="../timing-trtexec.cache" if cfg.build.tensorrt.timing_cache else None)
-    text = trtexec_script(cmd)
-    if not script.is_file() or script.read_text(encoding="utf-8") != text:
-        atomic_write_text(script, text)
-        script.chmod(0o755)
-    return script

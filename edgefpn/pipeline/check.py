@@ -26,7 +26,8 @@ from edgefpn.artifacts import (
     write_json,
     write_manifest,
 )
-from edgefpn.backends import EngineSpec, open_runner
+from edgefpn.backend_names import CHECKED
+from edgefpn.backends import BACKENDS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.data.preprocess import load_image
@@ -49,18 +50,11 @@ from edgefpn.report.gallery import Gallery
 REPORT = "report.json"
 REFERENCE = EngineSpec("torch-fp32", "torch", "fp32", Path(train_stage.ARTIFACT))
 
-# Engines the check stage looks for, in report order: (name, backend, precision, file in run dir).
+# Engines the check stage looks for, in report order: (name, backend, precision, file in run dir): every
+# checked backend's engines (its record's engine_path per precision), then the end-to-end twins
+# (export.nms / export.input=uint8), after the raw engines they are checked against.
 ENGINE_FILES: tuple[tuple[str, str, str, str], ...] = (
-    ("onnxruntime-fp32", "onnxruntime", "fp32", "model.onnx"),
-    ("onnxruntime-fp16", "onnxruntime", "fp16", "model.fp16.onnx"),
-    ("onnxruntime-int8", "onnxruntime", "int8", "model.int8.ort.onnx"),  # ORT-CPU QDQ flavour (u8s8)
-    # OpenVINO engines are IR folders (model.xml + model.bin), so their manifest covers both files
-    ("openvino-fp32", "openvino", "fp32", "openvino/fp32"),
-    ("openvino-fp16", "openvino", "fp16", "openvino/fp16"),
-    ("openvino-int8", "openvino", "int8", "openvino/int8"),
-    ("tensorrt-fp16", "tensorrt", "fp16", "tensorrt/fp16/model.engine"),
-    ("tensorrt-int8", "tensorrt", "int8", "tensorrt/int8/model.engine"),
-    # the end-to-end twins (export.nms / export.input=uint8), after the raw engines they are checked against
+    *(row for name in CHECKED for row in BACKENDS[name].engines(Path("."))),
     *e2e_stage.ENGINE_FILES,
 )
 

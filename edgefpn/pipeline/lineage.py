@@ -91,6 +91,8 @@ def _parents(rel: str, manifest: dict) -> dict[str, str] | None:
     src = manifest.get("source")
     if manifest.get("stage") == "build" and isinstance(src, dict) and src.get("path") in _ONNX_FILES + _E2E_ONNX:
         return {"onnx": str(src["path"])}
+    if manifest.get("stage") == "build" and isinstance(src, dict) and src.get("path") == MODEL:
+        return {"model": MODEL, "onnx": "model.onnx"}  # made from the checkpoint, at the ONNX's input spec
     return None
 
 

@@ -105,8 +105,7 @@ def _sha256_text(text: str) -> str:
 
 def _why_not_built(cfg: Config, name: str) -> str | None:
     """Why this config, on this machine, never builds and checks engine ``name`` (None: it may)."""
-    from edgefpn.backends import CAPABILITIES
-    from edgefpn.pipeline import build as build_stage
+    from edgefpn.backends import backend as backend_record
 
     backend, precision, _ = _ENGINES[name]
     if name != e2e_stage.raw_twin(name):  # an in-graph twin: made where its raw twin is, when asked for
@@ -115,20 +114,19 @@ def _why_not_built(cfg: Config, name: str) -> str | None:
         return _why_not_built(cfg, e2e_stage.raw_twin(name))
     if backend not in cfg.check.backends:
         return f"check.backends does not include {backend}"
-    # int8 engines come from the quantize stage, and so does ONNX Runtime's fp16 model
-    if (precision == "int8" or name == "onnxruntime-fp16") and not cfg.quantize.enabled:
+    record = backend_record(backend)
+    if record.build is None:  # made by the export / quantize stages: the record says when
+        return record.not_made(cfg, precision) if record.not_made is not None else None
+    # int8 engines come from the quantize stage's models
+    if precision == "int8" and not cfg.quantize.enabled:
         return "quantize.enabled is false"
-    if name == "onnxruntime-fp16" and not cfg.quantize.fp16:
-        return "quantize.fp16 is false"
-    if backend == "onnxruntime":
-        return None
     if backend not in cfg.build.targets:
         return f"build.targets does not include {backend}"
     if precision not in cfg.build.precisions:
         return f"build.precisions does not include {precision}"
-    if precision not in CAPABILITIES[backend].precisions:
-        return f"{backend} engines are built at {' and '.join(CAPABILITIES[backend].precisions)} only"
-    return build_stage.unavailable_reason(backend)
+    if precision not in record.precisions:
+        return f"{backend} engines are built at {' and '.join(record.precisions)} only"
+    return record.unavailable()
 
 
 def _check_requested(cfg: Config, requested: Sequence[str]) -> None:
@@ -184,14 +182,13 @@ def _source_onnx(run_dir: Path, rel: str, manifest: dict[str, Any]) -> str:
 
 
 def _target(backend: str, precision: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's ``target`` of one engine: backend, precision, version, and its record's own fields."""
+    from edgefpn.backends import backend as backend_record
+
     versions = manifest.get("versions") or {}
     target: dict[str, Any] = {"backend": backend, "precision": precision,
                               "version": manifest.get("backend_version") or versions.get(backend)}
-    if backend == "openvino":
-        target |= {"device": "CPU", "inference_precision": "f32"}
-    if backend == "tensorrt":
-        target["tensorrt"] = manifest.get("tensorrt")  # version, compute capability, compat flags
-    return target
+    return target | backend_record(backend).bundle_target(precision, manifest)
 
 
 def _collect(run_dir: Path, chosen: list[str],

@@ -20,9 +20,10 @@ order can know. Only without a measurement for this kind of device does the fixe
 TensorRT int8 > fp16 > OpenVINO int8 > fp32 > fp16 > ONNX Runtime int8 > fp32 > fp16 (OpenVINO fp16
 and ONNX Runtime fp16 below fp32 because CPUs compute them in f32 anyway or insert casts). The log
 says which engine was picked and why.
-An engine can run here when its backend imports and its target matches: TensorRT version and compute
-capability per :func:`edgefpn.backends.tensorrt.compat_problem`; OpenVINO not older than the one
-that built the IR. ONNX files run on any ONNX Runtime.
+An engine can run here when its backend record's ``target_problem`` says so (edgefpn.backends): TensorRT
+version and compute capability per :func:`edgefpn.backends.tensorrt.compat_problem`; OpenVINO not older
+than the one that built the IR; ONNX files on any ONNX Runtime; ExecuTorch programs where executorch and
+torch import.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from edgefpn import bundle as bundle_io
+from edgefpn.backend_names import BUNDLED
+from edgefpn.backends import BACKENDS
 from edgefpn.backends.base import EngineSpec, Runner
 from edgefpn.errors import BackendUnavailable, ModelFileError
 from edgefpn.inference import PrePost, detect_file
@@ -48,12 +51,12 @@ from edgefpn.runtime import schema
 __all__ = ["PREFERENCE", "BundleSession", "FrameStages", "check_bundled_onnx", "detections_to_records",
            "rank_engines", "recorded_latencies", "select_engine", "target_problem"]
 
-# Each in-graph (-e2e) engine right before its raw twin: the same network, with less host work per frame.
-PREFERENCE: tuple[str, ...] = tuple(n for raw in (
-    "tensorrt-int8", "tensorrt-fp16",
-    "openvino-int8", "openvino-fp32", "openvino-fp16",
-    "onnxruntime-int8", "onnxruntime-fp32", "onnxruntime-fp16",
-) for n in (f"{raw}-e2e", raw))
+# The fixed order without a measurement: backends by their record's ``rank``, each in its ``preferred``
+# precision order; each in-graph (-e2e) engine right before its raw twin: the same network, with less host
+# work per frame.
+PREFERENCE: tuple[str, ...] = tuple(
+    n for b in sorted((b for b in BACKENDS.values() if b.name in BUNDLED), key=lambda b: b.rank)
+    for p in b.preferred for n in (f"{b.name}-{p}-e2e", f"{b.name}-{p}"))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -61,50 +64,15 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _vtuple(v: str) -> tuple[int, ...]:
-    out = []
-    for part in str(v).split(".")[:3]:
-        digits = "".join(ch for ch in part.split("-")[0] if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
-
-
-def _installed(dist: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def target_problem(engine: Mapping[str, Any], *, tensorrt_probe: Callable[[], tuple] | None = None) -> str | None:
-    """Why this device cannot run ``engine`` (a bundle manifest entry), or None. Imports no backend."""
-    import importlib.util
+    """Why this device cannot run ``engine`` (a bundle manifest entry), or None: its backend record's
+    ``target_problem``. Imports no backend."""
+    from edgefpn.backends import BACKENDS
 
-    backend, target, path = engine["backend"], engine.get("target") or {}, engine["path"]
-    if backend == "onnxruntime":
-        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
-    if backend == "openvino":
-        have = _installed("openvino")
-        if have is None:
-            return "openvino is not installed"
-        built = target.get("version")
-        if built and _vtuple(have)[:2] < _vtuple(built)[:2]:
-            return f"{path}: IR built with OpenVINO {built}, this device has OpenVINO {have}"
-        return None
-    if backend == "tensorrt":
-        from edgefpn.backends.tensorrt import compat_problem
-        from edgefpn.runtime import device
-
-        version, gpu = (tensorrt_probe or device.tensorrt_probe)()
-        problem = compat_problem({"tensorrt": target.get("tensorrt")}, version=version, device=gpu)
-        if problem is not None:
-            return f"{path}: {problem}"
-        if importlib.util.find_spec("torch") is None:  # TensorRTRunner keeps its CUDA buffers in torch
-            return f"{path}: the TensorRT runner needs torch for CUDA buffers, which is not installed"
-        return None
-    return f"{path}: unknown backend {backend!r}"
+    record = BACKENDS.get(engine["backend"])
+    if record is None:
+        return f"{engine['path']}: unknown backend {engine['backend']!r}"
+    return record.target_problem(engine, tensorrt_probe)
 
 
 def recorded_latencies(report: Mapping[str, Any] | None, kind: str) -> dict[str, float]:
@@ -190,7 +158,8 @@ def check_bundled_onnx(bundle: Path, name: str, *, backend: str | None = None) -
     """
     from edgefpn.onnx_guard import external_data_entries
 
-    if not name.endswith(".onnx") and backend != "onnxruntime":
+    record = BACKENDS.get(backend) if backend is not None else None
+    if not name.endswith(".onnx") and not (record is not None and record.reads_onnx):
         return
     try:
         entries = external_data_entries(bundle_io.read_member(bundle, name))
@@ -226,20 +195,10 @@ def open_runner(spec: EngineSpec, *, threads: int, hint: str = "latency") -> Run
 
 
 def _backend_runner(spec: EngineSpec, *, threads: int, hint: str = "latency") -> Runner:
-    if spec.backend == "onnxruntime":
-        from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner(spec, threads=threads)
-    if spec.backend == "openvino":
-        from edgefpn.backends.openvino import OpenVinoRunner
-
-        # no compile cache: it would write into the verified bundle folder
-        return OpenVinoRunner(spec, threads=threads, hint=hint, use_cache=False)
-    if spec.backend == "tensorrt":
-        from edgefpn.backends.tensorrt import TensorRTRunner
-
-        return TensorRTRunner(spec, threads=threads)
-    raise BackendUnavailable(f"{spec.path}: unknown backend {spec.backend!r}")
+    record = BACKENDS.get(spec.backend)
+    if record is None:
+        raise BackendUnavailable(f"{spec.path}: unknown backend {spec.backend!r}")
+    return record.runner.open(spec, threads=threads, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -318,7 +277,7 @@ class BundleSession:
         self.entry = select_engine(manifest, self.bundle, name=self.engine, tensorrt_probe=self.tensorrt_probe,
                                    latencies=latencies, kind=kind, log=why.append)
         check_bundled_onnx(self.bundle, self.entry["path"], backend=self.entry["backend"])
-        if self.entry["backend"] == "onnxruntime":  # its declared shapes, from the verified bytes
+        if BACKENDS[self.entry["backend"]].reads_onnx:  # its declared shapes, from the verified bytes
             from edgefpn.onnx_guard import io_shapes
 
             shapes = io_shapes(bundle_io.read_member(self.bundle, self.entry["path"]))  # parsed just above

@@ -4,7 +4,8 @@ One small interface per backend: ``submit(batch, done)`` starts one call on a ``
 returns at once unless all ``requests`` are busy (then it blocks: backpressure); ``done`` is later called,
 on some worker thread, with the output dict (the runner's names and arrays) or the exception.
 
-- OpenVINO: ``AsyncInferQueue`` on the runner's compiled model (OpenVINO's own request pool).
+- OpenVINO: one InferRequest per worker thread on the runner's compiled model (sync calls; see
+  :class:`_OpenVinoEngine` for why not ``AsyncInferQueue``).
 - ONNX Runtime: ``InferenceSession.run`` is thread-safe, so ``requests`` threads share the session.
 - TensorRT: one execution context per request on one deserialized engine, each with its own CUDA
   stream and device buffers (TensorRT 10 tensor API, ``execute_async_v3``); pinned host staging.
@@ -62,41 +63,39 @@ class _ThreadedEngine:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class _OpenVinoEngine:
-    """``openvino.AsyncInferQueue`` over the runner's compiled model (same config as its sync calls)."""
+class _OpenVinoEngine(_ThreadedEngine):
+    """``requests`` Python threads, each running a synchronous call on an InferRequest of its own from
+    the runner's compiled model (compiled with the THROUGHPUT hint for streaming): a sync call releases
+    the GIL, so the requests run in parallel on the model's streams.
+
+    Not ``AsyncInferQueue``: its callbacks run Python on OpenVINO's executor threads, which then take
+    the GIL. With OpenVINO 2026.4 that made about one stream in five end badly when the compiled model
+    was released: destroyed on its own executor thread (std::system_error from joining itself: abort),
+    or destroyed on the main thread, holding the GIL, while an executor thread waited for the GIL
+    (deadlock). Here no OpenVINO thread ever runs Python."""
 
     def __init__(self, runner: Any, requests: int) -> None:
-        import openvino as ov
-
         compiled = runner.compiled
-        self.requests = requests
-        self._ports = [(port, port.get_any_name()) for port in compiled.outputs]
-        self._queue = ov.AsyncInferQueue(compiled, requests)
-        self._queue.set_callback(self._finished)
+        self._names = [port.get_any_name() for port in compiled.outputs]
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(requests):
+            self._idle.put(compiled.create_infer_request())
+        super().__init__(self._infer_one, requests)
 
-    def _finished(self, request: Any, userdata: tuple[Done, np.ndarray]) -> None:
-        done, _ = userdata  # the input array rode along: shared with the request until now
+    def _infer_one(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        request = self._idle.get()  # one per worker thread: at most `requests` calls run at once
         try:
+            # share_inputs: the request reads `batch` in place (the dtype prepare made)
+            request.infer({INPUT_NAME: np.ascontiguousarray(batch)}, share_inputs=True)
             # copied: the request's output tensors are overwritten by its next call
-            out: Any = {name: np.array(request.get_tensor(port).data) for port, name in self._ports}
-        except BaseException as exc:  # noqa: BLE001
-            out = exc
-        done(out)
-
-    def submit(self, batch: np.ndarray, done: Done) -> None:
-        batch = np.ascontiguousarray(batch)  # the dtype prepare made (the engine input type)
-        # start_async waits for an idle request; share_inputs: the request reads `batch` in place
-        self._queue.start_async({INPUT_NAME: batch}, (done, batch), share_inputs=True)
-
-    def drain(self) -> None:
-        self._queue.wait_all()
+            return {name: np.array(request.get_output_tensor(i).data) for i, name in enumerate(self._names)}
+        finally:
+            self._idle.put(request)
 
     def close(self) -> None:
-        # wait_all first, also after an error: OpenVINO's requests must be idle (their callbacks
-        # done) before the queue is destroyed, or a request thread calls into a freed queue
-        if self._queue is not None:
-            self._queue.wait_all()
-        self._queue = None
+        self._pool.shutdown(wait=True, cancel_futures=True)  # no call left on a request
+        while not self._idle.empty():  # released here, on the closing thread
+            self._idle.get()
 
 
 class _TensorRTEngine:
@@ -173,11 +172,12 @@ def default_requests(stages: Any) -> int:
 
 def open_engine(stages: Any, *, requests: int) -> Any:
     """The in-flight engine for ``stages.runner`` (:class:`edgefpn.runtime.FrameStages`)."""
-    backend = getattr(getattr(stages.runner, "spec", None), "backend", None)
-    if backend == "openvino" and getattr(stages.runner, "compiled", None) is not None:
+    from edgefpn.backends import BACKENDS
+
+    record = BACKENDS.get(getattr(getattr(stages.runner, "spec", None), "backend", None))
+    mode = "serial" if record is None else record.throughput  # unknown runner: not assumed thread-safe
+    if mode == "requests" and getattr(stages.runner, "compiled", None) is not None:
         return _OpenVinoEngine(stages.runner, requests)
-    if backend == "tensorrt":
+    if mode == "cuda-streams":
         return _TensorRTEngine(stages.runner, requests)
-    if backend == "onnxruntime":
-        return _ThreadedEngine(stages.infer, requests)
-    return _ThreadedEngine(stages.infer, 1)  # unknown runner: not assumed thread-safe
+    return _ThreadedEngine(stages.infer, requests if mode == "threads" else 1)

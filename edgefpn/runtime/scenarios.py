@@ -160,16 +160,28 @@ def _threaded_point(spec: EngineSpec, image: np.ndarray, *, threads: int, second
 
 def offline_point(spec: EngineSpec, image: np.ndarray, *, threads: int, seconds: float, streams: int | None,
                   requests: int | None, open_runner: OpenRunner) -> dict[str, Any]:
-    """One point of the offline sweep: ``seconds`` of back-to-back inferences with ``requests`` in flight."""
-    if spec.backend == "openvino":
+    """One point of the offline sweep: ``seconds`` of back-to-back inferences with ``requests`` in flight
+    (the backend's own async requests where its throughput mode is ``requests``, else runners on threads)."""
+    if _throughput(spec.backend) == "requests":
         return _openvino_point(spec, image, threads=threads, seconds=seconds, streams=streams, requests=requests)
     return _threaded_point(spec, image, threads=threads, seconds=seconds, requests=requests or 1,
                            open_runner=open_runner)
 
 
+def _throughput(backend: str) -> str:
+    from edgefpn.backends import BACKENDS
+
+    record = BACKENDS.get(backend)
+    return "serial" if record is None else record.throughput
+
+
 def sweep_points(backend: str, threads: int) -> list[tuple[int | None, int | None]]:
-    """(streams, requests) to try: one request; then several, up to one stream per core, 2 requests each."""
-    if backend == "openvino":
+    """(streams, requests) to try: one request; then several, up to one stream per core, 2 requests each
+    (one request only for a backend whose throughput mode is ``serial``)."""
+    mode = _throughput(backend)
+    if mode == "serial":
+        return [(1, 1)]
+    if mode == "requests":
         points: list[tuple[int | None, int | None]] = [(None, None), (1, 1), (1, 2)]
         if threads >= 2:
             points += [(2, 2), (2, 4)]

@@ -26,11 +26,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgefpn.backend_names import BUNDLED, NAMES
 from edgefpn.errors import ModelFileError
 
 __all__ = ["BACKENDS", "engine_reads", "validate_manifest", "validate_pipeline"]
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+BACKENDS = BUNDLED  # edgefpn.backend_names: stdlib, as this module
 PRECISIONS = ("fp32", "fp16", "int8")
 IR_XML = "model.xml"  # edgefpn.backends.openvino.IR_NAME (not imported: that module imports numpy only, but
 # the schema stays stdlib)
@@ -92,10 +93,11 @@ def engine_reads(entry: Mapping[str, Any]) -> list[str]:
     before the engine. ONNX Runtime: the ONNX file (its external data is refused separately).
     """
     path = str(entry["path"])
-    if entry["backend"] == "openvino":
+    reads = NAMES[entry["backend"]].reads
+    if reads == "ir":
         xml = path if path.endswith(".xml") else f"{path}/{IR_XML}"
         return [xml, xml[: -len(".xml")] + ".bin"]
-    if entry["backend"] == "tensorrt":
+    if reads == "file+manifest":
         return [path, f"{path}.manifest.json"]
     return [path]
 
@@ -130,7 +132,7 @@ def _check_engine(p: _Problems, i: int, e: Any, listed: Mapping[str, Any], names
     if problem is not None:
         p.add(f"{where}.path", problem)
     elif e.get("backend") in BACKENDS:
-        if e["backend"] == "openvino" and not (path.endswith(".xml") or f"{path}/{IR_XML}" in listed):
+        if NAMES[e["backend"]].reads == "ir" and not (path.endswith(".xml") or f"{path}/{IR_XML}" in listed):
             p.add(f"{where}.path", f"{path!r} is not an OpenVINO IR of the bundle (an .xml or a folder with {IR_XML})")
         else:
             for k, read in enumerate(engine_reads(e)):
