@@ -35,7 +35,8 @@ def _prepare(work: Path, num_calib: int) -> tuple[Path, Path]:
     import torch
 
     from edgefpn.data.synth import generate
-    from edgefpn.models.export import ExportWrapper, export_onnx
+    from edgefpn.models.export import export_onnx
+    from edgefpn.models.fcos import FCOSExportWrapper
     from edgefpn.models.registry import build_model
 
     data = work / "data"
@@ -43,7 +44,7 @@ def _prepare(work: Path, num_calib: int) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model = build_model(arch="fcos", num_classes=7, backbone_name="resnet18", fpn_channels=64, head_convs=2).eval()
     path = work / "model.onnx"
-    export_onnx(ExportWrapper(model).eval(), path, input_size=(320, 320), batch=1, opset=17)
+    export_onnx(FCOSExportWrapper(model).eval(), path, input_size=(320, 320), batch=1, opset=17)
     onnx.save(onnxslim.slim(onnx.load(str(path))), str(path))
     return data, path
 

@@ -22,14 +22,14 @@ from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import load_config
 from edgefpn.data.coco import load_split
 from edgefpn.pipeline.check import discover_engines
-from edgefpn.pipeline.common import make_pipeline
+from edgefpn.pipeline.common import make_prepost
 
 STEPS = ("read_and_prepare", "infer", "decode")
 
 
 def measure(run_dir: Path, engine: str, iters: int, threads: int, config: str | None) -> dict:
     cfg = load_config(config, [])
-    pipes = {"deploy": make_pipeline(cfg, deploy=True), "eval": make_pipeline(cfg)}
+    pipes = {"deploy": make_prepost(cfg, deploy=True), "eval": make_prepost(cfg)}
     split = load_split(Path(cfg.data.root), cfg.data.val_split)
     paths = [r.path for r in split.images]
     spec = next((e for e in discover_engines(run_dir, cfg.check.backends) if e.name == engine), None)

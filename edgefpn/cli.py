@@ -167,7 +167,7 @@ def main() -> None:
       export    static ONNX, one output per level quantize  INT8 (QDQ, NNCF) and FP16 models
       build     OpenVINO IR, TensorRT engines     check     every engine vs PyTorch, report
       run       all stages in order               predict   detections for a folder of images
-      benchmark latency / throughput of every engine   lint      TensorRT compatibility lint of ONNX
+      benchmark latency / throughput of every engine   trt-lint  TensorRT compatibility lint of ONNX
     """
     os.environ.setdefault("TQDM_MININTERVAL", "1")
     _no_vendor_telemetry()
@@ -253,12 +253,15 @@ def build(cfg, run_dir: Path, force: bool, progress: bool, targets: tuple[str, .
         click.echo(art.path)
 
 
-@main.command()
+@main.command("trt-lint")
 @click.argument("onnx_files", nargs=-1, required=True, metavar="ONNX...",
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_debug_option
-def lint(onnx_files: tuple[Path, ...]) -> None:
-    """Check ONNX files for TensorRT 10 compatibility; exit 1 if any error is found."""
+def trt_lint(onnx_files: tuple[Path, ...]) -> None:
+    """Check ONNX files for TensorRT 10 compatibility; exit 1 if any error is found.
+
+    Named ``trt-lint``, not ``lint``: ``make lint`` is the code linter (ruff).
+    """
     from edgefpn.lint import errors, lint_onnx
 
     failed = False

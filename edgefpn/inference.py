@@ -29,8 +29,8 @@ CONTRACTS = ("raw", "detections")  # per-level maps decoded here | det_boxes/det
 
 
 @dataclass(frozen=True)
-class Pipeline:
-    """Pre- and post-processing parameters: everything but the engine.
+class PrePost:
+    """Pre- and post-processing parameters and steps: everything on the path but the engine.
 
     ``arch`` picks the decoder in ``edgefpn.postprocess.DECODERS``; the stages pass the arch recorded
     in the run's checkpoint meta, the runtime the one in the bundle's ``pipeline.json``.
@@ -60,7 +60,7 @@ class Pipeline:
         return chw[None], lb  # [1, 3, H, W]
 
     def feed_image(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], Letterbox]:
-        """A decoded ``uint8 [h, w, 3]`` RGB image -> the engine's feed in this pipeline's ``input`` type."""
+        """A decoded ``uint8 [h, w, 3]`` RGB image -> the engine's feed in this ``PrePost``'s ``input`` type."""
         if self.input == "uint8":
             u8, valid_hw, lb = letterbox_u8(image, size=self.input_size)
             return {"images_u8": u8, "valid_hw": valid_hw}, lb
@@ -68,7 +68,7 @@ class Pipeline:
         return {INPUT_NAME: batch}, lb
 
     def feed_file(self, path: str | Path) -> tuple[dict[str, np.ndarray], Letterbox]:
-        """Image file -> the engine's feed in this pipeline's ``input`` type, and the letterbox."""
+        """Image file -> the engine's feed in this ``PrePost``'s ``input`` type, and the letterbox."""
         if self.input == "uint8":
             image, valid_hw, lb = letterbox_u8_file(path, size=self.input_size)
             return {"images_u8": image, "valid_hw": valid_hw}, lb
@@ -76,7 +76,7 @@ class Pipeline:
         return {INPUT_NAME: batch}, lb
 
     def detections(self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[Detections]:
-        """The engine's outputs in this pipeline's ``contract`` -> detections in original image pixels."""
+        """The engine's outputs in this ``PrePost``'s ``contract`` -> detections in original image pixels."""
         if self.contract == "raw":
             return self.decode(outputs, letterboxes)
         return [replace(d, boxes=boxes_to_original(d.boxes, lb).astype(np.float32))
@@ -109,7 +109,7 @@ class Pipeline:
         ]
 
 
-def detect_file(runner: Runner, pipeline: Pipeline, path: str | Path) -> Detections:
+def detect_file(runner: Runner, prepost: PrePost, path: str | Path) -> Detections:
     """Decode one image file and detect objects in it (the end-to-end latency path)."""
-    feed, lb = pipeline.feed_file(path)
-    return pipeline.detections(runner.infer(feed), [lb])[0]
+    feed, lb = prepost.feed_file(path)
+    return prepost.detections(runner.infer(feed), [lb])[0]

@@ -1,10 +1,14 @@
-"""Shared fixtures: one tiny trained run (data, model, ONNX) built once per session."""
+"""Shared test scaffolding: the tiny config, the tiny model builders' arguments, one tiny trained run
+(data, model, ONNX) built once per session, and private copies of it for tests that change a run."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +43,27 @@ TINY = [
 
 
 def tiny_overrides(tmp: Path) -> list[str]:
+    """The tiny config's ``--set`` list with its dataset and run directory under ``tmp``."""
     return [*TINY, f"data.root={tmp / 'data'}", f"run.out={tmp / 'run'}"]
+
+
+# The smallest builder arguments of each model family, for the model tests that build a detector
+# directly (the one-stage ones match TINY's model.* settings; Faster R-CNN also slims its RoI head).
+_TINY_BUILD = {
+    "one_stage": {"backbone_name": "resnet18", "fpn_channels": 32, "head_convs": 1},
+    "faster_rcnn": {"backbone_name": "resnet18", "fpn_channels": 32, "backbone_width": 16, "representation_size": 64},
+}
+
+
+def tiny_build_kwargs(arch: str = "fcos", **extra: Any) -> dict[str, Any]:
+    """A fresh dict of tiny builder arguments for ``arch`` (``num_classes`` not included), plus ``extra``."""
+    return {**_TINY_BUILD["faster_rcnn" if arch == "faster_rcnn" else "one_stage"], **extra}
+
+
+def copy_run(src: Path, dst: Path, *, ignore: Callable[[str, list[str]], set[str]] | None = None) -> Path:
+    """A private copy of a run (or data) folder at ``dst``, to modify; ``ignore`` as ``shutil.copytree``'s."""
+    shutil.copytree(src, dst, ignore=ignore)
+    return dst
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +77,13 @@ def tiny_run(tmp_path_factory) -> tuple[list[str], Path]:
     cfg = load_config(None, overrides)
     export.run(cfg, Path(cfg.run.out), progress=False)
     return overrides, Path(cfg.run.out)
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> tuple[list[str], Path]:
+    """(overrides, run_dir) of a private copy of the tiny run at ``tmp_path / "run"``: change it freely."""
+    overrides, src = tiny_run
+    return overrides, copy_run(src, tmp_path / "run")
 
 
 @pytest.fixture

@@ -113,11 +113,11 @@ def _val_images(overrides: list[str], tmp_path: Path, n: int = 3):
     return images, split
 
 
-def _predict(tiny_run, images: Path, backend: str, out: Path, *sets_: str) -> list[dict]:
-    """``edgefpn predict`` on the tiny run; its saved detections."""
+def _predict(run_copy, images: Path, backend: str, out: Path, *sets_: str) -> list[dict]:
+    """``edgefpn predict`` on a copy of the tiny run (a postprocess setting re-exports it); its saved detections."""
     import json
 
-    overrides, run_dir = tiny_run
+    overrides, run_dir = run_copy
     # an explicit empty config: without --config the CLI reads configs/default.yaml, whose settings
     # differ from tiny_run's and would retrain into the shared tiny run directory
     empty = out.parent / "empty.yaml"
@@ -128,9 +128,9 @@ def _predict(tiny_run, images: Path, backend: str, out: Path, *sets_: str) -> li
     return json.loads(out.read_text())
 
 
-def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
-    images, split = _val_images(tiny_run[0], tmp_path)
-    saved = {backend: _predict(tiny_run, images, backend, tmp_path / f"{backend}.json", "postprocess.score_thresh=0.0")
+def test_predict_torch_and_onnxruntime_agree(run_copy, tmp_path):
+    images, split = _val_images(run_copy[0], tmp_path)
+    saved = {backend: _predict(run_copy, images, backend, tmp_path / f"{backend}.json", "postprocess.score_thresh=0.0")
              for backend in ("torch", "onnxruntime")}
     torch_dets, ort_dets = saved["torch"], saved["onnxruntime"]
     assert torch_dets and len(torch_dets) == len(ort_dets)
@@ -154,12 +154,12 @@ def test_predict_torch_and_onnxruntime_agree(tiny_run, tmp_path):
         assert x >= 0 and x + w <= widths[a["file_name"]] + 1e-3  # original image pixels
 
 
-def test_predict_keeps_the_deployment_threshold(tiny_run, tmp_path):
+def test_predict_keeps_the_deployment_threshold(run_copy, tmp_path):
     # deploy.score_thresh t: exactly the evaluation threshold's detections that score above t
-    images, _ = _val_images(tiny_run[0], tmp_path)
+    images, _ = _val_images(run_copy[0], tmp_path)
 
     def predict(*extra: str) -> list[dict]:
-        return _predict(tiny_run, images, "onnxruntime", tmp_path / "dets.json", "postprocess.score_thresh=0.0", *extra)
+        return _predict(run_copy, images, "onnxruntime", tmp_path / "dets.json", "postprocess.score_thresh=0.0", *extra)
 
     everything = predict()
     t = float(np.median([d["score"] for d in everything]))
@@ -180,7 +180,7 @@ def test_cli_keeps_vendor_telemetry_off(tmp_path):
     import sys
 
     code = ("import sys\nfrom edgefpn.cli import main\n"
-            "try:\n    main(['lint', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+            "try:\n    main(['trt-lint', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
             "import openvino.tools.ovc.convert_impl as c\nprint(c.tm.__name__)")
     missing = tmp_path / "none.onnx"
     env = {k: v for k, v in __import__("os").environ.items() if k != "EDGEFPN_VENDOR_TELEMETRY"}

@@ -1,4 +1,4 @@
-"""The TensorRT lint names each broken node; a clean exported model passes; `edgefpn lint` exits 1 on errors."""
+"""The TensorRT lint names each broken node; a clean exported model passes; `edgefpn trt-lint` exits 1 on errors."""
 
 from __future__ import annotations
 
@@ -141,10 +141,10 @@ def test_cli_lint_exit_codes(tmp_path):
     clean = make_tiny_onnx(tmp_path / "clean.onnx")
     broken = tmp_path / "broken.onnx"
     onnx.save(conv_qdq(act_zp=3), str(broken))
-    ok = CliRunner().invoke(main, ["lint", str(clean)])
+    ok = CliRunner().invoke(main, ["trt-lint", str(clean)])
     assert ok.exit_code == 0, ok.output
     assert "0 error(s), 0 warning(s)" in ok.output
-    res = CliRunner().invoke(main, ["lint", str(clean), str(broken)])
+    res = CliRunner().invoke(main, ["trt-lint", str(clean), str(broken)])
     assert res.exit_code == 1
     assert "q_act (QuantizeLinear): zero point 3" in res.output
 

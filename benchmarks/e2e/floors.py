@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgefpn.pipeline.report import contract_rows
+from edgefpn.report.check_md import contract_rows
 
 
 def main(path: str) -> int:

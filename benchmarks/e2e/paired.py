@@ -21,7 +21,7 @@ from edgefpn.config import load_config
 from edgefpn.data.coco import load_split
 from edgefpn.inference import detect_file
 from edgefpn.pipeline.check import ENGINE_FILES
-from edgefpn.pipeline.common import make_pipeline, recorded_arch
+from edgefpn.pipeline.common import make_prepost, recorded_arch
 
 SETS = ["export.input=uint8", "export.nms=true"]
 
@@ -30,7 +30,7 @@ def main(run_dir: Path, raw: str, pairs: int) -> None:
     cfg = load_config(Path("configs/default.yaml"), SETS)
     files = {n: (b, p, run_dir / rel) for n, b, p, rel in ENGINE_FILES}
     arch = recorded_arch(cfg, run_dir)
-    pipe = make_pipeline(cfg, arch=arch, deploy=True)
+    pipe = make_prepost(cfg, arch=arch, deploy=True)
     e2e_pipe = replace(pipe, input=cfg.export.input, contract="detections")
     paths = [im.path for im in load_split(cfg.data.root, cfg.data.val_split).images]
     batch, _ = pipe.prepare_file(paths[0])

@@ -22,7 +22,7 @@ from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.config import load_config
 from edgefpn.pipeline import check
 from edgefpn.pipeline import data as data_stage
-from edgefpn.pipeline.common import make_pipeline
+from edgefpn.pipeline.common import make_prepost
 from edgefpn.quantize.accuracy import Evaluator
 from edgefpn.quantize.ort_cpu import check_qdq_ort, quantize_qdq_ort
 
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     print(f"quantized in {time.perf_counter() - t0:.1f} s; problems: {check_qdq_ort(onnx.load(str(out)), sym['exclude_nodes'])}")
     data = data_stage.run(cfg, progress=False)
     split = data.split(cfg.data.val_split)
-    ev = Evaluator(make_pipeline(cfg), split.images, split.category_ids, data.ann_file(cfg.data.val_split),
+    ev = Evaluator(make_prepost(cfg), split.images, split.category_ids, data.ann_file(cfg.data.val_split),
                    threads=cfg.run.threads)
     ref = sym["accuracy"]["reference_map"]
     m = ev.map_of(ev.detect(EngineSpec("onnxruntime-int8", "onnxruntime", "int8", out)))
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
         int8 = EngineSpec("onnxruntime-int8", "onnxruntime", "int8", path)
         with contextlib.ExitStack() as stack:
             runners = {s.name: stack.enter_context(open_runner(s, threads=cfg.run.threads)) for s in (fp32, int8)}
-            s = check._int8_speedups(runners, [fp32, int8], make_pipeline(cfg), split.images, cfg)["onnxruntime-int8"]
+            s = check._int8_speedups(runners, [fp32, int8], make_prepost(cfg), split.images, cfg)["onnxruntime-int8"]
         print(f"{name:30s} int8 p50 {s['p50_ms']:6.2f} ms  fp32 p50 {s['vs_p50_ms']:6.2f} ms  "
               f"speedup {s['speedup']:.2f}x (median of {s['pairs']} interleaved pairs)  load {os.getloadavg()[0]:.1f}")
 

@@ -17,7 +17,7 @@ from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.config import load_config
 from edgefpn.pipeline import check
 from edgefpn.pipeline import data as data_stage
-from edgefpn.pipeline.common import make_pipeline
+from edgefpn.pipeline.common import make_prepost
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
         int8 = EngineSpec("onnxruntime-int8", "onnxruntime", "int8", run_dir / file)
         with contextlib.ExitStack() as stack:
             runners = {s.name: stack.enter_context(open_runner(s, threads=cfg.run.threads)) for s in (fp32, int8)}
-            s = check._int8_speedups(runners, [fp32, int8], make_pipeline(cfg), records, cfg)["onnxruntime-int8"]
+            s = check._int8_speedups(runners, [fp32, int8], make_prepost(cfg), records, cfg)["onnxruntime-int8"]
         print(f"{name:30s} int8 p50 {s['p50_ms']:6.2f} ms  fp32 p50 {s['vs_p50_ms']:6.2f} ms  "
               f"speedup {s['speedup']:.2f}x over {s['pairs']} pairs  (load {os.getloadavg()[0]:.1f})")
 

@@ -101,21 +101,21 @@ def _profile(stages, video: Path, eval_thresh: float) -> dict[str, float]:
 
 @contextlib.contextmanager
 def _session(args: argparse.Namespace):
-    """A BundleSession, or the same attributes (spec, pipeline, stages) for an engine of a run directory."""
+    """A BundleSession, or the same attributes (spec, prepost, stages) for an engine of a run directory."""
     if args.bundle is not None:
         with BundleSession(args.bundle, engine=args.engine, threads=args.threads) as s:
             yield s
         return
     from edgefpn.backends.base import EngineSpec
     from edgefpn.config import load_config
-    from edgefpn.pipeline.common import make_pipeline
+    from edgefpn.pipeline.common import make_prepost
 
     backend, precision = args.engine.split("-")
     rel = "model.onnx" if backend == "onnxruntime" else f"{backend}/{precision}"
     spec = EngineSpec(args.engine, backend, precision, args.run_dir / rel)
-    pipeline = make_pipeline(load_config(args.config, []), deploy=True)
+    prepost = make_prepost(load_config(args.config, []), deploy=True)
     with open_runner(spec, threads=args.threads) as runner:
-        yield types.SimpleNamespace(spec=spec, pipeline=pipeline, stages=FrameStages(pipeline, runner))
+        yield types.SimpleNamespace(spec=spec, prepost=prepost, stages=FrameStages(prepost, runner))
 
 
 def main() -> None:
@@ -143,7 +143,7 @@ def main() -> None:
         profile = _profile(stages, video, args.eval_score_thresh)
         rounds = []
         with open_runner(s.spec, threads=args.threads, hint="throughput") as tp_runner:
-            tp_stages = FrameStages(s.pipeline, tp_runner)
+            tp_stages = FrameStages(s.prepost, tp_runner)
             for _ in range(args.rounds):
                 tp = _throughput(s.spec, feed, args.threads, args.seconds, 0.0)
                 mo = _model_only_cpu(tp_runner.compiled, feed, args.seconds)

@@ -422,7 +422,7 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: b
     errs = errors(src.lint)
     if errs:
         raise ModelFileError(f"{src.path}: {len(errs)} TensorRT lint error(s), first: {errs[0]} "
-                             f"(all: edgefpn lint {src.path})")
+                             f"(all: edgefpn trt-lint {src.path})")
     settings = cfg.build.tensorrt
     device = cuda_device()
     version = tensorrt_version()

@@ -1,19 +1,20 @@
-"""Detectors built from torchvision blocks, their export wrapper and their checkpoints."""
+"""Detectors built from torchvision blocks, their export wrappers and their checkpoints."""
 
 from edgefpn.models.backbones import BACKBONES, LevelSpec, ResNetFPN, resnet_fpn
 from edgefpn.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from edgefpn.models.export import ExportWrapper, export_onnx, output_names, output_shapes
-from edgefpn.models.fcos import FCOS_LEVELS, IdentityTransform, fcos
+from edgefpn.models.export import export_onnx
+from edgefpn.models.fcos import FCOS_LEVELS, FCOSExportWrapper, fcos
 from edgefpn.models.outputs import ExportModule
 from edgefpn.models.registry import ARCHITECTURES, ArchSpec, arch_spec, build_model, export_wrapper
+from edgefpn.models.transform import IdentityTransform
 
 __all__ = [
     "ARCHITECTURES",
     "BACKBONES",
     "ArchSpec",
     "ExportModule",
+    "FCOSExportWrapper",
     "FCOS_LEVELS",
-    "ExportWrapper",
     "IdentityTransform",
     "LevelSpec",
     "ResNetFPN",
@@ -24,8 +25,6 @@ __all__ = [
     "fcos",
     "load_checkpoint",
     "load_weights",
-    "output_names",
-    "output_shapes",
     "resnet_fpn",
     "save_checkpoint",
 ]

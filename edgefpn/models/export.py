@@ -1,8 +1,7 @@
 """ONNX export of any architecture's export wrapper (``edgefpn.models.registry.ARCHITECTURES``).
 
 The wrapper advertises its outputs (``output_names()``, ``output_shapes()``); the exported graph must
-match them exactly. ``ExportWrapper``, ``output_names`` and ``output_shapes`` are FCOS's (the contract
-of docs/ARCHITECTURE.md), kept here under their old names.
+match them exactly.
 """
 
 from __future__ import annotations
@@ -16,16 +15,11 @@ import onnx
 import torch
 
 from edgefpn.errors import ExportError
-from edgefpn.models.fcos import FCOSExportWrapper, fcos_output_names, fcos_output_shapes
 from edgefpn.models.outputs import ExportModule
 
-__all__ = ["INPUT_NAME", "ExportWrapper", "export_onnx", "output_names", "output_shapes"]
+__all__ = ["INPUT_NAME", "export_onnx"]
 
 INPUT_NAME = "images"
-# FCOS's wrapper and output contract under their original names
-ExportWrapper = FCOSExportWrapper
-output_names = fcos_output_names
-output_shapes = fcos_output_shapes
 
 
 def export_onnx(

@@ -28,9 +28,9 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from edgefpn.models.backbones import LastLevelMaxPoolNamed, ResNetFPN, level_stride, mobilenet_fpn, resnet_fpn
-from edgefpn.models.fcos import IdentityTransform
 from edgefpn.models.necks import AUX_LOSS_WEIGHT, ConsistentSupervision, attach_neck
 from edgefpn.models.necks.soft_roi import SoftRoISelection, StaticRoIPool
+from edgefpn.models.transform import IdentityTransform
 
 __all__ = ["FASTER_RCNN_LEVELS", "VARIANTS", "AugEdgeFasterRCNN", "EdgeFasterRCNN", "faster_rcnn"]
 
@@ -109,7 +109,6 @@ def faster_rcnn(
     detections_per_img: int = 100,
     neck: str = "fpn",
     aux_loss_weight: float = AUX_LOSS_WEIGHT,
-    **unused: object,
 ) -> EdgeFasterRCNN:
     """torchvision's Faster R-CNN on a ResNet-FPN (P2..P5 + max-pool P6), taking preprocessed images.
 
@@ -136,8 +135,6 @@ def faster_rcnn(
             features from all RoI levels fused by learned spatial weights instead of the level rule)
             and, in training, Consistent Supervision (``edgefpn.models.necks``).
         aux_loss_weight: weight of the Consistent Supervision losses (``neck="augfpn"`` only).
-        unused: other architectures' settings (e.g. ``head_convs``), accepted and ignored so that one
-            config builds any architecture.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")

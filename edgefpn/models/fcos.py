@@ -3,22 +3,20 @@
 Using torchvision's classes unchanged keeps its training losses, its initialisation and its state-dict
 layout: ``fcos(backbone_name="resnet50", num_classes=91, fpn_channels=256, head_convs=4,
 norm="frozen_bn")`` has exactly the keys and shapes of ``torchvision.models.detection.fcos_resnet50_fpn``.
-The only swap is ``model.transform``: our numpy preprocessing letterboxes and normalises before the
-model, so the model itself must neither resize nor normalise (see docs/ARCHITECTURE.md).
+The only swap is ``model.transform`` (``edgefpn.models.transform.IdentityTransform``): our numpy
+preprocessing letterboxes and normalises before the model, so the model itself must neither resize nor
+normalise (see docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 from torch.nn import functional as F
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
-from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from edgefpn.models.backbones import backbone_fpn
 from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
@@ -28,11 +26,11 @@ from edgefpn.models.outputs import (
     per_level_output_shapes,
     run_tower,
 )
+from edgefpn.models.transform import IdentityTransform
 
 __all__ = [
     "FCOS_LEVELS",
     "FCOSExportWrapper",
-    "IdentityTransform",
     "fcos",
     "fcos_output_names",
     "fcos_output_shapes",
@@ -42,54 +40,6 @@ FCOS_LEVELS = ("p3", "p4", "p5", "p6", "p7")
 _KINDS = ("cls", "box", "ctr")
 # torchvision's FCOSClassificationHead / FCOSRegressionHead hard-code GroupNorm(32, C).
 _HEAD_NORM_GROUPS = 32
-
-
-class IdentityTransform(GeneralizedRCNNTransform):
-    """A ``GeneralizedRCNNTransform`` that only batches: no resizing, no normalisation, no padding.
-
-    Images must already be letterboxed and normalised (``edgefpn.data.preprocess``) and all share one
-    size, so boxes in targets and detections stay in input (letterboxed) pixels.
-    """
-
-    def __init__(self) -> None:
-        # The parent's sizes and statistics are never used; these values only satisfy its constructor.
-        super().__init__(min_size=0, max_size=0, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])
-
-    def forward(
-        self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None
-    ) -> tuple[ImageList, list[dict[str, Tensor]] | None]:
-        """Stack ``N`` images ``[3, H, W]`` (or take a ``[N, 3, H, W]`` batch) into an ``ImageList``."""
-        if isinstance(images, Tensor):
-            if images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"expected images of shape [N, 3, H, W], got {list(images.shape)}")
-            batch = images
-        else:
-            if len(images) == 0:
-                raise ValueError("expected at least one image, got an empty list")
-            shapes = [list(img.shape) for img in images]
-            if any(len(s) != 3 or s[0] != 3 for s in shapes) or any(s != shapes[0] for s in shapes):
-                raise ValueError(
-                    f"expected images of one shape [3, H, W] (already letterboxed), got {shapes}"
-                )
-            batch = torch.stack(images)  # [N, 3, H, W]
-        if targets is not None:
-            if len(targets) != batch.shape[0]:
-                raise ValueError(f"expected one target per image ({batch.shape[0]}), got {len(targets)}")
-            targets = [dict(t) for t in targets]  # shallow copies, as the parent makes
-        height, width = int(batch.shape[-2]), int(batch.shape[-1])
-        return ImageList(batch, [(height, width)] * batch.shape[0]), targets
-
-    def postprocess(
-        self,
-        result: list[dict[str, Tensor]],
-        image_shapes: list[tuple[int, int]],
-        original_image_sizes: list[tuple[int, int]],
-    ) -> list[dict[str, Tensor]]:
-        """Detections are already in input pixels: nothing was resized, so nothing is mapped back."""
-        return result
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}()"
 
 
 def fcos(

@@ -8,6 +8,7 @@ the same names: ``edgefpn.postprocess.DECODERS``. A new architecture registers i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -93,8 +94,20 @@ def arch_spec(arch: str) -> ArchSpec:
 
 
 def build_model(*, arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build the detector ``arch`` with ``num_classes`` classes; ``kwargs`` go to its builder."""
-    return arch_spec(arch).builder(num_classes=num_classes, **kwargs)
+    """Build the detector ``arch`` with ``num_classes`` classes; ``kwargs`` go to its builder.
+
+    A key the builder does not take (misspelt, or another arch's, e.g. ``head_convs`` for
+    ``faster_rcnn``) is a ``ValueError`` naming it and the valid ones, never silently ignored.
+    """
+    builder = arch_spec(arch).builder
+    params = inspect.signature(builder).parameters
+    # a builder that forwards **kwargs (retinanet_v2 -> retinanet) leaves the check to the one it calls
+    forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = [name for name in params if name != "num_classes"]
+    unexpected = [key for key in kwargs if key not in accepted]
+    if unexpected and not forwards:
+        raise ValueError(f"{arch} takes no argument {unexpected[0]!r}; valid: {', '.join(accepted)}")
+    return builder(num_classes=num_classes, **kwargs)
 
 
 def export_wrapper(arch: str, model: nn.Module) -> ExportModule:

@@ -3,7 +3,7 @@
 ``retinanet(backbone_name="resnet50", num_classes=91, fpn_channels=256, head_convs=4, norm="frozen_bn")``
 has exactly the keys and shapes of ``torchvision.models.detection.retinanet_resnet50_fpn``, and
 ``retinanet_v2(..., norm="bn")`` those of ``retinanet_resnet50_fpn_v2`` (GroupNorm in the heads, P6/P7
-from C5, GIoU box loss). As in ``fcos.py`` the only swap is ``model.transform`` (``IdentityTransform``).
+from C5, GIoU box loss). As in ``fcos.py`` the only swap is ``model.transform`` (``transform.IdentityTransform``).
 Anchors are torchvision's defaults (``edgefpn.postprocess.retinanet``: the numpy decoder uses the same).
 """
 
@@ -18,7 +18,6 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 
 from edgefpn.models.backbones import backbone_fpn
-from edgefpn.models.fcos import IdentityTransform
 from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
 from edgefpn.models.outputs import (
     PerLevelExportWrapper,
@@ -26,6 +25,7 @@ from edgefpn.models.outputs import (
     per_level_output_shapes,
     run_tower,
 )
+from edgefpn.models.transform import IdentityTransform
 from edgefpn.postprocess.retinanet import ANCHOR_RATIOS, NUM_ANCHORS, anchor_sizes
 
 __all__ = [

@@ -49,11 +49,11 @@ from edgefpn.config import Config, config_hash
 from edgefpn.errors import ConfigError, ModelFileError
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline.benchmark_app import benchmark_app, parse_benchmark_app
-from edgefpn.pipeline.benchmark_md import render_markdown
 from edgefpn.pipeline.check import ENGINE_FILES
-from edgefpn.pipeline.common import log, make_pipeline
+from edgefpn.pipeline.common import log, make_prepost
 from edgefpn.pipeline.lineage import current_engines
-from edgefpn.pipeline.report import system_info
+from edgefpn.report.benchmark_md import render_markdown
+from edgefpn.report.check_md import system_info
 from edgefpn.runtime import scenarios as sc
 from edgefpn.runtime.scenario import streaming_scenario
 
@@ -116,7 +116,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         return art
 
     rows, sweep_rows = [], []
-    deploy = make_pipeline(cfg, deploy=True) if paths else None
+    deploy = make_prepost(cfg, deploy=True) if paths else None
     video_dir = tempfile.TemporaryDirectory(prefix="edgefpn-val-video-")
     video = _val_video(cfg, Path(video_dir.name))
     for spec in engines:
@@ -146,7 +146,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         if video is not None:
             log(f"[benchmark] {spec.name}: streaming the val video at the deploy and eval thresholds")
         scenarios["streaming"] = streaming_scenario(  # {"skipped": why} without val images on disk
-            spec, {"deploy": make_pipeline(cfg, deploy=True), "eval": make_pipeline(cfg)}, video, threads=threads)
+            spec, {"deploy": make_prepost(cfg, deploy=True), "eval": make_prepost(cfg)}, video, threads=threads)
         rows.append(_row(spec) | {"latency_ms": ss["model_only_ms"], "fps": ss["fps"], "scenarios": scenarios})
         sweep_rows += _batch_sweep(family, off["sweep"], feed, threads, cfg.check.warmup, iters)
     video_dir.cleanup()
@@ -204,7 +204,7 @@ def _feed(cfg: Config) -> tuple[dict[str, np.ndarray], str, list[Path]]:
     if (root / "annotations" / f"instances_{cfg.data.val_split}.json").is_file():
         split = load_split(root, cfg.data.val_split)
         if split.images:
-            batch, _ = make_pipeline(cfg).prepare(load_image(split.images[0].path))
+            batch, _ = make_prepost(cfg).prepare(load_image(split.images[0].path))
             return {INPUT_NAME: batch}, f"val image {split.images[0].path.name}", [r.path for r in split.images]
     h, w = cfg.model.input_size
     batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)

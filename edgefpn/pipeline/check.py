@@ -39,13 +39,13 @@ from edgefpn.metrics.tensors import aggregate_agreement, tensor_agreement
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
-from edgefpn.pipeline.common import log, make_pipeline, recorded_arch
+from edgefpn.pipeline.common import log, make_prepost, recorded_arch
 from edgefpn.pipeline.data import require_annotations
-from edgefpn.pipeline.gallery import Gallery
 from edgefpn.pipeline.lineage import current_engines
-from edgefpn.pipeline.report import render_markdown, system_info, with_compute
-from edgefpn.pipeline.report_html import render_html
 from edgefpn.postprocess import decoder_for, split_output_name
+from edgefpn.report.check_html import render_html
+from edgefpn.report.check_md import render_markdown, system_info, with_compute
+from edgefpn.report.gallery import Gallery
 
 REPORT = "report.json"
 REFERENCE = EngineSpec("torch-fp32", "torch", "fp32", Path(train_stage.ARTIFACT))
@@ -132,8 +132,8 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
     """
     from tqdm import tqdm
 
-    pipe = make_pipeline(cfg, arch=arch)
-    deploy_pipe = make_pipeline(cfg, arch=arch, deploy=True)  # end-to-end latency: what a device runs
+    pipe = make_prepost(cfg, arch=arch)
+    deploy_pipe = make_prepost(cfg, arch=arch, deploy=True)  # end-to-end latency: what a device runs
     # each engine's own contract: what it is fed and what it returns (raw engines: float in, raw out)
     pipes = {s.name: _contract(pipe, cfg, s.name) for s in [reference, *engines]}
     twins = {s.name: e2e_stage.raw_twin(s.name) for s in engines if s.name.endswith(e2e_stage.SUFFIX)}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefpn.config import Config
-from edgefpn.inference import Pipeline
+from edgefpn.inference import PrePost
 from edgefpn.postprocess import PostprocessParams, decoder_for
 
 QUIET = False
@@ -103,10 +103,10 @@ def deploy_score_thresh(cfg: Config) -> float:
     return cfg.postprocess.score_thresh if t is None else t
 
 
-def make_pipeline(cfg: Config, *, arch: str | None = None, deploy: bool = False) -> Pipeline:
+def make_prepost(cfg: Config, *, arch: str | None = None, deploy: bool = False) -> PrePost:
     """Preprocessing of ``cfg.model`` and the decoder of ``arch`` (``cfg.model.arch`` by default);
     ``deploy=True`` decodes at the deployment score threshold (see :func:`postprocess_params`)."""
     m = cfg.model
     arch = arch or m.arch
     post = postprocess_params(cfg, arch, deploy=deploy)
-    return Pipeline(input_size=m.input_size, mean=m.mean, std=m.std, post=post, arch=arch)
+    return PrePost(input_size=m.input_size, mean=m.mean, std=m.std, post=post, arch=arch)

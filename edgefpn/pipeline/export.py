@@ -12,7 +12,7 @@ from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.errors import ExportError
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline import train as train_stage
-from edgefpn.pipeline.common import log, make_pipeline
+from edgefpn.pipeline.common import log, make_prepost
 from edgefpn.postprocess import decoder_for
 
 ARTIFACT = "model.onnx"
@@ -40,7 +40,7 @@ def _sample_input(cfg: Config) -> np.ndarray:
     from edgefpn.data.preprocess import load_image
     from edgefpn.errors import DataError
 
-    pipe = make_pipeline(cfg)
+    pipe = make_prepost(cfg)
     try:
         split = load_split(cfg.data.root, cfg.data.val_split)
     except DataError:  # no dataset (a torchvision checkpoint loaded alone): fall back to a fixed image
@@ -199,7 +199,7 @@ def _check_selected(cfg: Config, arch: str, reference: dict[str, np.ndarray], go
                         f"{out}: ONNX Runtime disagrees with PyTorch on {name} (the {len(ri)} proposals both "
                         f"selected): cosine {a['cosine']:.6f} (needs >= {min_cos}), SNR {a['snr_db']:.1f} dB "
                         f"(needs >= {SELECTED_MIN_SNR_DB:g})")
-    post = make_pipeline(cfg, arch=arch).post
+    post = make_prepost(cfg, arch=arch).post
     agree = DetectionAgreement()
     for ref_det, det in zip(decode(arch, reference, post, image_size=cfg.model.input_size),
                             decode(arch, got, post, image_size=cfg.model.input_size), strict=True):

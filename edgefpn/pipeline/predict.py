@@ -12,7 +12,7 @@ from edgefpn.inference import detect_file
 from edgefpn.ownership import check_detections_file
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
-from edgefpn.pipeline.common import log, make_pipeline
+from edgefpn.pipeline.common import log, make_prepost
 from edgefpn.runtime import detections_to_records, list_images
 
 
@@ -30,7 +30,7 @@ def run(cfg: Config, run_dir: Path, *, backend: str, images: Path, save: Path | 
     meta = (read_manifest(run_dir / train_stage.ARTIFACT) or {}).get("meta", {})
     # category ids: the dataset's when trained here, else the model's label index (torchvision style)
     category_ids = meta.get("category_ids") or list(range(int(meta.get("num_classes", 0))))
-    pipe = make_pipeline(cfg, arch=str(meta.get("arch") or cfg.model.arch), deploy=True)
+    pipe = make_prepost(cfg, arch=str(meta.get("arch") or cfg.model.arch), deploy=True)
     dets_out: list[dict] = []
     with open_runner(EngineSpec(f"{backend}-fp32", backend, "fp32", art.path), threads=cfg.run.threads) as runner:
         for path in tqdm(paths, desc=f"[predict] {backend}", disable=not progress, leave=False):

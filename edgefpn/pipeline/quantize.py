@@ -25,7 +25,7 @@ from edgefpn.calibration.dataset import IMAGE_SUFFIXES
 from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
-from edgefpn.pipeline.common import log, make_pipeline, recorded_arch
+from edgefpn.pipeline.common import log, make_prepost, recorded_arch
 from edgefpn.pipeline.data import require_annotations
 
 ARTIFACT = "model.int8.onnx"
@@ -111,7 +111,7 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
         quantize_fn(model_path, dst, calib_res.cache, q.method, exclude=exclude, op_types=op_types)
 
     split = data.split(cfg.data.val_split)
-    evaluator = Evaluator(make_pipeline(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
+    evaluator = Evaluator(make_prepost(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
                           data.ann_file(cfg.data.val_split), threads=cfg.run.threads, batch=_batch(onnx_art))
     ref_spec = EngineSpec("torch-fp32", "torch", "fp32", run_dir / train_stage.ARTIFACT)
     if "results" not in reference:
@@ -225,7 +225,7 @@ def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: Calibration
     groups = node_groups(onnx.load(str(onnx_art.path)))
     ranking = _openvino_ranking(accuracy, groups)
     split = data.split(cfg.data.val_split)
-    evaluator = Evaluator(make_pipeline(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
+    evaluator = Evaluator(make_prepost(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
                           data.ann_file(cfg.data.val_split), threads=cfg.run.threads, batch=_batch(onnx_art))
     ref_map = float(accuracy["reference_map"])
     dataset = nncf_dataset(calib, model_batch=_batch(onnx_art), batch_size=q.batch_size)

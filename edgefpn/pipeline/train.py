@@ -336,7 +336,7 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     from edgefpn.data.torch_dataset import DetectionDataset
     from edgefpn.models.checkpoint import save_checkpoint
     from edgefpn.training import loop
-    from edgefpn.training.distributed import convert_sync_batchnorm, globalise_fcos_loss
+    from edgefpn.training.distributed import wrap_for_ranks
 
     t = cfg.train
     torch.set_num_threads(cfg.run.threads)
@@ -358,33 +358,9 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
     loop.amp_dtype(cfg, dist.device)  # refuse fp16 off CUDA before any work
 
     resume = run_dir / RESUME
-    state = loop.TrainState()
-    saved = loop.load_resume(resume, chash, inputs, force=force, dist=dist)
-    if saved is not None:
-        module.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(saved["rng"])
-        state = loop.TrainState(epoch=int(saved["epoch"]), step=int(saved["step"]),
-                                history=list(saved["history"]), step_losses=list(saved["step_losses"]))
-        log(f"[train] resuming from {resume} at epoch {state.epoch}")
-    elif dist.is_main and resume.is_file():  # another run's partial training: the first epoch would overwrite it
-        kept = _free_name(resume, "prev")
-        if manifest_path(resume).is_file():
-            os.replace(manifest_path(resume), manifest_path(kept))
-        os.replace(resume, kept)
-        log(f"[train] {resume} is not resumed (other settings or --force); kept as {kept}")
-    model = module
-    if dist.enabled:
-        torch.manual_seed(cfg.run.seed + dist.rank)  # what a model draws while training differs per rank
-        if t.sync_bn is not False:
-            module = convert_sync_batchnorm(module, dist.device)
-        if cfg.model.arch == "fcos":
-            globalise_fcos_loss(module, dist.world_size)
-        model = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    elif t.sync_bn:
-        log("[train] train.sync_bn: one process, plain BatchNorm is the same thing")
+    state = _resume_or_set_aside(resume, chash, inputs, module=module, opt=opt, scaler=scaler, force=force,
+                                 dist=dist)
+    module, model = wrap_for_ranks(cfg, module, dist)
 
     backend = "nccl" if dist.device.type == "cuda" else "gloo"
     log(f"[train] {cfg.model.arch}/{cfg.model.backbone} fpn{cfg.model.fpn_channels}, {num_classes} classes, "
@@ -411,6 +387,33 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
             stale.unlink(missing_ok=True)
     dist.barrier()  # the job ends when model.pt is in place
     return art or Artifact(path=out, manifest={})
+
+
+def _resume_or_set_aside(resume: Path, chash: str, inputs: dict[str, str], *, module, opt, scaler, force: bool,
+                         dist):
+    """The training state to start from: ``resume``'s when it was saved under these settings (model,
+    optimiser, scaler and RNG restored in place), else a fresh one, another run's partial state kept aside."""
+    import torch
+
+    from edgefpn.training import loop
+
+    state = loop.TrainState()
+    saved = loop.load_resume(resume, chash, inputs, force=force, dist=dist)
+    if saved is not None:
+        module.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"])
+        state = loop.TrainState(epoch=int(saved["epoch"]), step=int(saved["step"]),
+                                history=list(saved["history"]), step_losses=list(saved["step_losses"]))
+        log(f"[train] resuming from {resume} at epoch {state.epoch}")
+    elif dist.is_main and resume.is_file():  # another run's partial training: the first epoch would overwrite it
+        kept = _free_name(resume, "prev")
+        if manifest_path(resume).is_file():
+            os.replace(manifest_path(resume), manifest_path(kept))
+        os.replace(resume, kept)
+        log(f"[train] {resume} is not resumed (other settings or --force); kept as {kept}")
+    return state
 
 
 def _refuse_zero_steps(cfg: Config, split, out: Path) -> None:

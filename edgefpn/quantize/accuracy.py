@@ -19,7 +19,7 @@ from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.data.coco import ImageRecord
 from edgefpn.data.preprocess import load_image
-from edgefpn.inference import Pipeline
+from edgefpn.inference import PrePost
 from edgefpn.metrics.coco import coco_map, detections_to_coco
 
 __all__ = ["SENSITIVITY_IMAGES", "Evaluator", "SensitivityResult", "greedy_keep_float"]
@@ -30,7 +30,7 @@ SENSITIVITY_IMAGES = 200  # the whole default val split: a 50-image subset hid a
 class Evaluator:
     """mAP of engines over val records; inputs of the sensitivity subset are prepared once."""
 
-    def __init__(self, pipe: Pipeline, records: Sequence[ImageRecord], category_ids: Sequence[int],
+    def __init__(self, pipe: PrePost, records: Sequence[ImageRecord], category_ids: Sequence[int],
                  ann_file: Path, *, threads: int, subset: int = SENSITIVITY_IMAGES, batch: int = 1) -> None:
         self.pipe, self.records, self.category_ids = pipe, list(records), list(category_ids)
         self.ann_file, self.threads = ann_file, threads

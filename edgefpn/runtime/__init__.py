@@ -44,7 +44,7 @@ from edgefpn.backend_names import BUNDLED
 from edgefpn.backends import BACKENDS
 from edgefpn.backends.base import EngineSpec, Runner
 from edgefpn.errors import BackendUnavailable, ModelFileError
-from edgefpn.inference import Pipeline, detect_file
+from edgefpn.inference import PrePost, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
 from edgefpn.runtime import schema
 
@@ -171,9 +171,10 @@ def check_bundled_onnx(bundle: Path, name: str, *, backend: str | None = None) -
                              f"{info.get('location', '')!r}; a bundled ONNX must be self-contained")
 
 
-def pipeline_from(params: Mapping[str, Any]) -> Pipeline:
+def prepost_from(params: Mapping[str, Any]) -> PrePost:
+    """The bundle's ``pipeline.json`` (preprocess / postprocess / arch) as a :class:`PrePost`."""
     pre, post = params["preprocess"], params["postprocess"]
-    return Pipeline(
+    return PrePost(
         input_size=tuple(pre["input_size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
         post=PostprocessParams(score_thresh=post["score_thresh"], nms_thresh=post["nms_thresh"],
                                topk_candidates=post["topk_candidates"],
@@ -207,13 +208,13 @@ class FrameStages:
     input), ``infer`` (one engine call) and ``decode`` (outputs -> detections). Nothing is
     re-implemented here: each stage is the one call the single-image path makes."""
 
-    pipeline: Pipeline
+    prepost: PrePost
     runner: Runner
     batch: int = 1  # the engine's static N of its [N, 3, H, W] input
 
     def prepare(self, image: Any) -> tuple[Any, Any]:
         """``uint8 [h, w, 3]`` RGB -> (``[1, 3, H, W]`` model input, its letterbox)."""
-        return self.pipeline.prepare(image)
+        return self.prepost.prepare(image)
 
     def infer(self, batch: Any) -> dict[str, Any]:
         """One engine call on a ``[N, 3, H, W]`` input (N = :attr:`batch`)."""
@@ -226,7 +227,7 @@ class FrameStages:
         ``len(letterboxes)`` are padding and are cut off before decoding."""
         if len(letterboxes) < self.batch:
             outputs = {k: v[: len(letterboxes)] for k, v in outputs.items()}
-        return self.pipeline.detections(outputs, letterboxes)  # numpy decode only for raw outputs
+        return self.prepost.detections(outputs, letterboxes)  # numpy decode only for raw outputs
 
 
 @dataclass
@@ -292,7 +293,7 @@ class BundleSession:
             raise ModelFileError(f"{self.bundle}: {manifest['pipeline']} changed while it was being extracted")
         try:  # schema-valid settings the decoder still refuses: one line, no traceback
             # the engine's contract: a uint8 feed, and no numpy decode when it returns detections
-            self.pipeline = replace(pipeline_from(params), input=self.entry.get("input", "float"),
+            self.prepost = replace(prepost_from(params), input=self.entry.get("input", "float"),
                                     contract=self.entry.get("contract", "raw"))
             self.category_ids = [int(c) for c in params["classes"]["category_ids"]]
         except (KeyError, TypeError, ValueError) as exc:
@@ -321,22 +322,22 @@ class BundleSession:
 
     def detect(self, path: str | Path) -> Detections:
         """Image file -> detections in original pixels (``detect_image`` of the decoded file)."""
-        return detect_file(self.runner, self.pipeline, path)
+        return detect_file(self.runner, self.prepost, path)
 
     def detect_image(self, image: np.ndarray) -> Detections:
         """The per-frame path: ``uint8 [h, w, 3]`` RGB -> preprocess -> infer -> detections, in the
         engine's contract (float or uint8 feed; numpy decode only for a raw-output engine)."""
-        feed, lb = self.pipeline.feed_image(image)
-        return self.pipeline.detections(self.runner.infer(feed), [lb])[0]
+        feed, lb = self.prepost.feed_image(image)
+        return self.prepost.detections(self.runner.infer(feed), [lb])[0]
 
     @property
     def stages(self) -> FrameStages:
         """This session's per-frame path split into its stages (for :mod:`edgefpn.runtime.stream`)."""
-        if self.pipeline.input != "float":
+        if self.prepost.input != "float":
             # the streaming engines batch one float [N, 3, H, W] array; a uint8 engine takes two inputs
             raise ModelFileError(f"{self.bundle}: engine {self.spec.name!r} takes a uint8 image; the streaming "
                                  "runtime feeds float-input engines only for now: pick one with --engine")
-        return FrameStages(self.pipeline, self.runner, batch=int(getattr(self, "_batch", 1)))
+        return FrameStages(self.prepost, self.runner, batch=int(getattr(self, "_batch", 1)))
 
 
 def _recorded(manifest: Mapping[str, Any], bundle: Path) -> tuple[dict[str, float], str]:

@@ -119,8 +119,8 @@ def _bench(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     with BundleSession(args.bundle, extract_to=args.extract_to, engine=args.engine, threads=args.threads) as s:
-        h, w = s.pipeline.input_size
-        feed, _ = s.pipeline.feed_image(np.zeros((h, w, 3), np.uint8))  # in the engine's contract
+        h, w = s.prepost.input_size
+        feed, _ = s.prepost.feed_image(np.zeros((h, w, 3), np.uint8))  # in the engine's contract
         s.runner.infer(feed)
         first = time.perf_counter() - t0
         for _ in range(args.warmup):
@@ -143,7 +143,7 @@ def _bench(args: argparse.Namespace) -> None:
             result["end_to_end_ms"] = _stats(e2e)
             from edgefpn.runtime.scenario import bench_streaming
 
-            streaming = bench_streaming(s.spec, s.pipeline, paths, threads=args.threads,
+            streaming = bench_streaming(s.spec, s.prepost, paths, threads=args.threads,
                                         eval_score_thresh=args.eval_score_thresh)
         # the named scenarios of `edgefpn benchmark`, each with the conditions it ran under
         batch = s.runner.batch or 1

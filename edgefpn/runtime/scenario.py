@@ -57,8 +57,8 @@ def write_video(images: Sequence[Path], path: Path, *, fps: float = 30.0) -> int
 
 def with_score_thresh(stages: FrameStages, score_thresh: float) -> FrameStages:
     """The same stages decoding at another score threshold (the eval one, say)."""
-    pipe = stages.pipeline
-    return replace(stages, pipeline=replace(pipe, post=replace(pipe.post, score_thresh=float(score_thresh))))
+    pipe = stages.prepost
+    return replace(stages, prepost=replace(pipe, post=replace(pipe.post, score_thresh=float(score_thresh))))
 
 
 def _engine_streams(stages: FrameStages) -> int:
@@ -76,7 +76,7 @@ def measure_streaming(stages: FrameStages, video: Path, *, threads: int, request
     Returns the scenario record: ``fps``, ``latency_ms`` {p50, p99}, ``frames``, ``dropped`` and
     ``conditions`` (:func:`edgefpn.runtime.conditions.run_conditions`).
     """
-    h, w = stages.pipeline.input_size
+    h, w = stages.prepost.input_size
     warm, _ = stages.prepare(np.zeros((h, w, 3), np.uint8))
     stages.infer(np.repeat(warm, stages.batch, axis=0))  # warm: first-call costs are not streaming
     stats = run_stream(stages, [CaptureSource(str(video))], lambda _: None, requests=requests,
@@ -85,28 +85,28 @@ def measure_streaming(stages: FrameStages, video: Path, *, threads: int, request
         raise DataError(stats.errors[0])
     s = stats.summary()
     return {"fps": s["fps"], "latency_ms": s["latency_ms"], "frames": s["frames"], "dropped": s["dropped"],
-            "score_thresh": stages.pipeline.post.score_thresh,
+            "score_thresh": stages.prepost.post.score_thresh,
             "conditions": run_conditions(threads=threads, streams=_engine_streams(stages), requests=stats.requests,
                                          batch=stages.batch)}
 
 
-def bench_streaming(spec: Any, pipeline: Any, images: Sequence[Path], *, threads: int,
+def bench_streaming(spec: Any, prepost: Any, images: Sequence[Path], *, threads: int,
                     eval_score_thresh: float | None = None) -> dict[str, Any]:
     """``python -m edgefpn.runtime bench``'s streaming scenario: ``{"deploy": record[, "eval": record]}`` on
-    a video made from ``images``; ``pipeline`` decodes at the deploy threshold (the bundle's)."""
-    pipelines = {"deploy": pipeline}
+    a video made from ``images``; ``prepost`` decodes at the deploy threshold (the bundle's)."""
+    preposts = {"deploy": prepost}
     if eval_score_thresh is not None:
-        pipelines["eval"] = replace(pipeline, post=replace(pipeline.post, score_thresh=float(eval_score_thresh)))
+        preposts["eval"] = replace(prepost, post=replace(prepost.post, score_thresh=float(eval_score_thresh)))
     with tempfile.TemporaryDirectory(prefix="edgefpn-video-") as tmp:
         video = Path(tmp) / "val.avi"
         write_video(images, video)
-        return streaming_scenario(spec, pipelines, video, threads=threads)
+        return streaming_scenario(spec, preposts, video, threads=threads)
 
 
-def streaming_scenario(spec: Any, pipelines: dict[str, Any], video: Path | None, *, threads: int,
+def streaming_scenario(spec: Any, preposts: dict[str, Any], video: Path | None, *, threads: int,
                        requests: int | None = None) -> dict[str, Any]:
     """The ``streaming`` scenario of one engine (an :class:`~edgefpn.backends.base.EngineSpec`), per
-    threshold: ``pipelines`` maps a name (``deploy``, ``eval``) to the Pipeline decoding at it. The
+    threshold: ``preposts`` maps a name (``deploy``, ``eval``) to the ``PrePost`` decoding at it. The
     engine is opened once, as ``python -m edgefpn.runtime stream`` opens it (OpenVINO: THROUGHPUT hint,
     its optimal number of requests in flight)."""
     from edgefpn.runtime import open_runner
@@ -116,7 +116,7 @@ def streaming_scenario(spec: Any, pipelines: dict[str, Any], video: Path | None,
     with open_runner(spec, threads=threads, hint="throughput") as runner:
         batch = _input_batch(runner)
         return {name: measure_streaming(FrameStages(pipe, runner, batch=batch), video, threads=threads,
-                                        requests=requests) for name, pipe in pipelines.items()}
+                                        requests=requests) for name, pipe in preposts.items()}
 
 
 def _input_batch(runner: Any) -> int:

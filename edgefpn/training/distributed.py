@@ -30,6 +30,7 @@ __all__ = [
     "is_peer_failure",
     "resolve_device",
     "setup",
+    "wrap_for_ranks",
 ]
 
 
@@ -284,3 +285,24 @@ def globalise_fcos_loss(model: nn.Module, world_size: int) -> None:
         return {k: v * scale for k, v in original(targets, head_outputs, anchors, matched_idxs).items()}
 
     head.compute_loss = compute_loss
+
+
+def wrap_for_ranks(cfg: Config, module: nn.Module, dist: Dist) -> tuple[nn.Module, nn.Module]:
+    """``(module, model)``: the detector to save and the one to train. Under torchrun each rank draws from
+    its own seed, BatchNorm is synchronised (unless ``train.sync_bn`` is false), FCOS's loss normaliser
+    is global and ``model`` is its ``DistributedDataParallel``; in one process both are ``module``."""
+    from edgefpn.pipeline.common import log
+
+    t = cfg.train
+    model = module
+    if dist.enabled:
+        torch.manual_seed(cfg.run.seed + dist.rank)  # what a model draws while training differs per rank
+        if t.sync_bn is not False:
+            module = convert_sync_batchnorm(module, dist.device)
+        if cfg.model.arch == "fcos":
+            globalise_fcos_loss(module, dist.world_size)
+        model = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    elif t.sync_bn:
+        log("[train] train.sync_bn: one process, plain BatchNorm is the same thing")
+    return module, model

@@ -21,7 +21,7 @@ from torch import nn
 from edgefpn.artifacts import atomic_output, read_manifest, sha256_file, write_manifest
 from edgefpn.config import Config
 from edgefpn.errors import ConfigError
-from edgefpn.pipeline.common import log, make_pipeline
+from edgefpn.pipeline.common import log, make_prepost
 from edgefpn.training.distributed import Dist
 from edgefpn.training.sampler import GlobalBatchSampler, hash_seed
 
@@ -237,7 +237,7 @@ def quick_map(cfg: Config, module: nn.Module, data, max_images: int | None, dist
     module.eval()
     wrapper = export_wrapper(cfg.model.arch, module)
     names = list(wrapper.output_names())
-    pipe = make_pipeline(cfg)
+    pipe = make_prepost(cfg)
     split = data.split(cfg.data.val_split)
     records = split.images[:max_images] if max_images else split.images
     results: list[dict] = []

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from edgefpn.config import load_config
+from tests.conftest import copy_run
 
 pytest.importorskip("executorch.runtime", reason="needs the executorch extra: pip install 'edgefpn[executorch]'")
 pytestmark = pytest.mark.executorch
@@ -20,8 +20,7 @@ OPT_IN = ["build.targets=[executorch]", "check.backends=[onnxruntime, executorch
 @pytest.fixture(scope="module")
 def et_run(tiny_run, tmp_path_factory):
     overrides, src = tiny_run
-    run_dir = tmp_path_factory.mktemp("et") / "run"
-    shutil.copytree(src, run_dir)
+    run_dir = copy_run(src, tmp_path_factory.mktemp("et") / "run")
     return [*overrides, *OPT_IN], run_dir
 
 

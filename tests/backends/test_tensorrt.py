@@ -6,7 +6,6 @@ tiny ONNX, run it against ONNX Runtime, and show a foreign engine is refused bef
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,12 +82,10 @@ def test_runner_without_tensorrt_is_backend_unavailable(tmp_path):
 
 
 @pytest.mark.skipif(unavailable_reason() is None, reason="tensorrt is usable here")
-def test_cli_build_tensorrt_without_tensorrt_writes_nothing(tiny_run, tmp_path):
+def test_cli_build_tensorrt_without_tensorrt_writes_nothing(run_copy):
     from edgefpn.cli import main
 
-    overrides, src = tiny_run
-    run_dir = tmp_path / "run"
-    shutil.copytree(src, run_dir)
+    overrides, run_dir = run_copy
 
     def snapshot():
         return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*")}

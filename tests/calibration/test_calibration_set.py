@@ -68,7 +68,7 @@ def test_folder_choice_is_sorted_seeded_and_deterministic(tmp_path: Path, root: 
     cfg = _cfg(root, f"quantize.calib_folder={folder}", "quantize.num_images=5")
     a, b = CalibrationSet(cfg), CalibrationSet(cfg)
     assert a.paths == b.paths and len(a) == 5 and a.available == 12
-    assert a.skipped == ("notes.txt",)  # named, for quantize to say what it skipped (issue 16)
+    assert a.skipped == ("notes.txt",)  # named, for quantize to say what it skipped
     assert all(p.suffix == ".jpg" for p in a.paths)
     other_seed = CalibrationSet(_cfg(root, f"quantize.calib_folder={folder}", "quantize.num_images=5", "run.seed=1"))
     assert other_seed.paths != a.paths

@@ -165,14 +165,14 @@ def test_dataset_without_augment_is_todays_preprocessing(split):
 
 
 def test_augment_config_leaves_eval_and_deploy_preprocessing_alone(split):
-    from edgefpn.pipeline.common import make_pipeline
+    from edgefpn.pipeline.common import make_prepost
 
     plain = load_config(None, ["model.input_size=[128,128]"])
     augmented = load_config(None, ["model.input_size=[128,128]", "train.augment.scale_jitter=[0.5,2.0]",
                                    "train.augment.crop={}", "train.augment.photometric={}"])
     image = load_image(split.images[0].path)
-    a, lb_a = make_pipeline(plain).prepare(image)
-    b, lb_b = make_pipeline(augmented).prepare(image)
+    a, lb_a = make_prepost(plain).prepare(image)
+    b, lb_b = make_prepost(augmented).prepare(image)
     assert np.array_equal(a, b) and lb_a == lb_b
 
 

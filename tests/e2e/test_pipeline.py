@@ -10,7 +10,7 @@ import pytest
 from edgefpn.artifacts import sha256_path
 from edgefpn.config import load_config
 from edgefpn.errors import CheckFailed
-from tests.faults.conftest import copy_run
+from tests.conftest import copy_run
 
 # ONNX Runtime FP32 only, three val images: the contract, not the speed (OpenVINO's grafted IR is
 # compared with the numpy decoder in test_graph.py; check handles it as any other backend)
@@ -44,7 +44,7 @@ def test_check_passes_in_graph_engines_and_the_runtime_follows_their_contract(ti
     package.run(cfg, run_dir, engines=["onnxruntime-fp32-e2e", "onnxruntime-fp32"], progress=False)
     image = load_image(sorted((src.parent / "data" / "images").glob("val_*"))[0])
     with BundleSession(run_dir / "bundle.tar", engine="onnxruntime-fp32-e2e", threads=1) as s:
-        assert (s.pipeline.input, s.pipeline.contract) == ("uint8", "detections")
+        assert (s.prepost.input, s.prepost.contract) == ("uint8", "detections")
 
         def no_decode(arch):  # an engine that returns detections is never decoded by numpy
             raise AssertionError("numpy decode called for an in-graph NMS engine")
@@ -53,7 +53,7 @@ def test_check_passes_in_graph_engines_and_the_runtime_follows_their_contract(ti
             m.setattr(inference, "decoder_for", no_decode)
             in_graph = s.detect_image(image)
     with BundleSession(run_dir / "bundle.tar", engine="onnxruntime-fp32", threads=1) as r:
-        assert (r.pipeline.input, r.pipeline.contract) == ("float", "raw")
+        assert (r.prepost.input, r.prepost.contract) == ("float", "raw")
         raw = r.detect_image(image)
     assert len(in_graph) == len(raw) > 0
     assert (in_graph.labels == raw.labels).all() and abs(in_graph.scores - raw.scores).max() < 1e-5

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import copy_run
 
 # check keeps to the exported ONNX: no quantize, no OpenVINO / TensorRT build (cheap on 2 cores)
 CHECK_ONLY_ORT = ("quantize.enabled=false", "build.targets=[]", "check.backends=[onnxruntime]")
@@ -18,16 +19,10 @@ def checked_run(tiny_run, tmp_path_factory) -> tuple[list[str], Path]:
     from edgefpn.pipeline import check
 
     overrides, src = tiny_run
-    run_dir = tmp_path_factory.mktemp("checked") / "run"
-    shutil.copytree(src, run_dir)
+    run_dir = copy_run(src, tmp_path_factory.mktemp("checked") / "run")
     overrides = [*overrides, *CHECK_ONLY_ORT]
     check.run(load_config(None, overrides), run_dir, progress=False)
     return overrides, run_dir
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
 
 
 @pytest.fixture

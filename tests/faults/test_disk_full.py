@@ -1,4 +1,4 @@
-"""Case 11 of issue 8: the disk fills up while a stage writes.
+"""A full disk while a stage writes: one error line, and the run directory as it was.
 
 Two ways, each asserting one line naming the artifact, exit 2, and the run directory exactly as before:
 
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import cli, leftovers, refused, snapshot, tiny_sets
 
 NO_SPACE = r"not written: No space left on device.*; nothing partial was kept"

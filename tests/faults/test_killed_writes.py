@@ -1,4 +1,4 @@
-"""Case 9 of issue 8: a stage SIGKILLed while it writes (train checkpoint, training resume state, ONNX
+"""A stage SIGKILLed while it writes (train checkpoint, training resume state, ONNX
 export, OpenVINO IR, bundle).
 
 Each runs ``edgefpn`` in a subprocess whose writer is patched to write half of its bytes and then
@@ -21,8 +21,7 @@ import pytest
 
 from edgefpn.artifacts import manifest_path, require
 from edgefpn.ownership import LOCK_NAME
-from tests.conftest import TINY
-from tests.faults.conftest import copy_run
+from tests.conftest import TINY, copy_run
 from tests.security.harness import EMPTY_CONFIG, cli, leftovers, snapshot, tiny_sets
 
 PRELUDE = """

@@ -1,4 +1,4 @@
-"""Case 12 of issue 8: an engine that outputs NaN or Inf fails the check stage, which names the engine,
+"""An engine that outputs NaN or Inf fails the check stage, which names the engine,
 the output and the level (in the one error line and in report.json), and exits 4."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import json
 import numpy as np
 
 from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import cli, refused, tiny_sets
 
 POISON = {"cls_p5": (np.nan, 3), "box_p3": (np.inf, 1), "ctr_p7": (-np.inf, 2)}

@@ -1,4 +1,4 @@
-"""Case 14 of issue 8: the same inputs give the same bytes.
+"""The same inputs give the same bytes.
 
 * exporting the same checkpoint twice (a fresh export, in another run directory) gives a byte-identical
   ONNX, and loading the same weights twice gives a byte-identical ``model.pt``;
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from edgefpn import bundle
 from edgefpn.artifacts import manifest_path
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import cli, tiny_sets
 
 TIMESTAMP_KEYS = {"created_unix"}

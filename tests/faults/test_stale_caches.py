@@ -1,4 +1,4 @@
-"""Case 10 of issue 8: a changed model, calibration set, preprocessing or backend version never reuses a
+"""A changed model, calibration set, preprocessing or backend version never reuses a
 calibration, timing or compiled-model cache (nor a check report or benchmark measured with the old one).
 """
 
@@ -10,7 +10,7 @@ import pytest
 
 from edgefpn.backends.tensorrt import DeviceInfo, timing_cache_key
 from edgefpn.config import TensorRTConfig, load_config
-from tests.faults.conftest import copy_run
+from tests.conftest import copy_run
 
 ORT_UPGRADE = {"onnxruntime": "99.0.0", "openvino": "2099.0", "numpy": "9.9", "pillow": "99.0"}
 

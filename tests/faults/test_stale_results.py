@@ -1,4 +1,4 @@
-"""Issue 16, section 2: no stale results.
+"""No stale results: every figure comes from the run's current inputs.
 
 * A stage's inputs are the content it reads, images included: an image replaced in place (the
   annotation files untouched) reruns the stages that read it, and a no-op rerun opens no image.
@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from edgefpn.artifacts import read_manifest, sha256_file, write_manifest
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import OpenWatch, cli, refused, snapshot, tiny_sets
 
 # quantize (QDQ + its mAP loop) and check on ONNX Runtime only: the stages that read images, cheaply
@@ -161,8 +162,7 @@ def test_benchmark_times_only_engines_built_from_the_current_model(checked_run, 
 def test_a_stale_nncf_ir_is_not_taken_as_the_openvino_int8_engine(tiny_run, data_root, tmp_path):
     pytest.importorskip("openvino", reason="needs the openvino extra")
     _, src = tiny_run
-    run = tmp_path / "run"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("openvino", "*.int8.*", "*.fp16.*"))
+    run = copy_run(src, tmp_path / "run", ignore=shutil.ignore_patterns("openvino", "*.int8.*", "*.fp16.*"))
     # quantize once wrote its NNCF IR here, from an older model; quantize.openvino is now off
     _plant(run / "openvino" / "int8", IR, stage="quantize", inputs={"model": "0" * 64, "int8_qdq": "1" * 64},
            precision="int8", format="openvino-ir")

@@ -1,4 +1,4 @@
-"""Issue 16, section 3: no empty or vacuous results. Each case is one ``error:`` line with exit 2 (bad
+"""No empty or vacuous results. Each case is one ``error:`` line with exit 2 (bad
 input: the README's code for a dataset or setting that cannot work), no traceback, and the user's
 files and the run directory as they were; or, for what can be skipped, a line saying what and why.
 """
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import cli, refused, snapshot, tiny_sets
 
 

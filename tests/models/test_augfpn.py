@@ -15,8 +15,8 @@ from torchvision.models.detection import FCOS
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from edgefpn.models.checkpoint import save_checkpoint
-from edgefpn.models.export import ExportWrapper, export_onnx
-from edgefpn.models.fcos import fcos
+from edgefpn.models.export import export_onnx
+from edgefpn.models.fcos import FCOSExportWrapper, fcos
 from edgefpn.models.loading import model_from_checkpoint
 from edgefpn.models.necks import (
     AugFCOS,
@@ -26,8 +26,9 @@ from edgefpn.models.necks import (
     attach_neck,
     detector_class,
 )
+from tests.conftest import tiny_build_kwargs
 
-TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "head_convs": 1, "num_classes": 3}
+TINY = tiny_build_kwargs(num_classes=3)
 
 
 def _targets() -> list[dict[str, torch.Tensor]]:
@@ -165,7 +166,7 @@ def test_export_is_static_matches_torch_and_has_no_auxiliary_path(tmp_path) -> N
     import onnxruntime as ort
 
     model = _augfpn_fcos().eval()
-    wrapper = ExportWrapper(model).eval()
+    wrapper = FCOSExportWrapper(model).eval()
     path = tmp_path / "augfpn.onnx"
     export_onnx(wrapper, path, input_size=(160, 192), opset=17)  # C5 5x6: pools 1x1, 1x1, 1x1 and 1x2
     proto = onnx.load(str(path))
@@ -187,7 +188,7 @@ def test_export_is_static_matches_torch_and_has_no_auxiliary_path(tmp_path) -> N
     trained = copy.deepcopy(model).train()  # a training step moves BatchNorm statistics: use a copy
     train_convs = _conv_calls(trained, lambda: trained(torch.randn(2, 3, 160, 192), _targets()))
     assert ops["Conv"] == eval_convs < train_convs
-    no_aux = ExportWrapper(_augfpn_fcos(aux_loss_weight=0.0).eval()).eval()
+    no_aux = FCOSExportWrapper(_augfpn_fcos(aux_loss_weight=0.0).eval()).eval()
     export_onnx(no_aux, tmp_path / "no_aux.onnx", input_size=(160, 192), opset=17)
     other = onnx.load(str(tmp_path / "no_aux.onnx"))
     assert [n.op_type for n in other.graph.node] == [n.op_type for n in proto.graph.node]
@@ -202,7 +203,7 @@ def test_export_is_static_matches_torch_and_has_no_auxiliary_path(tmp_path) -> N
 @pytest.mark.openvino
 def test_export_runs_on_openvino(tmp_path) -> None:
     ov = pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
-    wrapper = ExportWrapper(_augfpn_fcos().eval()).eval()
+    wrapper = FCOSExportWrapper(_augfpn_fcos().eval()).eval()
     path = tmp_path / "augfpn.onnx"
     export_onnx(wrapper, path, input_size=(160, 160), opset=17)
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -222,7 +223,7 @@ def test_checkpoint_rebuilds_augfpn_from_its_metadata(tmp_path) -> None:
     assert type(rebuilt) is AugFCOS
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
-        for a, b in zip(ExportWrapper(model)(x), ExportWrapper(rebuilt)(x), strict=True):
+        for a, b in zip(FCOSExportWrapper(model)(x), FCOSExportWrapper(rebuilt)(x), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

@@ -15,9 +15,10 @@ from edgefpn.models.faster_rcnn import AugEdgeFasterRCNN, EdgeFasterRCNN, faster
 from edgefpn.models.faster_rcnn_export import FasterRCNNExportWrapper, MultiLevelRoIAlign
 from edgefpn.models.necks import AugFPN, SoftRoISelection, StaticRoIPool
 from edgefpn.postprocess import PostprocessParams, faster_rcnn_decode
+from tests.conftest import tiny_build_kwargs
 from tests.models.test_faster_rcnn import _assert_same_detections
 
-TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "backbone_width": 16, "representation_size": 64}
+TINY = tiny_build_kwargs("faster_rcnn")
 PARAMS = PostprocessParams(score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
 SIZE = (96, 128)
 LEVELS = ("p2", "p3", "p4", "p5")

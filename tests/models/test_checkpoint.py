@@ -10,8 +10,9 @@ import torchvision
 from edgefpn.errors import CheckpointError
 from edgefpn.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from edgefpn.models.fcos import fcos
+from tests.conftest import tiny_build_kwargs
 
-TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "head_convs": 1}
+TINY = tiny_build_kwargs()
 META = {
     "arch": "fcos",
     "backbone": "resnet18",

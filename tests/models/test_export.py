@@ -10,21 +10,22 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgefpn.models.export import ExportWrapper, export_onnx, output_names, output_shapes
-from edgefpn.models.fcos import fcos
+from edgefpn.models.export import export_onnx
+from edgefpn.models.fcos import FCOSExportWrapper, fcos, fcos_output_names, fcos_output_shapes
+from tests.conftest import tiny_build_kwargs
 
-TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "head_convs": 1}
+TINY = tiny_build_kwargs()
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 
 
 @pytest.fixture(scope="module")
-def wrapper() -> ExportWrapper:
+def wrapper() -> FCOSExportWrapper:
     torch.manual_seed(0)
     model = fcos(num_classes=3, **TINY).eval()
     # Non-trivial head biases so that a swapped or missing output would not go unnoticed.
     for conv in (model.head.regression_head.bbox_reg, model.head.regression_head.bbox_ctrness):
         torch.nn.init.normal_(conv.bias, std=1.0)
-    return ExportWrapper(model).eval()
+    return FCOSExportWrapper(model).eval()
 
 
 def _flatten(levels: list[torch.Tensor], channels: int) -> torch.Tensor:
@@ -37,29 +38,29 @@ def _flatten(levels: list[torch.Tensor], channels: int) -> torch.Tensor:
 
 
 def test_output_names_order() -> None:
-    names = output_names()
+    names = fcos_output_names()
     assert names[:5] == [f"cls_{lvl}" for lvl in LEVELS]
     assert names[5:10] == [f"box_{lvl}" for lvl in LEVELS]
     assert names[10:] == [f"ctr_{lvl}" for lvl in LEVELS]
 
 
 @pytest.mark.parametrize("size", [(128, 160), (100, 130)])
-def test_outputs_match_advertised_shapes(wrapper: ExportWrapper, size: tuple[int, int]) -> None:
+def test_outputs_match_advertised_shapes(wrapper: FCOSExportWrapper, size: tuple[int, int]) -> None:
     with torch.no_grad():
         outputs = wrapper(torch.randn(2, 3, *size))
-    expected = output_shapes(batch=2, input_size=size, num_classes=3)
+    expected = fcos_output_shapes(batch=2, input_size=size, num_classes=3)
     assert list(expected) == wrapper.output_names()
     assert [tuple(o.shape) for o in outputs] == list(expected.values())
 
 
 def test_output_shapes_square_size() -> None:
-    shapes = output_shapes(batch=1, input_size=320, num_classes=5)
+    shapes = fcos_output_shapes(batch=1, input_size=320, num_classes=5)
     assert shapes["cls_p3"] == (1, 5, 40, 40)
     assert shapes["box_p5"] == (1, 4, 10, 10)
     assert shapes["ctr_p7"] == (1, 1, 3, 3)  # 320 / 128 = 2.5 rounds up
 
 
-def test_wrapper_equals_torchvision_head(wrapper: ExportWrapper) -> None:
+def test_wrapper_equals_torchvision_head(wrapper: FCOSExportWrapper) -> None:
     images = torch.randn(2, 3, 128, 160)
     with torch.no_grad():
         outputs = wrapper(images)
@@ -70,7 +71,7 @@ def test_wrapper_equals_torchvision_head(wrapper: ExportWrapper) -> None:
     assert torch.equal(_flatten(list(ctr), 1), head["bbox_ctrness"])
 
 
-def test_same_tuple_layout_in_train_mode(wrapper: ExportWrapper) -> None:
+def test_same_tuple_layout_in_train_mode(wrapper: FCOSExportWrapper) -> None:
     images = torch.randn(2, 3, 64, 64)
     wrapper.train()
     try:
@@ -78,12 +79,12 @@ def test_same_tuple_layout_in_train_mode(wrapper: ExportWrapper) -> None:
             train_out = wrapper(images)
     finally:
         wrapper.eval()
-    expected = output_shapes(batch=2, input_size=64, num_classes=3)
+    expected = fcos_output_shapes(batch=2, input_size=64, num_classes=3)
     assert isinstance(train_out, tuple)
     assert [tuple(o.shape) for o in train_out] == list(expected.values())
 
 
-def test_single_value_groupnorm_level_runs(wrapper: ExportWrapper) -> None:
+def test_single_value_groupnorm_level_runs(wrapper: FCOSExportWrapper) -> None:
     # 32 FPN channels in GroupNorm(32) and a 1x1 P7 (128x128 input) at batch 1: F.group_norm refuses it.
     with torch.no_grad():
         outputs = wrapper(torch.randn(1, 3, 128, 128))
@@ -92,7 +93,7 @@ def test_single_value_groupnorm_level_runs(wrapper: ExportWrapper) -> None:
 
 
 @pytest.mark.parametrize("opset", [17, 18])
-def test_onnx_export_matches_onnxruntime(wrapper: ExportWrapper, tmp_path: Path, opset: int) -> None:
+def test_onnx_export_matches_onnxruntime(wrapper: FCOSExportWrapper, tmp_path: Path, opset: int) -> None:
     path = tmp_path / "model.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the exporter's known noise is filtered inside export_onnx
@@ -102,8 +103,8 @@ def test_onnx_export_matches_onnxruntime(wrapper: ExportWrapper, tmp_path: Path,
     model = onnx.load(str(path))
     assert model.opset_import[0].version == opset
     assert [i.name for i in model.graph.input] == ["images"]
-    assert [o.name for o in model.graph.output] == output_names()
-    expected = output_shapes(batch=1, input_size=128, num_classes=3)
+    assert [o.name for o in model.graph.output] == fcos_output_names()
+    expected = fcos_output_shapes(batch=1, input_size=128, num_classes=3)
     for out in model.graph.output:
         assert tuple(d.dim_value for d in out.type.tensor_type.shape.dim) == expected[out.name]
 
@@ -112,12 +113,12 @@ def test_onnx_export_matches_onnxruntime(wrapper: ExportWrapper, tmp_path: Path,
         reference = [t.numpy() for t in wrapper(images)]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"images": images.numpy()})
-    for name, ref, out in zip(output_names(), reference, got, strict=True):
+    for name, ref, out in zip(fcos_output_names(), reference, got, strict=True):
         assert out.shape == ref.shape, name
         assert np.abs(out - ref).max() <= 1e-4, name
 
 
-def test_onnx_export_is_deterministic(wrapper: ExportWrapper, tmp_path: Path) -> None:
+def test_onnx_export_is_deterministic(wrapper: FCOSExportWrapper, tmp_path: Path) -> None:
     digests = []
     for name in ("a.onnx", "b.onnx"):
         export_onnx(wrapper, tmp_path / name, input_size=(64, 96), batch=2, opset=17)
@@ -125,7 +126,7 @@ def test_onnx_export_is_deterministic(wrapper: ExportWrapper, tmp_path: Path) ->
     assert digests[0] == digests[1]
 
 
-def test_export_rejects_bad_sizes(wrapper: ExportWrapper, tmp_path: Path) -> None:
+def test_export_rejects_bad_sizes(wrapper: FCOSExportWrapper, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="got 0"):
         export_onnx(wrapper, tmp_path / "m.onnx", input_size=(0, 64), opset=17)
     assert list(tmp_path.iterdir()) == []

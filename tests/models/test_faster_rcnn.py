@@ -12,9 +12,11 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_res
 
 from edgefpn.models.faster_rcnn import FASTER_RCNN_LEVELS, faster_rcnn
 from edgefpn.models.faster_rcnn_export import FasterRCNNExportWrapper, MultiLevelRoIAlign
+from edgefpn.models.registry import build_model
 from edgefpn.postprocess import PostprocessParams, box_iou, faster_rcnn_decode
+from tests.conftest import tiny_build_kwargs
 
-TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "backbone_width": 16, "representation_size": 64}
+TINY = tiny_build_kwargs("faster_rcnn")
 PARAMS = PostprocessParams(score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
 SIZE = (96, 128)
 
@@ -48,6 +50,16 @@ def test_builder_rejects_bad_values() -> None:
         faster_rcnn(num_classes=0)
     with pytest.raises(ValueError, match="rpn_post_nms_top_n must be a positive int, got -1"):
         faster_rcnn(num_classes=3, rpn_post_nms_top_n=-1)
+
+
+def test_builder_rejects_keys_it_does_not_take() -> None:
+    # another arch's setting or a misspelt one fails, naming the key, instead of being ignored
+    with pytest.raises(TypeError, match="'head_convs'"):
+        faster_rcnn(num_classes=3, head_convs=2)
+    with pytest.raises(ValueError, match="faster_rcnn takes no argument 'rpn_nms_tresh'; valid: backbone_name"):
+        build_model(arch="faster_rcnn", num_classes=3, rpn_nms_tresh=0.5)
+    with pytest.raises(ValueError, match="fcos takes no argument 'representation_size'"):
+        build_model(arch="fcos", num_classes=3, representation_size=64)
 
 
 def test_labels_are_zero_based_in_training_and_eval() -> None:

@@ -6,9 +6,11 @@ from torchvision.models.detection import FCOS
 from torchvision.models.detection.image_list import ImageList
 
 from edgefpn.models import ARCHITECTURES, build_model
-from edgefpn.models.fcos import IdentityTransform, fcos
+from edgefpn.models.fcos import fcos
+from edgefpn.models.transform import IdentityTransform
+from tests.conftest import tiny_build_kwargs
 
-TINY = {"backbone_name": "resnet18", "fpn_channels": 32, "head_convs": 1}
+TINY = tiny_build_kwargs()
 
 
 def _targets() -> list[dict[str, torch.Tensor]]:

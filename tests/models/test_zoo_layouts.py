@@ -13,8 +13,8 @@ from torchvision.models.detection import RetinaNet
 from edgefpn.errors import CheckpointError
 from edgefpn.models.backbones import mobilenet_fpn
 from edgefpn.models.checkpoint import load_weights
-from edgefpn.models.fcos import IdentityTransform
 from edgefpn.models.registry import build_model, export_wrapper
+from edgefpn.models.transform import IdentityTransform
 
 RESNET50 = {"backbone_name": "resnet50", "fpn_channels": 256, "head_convs": 4}
 

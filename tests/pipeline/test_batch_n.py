@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -32,14 +31,12 @@ def test_batch_runner_fills_and_cuts_a_static_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_batch_2_through_quantize_build_check(tiny_run, tmp_path):
+def test_export_batch_2_through_quantize_build_check(run_copy):
     pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
     from edgefpn.config import load_config
     from edgefpn.pipeline import check, quantize
 
-    overrides, src = tiny_run
-    run_dir = tmp_path / "run"
-    shutil.copytree(src, run_dir)
+    overrides, run_dir = run_copy
     # QDQ int8 (calibrated and mAP-checked at batch 2) and OpenVINO fp32; NNCF and fp16 left out for time
     cfg = load_config(None, [*overrides, "export.batch=2", "quantize.fp16=false", "quantize.openvino=false",
                              "build.targets=[openvino]", "build.precisions=[fp32]",

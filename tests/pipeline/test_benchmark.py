@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -43,14 +42,12 @@ assert "torch" not in sys.modules, "the benchmark path imported torch"
 """
 
 
-def test_benchmark_every_engine_without_torch(tiny_run, tmp_path):
+def test_benchmark_every_engine_without_torch(run_copy, tmp_path):
     pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
     from edgefpn.config import load_config
     from edgefpn.pipeline import build
 
-    overrides, src = tiny_run
-    run_dir = tmp_path / "run"
-    shutil.copytree(src, run_dir)
+    overrides, run_dir = run_copy
     cfg = load_config(None, [*overrides, "quantize.enabled=false"])
     build.run(cfg, run_dir, targets=("openvino",), precisions=("fp32",), progress=False)
     # no dataset on disk: the synthetic input is used
@@ -99,14 +96,12 @@ def test_benchmark_every_engine_without_torch(tiny_run, tmp_path):
     assert "## What each FPS means" in md and "**offline**" in md and "b1 s1 r1 t2" in md
 
 
-def test_benchmark_rewrites_a_deleted_markdown(tiny_run, tmp_path):
+def test_benchmark_rewrites_a_deleted_markdown(run_copy):
     from edgefpn.artifacts import read_manifest
     from edgefpn.config import load_config
     from edgefpn.pipeline import benchmark
 
-    overrides, src = tiny_run
-    run_dir = tmp_path / "run"
-    shutil.copytree(src, run_dir)
+    overrides, run_dir = run_copy
     cfg = load_config(None, [*overrides, "check.backends=[onnxruntime]"])
 
     def bench():

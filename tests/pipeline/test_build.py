@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -22,14 +21,6 @@ from edgefpn.pipeline.check import ENGINE_FILES, discover_engines
 
 pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
 NO_TRT = unavailable_reason() is not None
-
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    overrides, src = tiny_run
-    run_dir = tmp_path / "run"
-    shutil.copytree(src, run_dir)
-    return overrides, run_dir
 
 
 def test_engine_paths_agree_with_check():

@@ -16,11 +16,12 @@ from edgefpn.calibration import CalibrationSet, calibrate, ranges
 from edgefpn.config import load_config
 from edgefpn.errors import DataError
 from edgefpn.pipeline import quantize as stage
+from tests.conftest import copy_run
 
 
 def _copy_run(tiny_run, dst: Path, *extra: str):
     overrides, run_dir = tiny_run
-    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("cache", "*.int8.*", "*.fp16.*", "openvino"))
+    copy_run(run_dir, dst, ignore=shutil.ignore_patterns("cache", "*.int8.*", "*.fp16.*", "openvino"))
     cfg = load_config(None, [*overrides, f"run.out={dst}", *extra])
     return cfg, dst
 

@@ -12,7 +12,8 @@ from edgefpn.artifacts import manifest_path, read_manifest, sha256_file
 from edgefpn.config import load_config
 from edgefpn.errors import CheckFailed
 from edgefpn.pipeline import check, export, train
-from edgefpn.pipeline.report import render_markdown
+from edgefpn.report.check_md import render_markdown
+from tests.conftest import copy_run
 
 
 def test_export_is_static_with_15_named_outputs(tiny_run):
@@ -39,10 +40,7 @@ def test_up_to_date_stages_are_skipped_and_changes_rebuild(tiny_run, tmp_path):
     export.run(cfg, run_dir, progress=False)  # everything up to date: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in before} == before
     # a new export setting rebuilds the ONNX but not the model, in a copy of the run
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
+    copy = copy_run(run_dir, tmp_path / "run")
     cfg2 = load_config(None, [*overrides, "export.simplify=false"])
     t_model = (copy / "model.pt").stat().st_mtime_ns
     export.run(cfg2, copy, progress=False)
@@ -50,12 +48,8 @@ def test_up_to_date_stages_are_skipped_and_changes_rebuild(tiny_run, tmp_path):
     assert read_manifest(copy / "model.onnx")["config_hash"] != read_manifest(run_dir / "model.onnx")["config_hash"]
 
 
-def test_check_writes_report_and_gates(tiny_run, tmp_path):
-    import shutil
-
-    overrides, run_dir = tiny_run
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
+def test_check_writes_report_and_gates(run_copy):
+    overrides, copy = run_copy
     cfg = load_config(None, [*overrides, "deploy.score_thresh=0.3"])
     art = check.run(cfg, copy, progress=False)
     report = json.loads(art.path.read_text())
@@ -83,12 +77,8 @@ def test_check_writes_report_and_gates(tiny_run, tmp_path):
     assert "GATES FAILED" in render_markdown(json.loads((copy / "report.json").read_text()))
 
 
-def test_check_rewrites_a_deleted_report(tiny_run, tmp_path):
-    import shutil
-
-    overrides, run_dir = tiny_run
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
+def test_check_rewrites_a_deleted_report(run_copy):
+    overrides, copy = run_copy
     cfg = load_config(None, [*overrides, *_ORT_ONLY])
     check.run(cfg, copy, progress=False)
     for deleted in ("report.html", "report.md"):

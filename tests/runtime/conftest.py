@@ -10,14 +10,14 @@ import pytest
 from edgefpn.config import load_config
 from edgefpn.pipeline import build, package
 from edgefpn.pipeline import data as data_stage
+from tests.conftest import copy_run
 
 
 @pytest.fixture(scope="session")
 def packaged(tiny_run, tmp_path_factory):
     overrides, src = tiny_run
     tmp = tmp_path_factory.mktemp("package")
-    run_dir = tmp / "run"
-    shutil.copytree(src, run_dir)
+    run_dir = copy_run(src, tmp / "run")
     # check (which package brings up to date) builds what the config asks for: keep it to fp32
     cfg = load_config(None, [*overrides, "quantize.enabled=false", "build.precisions=[fp32]"])
     build.run(cfg, run_dir, targets=["openvino"], precisions=["fp32"], progress=False)

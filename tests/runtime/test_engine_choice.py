@@ -66,7 +66,7 @@ def test_fixed_order_only_without_a_measurement(report):
 
 
 def test_check_report_records_the_device_kind():
-    from edgefpn.pipeline.report import system_info
+    from edgefpn.report.check_md import system_info
     from edgefpn.runtime.device import device_kind
 
     assert system_info(1)["device_kind"] == device_kind() != ""

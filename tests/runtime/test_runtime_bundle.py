@@ -19,7 +19,7 @@ from edgefpn.backends.base import EngineSpec
 from edgefpn.backends.tensorrt import DeviceInfo
 from edgefpn.inference import detect_file
 from edgefpn.pipeline import package
-from edgefpn.pipeline.common import make_pipeline
+from edgefpn.pipeline.common import make_prepost
 from edgefpn.runtime import __main__ as runtime_main
 from edgefpn.runtime import open_runner
 
@@ -89,7 +89,7 @@ def _expected(cfg, run_dir: Path, art, images: Path, engine: str) -> list[tuple]
     """What the check stage's pipeline detects with ``engine``: (file, category id, xyxy box, score)."""
     backend, precision = engine.split("-")
     rel = {"openvino": "openvino/fp32", "onnxruntime": "model.onnx"}[backend]
-    pipe = make_pipeline(cfg, deploy=True)  # the bundle keeps what a deployed detector keeps
+    pipe = make_prepost(cfg, deploy=True)  # the bundle keeps what a deployed detector keeps
     with tarfile.open(art.path) as tar:
         category_ids = json.loads(tar.extractfile("pipeline.json").read())["classes"]["category_ids"]
     expected = []
@@ -219,8 +219,8 @@ def test_tensorrt_engine_for_another_gpu_refused(packaged, tmp_path, capsys, mon
             manifest["engines"] = []
         manifest["engines"].append(_trt_entry("7.5"))
 
-    # as `edgefpn package` ships it: the engine and the sidecar manifest its runner reads (issue 16: a
-    # bundle whose engine needs a file it does not ship is refused on that ground first)
+    # as `edgefpn package` ships it: the engine and the sidecar manifest its runner reads (a bundle
+    # whose engine needs a file it does not ship is refused on that ground first)
     sidecar = json.dumps({"stage": "build", "tensorrt": _trt_entry("7.5")["target"]["tensorrt"]}).encode()
     bad = _rewrite(art.path, tmp_path, edit, {"tensorrt/fp16/model.engine": b"\x00fake engine bytes",
                                               "tensorrt/fp16/model.engine.manifest.json": sidecar})
@@ -320,9 +320,10 @@ def _follow(rule: dict, image: np.ndarray, size: tuple[int, int], mean, std) -> 
 
 
 def test_shipped_preprocessing_rule_reproduces_preprocess(packaged):
-    """Issue 16 (4c): pipeline.json said "Pillow BILINEAR" while the code used OpenCV INTER_LINEAR (up to 131
-    levels apart). The rule that ships is generated from the code; followed literally, it gives
-    preprocess()'s pixels (to float32 rounding) on down- and upscaled, odd-sized and unchanged images."""
+    """The resize rule pipeline.json ships is the one the code runs (it once said "Pillow BILINEAR" while
+    the code used OpenCV INTER_LINEAR, up to 131 levels apart). The rule that ships is generated from the
+    code; followed literally, it gives preprocess()'s pixels (to float32 rounding) on down- and upscaled,
+    odd-sized and unchanged images."""
     from edgefpn.data.preprocess import preprocess
 
     _, _, art, _ = packaged

@@ -253,7 +253,7 @@ def test_batch2_onnx_engine_matches_batch1(packaged, tmp_path):
     from edgefpn.models.export import export_onnx
     from edgefpn.models.loading import model_from_checkpoint
     from edgefpn.models.registry import export_wrapper
-    from edgefpn.pipeline.common import make_pipeline
+    from edgefpn.pipeline.common import make_prepost
 
     cfg, run_dir, _, images = packaged
     model, meta = model_from_checkpoint(run_dir / "model.pt")
@@ -263,7 +263,7 @@ def test_batch2_onnx_engine_matches_batch1(packaged, tmp_path):
     from edgefpn.data.preprocess import load_image
 
     rgb = [load_image(p) for p in sorted(images.iterdir())][:5]
-    pipe = make_pipeline(cfg, deploy=True)
+    pipe = make_prepost(cfg, deploy=True)
     results = {}
     for name, path, batch in (("b1", run_dir / "model.onnx", 1), ("b2", b2, 2)):
         with OnnxRuntimeRunner(EngineSpec(name, "onnxruntime", "fp32", path), threads=1) as runner:
@@ -290,7 +290,7 @@ def test_tensorrt_streams_match_sync_calls(packaged, tmp_path):
     from edgefpn.backends.tensorrt import build_engine
     from edgefpn.config import TensorRTConfig
     from edgefpn.data.preprocess import load_image
-    from edgefpn.pipeline.common import make_pipeline
+    from edgefpn.pipeline.common import make_prepost
 
     cfg, run_dir, _, images = packaged
     engine = tmp_path / "model.engine"
@@ -299,7 +299,7 @@ def test_tensorrt_streams_match_sync_calls(packaged, tmp_path):
     write_manifest(engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)})
     rgb = [load_image(p) for p in sorted(images.iterdir())]
     with TensorRTRunner(EngineSpec("t", "tensorrt", "fp16", engine), threads=1) as runner:
-        stages = FrameStages(make_pipeline(cfg, deploy=True), runner)
+        stages = FrameStages(make_prepost(cfg, deploy=True), runner)
         want = [stages.decode(stages.infer(stages.prepare(im)[0]), [stages.prepare(im)[1]])[0] for im in rgb]
         got = []
         run_stream(stages, [ArraySource(rgb)], lambda r: got.append(r.detections), requests=3)

@@ -1,4 +1,4 @@
-"""Issue 16, section 5: bad values are bad input, refused at load time.
+"""Bad values are bad input, refused at load time.
 
 Each is one ``error:`` line naming the key or flag, exit 2, no traceback, and the user's folder exactly
 as before (nothing trained, evaluated or extracted first).
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from edgefpn.runtime import __main__ as runtime_main
-from tests.faults.conftest import CHECK_ONLY_ORT, copy_run
+from tests.conftest import copy_run
+from tests.faults.conftest import CHECK_ONLY_ORT
 from tests.security.harness import cli, refused, refused_text, snapshot, tiny_sets
 from tests.security.test_hostile_bundles import valid  # noqa: F401  (fixture)
 

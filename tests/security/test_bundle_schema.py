@@ -1,4 +1,4 @@
-"""Issue 16, section 4: a bundle runs exactly what it ships, or nothing.
+"""A bundle runs exactly what it ships, or nothing.
 
 Each bundle here is *verified* (every member listed, every sha256 right): only what its manifest or
 pipeline.json says is wrong. The runtime must refuse it with one ``error:`` line, exit 2, before

@@ -1,4 +1,4 @@
-"""Cases 8 and 13 of issue 8: hostile bundles through the device runtime (``python -m edgefpn.runtime``),
+"""Hostile bundles through the device runtime (``python -m edgefpn.runtime``),
 and TensorRT engines built for another TensorRT or GPU, refused before a byte of the engine is read.
 
 Every hostile bundle is a valid bundle plus one bad member (inserted before the manifest): the valid

@@ -1,4 +1,4 @@
-"""Cases 5-6 of issue 8: hostile COCO annotation files (``edgefpn data``) and hostile images
+"""Hostile COCO annotation files (``edgefpn data``) and hostile images
 (``edgefpn predict``): clear errors or clearly reported skips, never a read outside the dataset.
 """
 

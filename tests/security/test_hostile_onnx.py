@@ -1,6 +1,6 @@
-"""Cases 3-4 of issue 8: ONNX files whose external data escapes their folder, and files that are not ONNX.
+"""ONNX files whose external data escapes their folder, and files that are not ONNX.
 
-Entry points: ``edgefpn lint FILE.onnx`` (the CLI command that reads a user's ONNX), the device
+Entry points: ``edgefpn trt-lint FILE.onnx`` (the CLI command that reads a user's ONNX), the device
 runtime on a bundle holding such a model, and the ONNX Runtime runner every stage uses. The escaping
 target is a "secret" file outside the model's folder: the audit-hook watch proves nothing opened it,
 and ``onnx.load`` / ``onnxruntime.InferenceSession`` are spied on to prove the refusal came first.
@@ -93,7 +93,7 @@ def test_lint_refuses_escaping_external_data_before_reading(layout, spies, case)
     path.write_bytes(_model(_external(location, **extra)).SerializeToString())
     before = snapshot(layout["models"].parent)
     with OpenWatch([layout["secret"]]) as watch:
-        res = cli("lint", path)
+        res = cli("trt-lint", path)
     refused(res, names=[path, "'w'"], problem=problem)
     assert watch.opened == [] and spies == []
     assert snapshot(layout["models"].parent) == before
@@ -109,7 +109,7 @@ def test_open_watch_sees_a_read(layout):
 def test_external_data_inside_the_folder_is_fine(layout):
     path = layout["models"] / "model.onnx"
     path.write_bytes(_model(_external("inside.bin", offset="0", length="16")).SerializeToString())
-    res = cli("lint", path)
+    res = cli("trt-lint", path)
     assert res.exit_code == 0 and "0 error(s)" in res.output, res.output
     with OnnxRuntimeRunner(EngineSpec("x", "onnxruntime", "fp32", path), threads=1) as r:
         out = r.infer({"x": np.ones(4, np.float32)})["y"]
@@ -156,7 +156,7 @@ def test_lint_refuses_bytes_that_are_not_onnx(tmp_path, spies, case):
     data, problem = _bytes_not_onnx(tmp_path)[case]
     path = tmp_path / "model.onnx"
     path.write_bytes(data)
-    refused(cli("lint", path), names=[path], problem=problem)
+    refused(cli("trt-lint", path), names=[path], problem=problem)
     assert spies == []
 
 
@@ -183,7 +183,7 @@ def _orphan_output() -> onnx.ModelProto:
 def test_lint_refuses_broken_graphs(tmp_path, make, problem):
     path = tmp_path / "model.onnx"
     path.write_bytes(make().SerializeToString())
-    refused(cli("lint", path), names=[path], problem=problem)
+    refused(cli("trt-lint", path), names=[path], problem=problem)
 
 
 def test_lint_refuses_a_file_past_the_protobuf_limit(tmp_path, spies):
@@ -194,7 +194,7 @@ def test_lint_refuses_a_file_past_the_protobuf_limit(tmp_path, spies):
         f.truncate(onnx_guard.PROTOBUF_LIMIT + 1)
     assert os.stat(path).st_blocks * 512 < 1 << 20  # really sparse: the test costs no disk
     with OpenWatch([path]) as watch:
-        res = cli("lint", path)
+        res = cli("trt-lint", path)
     refused(res, names=[path], problem=r"2147483648 bytes, past protobuf's 2 GiB limit")
     assert watch.opened == [] and spies == []
 

@@ -1,4 +1,4 @@
-"""Case 7 of issue 8: hostile or broken YAML configs through ``edgefpn train --config FILE``.
+"""Hostile or broken YAML configs through ``edgefpn train --config FILE``.
 
 One line naming the file and the problem, exit 2, nothing executed, no run directory created.
 """

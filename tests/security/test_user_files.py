@@ -1,4 +1,4 @@
-"""Issue 16, part 1: nothing the user owns is deleted or overwritten.
+"""Nothing the user owns is deleted or overwritten.
 
 One test per class, through the CLI or the runtime as a user would type it: a path that edgefpn
 would write (``--extract-to``, ``--out``, ``--save``, a run directory, the built-in dataset's folder)
@@ -24,8 +24,7 @@ import pytest
 
 from edgefpn.artifacts import manifest_path, read_manifest, require
 from edgefpn.runtime import __main__ as runtime_main
-from tests.conftest import TINY
-from tests.faults.conftest import copy_run
+from tests.conftest import TINY, copy_run
 from tests.security.harness import cli, refused, refused_text, snapshot, tiny_sets
 from tests.security.test_hostile_bundles import valid  # noqa: F401  (the fixture: a runnable bundle)
 
@@ -37,7 +36,7 @@ def _user_folder(v: dict[str, Path]) -> Path:
     work = v["tmp"] / "work"
     work.mkdir()
     shutil.copy(v["bundle"], work / "bundle.tar")
-    shutil.copytree(v["images"], work / "images")
+    copy_run(v["images"], work / "images")
     (work / "notes.txt").write_text("my notes\n")
     (work / "results.json").write_text(json.dumps({"mine": [1, 2, 3]}))
     return work
@@ -176,8 +175,7 @@ def test_edited_builtin_dataset_is_not_regenerated(tiny_run, tmp_path, how):
     """A copy of the built-in dataset (marker copied along) that the user grew into their own, or the
     generated folder edited in place: `data.builtin` left at its default never regenerates over it."""
     _, src = tiny_run
-    data = tmp_path / "data"
-    shutil.copytree(src.parent / "data", data)
+    data = copy_run(src.parent / "data", tmp_path / "data")
     if how == "in-place":  # with the data stage's record beside it: "generated here, then edited"
         shutil.copy(manifest_path(src.parent / "data"), manifest_path(data))
     edited = sorted((data / "images").glob("train_*.jpg"))[0]
@@ -194,8 +192,7 @@ def test_edited_builtin_dataset_is_not_regenerated(tiny_run, tmp_path, how):
 
 def test_unchanged_builtin_dataset_copy_is_regenerated(tiny_run, tmp_path):
     _, src = tiny_run
-    data = tmp_path / "data"
-    shutil.copytree(src.parent / "data", data)
+    data = copy_run(src.parent / "data", tmp_path / "data")
     res = cli("data", *tiny_sets("data.synth.num_train=4", data_root=data), "--quiet")
     assert res.exit_code == 0, res.output
     assert len(list((data / "images").glob("train_*.jpg"))) == 4

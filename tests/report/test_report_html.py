@@ -16,7 +16,8 @@ from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
 from edgefpn.config import load_config
 from edgefpn.errors import CheckFailed
 from edgefpn.pipeline import check
-from edgefpn.pipeline.report_html import render_html, ship_choice
+from edgefpn.report.check_html import render_html, ship_choice
+from tests.conftest import copy_run
 
 FAST = ["check.backends=[onnxruntime]", "check.max_images=2"]
 
@@ -25,8 +26,7 @@ FAST = ["check.backends=[onnxruntime]", "check.max_images=2"]
 def checked(tiny_run, tmp_path_factory):
     """A copy of the tiny run after a passing `check` (torch reference + ONNX Runtime)."""
     overrides, src = tiny_run
-    run_dir = tmp_path_factory.mktemp("html") / "run"
-    shutil.copytree(src, run_dir)
+    run_dir = copy_run(src, tmp_path_factory.mktemp("html") / "run")
     check.run(load_config(None, [*overrides, "check.backends=[onnxruntime]"]), run_dir, progress=False)
     return overrides, run_dir, json.loads((run_dir / "report.json").read_text())
 
@@ -87,8 +87,7 @@ def _nan_box_p4(out):
 ])
 def test_perturbed_engine_fails_and_names_the_level(checked, tmp_path, monkeypatch, perturb, output, needle):
     overrides, src, _ = checked
-    run_dir = tmp_path / "run"
-    shutil.copytree(src, run_dir)
+    run_dir = copy_run(src, tmp_path / "run")
     monkeypatch.setitem(edgefpn.backends.RUNNERS, "onnxruntime", _perturbing(perturb))
     level = output.split("_")[1]
     with pytest.raises(CheckFailed, match=f"onnxruntime-fp32: {output}: .*{needle}.*\\(level {level}\\)"):
@@ -116,8 +115,8 @@ def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
 
     from edgefpn.backends import EngineSpec
     from edgefpn.pipeline import data as data_stage
-    from edgefpn.pipeline.common import make_pipeline
-    from edgefpn.pipeline.report import render_markdown
+    from edgefpn.pipeline.common import make_prepost
+    from edgefpn.report.check_md import render_markdown
 
     overrides, run_dir, report = checked
     cfg = load_config(None, [*overrides, *FAST, "check.latency_iters=4", "check.min_int8_speedup=1"])
@@ -126,7 +125,7 @@ def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
              EngineSpec("onnxruntime-int8", "onnxruntime", "int8", run_dir / "model.int8.ort.onnx")]
     with contextlib.ExitStack() as stack:
         runners = {s.name: stack.enter_context(_RunsFourTimesWhenInt8(s, threads=1)) for s in specs}
-        speed = check._int8_speedups(runners, specs, make_pipeline(cfg), records, cfg)["onnxruntime-int8"]
+        speed = check._int8_speedups(runners, specs, make_prepost(cfg), records, cfg)["onnxruntime-int8"]
     assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 4 and speed["speedup"] < 1
     entry = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8") | {"int8_speedup": speed}
     gates = check._gates(entry, cfg, is_reference=False)

@@ -14,8 +14,8 @@ import re
 from html import escape
 from typing import Any
 
-from edgefpn.pipeline import gallery
-from edgefpn.pipeline.report import (
+from edgefpn.report import gallery
+from edgefpn.report.check_md import (
     SPEEDUP_HEADER,
     SPEEDUP_NOTE,
     TABLE_HEADER,

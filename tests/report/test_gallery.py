@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgefpn.pipeline.gallery import COLOURS, Gallery, disagreement, render
 from edgefpn.postprocess import Detections
+from edgefpn.report.gallery import COLOURS, Gallery, disagreement, render
 
 
 def _det(boxes, scores, labels) -> Detections:
