@@ -51,13 +51,19 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         return time.perf_counter() - t0
 
-    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"oneDNN bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}", flush=True)
+    print(
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"oneDNN bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}",
+        flush=True,
+    )
     step(False)  # warm-up
     for r in range(args.rounds):
         a, b = step(False), step(True)
-        print(f"round {r}: fp32 {a:.2f} s, bf16 {b:.2f} s, bf16/fp32 {b / a:.2f}x, "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"round {r}: fp32 {a:.2f} s, bf16 {b:.2f} s, bf16/fp32 {b / a:.2f}x, "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     return 0
 
 

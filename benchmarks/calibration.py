@@ -42,7 +42,9 @@ def _prepare(work: Path, num_calib: int) -> tuple[Path, Path]:
     data = work / "data"
     generate(data, num_train=0, num_val=2, num_calib=num_calib, seed=0, show_progress=False)
     torch.manual_seed(0)
-    model = build_model(arch="fcos", num_classes=7, backbone_name="resnet18", fpn_channels=64, head_convs=2).eval()
+    model = build_model(
+        arch="fcos", num_classes=7, backbone_name="resnet18", fpn_channels=64, head_convs=2
+    ).eval()
     path = work / "model.onnx"
     export_onnx(FCOSExportWrapper(model).eval(), path, input_size=(320, 320), batch=1, opset=17)
     onnx.save(onnxslim.slim(onnx.load(str(path))), str(path))
@@ -66,17 +68,31 @@ def _child(data: Path, model: Path, count: int, method: str, cache: Path) -> dic
     from edgefpn.calibration import CalibrationSet, calibrate
     from edgefpn.config import load_config
 
-    cfg = load_config(None, [f"data.root={data}", "data.builtin=false", f"quantize.num_images={count}",
-                             f"quantize.method={method}", "run.threads=2"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={data}",
+            "data.builtin=false",
+            f"quantize.num_images={count}",
+            f"quantize.method={method}",
+            "run.threads=2",
+        ],
+    )
     calib = CalibrationSet(cfg)
     before_mb = _peak_rss_mb()
     t0 = time.perf_counter()
     res = calibrate(cfg, model, sha256_file(model), calib, cache, threads=2, log=lambda m: None)
     seconds = time.perf_counter() - t0
     peak_mb = _peak_rss_mb()
-    return {"method": method, "images": len(calib), "seconds": round(seconds, 2),
-            "images_per_s": round(len(calib) / seconds, 2), "peak_rss_mb": round(peak_mb, 1),
-            "rss_before_calibration_mb": round(before_mb, 1), "reused_cache": res.reused}
+    return {
+        "method": method,
+        "images": len(calib),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(calib) / seconds, 2),
+        "peak_rss_mb": round(peak_mb, 1),
+        "rss_before_calibration_mb": round(before_mb, 1),
+        "reused_cache": res.reused,
+    }
 
 
 def main() -> None:
@@ -99,16 +115,27 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     with tempfile.TemporaryDirectory(prefix="edgefpn-bench-") as tmp:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--prepare", tmp, str(max(args.counts))], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, __file__, "--prepare", tmp, str(max(args.counts))],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         data, model = Path(tmp) / "data", Path(tmp) / "model.onnx"
-        print(f"prepared {max(args.counts)} synthetic calib images + model in {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr)
+        print(
+            f"prepared {max(args.counts)} synthetic calib images + model in {time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+        )
         runs = []
         for method in args.methods:
             for count in args.counts:
-                out = subprocess.run([sys.executable, __file__, "--child", str(data), str(model), str(count), method],
-                                     check=True, capture_output=True, text=True, env=env)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", str(data), str(model), str(count), method],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(json.dumps(runs[-1]), file=sys.stderr)
 
@@ -123,33 +150,57 @@ def main() -> None:
             entry["peak_growth_100_to_1000_mb"] = round(by[1000]["peak_rss_mb"] - by[100]["peak_rss_mb"], 1)
             entry["memory_target_met"] = entry["peak_growth_100_to_1000_mb"] < GROWTH_TARGET_MB
         summary[method] = entry
-    result = {"schema": "edgefpn.bench.calibration/1",
-              "model": "fcos resnet18 fpn64 head_convs2 320x320 (random weights, slimmed)",
-              "threads": 2, "targets": {"seconds_300": TIME_TARGET_S, "peak_growth_mb": GROWTH_TARGET_MB},
-              "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                          "cores": os.cpu_count()},
-              "runs": runs, "summary": summary}
+    result = {
+        "schema": "edgefpn.bench.calibration/1",
+        "model": "fcos resnet18 fpn64 head_convs2 320x320 (random weights, slimmed)",
+        "threads": 2,
+        "targets": {"seconds_300": TIME_TARGET_S, "peak_growth_mb": GROWTH_TARGET_MB},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+        },
+        "runs": runs,
+        "summary": summary,
+    }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(_markdown(result))
     print(_markdown(result))
 
 
 def _markdown(r: dict) -> str:
-    lines = ["# Calibration benchmark", "", f"Model: {r['model']}; threads: {r['threads']}; "
-             f"machine: {r['machine']['cpu']}, {r['machine']['cores']} cores.", "",
-             "Each row is a fresh process (peak RSS is `VmHWM` of that process, which includes the ~50 MB of imports).", "",
-             "| method | images | seconds | images/s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "# Calibration benchmark",
+        "",
+        f"Model: {r['model']}; threads: {r['threads']}; "
+        f"machine: {r['machine']['cpu']}, {r['machine']['cores']} cores.",
+        "",
+        "Each row is a fresh process (peak RSS is `VmHWM` of that process, which includes the ~50 MB of imports).",
+        "",
+        "| method | images | seconds | images/s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for x in r["runs"]:
-        lines.append(f"| {x['method']} | {x['images']} | {x['seconds']} | {x['images_per_s']} | {x['peak_rss_mb']} |")
-    lines += ["", f"Targets: < {r['targets']['seconds_300']:.0f} s for 300 images; "
-              f"< {r['targets']['peak_growth_mb']:.0f} MB peak growth from 100 to 1000 images.", ""]
+        lines.append(
+            f"| {x['method']} | {x['images']} | {x['seconds']} | {x['images_per_s']} | {x['peak_rss_mb']} |"
+        )
+    lines += [
+        "",
+        f"Targets: < {r['targets']['seconds_300']:.0f} s for 300 images; "
+        f"< {r['targets']['peak_growth_mb']:.0f} MB peak growth from 100 to 1000 images.",
+        "",
+    ]
     for method, s in r["summary"].items():
         parts = []
         if "seconds_300" in s:
-            parts.append(f"300 images in {s['seconds_300']} s ({'met' if s['time_target_met'] else 'MISSED'})")
+            parts.append(
+                f"300 images in {s['seconds_300']} s ({'met' if s['time_target_met'] else 'MISSED'})"
+            )
         if "peak_growth_100_to_1000_mb" in s:
-            parts.append(f"peak growth 100->1000: {s['peak_growth_100_to_1000_mb']} MB "
-                         f"({'met' if s['memory_target_met'] else 'MISSED'})")
+            parts.append(
+                f"peak growth 100->1000: {s['peak_growth_100_to_1000_mb']} MB "
+                f"({'met' if s['memory_target_met'] else 'MISSED'})"
+            )
         lines.append(f"- {method}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 

@@ -67,9 +67,12 @@ def measure(run_dir: Path, engine: str, iters: int, threads: int, config: str | 
     result = {"engine": engine, "iters": iters, "threads": threads, "model_only_ms": mo}
     for key, pipe in pipes.items():
         med = {k: ms(v) for k, v in steps[key].items()}
-        result[key] = {"score_thresh": pipe.post.score_thresh, "median_ms": med,
-                       "e2e_over_model_only": round(med["e2e"] / mo, 3),
-                       "detections_per_image": round(found[key] / iters, 1)}
+        result[key] = {
+            "score_thresh": pipe.post.score_thresh,
+            "median_ms": med,
+            "e2e_over_model_only": round(med["e2e"] / mo, 3),
+            "detections_per_image": round(found[key] / iters, 1),
+        }
     return result
 
 

@@ -26,21 +26,43 @@ import sys
 import time
 from pathlib import Path
 
-WORK = ("[train] fcos", "[export] exporting", "INT8 QDQ mAP", "[check] wrote", "[build] openvino-fp32: converting")
+WORK = (
+    "[train] fcos",
+    "[export] exporting",
+    "INT8 QDQ mAP",
+    "[check] wrote",
+    "[build] openvino-fp32: converting",
+)
 
 
 def _cmd(src: str, run: str, data: str, sets: list[str], command: str) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "PYTHONPATH": src}
-    cmd = [sys.executable, "-m", "edgefpn.cli", command, "--config", str(Path(src) / "configs" / "default.yaml"),
-           "--out", run, "--set", f"data.root={data}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgefpn.cli",
+        command,
+        "--config",
+        str(Path(src) / "configs" / "default.yaml"),
+        "--out",
+        run,
+        "--set",
+        f"data.root={data}",
+    ]
     for item in sets:
         cmd += ["--set", item]
     return cmd, env
 
 
 def _where(src: str) -> str:
-    out = subprocess.run([sys.executable, "-c", "import edgefpn; print(edgefpn.__file__)"], cwd=src,
-                         env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import edgefpn; print(edgefpn.__file__)"],
+        cwd=src,
+        env={**os.environ, "PYTHONPATH": src},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -50,8 +72,13 @@ def main() -> None:
     p.add_argument("--new", required=True, help="SRC:RUN_DIR:DATA_ROOT of the new checkout")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--command", default="run", help="the stage command to time (default: run, every stage)")
-    p.add_argument("--set", dest="sets", action="append", default=[],
-                   help="the --set overrides both run dirs were made with (e.g. train.epochs=1); repeatable")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        help="the --set overrides both run dirs were made with (e.g. train.epochs=1); repeatable",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the samples here")
     args = p.parse_args()
     sides = {"old": args.old.split(":"), "new": args.new.split(":")}
@@ -70,16 +97,30 @@ def main() -> None:
             dt = time.perf_counter() - t0
             busy = [w for w in WORK if w in proc.stderr]
             if busy:
-                raise SystemExit(f"{name} round {r}: not a no-op, a stage did work ({busy}):\n{proc.stderr[-2000:]}")
+                raise SystemExit(
+                    f"{name} round {r}: not a no-op, a stage did work ({busy}):\n{proc.stderr[-2000:]}"
+                )
             samples[name].append(dt)
             exits[name].add(proc.returncode)
             print(f"round {r} {name}: {dt:.2f} s (exit {proc.returncode})", flush=True)
     med = {k: statistics.median(v) for k, v in samples.items()}
-    print(json.dumps({"median_s": med, "new_over_old": med["new"] / med["old"],
-                      "exit_codes": {k: sorted(v) for k, v in exits.items()}}, indent=1))
+    print(
+        json.dumps(
+            {
+                "median_s": med,
+                "new_over_old": med["new"] / med["old"],
+                "exit_codes": {k: sorted(v) for k, v in exits.items()},
+            },
+            indent=1,
+        )
+    )
     if args.json:
-        args.json.write_text(json.dumps({"samples_s": samples, "median_s": med,
-                                         "new_over_old": med["new"] / med["old"]}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"samples_s": samples, "median_s": med, "new_over_old": med["new"] / med["old"]}, indent=1
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

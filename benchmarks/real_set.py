@@ -39,8 +39,21 @@ OBJECTS = {  # class -> (package, file)
     "flower": ("sklearn", "flower.jpg"),
     "person": ("matplotlib", "grace_hopper.jpg"),
 }
-BACKGROUNDS = [("skimage", f) for f in ("hubble_deep_field.jpg", "retina.jpg", "ihc.png", "brick.png", "grass.png",
-                                        "gravel.png", "moon.png", "camera.png", "cell.png", "coins.png")]
+BACKGROUNDS = [
+    ("skimage", f)
+    for f in (
+        "hubble_deep_field.jpg",
+        "retina.jpg",
+        "ihc.png",
+        "brick.png",
+        "grass.png",
+        "gravel.png",
+        "moon.png",
+        "camera.png",
+        "cell.png",
+        "coins.png",
+    )
+]
 BACKGROUNDS.append(("sklearn", "china.jpg"))
 SPLITS = {"train": (700, 1), "val": (150, 2), "calib": (100, 3)}  # name -> (images, seed)
 
@@ -80,7 +93,7 @@ def _image(rng: np.random.Generator, objects: list[np.ndarray], backgrounds: lis
     fit = min(bw / w, bh / h) * rng.uniform(0.4, 1.0)
     cw, ch = max(16, int(w * fit)), max(16, int(h * fit))
     x0, y0 = int(rng.integers(0, bw - cw + 1)), int(rng.integers(0, bh - ch + 1))
-    canvas = cv2.resize(bg[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_AREA).copy()
+    canvas = cv2.resize(bg[y0 : y0 + ch, x0 : x0 + cw], (w, h), interpolation=cv2.INTER_AREA).copy()
     boxes: list[np.ndarray] = []
     labels: list[int] = []
     for _ in range(int(rng.integers(2, 9))):
@@ -89,7 +102,7 @@ def _image(rng: np.random.Generator, objects: list[np.ndarray], backgrounds: lis
         sh, sw = src.shape[:2]
         ww, wh = int(sw * rng.uniform(0.5, 1.0)), int(sh * rng.uniform(0.5, 1.0))
         sx, sy = int(rng.integers(0, sw - ww + 1)), int(rng.integers(0, sh - wh + 1))
-        patch = src[sy:sy + wh, sx:sx + ww]
+        patch = src[sy : sy + wh, sx : sx + ww]
         side = rng.uniform(10, 56)
         k = side / max(ww, wh)
         pw, ph = max(4, round(ww * k)), max(4, round(wh * k))
@@ -100,7 +113,7 @@ def _image(rng: np.random.Generator, objects: list[np.ndarray], backgrounds: lis
         box = np.array([px, py, px + pw, py + ph], np.float64)
         if any(_iou(box, b) > 0.2 for b in boxes):
             continue
-        canvas[py:py + ph, px:px + pw] = patch
+        canvas[py : py + ph, px : px + pw] = patch
         boxes.append(box)
         labels.append(label)
     return canvas, boxes, labels
@@ -125,13 +138,27 @@ def main(argv: list[str] | None = None) -> int:
             canvas, boxes, labels = _image(rng, objects, backgrounds)
             name = f"{split}_{i:06d}.jpg"
             Image.fromarray(canvas).save(args.out / "images" / name, quality=90)
-            images.append({"id": i + 1, "file_name": name, "width": canvas.shape[1], "height": canvas.shape[0]})
+            images.append(
+                {"id": i + 1, "file_name": name, "width": canvas.shape[1], "height": canvas.shape[0]}
+            )
             for b, lab in zip(boxes, labels, strict=True):
                 bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": lab + 1, "iscrowd": 0,
-                             "bbox": [float(b[0]), float(b[1]), bw, bh], "area": bw * bh})
-        doc = {"info": {"description": f"edgefpn real-photo small objects, split {split}", "version": "1"},
-               "images": images, "annotations": anns, "categories": categories}
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": lab + 1,
+                        "iscrowd": 0,
+                        "bbox": [float(b[0]), float(b[1]), bw, bh],
+                        "area": bw * bh,
+                    }
+                )
+        doc = {
+            "info": {"description": f"edgefpn real-photo small objects, split {split}", "version": "1"},
+            "images": images,
+            "annotations": anns,
+            "categories": categories,
+        }
         (args.out / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
         print(f"{split}: {count} images, {len(anns)} objects")
     return 0

@@ -25,8 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_PACKAGES = ["numpy", "pillow", "opencv-python-headless", "onnxruntime", "openvino"]
-IMPORT_SNIPPET = ("import time; t = time.perf_counter(); import edgefpn.runtime.__main__; "
-                  "import {backend}; print(time.perf_counter() - t)")
+IMPORT_SNIPPET = (
+    "import time; t = time.perf_counter(); import edgefpn.runtime.__main__; "
+    "import {backend}; print(time.perf_counter() - t)"
+)
 
 
 def make_runtime_venv(path: Path) -> None:
@@ -34,7 +36,9 @@ def make_runtime_venv(path: Path) -> None:
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(path)], check=True)
     py = str(path / "bin" / "python")
     subprocess.run([uv, "pip", "install", "-q", "--offline", "--python", py, *RUNTIME_PACKAGES], check=True)
-    subprocess.run([uv, "pip", "install", "-q", "--offline", "--no-deps", "--python", py, str(ROOT)], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "-q", "--offline", "--no-deps", "--python", py, str(ROOT)], check=True
+    )
 
 
 def site_packages(venv: Path) -> Path:
@@ -55,20 +59,49 @@ def measure(python: Path, bundle: Path, images: Path, engine: str, repeats: int)
     backend = engine.split("-")[0]
     imports, walls, firsts = [], [], []
     for _ in range(repeats):
-        out = subprocess.run([str(python), "-c", IMPORT_SNIPPET.format(backend=backend)], capture_output=True,
-                             text=True, check=True, env=env, cwd="/")
+        out = subprocess.run(
+            [str(python), "-c", IMPORT_SNIPPET.format(backend=backend)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+            cwd="/",
+        )
         imports.append(float(out.stdout.strip()))
         t0 = time.perf_counter()
-        proc = subprocess.run([str(python), "-m", "edgefpn.runtime", "bench", "--bundle", str(bundle),
-                               "--engine", engine, "--iters", "10", "--warmup", "2", "--threads", "1"],
-                              capture_output=True, text=True, env=env, cwd="/")
+        proc = subprocess.run(
+            [
+                str(python),
+                "-m",
+                "edgefpn.runtime",
+                "bench",
+                "--bundle",
+                str(bundle),
+                "--engine",
+                engine,
+                "--iters",
+                "10",
+                "--warmup",
+                "2",
+                "--threads",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd="/",
+        )
         if proc.returncode != 0:
             raise SystemExit(f"{python}: runtime bench failed: {proc.stderr.strip()}")
         walls.append(time.perf_counter() - t0)
         firsts.append(json.loads(proc.stdout))
     startup = {k: _median([f["startup_s"][k] for f in firsts]) for k in firsts[0]["startup_s"]}
-    return {"import_s": _median(imports), "process_wall_s": _median(walls), "startup_s": startup,
-            "model_only_ms_p50": _median([f["model_only_ms"]["p50"] for f in firsts])}
+    return {
+        "import_s": _median(imports),
+        "process_wall_s": _median(walls),
+        "startup_s": startup,
+        "model_only_ms_p50": _median([f["model_only_ms"]["p50"] for f in firsts]),
+    }
 
 
 def main() -> None:
@@ -82,17 +115,34 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.rt_venv / "bin" / "python").exists():
         make_runtime_venv(args.rt_venv)
-    check = subprocess.run([str(args.rt_venv / "bin" / "python"), "-c",
-                            "import importlib.util as u; print([m for m in ('torch', 'torchvision', 'click', 'tqdm', "
-                            "'yaml') if u.find_spec(m)])"], capture_output=True, text=True, check=True)
+    check = subprocess.run(
+        [
+            str(args.rt_venv / "bin" / "python"),
+            "-c",
+            "import importlib.util as u; print([m for m in ('torch', 'torchvision', 'click', 'tqdm', "
+            "'yaml') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     venvs = {"runtime": args.rt_venv, "full": args.full_venv}
     result = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "bundle_bytes": args.bundle.stat().st_size,
         "runtime_venv_has": check.stdout.strip(),
         "site_packages_mib": {name: du_mib(site_packages(v)) for name, v in venvs.items()},
-        "engines": {e: {name: measure(v / "bin" / "python", args.bundle, args.images, e, args.repeats)
-                        for name, v in venvs.items()} for e in args.engines},
+        "engines": {
+            e: {
+                name: measure(v / "bin" / "python", args.bundle, args.images, e, args.repeats)
+                for name, v in venvs.items()
+            }
+            for e in args.engines
+        },
     }
     out = ROOT / "benchmarks" / "runtime_footprint"
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
@@ -119,11 +169,17 @@ def render(r: dict) -> str:
     for engine, per in r["engines"].items():
         for venv, m in per.items():
             s = m["startup_s"]
-            lines.append(f"| {engine} | {venv} | {m['import_s']:.3f} | {s['verify']:.3f} | {s['extract']:.3f} | "
-                         f"{s['load']:.3f} | {s['to_first_inference']:.3f} | {m['process_wall_s']:.3f} | "
-                         f"{m['model_only_ms_p50']:.3f} |")
-    lines += ["", "start-up to 1st inference = verify + extract + load + one inference, inside the process; "
-              "whole process = interpreter start to exit of `python -m edgefpn.runtime bench` (10 iterations).", ""]
+            lines.append(
+                f"| {engine} | {venv} | {m['import_s']:.3f} | {s['verify']:.3f} | {s['extract']:.3f} | "
+                f"{s['load']:.3f} | {s['to_first_inference']:.3f} | {m['process_wall_s']:.3f} | "
+                f"{m['model_only_ms_p50']:.3f} |"
+            )
+    lines += [
+        "",
+        "start-up to 1st inference = verify + extract + load + one inference, inside the process; "
+        "whole process = interpreter start to exit of `python -m edgefpn.runtime bench` (10 iterations).",
+        "",
+    ]
     return "\n".join(lines)
 
 

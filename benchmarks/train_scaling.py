@@ -34,27 +34,67 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edgefpn-scaling."))
-    sets = ["data.root=" + str(tmp / "data"), f"data.synth.num_train={args.num_train}", "data.synth.num_val=8",
-            "data.synth.num_calib=8", "train.epochs=1", f"train.batch_size={args.batch}", "train.eval_every=0",
-            f"train.device={args.device}"]
-    base = [str(VENV / "python"), "-m", "edgefpn", "train", "--quiet", "--force", "--config", "configs/default.yaml"]
+    sets = [
+        "data.root=" + str(tmp / "data"),
+        f"data.synth.num_train={args.num_train}",
+        "data.synth.num_val=8",
+        "data.synth.num_calib=8",
+        "train.epochs=1",
+        f"train.batch_size={args.batch}",
+        "train.eval_every=0",
+        f"train.device={args.device}",
+    ]
+    base = [
+        str(VENV / "python"),
+        "-m",
+        "edgefpn",
+        "train",
+        "--quiet",
+        "--force",
+        "--config",
+        "configs/default.yaml",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run([str(VENV / "python"), "-m", "edgefpn", "data", "--quiet", "--config", "configs/default.yaml",
-                    *[x for s in sets for x in ("--set", s)]], cwd=REPO, env=env, check=True)
+    subprocess.run(
+        [
+            str(VENV / "python"),
+            "-m",
+            "edgefpn",
+            "data",
+            "--quiet",
+            "--config",
+            "configs/default.yaml",
+            *[x for s in sets for x in ("--set", s)],
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
     runs = {
         f"1 process x {args.threads} threads": (base, args.threads),
         f"{args.nproc} processes x {max(1, args.threads // args.nproc)} thread(s)": (
             [str(VENV / "torchrun"), "--standalone", "--nproc-per-node", str(args.nproc), *base[1:]],
-            max(1, args.threads // args.nproc)),
+            max(1, args.threads // args.nproc),
+        ),
     }
     results: dict[str, list[float]] = {k: [] for k in runs}
     losses: dict[str, list[float]] = {}
     for rep in range(args.repeats):
         for name, (cmd, threads) in runs.items():
             out = tmp / f"run{rep}-{len(results[name])}-{name[0]}"
-            full = [*cmd, "--out", str(out), *[x for s in [*sets, f"run.threads={threads}"] for x in ("--set", s)]]
-            subprocess.run(full, cwd=REPO, env={**env, "OMP_NUM_THREADS": str(threads)}, check=True,
-                           stdout=subprocess.DEVNULL)
+            full = [
+                *cmd,
+                "--out",
+                str(out),
+                *[x for s in [*sets, f"run.threads={threads}"] for x in ("--set", s)],
+            ]
+            subprocess.run(
+                full,
+                cwd=REPO,
+                env={**env, "OMP_NUM_THREADS": str(threads)},
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             meta = torch.load(out / "model.pt", weights_only=True)["meta"]["train"]
             results[name].append(meta["history"][-1]["images_per_s"])
             losses[name] = meta["step_loss"]

@@ -71,7 +71,9 @@ class Runner:
         """One training step on the batch; its seconds."""
         import torch
 
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.v.amp == "bf16" else contextlib.nullcontext()
+        ctx = (
+            torch.autocast("cpu", dtype=torch.bfloat16) if self.v.amp == "bf16" else contextlib.nullcontext()
+        )
         t0 = time.perf_counter()
         images = images.to(memory_format=self.fmt)
         with ctx:
@@ -96,19 +98,34 @@ def _write(args, cfg, times: dict[str, list[float]], load: list[float], runners:
         med = statistics.median(times[v.name])
         # per round, this variant's step against today's on the same batch moments apart: robust to load
         paired = [b / t for b, t in zip(times[VARIANTS[0].name], times[v.name], strict=True)]
-        rows.append({"variant": v.name, "amp": v.amp, "channels_last": v.channels_last,
-                     "step_s_median": round(med, 4), "speedup_vs_today": round(base / med, 3),
-                     "paired_speedup_median": round(statistics.median(paired), 3),
-                     "paired_rounds_faster": sum(x > 1 for x in paired),
-                     "step_s_rounds": [round(t, 4) for t in times[v.name]],
-                     "images_per_s_0_workers": round(batch / (med + med_load), 2),
-                     "speedup_with_loading_0_workers": round((base + med_load) / (med + med_load), 3),
-                     "loss_first": round(r.losses[0], 4), "loss_last": round(r.losses[-1], 4)})
-    report = {"config": args.config, "rounds": len(load), "batch_size": batch, "threads": cfg.run.threads,
-              "input_size": list(cfg.model.input_size), "torch": torch.__version__,
-              "cpu": platform.processor() or platform.machine(),
-              "load_batch_s_median": round(med_load, 4),
-              "load_share_of_fp32_step": round(med_load / (med_load + base), 3), "rows": rows}
+        rows.append(
+            {
+                "variant": v.name,
+                "amp": v.amp,
+                "channels_last": v.channels_last,
+                "step_s_median": round(med, 4),
+                "speedup_vs_today": round(base / med, 3),
+                "paired_speedup_median": round(statistics.median(paired), 3),
+                "paired_rounds_faster": sum(x > 1 for x in paired),
+                "step_s_rounds": [round(t, 4) for t in times[v.name]],
+                "images_per_s_0_workers": round(batch / (med + med_load), 2),
+                "speedup_with_loading_0_workers": round((base + med_load) / (med + med_load), 3),
+                "loss_first": round(r.losses[0], 4),
+                "loss_last": round(r.losses[-1], 4),
+            }
+        )
+    report = {
+        "config": args.config,
+        "rounds": len(load),
+        "batch_size": batch,
+        "threads": cfg.run.threads,
+        "input_size": list(cfg.model.input_size),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "load_batch_s_median": round(med_load, 4),
+        "load_share_of_fp32_step": round(med_load / (med_load + base), 3),
+        "rows": rows,
+    }
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return report
 
@@ -132,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     data = data_stage.run(cfg, progress=False)
     split = data.split(cfg.data.train_split)
     num_classes = cfg.model.num_classes or len(split.class_names)
-    ds = DetectionDataset(split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std,
-                          hflip=cfg.train.hflip)
+    ds = DetectionDataset(
+        split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std, hflip=cfg.train.hflip
+    )
     runners = [Runner(v, cfg, num_classes) for v in VARIANTS]
     times: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
     load: list[float] = []
@@ -142,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         images, targets = collate([ds[(k * batch + i) % len(ds)] for i in range(batch)])
         t_load = time.perf_counter() - t0
-        order = runners[k % len(runners):] + runners[:k % len(runners)]
+        order = runners[k % len(runners) :] + runners[: k % len(runners)]
         step_times = {r.v.name: r.step(images, targets) for r in order}
         if k < args.warmup:
             continue
@@ -150,14 +168,22 @@ def main(argv: list[str] | None = None) -> int:
         for name, t in step_times.items():
             times[name].append(t)
         report = _write(args, cfg, times, load, runners)
-        print(f"round {k + 1 - args.warmup}/{args.rounds}: load {t_load:.3f}s " +
-              ", ".join(f"{n} {t:.3f}s" for n, t in step_times.items()), file=sys.stderr, flush=True)
+        print(
+            f"round {k + 1 - args.warmup}/{args.rounds}: load {t_load:.3f}s "
+            + ", ".join(f"{n} {t:.3f}s" for n, t in step_times.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     for row in report["rows"]:
-        print(f"{row['variant']:<28} step {row['step_s_median']:.3f}s  x{row['speedup_vs_today']:.3f}  "
-              f"paired x{row['paired_speedup_median']:.3f}  "
-              f"(with loading, 0 workers: x{row['speedup_with_loading_0_workers']:.3f})")
-    print(f"loading one batch: {report['load_batch_s_median']:.3f}s = {report['load_share_of_fp32_step']:.1%} "
-          f"of a fp32 step + load")
+        print(
+            f"{row['variant']:<28} step {row['step_s_median']:.3f}s  x{row['speedup_vs_today']:.3f}  "
+            f"paired x{row['paired_speedup_median']:.3f}  "
+            f"(with loading, 0 workers: x{row['speedup_with_loading_0_workers']:.3f})"
+        )
+    print(
+        f"loading one batch: {report['load_batch_s_median']:.3f}s = {report['load_share_of_fp32_step']:.1%} "
+        f"of a fp32 step + load"
+    )
     return 0
 
 

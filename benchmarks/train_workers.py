@@ -58,8 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     data = data_stage.run(cfg, progress=False)
     split = data.split(cfg.data.train_split)
     num_classes = cfg.model.num_classes or len(split.class_names)
-    ds = DetectionDataset(split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std,
-                          hflip=cfg.train.hflip, augment=cfg.train.augment, seed=cfg.run.seed)
+    ds = DetectionDataset(
+        split,
+        size=cfg.model.input_size,
+        mean=cfg.model.mean,
+        std=cfg.model.std,
+        hflip=cfg.train.hflip,
+        augment=cfg.train.augment,
+        seed=cfg.run.seed,
+    )
     dist = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     settings = [int(w) for w in args.workers.split(",")]
     iters = {}
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rates: dict[int, list[float]] = {w: [] for w in settings}
     for r in range(args.rounds):
-        order = settings[r % len(settings):] + settings[:r % len(settings)]
+        order = settings[r % len(settings) :] + settings[: r % len(settings)]
         for w in order:
             for i in range(args.block):
                 if i == args.skip:
@@ -94,21 +101,43 @@ def main(argv: list[str] | None = None) -> int:
                 images, targets = next(iters[w])
                 step(images, targets)
             rates[w].append((args.block - args.skip) * cfg.train.batch_size / (time.perf_counter() - t0))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{w} workers {rates[w][-1]:.1f} img/s" for w in settings),
-              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{w} workers {rates[w][-1]:.1f} img/s" for w in settings),
+            f"(load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
 
     base = settings[0]
-    rows = [{"workers": w, "images_per_s_median": round(statistics.median(rates[w]), 2),
-             "paired_ratio_median": round(statistics.median(a / b for a, b in zip(rates[w], rates[base], strict=True)),
-                                          3),
-             "images_per_s_rounds": [round(x, 2) for x in rates[w]]} for w in settings]
-    report = {"config": args.config, "amp": cfg.train.amp, "channels_last": cfg.train.channels_last,
-              "threads": cfg.run.threads, "batch_size": cfg.train.batch_size, "rounds": args.rounds,
-              "block": args.block, "skip": args.skip, "torch": torch.__version__, "rows": rows}
+    rows = [
+        {
+            "workers": w,
+            "images_per_s_median": round(statistics.median(rates[w]), 2),
+            "paired_ratio_median": round(
+                statistics.median(a / b for a, b in zip(rates[w], rates[base], strict=True)), 3
+            ),
+            "images_per_s_rounds": [round(x, 2) for x in rates[w]],
+        }
+        for w in settings
+    ]
+    report = {
+        "config": args.config,
+        "amp": cfg.train.amp,
+        "channels_last": cfg.train.channels_last,
+        "threads": cfg.run.threads,
+        "batch_size": cfg.train.batch_size,
+        "rounds": args.rounds,
+        "block": args.block,
+        "skip": args.skip,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     for row in rows:
-        print(f"{row['workers']} workers: {row['images_per_s_median']} img/s, "
-              f"paired vs {base} workers {row['paired_ratio_median']}x")
+        print(
+            f"{row['workers']} workers: {row['images_per_s_median']} img/s, "
+            f"paired vs {base} workers {row['paired_ratio_median']}x"
+        )
     return 0
 
 

@@ -30,8 +30,18 @@ from edgefpn.errors import EdgefpnError
 
 MANIFEST_SUFFIX = ".manifest.json"
 _TRACKED_PACKAGES = (
-    "edgefpn", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf",
-    "pillow", "pycocotools", "tensorrt",
+    "edgefpn",
+    "torch",
+    "torchvision",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxslim",
+    "openvino",
+    "nncf",
+    "pillow",
+    "pycocotools",
+    "tensorrt",
 )
 # and every backend's own (edgefpn.backend_names), so a new backend's version is recorded without an edit here
 _TRACKED_PACKAGES += tuple(p for p in backend_packages() if p not in _TRACKED_PACKAGES)
@@ -126,7 +136,7 @@ def _remove_orphans(path: Path) -> None:
     runs cannot fill the disk with hidden partial artifacts. A live writer's folder is left alone.
     """
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -229,8 +239,9 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def up_to_date(path: Path, *, config_hash: str, inputs: Mapping[str, str],
-               outputs: Sequence[Path] = ()) -> Artifact | None:
+def up_to_date(
+    path: Path, *, config_hash: str, inputs: Mapping[str, str], outputs: Sequence[Path] = ()
+) -> Artifact | None:
     """The artifact if it exists, is intact and was made from these inputs and settings.
 
     ``outputs`` are the side outputs the stage writes beside ``path`` (as given to

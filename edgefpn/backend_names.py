@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BUILD_TARGETS", "BUNDLED", "CHECKED", "DEFAULT_CHECKED", "DEFAULT_TARGETS", "NAMES", "Names",
-           "backend_packages"]
+__all__ = [
+    "BUILD_TARGETS",
+    "BUNDLED",
+    "CHECKED",
+    "DEFAULT_CHECKED",
+    "DEFAULT_TARGETS",
+    "NAMES",
+    "Names",
+    "backend_packages",
+]
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,9 @@ NAMES: dict[str, Names] = {
     "openvino": Names(built=True, checked=True, default=True, packages=("openvino", "nncf"), reads="ir"),
     "tensorrt": Names(built=True, checked=True, default=True, packages=("tensorrt",), reads="file+manifest"),
     # opt-in: build.targets and check.backends must name it (the default run's outputs stay as they were)
-    "executorch": Names(built=True, checked=True, default=False, packages=("executorch",), reads="file+manifest"),
+    "executorch": Names(
+        built=True, checked=True, default=False, packages=("executorch",), reads="file+manifest"
+    ),
 }
 
 BUILD_TARGETS = tuple(n for n, b in NAMES.items() if b.built)  # `edgefpn build --target` choices

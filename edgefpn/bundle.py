@@ -33,8 +33,18 @@ from typing import Any
 from edgefpn.errors import ModelFileError
 from edgefpn.ownership import check_replaceable
 
-__all__ = ["MANIFEST", "SCHEMA", "Limits", "check_extract_dest", "extract", "extracted_problem", "file_entry",
-           "read_member", "read_verified", "write_tar"]
+__all__ = [
+    "MANIFEST",
+    "SCHEMA",
+    "Limits",
+    "check_extract_dest",
+    "extract",
+    "extracted_problem",
+    "file_entry",
+    "read_member",
+    "read_verified",
+    "write_tar",
+]
 
 MANIFEST = "manifest.json"
 SCHEMA = "edgefpn.bundle/1"
@@ -139,21 +149,28 @@ def _check_members(bundle: Path, members: list[tarfile.TarInfo], limits: Limits)
     for m in members:
         _check_name(m.name.rstrip("/") if m.isdir() else m.name, bundle)
         if m.issym() or m.islnk():
-            raise ModelFileError(f"{bundle}: member {m.name!r} is a link (to {m.linkname!r}); refusing the bundle")
+            raise ModelFileError(
+                f"{bundle}: member {m.name!r} is a link (to {m.linkname!r}); refusing the bundle"
+            )
         if not (m.isfile() or m.isdir()):
-            raise ModelFileError(f"{bundle}: member {m.name!r} is a device, fifo or other special file; "
-                                 "refusing the bundle")
+            raise ModelFileError(
+                f"{bundle}: member {m.name!r} is a device, fifo or other special file; refusing the bundle"
+            )
         name = m.name.rstrip("/")
         if name in seen:
             raise ModelFileError(f"{bundle}: member {name!r} appears twice; refusing the bundle")
         seen.add(name)
         if m.isfile():
             if m.size > limits.max_member_bytes:
-                raise ModelFileError(f"{bundle}: member {name!r} is {m.size} bytes, above the limit of "
-                                     f"{limits.max_member_bytes}")
+                raise ModelFileError(
+                    f"{bundle}: member {name!r} is {m.size} bytes, above the limit of "
+                    f"{limits.max_member_bytes}"
+                )
             total += m.size
             if total > limits.max_total_bytes:
-                raise ModelFileError(f"{bundle}: members total more than the limit of {limits.max_total_bytes} bytes")
+                raise ModelFileError(
+                    f"{bundle}: members total more than the limit of {limits.max_total_bytes} bytes"
+                )
             files.append(m)
     names = {m.name for m in files}
     for name in names:  # a file whose name is also a folder of another member cannot be extracted
@@ -162,7 +179,9 @@ def _check_members(bundle: Path, members: list[tarfile.TarInfo], limits: Limits)
             if "/".join(parts[:i]) in names:
                 raise ModelFileError(f"{bundle}: member {name!r} sits under the file {'/'.join(parts[:i])!r}")
     if not files or files[-1].name != MANIFEST:
-        raise ModelFileError(f"{bundle}: {MANIFEST} is not the last member (incomplete or not an edgefpn bundle)")
+        raise ModelFileError(
+            f"{bundle}: {MANIFEST} is not the last member (incomplete or not an edgefpn bundle)"
+        )
     return files
 
 
@@ -178,18 +197,30 @@ def _open(bundle: Path) -> Iterator[tarfile.TarFile]:
         raise ModelFileError(f"{bundle}: not a readable plain tar ({exc})") from None
 
 
-def _parse_manifest(bundle: Path, tar: tarfile.TarFile, member: tarfile.TarInfo, limits: Limits) -> dict[str, Any]:
+def _parse_manifest(
+    bundle: Path, tar: tarfile.TarFile, member: tarfile.TarInfo, limits: Limits
+) -> dict[str, Any]:
     if member.size > limits.max_manifest_bytes:
-        raise ModelFileError(f"{bundle}: {MANIFEST} is {member.size} bytes, above {limits.max_manifest_bytes}")
+        raise ModelFileError(
+            f"{bundle}: {MANIFEST} is {member.size} bytes, above {limits.max_manifest_bytes}"
+        )
     f = tar.extractfile(member)
     try:
         manifest = json.loads(f.read().decode("utf-8")) if f else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{bundle}: {MANIFEST} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA or not isinstance(manifest.get("files"), dict):
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("schema") != SCHEMA
+        or not isinstance(manifest.get("files"), dict)
+    ):
         raise ModelFileError(f"{bundle}: {MANIFEST} is not an {SCHEMA} manifest")
     for name, entry in manifest["files"].items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("size"), int)):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("size"), int)
+        ):
             raise ModelFileError(f"{bundle}: {MANIFEST} entry {name!r} lacks sha256/size")
     return manifest
 
@@ -203,7 +234,9 @@ def _check_listing(bundle: Path, files: list[tarfile.TarInfo], manifest: Mapping
         raise ModelFileError(f"{bundle}: {name!r} is listed in {MANIFEST} but missing from the bundle")
     for name, m in present.items():
         if m.size != listed[name]["size"]:
-            raise ModelFileError(f"{bundle}: {name}: size {m.size} differs from the manifest's {listed[name]['size']}")
+            raise ModelFileError(
+                f"{bundle}: {name}: size {m.size} differs from the manifest's {listed[name]['size']}"
+            )
 
 
 def _hash_stream(f: Any) -> str:
@@ -222,7 +255,9 @@ def read_verified(bundle: Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, An
         for m in files[:-1]:
             f = tar.extractfile(m)
             if f is None or _hash_stream(f) != manifest["files"][m.name]["sha256"]:
-                raise ModelFileError(f"{bundle}: {m.name}: sha256 does not match the manifest (modified or corrupt)")
+                raise ModelFileError(
+                    f"{bundle}: {m.name}: sha256 does not match the manifest (modified or corrupt)"
+                )
     return manifest
 
 
@@ -245,7 +280,9 @@ def extracted_problem(folder: Path) -> str | None:
     """
     try:
         manifest = json.loads((folder / MANIFEST).read_bytes())
-        listed = manifest["files"] if isinstance(manifest, dict) and manifest.get("schema") == SCHEMA else None
+        listed = (
+            manifest["files"] if isinstance(manifest, dict) and manifest.get("schema") == SCHEMA else None
+        )
     except (OSError, ValueError, KeyError):
         listed = None
     if not isinstance(listed, dict):
@@ -266,8 +303,9 @@ def extracted_problem(folder: Path) -> str | None:
 
 def check_extract_dest(dest: Path, option: str = "--extract-to") -> None:
     """Refuse ``dest`` unless it is absent, empty or a bundle extracted by edgefpn, unchanged."""
-    check_replaceable(dest, what="a bundle extracted by edgefpn", problem=extracted_problem, folder=True,
-                      option=option)
+    check_replaceable(
+        dest, what="a bundle extracted by edgefpn", problem=extracted_problem, folder=True, option=option
+    )
 
 
 def extract(bundle: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
@@ -300,7 +338,9 @@ def extract(bundle: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> dict[s
         for name, entry in manifest["files"].items():
             with open(tmp.joinpath(*name.split("/")), "rb") as f:
                 if _hash_stream(f) != entry["sha256"]:
-                    raise ModelFileError(f"{bundle}: {name}: sha256 does not match the manifest after extraction")
+                    raise ModelFileError(
+                        f"{bundle}: {name}: sha256 does not match the manifest after extraction"
+                    )
         check_extract_dest(dest)  # again, right before: something may have been put there meanwhile
         if dest.is_dir() and not dest.is_symlink():
             shutil.rmtree(dest)

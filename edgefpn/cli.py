@@ -59,8 +59,11 @@ class _Group(click.Group):
         except Exception as exc:
             if _DEBUG:
                 raise
-            click.echo(f"internal error: {_rank_prefix()}{type(exc).__name__}: {exc} "
-                       "(rerun with --debug for the traceback)", err=True)
+            click.echo(
+                f"internal error: {_rank_prefix()}{type(exc).__name__}: {exc} "
+                "(rerun with --debug for the traceback)",
+                err=True,
+            )
             ctx.exit(1)
 
 
@@ -93,8 +96,14 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     return value
 
 
-_debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
-                             help="Show tracebacks instead of one-line errors.")
+_debug_option = click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Show tracebacks instead of one-line errors.",
+)
 
 
 _MAY_TRAIN = ("train", "run")  # the other commands stop when the run's model is missing or out of date
@@ -103,18 +112,40 @@ _MAY_TRAIN = ("train", "run")  # the other commands stop when the run's model is
 def stage_options(fn: Callable) -> Callable:
     """--config / --set / --out / --force / --quiet, shared by every stage command."""
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                  default=None, help="YAML config (default: configs/default.yaml if present, else built-in defaults).")
-    @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-                  help="Override one config value; repeatable (e.g. --set train.epochs=2).")
-    @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="Run directory for artifacts (default: run.out from the config).")
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="YAML config (default: configs/default.yaml if present, else built-in defaults).",
+    )
+    @click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY.PATH=VALUE",
+        help="Override one config value; repeatable (e.g. --set train.epochs=2).",
+    )
+    @click.option(
+        "--out",
+        "out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Run directory for artifacts (default: run.out from the config).",
+    )
     @click.option("--force", is_flag=True, help="Redo this stage even if it is up to date.")
     @click.option("--quiet", is_flag=True, help="No progress bars or progress messages.")
     @_debug_option
     @functools.wraps(fn)
-    def wrapper(*args: Any, config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
-                force: bool, quiet: bool, **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any,
+        config_path: Path | None,
+        overrides: tuple[str, ...],
+        out: Path | None,
+        force: bool,
+        quiet: bool,
+        **kwargs: Any,
+    ) -> Any:
         from edgefpn.config import load_config
         from edgefpn.pipeline import common
 
@@ -123,8 +154,15 @@ def stage_options(fn: Callable) -> Callable:
             config_path = Path("configs/default.yaml")
         cfg = load_config(config_path, overrides)
         run_dir = common.run_dir(cfg, out)
-        call = functools.partial(fn, *args, cfg=cfg, run_dir=run_dir, force=force,
-                                 progress=not quiet and sys.stderr.isatty(), **kwargs)
+        call = functools.partial(
+            fn,
+            *args,
+            cfg=cfg,
+            run_dir=run_dir,
+            force=force,
+            progress=not quiet and sys.stderr.isatty(),
+            **kwargs,
+        )
         command = click.get_current_context().info_name
         if command == "data":  # writes data.root (edgefpn.data.synth guards it), nothing in the run dir
             return call()
@@ -137,8 +175,11 @@ def stage_options(fn: Callable) -> Callable:
 
         # one command at a time per run directory; only `train` and `run` may start a training run;
         # file digests by stat: a no-op rerun reads no image, no artifact
-        with run_lock(run_dir, f"edgefpn {command}", log=common.log), \
-                common.training_allowed(f"edgefpn {command}", command in _MAY_TRAIN), persisted(run_dir):
+        with (
+            run_lock(run_dir, f"edgefpn {command}", log=common.log),
+            common.training_allowed(f"edgefpn {command}", command in _MAY_TRAIN),
+            persisted(run_dir),
+        ):
             return call()
 
     return wrapper
@@ -186,12 +227,19 @@ def data(ctx: click.Context, cfg, run_dir: Path, force: bool, progress: bool) ->
     for split, digest in info.annotation_hashes.items():
         loaded = info.split(split)
         skipped = f", {len(loaded.skipped)} annotations skipped" if loaded.skipped else ""
-        click.echo(f"{split}: {len(loaded.images)} images{skipped} ({info.ann_file(split)}, sha256 {digest[:12]})")
+        click.echo(
+            f"{split}: {len(loaded.images)} images{skipped} ({info.ann_file(split)}, sha256 {digest[:12]})"
+        )
 
 
 @data.command("synth")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder to write the dataset into (images/, annotations/).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write the dataset into (images/, annotations/).",
+)
 @click.option("--num-train", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--num-val", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--num-calib", type=click.IntRange(1), default=300, show_default=True)
@@ -201,8 +249,14 @@ def data_synth(out: Path, num_train: int, num_val: int, num_calib: int, seed: in
     """Write the built-in deterministic synthetic COCO dataset."""
     from edgefpn.data.synth import generate
 
-    summary = generate(out, num_train=num_train, num_val=num_val, num_calib=num_calib, seed=seed,
-                       show_progress=sys.stderr.isatty())
+    summary = generate(
+        out,
+        num_train=num_train,
+        num_val=num_val,
+        num_calib=num_calib,
+        seed=seed,
+        show_progress=sys.stderr.isatty(),
+    )
     click.echo(f"wrote {out}: {summary}")
 
 
@@ -239,23 +293,40 @@ def quantize(cfg, run_dir: Path, force: bool, progress: bool) -> None:
 
 @main.command()
 @stage_options
-@click.option("--target", "targets", multiple=True, type=click.Choice(BUILD_TARGETS),
-              help="Engine target; repeatable (default: build.targets, skipping those missing here).")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Engine precision; repeatable (default: build.precisions).")
-def build(cfg, run_dir: Path, force: bool, progress: bool, targets: tuple[str, ...],
-          precisions: tuple[str, ...]) -> None:
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    type=click.Choice(BUILD_TARGETS),
+    help="Engine target; repeatable (default: build.targets, skipping those missing here).",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    help="Engine precision; repeatable (default: build.precisions).",
+)
+def build(
+    cfg, run_dir: Path, force: bool, progress: bool, targets: tuple[str, ...], precisions: tuple[str, ...]
+) -> None:
     """Build the engines of each target (OpenVINO IR, TensorRT, ExecuTorch) from the exported model."""
     from edgefpn.pipeline import build as stage
 
-    for art in stage.run(cfg, run_dir, targets=targets or None, precisions=precisions or None,
-                         force=force, progress=progress):
+    for art in stage.run(
+        cfg, run_dir, targets=targets or None, precisions=precisions or None, force=force, progress=progress
+    ):
         click.echo(art.path)
 
 
 @main.command("trt-lint")
-@click.argument("onnx_files", nargs=-1, required=True, metavar="ONNX...",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "onnx_files",
+    nargs=-1,
+    required=True,
+    metavar="ONNX...",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
 @_debug_option
 def trt_lint(onnx_files: tuple[Path, ...]) -> None:
     """Check ONNX files for TensorRT 10 compatibility; exit 1 if any error is found.
@@ -289,8 +360,13 @@ def check(cfg, run_dir: Path, force: bool, progress: bool) -> None:
 
 @main.command()
 @stage_options
-@click.option("--engines", "engines", multiple=True, metavar="NAME",
-              help="Engine to package, e.g. openvino-int8; repeatable (default: every checked engine that passed).")
+@click.option(
+    "--engines",
+    "engines",
+    multiple=True,
+    metavar="NAME",
+    help="Engine to package, e.g. openvino-int8; repeatable (default: every checked engine that passed).",
+)
 def package(cfg, run_dir: Path, force: bool, progress: bool, engines: tuple[str, ...]) -> None:
     """Bundle the checked engines, their ONNX, pre/postprocessing and report into RUN_DIR/bundle.tar."""
     from edgefpn.pipeline import package as stage
@@ -300,19 +376,52 @@ def package(cfg, run_dir: Path, force: bool, progress: bool, engines: tuple[str,
 
 @main.command()
 @stage_options
-@click.option("--iters", type=click.IntRange(1), default=None,
-              help="Timed batch-1 calls per engine (default: check.latency_iters).")
-@click.option("--app-seconds", type=click.FloatRange(0), default=10.0, show_default=True,
-              help="Duration of the benchmark_app cross-check per OpenVINO engine (0: skip it).")
-@click.option("--app-rounds", type=click.IntRange(1), default=3, show_default=True,
-              help="Interleaved (ours, benchmark_app) rounds the cross-check time is split into.")
-@click.option("--throughput-seconds", type=click.FloatRange(0.1), default=5.0, show_default=True,
-              help="Duration of each offline sweep point (requests x streams x batch) per engine.")
-@click.option("--batch", "batches", default="", metavar="N,N,...",
-              help="Engine batches to sweep, e.g. 1,2,4,8: batch-N engines are exported and built in "
-                   "RUN_DIR/batch-N/ (needs PyTorch); default: the run's export.batch only.")
-def benchmark(cfg, run_dir: Path, force: bool, progress: bool, iters: int | None, app_seconds: float,
-              app_rounds: int, throughput_seconds: float, batches: str) -> None:
+@click.option(
+    "--iters",
+    type=click.IntRange(1),
+    default=None,
+    help="Timed batch-1 calls per engine (default: check.latency_iters).",
+)
+@click.option(
+    "--app-seconds",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Duration of the benchmark_app cross-check per OpenVINO engine (0: skip it).",
+)
+@click.option(
+    "--app-rounds",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Interleaved (ours, benchmark_app) rounds the cross-check time is split into.",
+)
+@click.option(
+    "--throughput-seconds",
+    type=click.FloatRange(0.1),
+    default=5.0,
+    show_default=True,
+    help="Duration of each offline sweep point (requests x streams x batch) per engine.",
+)
+@click.option(
+    "--batch",
+    "batches",
+    default="",
+    metavar="N,N,...",
+    help="Engine batches to sweep, e.g. 1,2,4,8: batch-N engines are exported and built in "
+    "RUN_DIR/batch-N/ (needs PyTorch); default: the run's export.batch only.",
+)
+def benchmark(
+    cfg,
+    run_dir: Path,
+    force: bool,
+    progress: bool,
+    iters: int | None,
+    app_seconds: float,
+    app_rounds: int,
+    throughput_seconds: float,
+    batches: str,
+) -> None:
     """Named FPS scenarios (single_stream, offline) of every engine in RUN_DIR, with their conditions
     (no PyTorch, no dataset needed unless --batch asks for engines the run does not have)."""
     from edgefpn.pipeline import benchmark as stage
@@ -320,11 +429,22 @@ def benchmark(cfg, run_dir: Path, force: bool, progress: bool, iters: int | None
     try:
         sweep = tuple(int(b) for b in batches.split(",") if b.strip())
     except ValueError:
-        raise click.BadParameter(f"a comma-separated list of integers, got {batches!r}", param_hint="--batch") from None
+        raise click.BadParameter(
+            f"a comma-separated list of integers, got {batches!r}", param_hint="--batch"
+        ) from None
     if any(b < 1 for b in sweep):
         raise click.BadParameter(f"every batch must be >= 1, got {batches!r}", param_hint="--batch")
-    art = stage.run(cfg, run_dir, force=force, progress=progress, iters=iters, app_seconds=app_seconds,
-                    app_rounds=app_rounds, throughput_seconds=throughput_seconds, batches=sweep)
+    art = stage.run(
+        cfg,
+        run_dir,
+        force=force,
+        progress=progress,
+        iters=iters,
+        app_seconds=app_seconds,
+        app_rounds=app_rounds,
+        throughput_seconds=throughput_seconds,
+        batches=sweep,
+    )
     click.echo(art.path)
     click.echo((art.path.parent / "benchmark.md").read_text(encoding="utf-8"))
 
@@ -341,11 +461,19 @@ def run_cmd(cfg, run_dir: Path, force: bool, progress: bool) -> None:
 
 @main.command()
 @stage_options
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="onnxruntime", show_default=True)
+@click.option(
+    "--backend", type=click.Choice(["torch", "onnxruntime"]), default="onnxruntime", show_default=True
+)
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images.")
-@click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write detections as a COCO-style JSON list here (default: print to stdout).")
-def predict(cfg, run_dir: Path, force: bool, progress: bool, backend: str, images: Path, save: Path | None) -> None:
+@click.option(
+    "--save",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write detections as a COCO-style JSON list here (default: print to stdout).",
+)
+def predict(
+    cfg, run_dir: Path, force: bool, progress: bool, backend: str, images: Path, save: Path | None
+) -> None:
     """Detect objects in every image of a folder; boxes in original image pixels."""
     import json
 

@@ -352,12 +352,16 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{source}: {key} must have {len(args)} items, got {list(value)!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(
+            _coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin in (Mapping, dict) or tp is Mapping:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
         vt = args[1] if args else Any
-        return types.MappingProxyType({str(k): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()})
+        return types.MappingProxyType(
+            {str(k): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+        )
     if tp is Any:
         return value
     if tp is bool:
@@ -422,8 +426,11 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("model.variant", f"must be v1 or v2, got {cfg.model.variant!r}")
     if cfg.model.variant != "v1" and cfg.model.arch != "faster_rcnn":
         # RetinaNet's v2 is its own arch name; a silently ignored variant would build v1
-        raise bad("model.variant", f"applies to faster_rcnn only (use model.arch=retinanet_v2 for "
-                                   f"RetinaNet v2), got {cfg.model.variant!r} with arch {cfg.model.arch!r}")
+        raise bad(
+            "model.variant",
+            f"applies to faster_rcnn only (use model.arch=retinanet_v2 for "
+            f"RetinaNet v2), got {cfg.model.variant!r} with arch {cfg.model.arch!r}",
+        )
     rpn = cfg.model.rpn
     if cfg.model.representation_size <= 0 or rpn.pre_nms_top_n <= 0 or rpn.post_nms_top_n <= 0:
         raise bad("model", "needs representation_size, rpn.pre_nms_top_n and rpn.post_nms_top_n > 0")
@@ -447,23 +454,38 @@ def _validate(cfg: Config, source: str) -> None:
     if cfg.train.amp not in ("off", "bf16", "fp16", "auto"):
         raise bad("train.amp", f"must be off, bf16, fp16 or auto, got {cfg.train.amp!r}")
     if cfg.train.workers < 0 or cfg.train.timeout_s <= 0:
-        raise bad("train", f"needs workers >= 0 and timeout_s > 0, got {cfg.train.workers} and {cfg.train.timeout_s}")
+        raise bad(
+            "train",
+            f"needs workers >= 0 and timeout_s > 0, got {cfg.train.workers} and {cfg.train.timeout_s}",
+        )
     _validate_augment(cfg.train.augment, bad)
     if cfg.model.trainable_layers is not None:
-        top = 6 if cfg.model.backbone == "mobilenet_v3_large" else 5  # torchvision's _validate_trainable_layers
+        top = (
+            6 if cfg.model.backbone == "mobilenet_v3_large" else 5
+        )  # torchvision's _validate_trainable_layers
         if not 0 <= cfg.model.trainable_layers <= top:
-            raise bad("model.trainable_layers", f"must be in 0..{top} for {cfg.model.backbone}, "
-                                                f"got {cfg.model.trainable_layers}")
+            raise bad(
+                "model.trainable_layers",
+                f"must be in 0..{top} for {cfg.model.backbone}, got {cfg.model.trainable_layers}",
+            )
         if cfg.model.backbone_weights is None:
-            raise bad("model.trainable_layers", "applies to a pretrained backbone only: set model.backbone_weights "
-                                                "(from scratch every layer trains)")
+            raise bad(
+                "model.trainable_layers",
+                "applies to a pretrained backbone only: set model.backbone_weights "
+                "(from scratch every layer trains)",
+            )
     if cfg.model.backbone_weights is not None:
         if cfg.model.backbone_width != 64:
-            raise bad("model.backbone_weights", f"needs backbone_width 64 (ImageNet weights are torchvision's "
-                                                f"full-width networks), got {cfg.model.backbone_width}")
+            raise bad(
+                "model.backbone_weights",
+                f"needs backbone_width 64 (ImageNet weights are torchvision's "
+                f"full-width networks), got {cfg.model.backbone_width}",
+            )
         if cfg.model.weights is not None:
-            raise bad("model.backbone_weights", "and model.weights exclude each other (model.weights loads "
-                                                "a whole trained detector)")
+            raise bad(
+                "model.backbone_weights",
+                "and model.weights exclude each other (model.weights loads a whole trained detector)",
+            )
     pp = cfg.postprocess
     if not 0.0 <= pp.score_thresh < 1.0 or not 0.0 < pp.nms_thresh <= 1.0:
         raise bad("postprocess", f"thresholds out of range: score {pp.score_thresh}, nms {pp.nms_thresh}")
@@ -471,7 +493,10 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("postprocess", "topk_candidates and detections_per_img must be positive")
     if cfg.deploy.score_thresh is not None and not 0.0 <= cfg.deploy.score_thresh < 1.0:
         raise bad("deploy.score_thresh", f"must be in [0, 1), got {cfg.deploy.score_thresh}")
-    for name, table in (("check.max_map_drop", cfg.check.max_map_drop), ("check.min_cosine", cfg.check.min_cosine)):
+    for name, table in (
+        ("check.max_map_drop", cfg.check.max_map_drop),
+        ("check.min_cosine", cfg.check.min_cosine),
+    ):
         unknown = sorted(set(table) - set(PRECISIONS))
         if unknown:
             raise bad(name, f"has unknown precisions {unknown}; valid: {list(PRECISIONS)}")
@@ -498,13 +523,17 @@ def _validate(cfg: Config, source: str) -> None:
     if cfg.export.input not in ("float", "uint8"):
         raise bad("export.input", f"must be float or uint8, got {cfg.export.input!r}")
     if (cfg.export.nms or cfg.export.input == "uint8") and cfg.export.opset < 13:
-        raise bad("export.opset", f"must be >= 13 for export.nms / export.input=uint8, got {cfg.export.opset}")
+        raise bad(
+            "export.opset", f"must be >= 13 for export.nms / export.input=uint8, got {cfg.export.opset}"
+        )
     for split_key in ("train_split", "val_split", "calib_split"):
         split = getattr(cfg.data, split_key)
         if not split or "/" in split or split.startswith("."):
             raise bad(f"data.{split_key}", f"must be a plain split name, got {split!r}")
     if cfg.data.val_split in (cfg.data.train_split, cfg.data.calib_split):
-        raise bad("data.val_split", f"must differ from the train and calib splits, got {cfg.data.val_split!r}")
+        raise bad(
+            "data.val_split", f"must differ from the train and calib splits, got {cfg.data.val_split!r}"
+        )
     _validate_ranges(cfg, bad)
 
 
@@ -550,7 +579,9 @@ def _validate_ranges(cfg: Config, bad: Callable[[str, str], ConfigError]) -> Non
             raise bad(key, f"must be {want}, got {value!r}")
     synth = cfg.data.synth
     if synth.min_side > synth.max_side:
-        raise bad("data.synth.min_side", f"must be <= data.synth.max_side, got {synth.min_side} > {synth.max_side}")
+        raise bad(
+            "data.synth.min_side", f"must be <= data.synth.max_side, got {synth.min_side} > {synth.max_side}"
+        )
     names, n = cfg.model.class_names, cfg.model.num_classes
     if names is not None and n is not None and len(names) != n:
         raise bad("model.class_names", f"has {len(names)} names for model.num_classes {n}")
@@ -562,13 +593,17 @@ def _validate_augment(aug: AugmentConfig, bad: Any) -> None:
     if aug.scale_jitter is not None:
         lo, hi = aug.scale_jitter
         if not 0.0 < lo <= hi <= 4.0:
-            raise bad("train.augment.scale_jitter", f"must be [lo, hi] with 0 < lo <= hi <= 4, got {[lo, hi]}")
+            raise bad(
+                "train.augment.scale_jitter", f"must be [lo, hi] with 0 < lo <= hi <= 4, got {[lo, hi]}"
+            )
     if (c := aug.crop) is not None:
         if not 0.0 <= c.prob <= 1.0:
             raise bad("train.augment.crop.prob", f"must be in [0, 1], got {c.prob}")
         if not 0.0 < c.min_scale <= c.max_scale <= 1.0:
-            raise bad("train.augment.crop", f"needs 0 < min_scale <= max_scale <= 1, got "
-                                            f"{[c.min_scale, c.max_scale]}")
+            raise bad(
+                "train.augment.crop",
+                f"needs 0 < min_scale <= max_scale <= 1, got {[c.min_scale, c.max_scale]}",
+            )
         if not 0.0 <= c.min_visible <= 1.0:
             raise bad("train.augment.crop.min_visible", f"must be in [0, 1], got {c.min_visible}")
     if (p := aug.photometric) is not None:

@@ -91,12 +91,22 @@ def _load(store: Path) -> None:
     if not isinstance(entries, dict):
         return
     for name, entry in entries.items():
-        if (isinstance(name, str) and isinstance(entry, list) and len(entry) == 7
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:5])
-                and (entry[5] is None or (isinstance(entry[5], str) and len(entry[5]) == 64))
-                and (entry[6] is None or (isinstance(entry[6], list) and len(entry[6]) == 2
-                                          and all(isinstance(v, int) for v in entry[6])))
-                and name not in _entries):
+        if (
+            isinstance(name, str)
+            and isinstance(entry, list)
+            and len(entry) == 7
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:5])
+            and (entry[5] is None or (isinstance(entry[5], str) and len(entry[5]) == 64))
+            and (
+                entry[6] is None
+                or (
+                    isinstance(entry[6], list)
+                    and len(entry[6]) == 2
+                    and all(isinstance(v, int) for v in entry[6])
+                )
+            )
+            and name not in _entries
+        ):
             _entries[name] = entry
     _dirty = False
 

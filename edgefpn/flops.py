@@ -32,16 +32,26 @@ from typing import Any
 
 __all__ = ["CONVENTION", "PEAK_ASSUMPTIONS", "achieved", "count_flops", "cpu_peak"]
 
-CONVENTION = ("FLOPs = 2 x MACs, multiply-adds only (Conv, ConvTranspose, Gemm, MatMul); "
-              "normalisation, activations, pooling, resize and element-wise ops excluded; per image (batch 1)")
+CONVENTION = (
+    "FLOPs = 2 x MACs, multiply-adds only (Conv, ConvTranspose, Gemm, MatMul); "
+    "normalisation, activations, pooling, resize and element-wise ops excluded; per image (batch 1)"
+)
 PEAK_ASSUMPTIONS = (
     "fp32 FLOP/cycle/core: Intel AVX-512F 64 (2 FMA units), AMD Zen4 AVX-512 32 (double-pumped 256-bit), "
     "Zen5 AVX-512 64, AVX2+FMA 32, AVX 16, aarch64 NEON 16; int8 = 4x fp32 with VNNI/dot-product, else 2x; "
     "cores = min(threads, physical cores); clock = cpuinfo_max_freq if exposed, else /proc/cpuinfo 'cpu MHz'"
 )
 
-_MAC_OPS = {"Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "Gemm", "MatMul", "QLinearMatMul",
-            "MatMulInteger"}
+_MAC_OPS = {
+    "Conv",
+    "ConvTranspose",
+    "QLinearConv",
+    "ConvInteger",
+    "Gemm",
+    "MatMul",
+    "QLinearMatMul",
+    "MatMulInteger",
+}
 
 
 def count_flops(model: str | Path | Any) -> dict[str, Any]:
@@ -107,7 +117,9 @@ def _macs(node: Any, shapes: Mapping[str, list[int]]) -> int:
         out = _shape(shapes, node.output[0], node)
         # weight [Cout, Cin/g, k...]; out [N, Cout, spatial...]: each output value is Cin/g x k MACs
         return math.prod(out) * math.prod(w[1:])
-    a_name, b_name = (node.input[0], node.input[3]) if op == "QLinearMatMul" else (node.input[0], node.input[1])
+    a_name, b_name = (
+        (node.input[0], node.input[3]) if op == "QLinearMatMul" else (node.input[0], node.input[1])
+    )
     a = _shape(shapes, a_name, node)
     out = _shape(shapes, node.output[0], node)
     if op == "Gemm":
@@ -199,7 +211,9 @@ def cpu_peak(threads: int) -> dict[str, Any]:
     }
 
 
-def achieved(gflops_per_image: float, p50_ms: float, precision: str, peak: Mapping[str, Any]) -> dict[str, Any]:
+def achieved(
+    gflops_per_image: float, p50_ms: float, precision: str, peak: Mapping[str, Any]
+) -> dict[str, Any]:
     """Achieved GFLOP/s at the model-only p50, and its fraction of the fp32 (or, for int8, int8) peak."""
     gflops = gflops_per_image / (p50_ms / 1e3) if p50_ms > 0 else 0.0
     ceiling = peak["int8_gops"] if precision == "int8" else peak["fp32_gflops"]

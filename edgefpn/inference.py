@@ -47,8 +47,10 @@ class PrePost:
     def __post_init__(self) -> None:
         decoder_for(self.arch)  # an unknown arch fails here, not on the first image
         if self.input not in INPUTS or self.contract not in CONTRACTS:
-            raise ValueError(f"input must be one of {INPUTS} and contract one of {CONTRACTS}, "
-                             f"got {self.input!r} and {self.contract!r}")
+            raise ValueError(
+                f"input must be one of {INPUTS} and contract one of {CONTRACTS}, "
+                f"got {self.input!r} and {self.contract!r}"
+            )
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         chw, lb = preprocess(image, size=self.input_size, mean=self.mean, std=self.std)
@@ -75,12 +77,16 @@ class PrePost:
         batch, lb = self.prepare_file(path)
         return {INPUT_NAME: batch}, lb
 
-    def detections(self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[Detections]:
+    def detections(
+        self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]
+    ) -> list[Detections]:
         """The engine's outputs in this ``PrePost``'s ``contract`` -> detections in original image pixels."""
         if self.contract == "raw":
             return self.decode(outputs, letterboxes)
-        return [replace(d, boxes=boxes_to_original(d.boxes, lb).astype(np.float32))
-                for d, lb in zip(self.read_detections(outputs), letterboxes, strict=True)]
+        return [
+            replace(d, boxes=boxes_to_original(d.boxes, lb).astype(np.float32))
+            for d, lb in zip(self.read_detections(outputs), letterboxes, strict=True)
+        ]
 
     def read_detections(self, outputs: Mapping[str, np.ndarray]) -> list[Detections]:
         """An in-graph NMS engine's static outputs -> per image the first ``num_dets`` detections (input
@@ -93,11 +99,21 @@ class PrePost:
         """
         thresh = _float32_below(self.post.score_thresh)
         dets = []
-        for boxes, scores, labels, n in zip(outputs["det_boxes"], outputs["det_scores"], outputs["det_labels"],
-                                            np.asarray(outputs["num_dets"]).reshape(-1), strict=True):
+        for boxes, scores, labels, n in zip(
+            outputs["det_boxes"],
+            outputs["det_scores"],
+            outputs["det_labels"],
+            np.asarray(outputs["num_dets"]).reshape(-1),
+            strict=True,
+        ):
             keep = np.flatnonzero(scores[: int(n)] > thresh)
-            dets.append(Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32),
-                                   labels[keep].astype(np.int64)))
+            dets.append(
+                Detections(
+                    boxes[keep].astype(np.float32),
+                    scores[keep].astype(np.float32),
+                    labels[keep].astype(np.int64),
+                )
+            )
         return dets
 
     def decode(self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]) -> list[Detections]:

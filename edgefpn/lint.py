@@ -34,46 +34,209 @@ _TENSORRT_OPSET_NEWEST = 24
 # (https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md). A literal set on purpose:
 # reviewable, greppable, and updated deliberately when the matrix changes. Per-op restrictions (e.g.
 # Resize modes) are not all modelled; the parser reports those by node at build time.
-TENSORRT_OPS: frozenset[str] = frozenset({
-    "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh",
-    "Attention", "AveragePool", "BatchNormalization", "BlackmanWindow", "Cast", "CastLike", "Ceil",
-    "Celu", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Cosh",
-    "CumSum", "DeformConv", "DepthToSpace", "DequantizeLinear", "Div", "Dropout", "Einsum", "Elu",
-    "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor", "Gather", "GatherElements",
-    "GatherND", "Gelu", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater",
-    "GreaterOrEqual", "GridSample", "GroupNormalization", "GRU", "HammingWindow", "HannWindow",
-    "HardSigmoid", "HardSwish", "Hardmax", "Identity", "If", "ImageScaler", "InstanceNormalization",
-    "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax",
-    "Loop", "LRN", "LSTM", "LpNormalization", "LpPool", "MatMul", "Max", "MaxPool", "Mean",
-    "MeanVarianceNormalization", "Min", "Mish", "Mod", "Mul", "Neg", "NonMaxSuppression", "NonZero",
-    "Not", "OneHot", "Or", "Pad", "ParametricSoftplus", "Pow", "PRelu", "QuantizeLinear",
-    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Range", "Reciprocal",
-    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
-    "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "ReverseSequence",
-    "RMSNormalization", "RNN", "RoiAlign", "Round", "ScaledTanh", "Scan", "Scatter", "ScatterElements",
-    "ScatterND", "Selu", "Shape", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Size", "Slice",
-    "Softmax", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan",
-    "Tanh", "ThresholdedRelu", "Tile", "TopK", "Transpose", "Trilu", "Unsqueeze", "Upsample", "Where",
-    "Xor",
-})
+TENSORRT_OPS: frozenset[str] = frozenset(
+    {
+        "Abs",
+        "Acos",
+        "Acosh",
+        "Add",
+        "And",
+        "ArgMax",
+        "ArgMin",
+        "Asin",
+        "Asinh",
+        "Atan",
+        "Atanh",
+        "Attention",
+        "AveragePool",
+        "BatchNormalization",
+        "BlackmanWindow",
+        "Cast",
+        "CastLike",
+        "Ceil",
+        "Celu",
+        "Clip",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Conv",
+        "ConvTranspose",
+        "Cos",
+        "Cosh",
+        "CumSum",
+        "DeformConv",
+        "DepthToSpace",
+        "DequantizeLinear",
+        "Div",
+        "Dropout",
+        "Einsum",
+        "Elu",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Expand",
+        "EyeLike",
+        "Flatten",
+        "Floor",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Gelu",
+        "Gemm",
+        "GlobalAveragePool",
+        "GlobalLpPool",
+        "GlobalMaxPool",
+        "Greater",
+        "GreaterOrEqual",
+        "GridSample",
+        "GroupNormalization",
+        "GRU",
+        "HammingWindow",
+        "HannWindow",
+        "HardSigmoid",
+        "HardSwish",
+        "Hardmax",
+        "Identity",
+        "If",
+        "ImageScaler",
+        "InstanceNormalization",
+        "IsInf",
+        "IsNaN",
+        "LayerNormalization",
+        "LeakyRelu",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "LogSoftmax",
+        "Loop",
+        "LRN",
+        "LSTM",
+        "LpNormalization",
+        "LpPool",
+        "MatMul",
+        "Max",
+        "MaxPool",
+        "Mean",
+        "MeanVarianceNormalization",
+        "Min",
+        "Mish",
+        "Mod",
+        "Mul",
+        "Neg",
+        "NonMaxSuppression",
+        "NonZero",
+        "Not",
+        "OneHot",
+        "Or",
+        "Pad",
+        "ParametricSoftplus",
+        "Pow",
+        "PRelu",
+        "QuantizeLinear",
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Range",
+        "Reciprocal",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSum",
+        "ReduceSumSquare",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "ReverseSequence",
+        "RMSNormalization",
+        "RNN",
+        "RoiAlign",
+        "Round",
+        "ScaledTanh",
+        "Scan",
+        "Scatter",
+        "ScatterElements",
+        "ScatterND",
+        "Selu",
+        "Shape",
+        "Shrink",
+        "Sigmoid",
+        "Sign",
+        "Sin",
+        "Sinh",
+        "Size",
+        "Slice",
+        "Softmax",
+        "Softplus",
+        "Softsign",
+        "SpaceToDepth",
+        "Split",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Sum",
+        "Tan",
+        "Tanh",
+        "ThresholdedRelu",
+        "Tile",
+        "TopK",
+        "Transpose",
+        "Trilu",
+        "Unsqueeze",
+        "Upsample",
+        "Where",
+        "Xor",
+    }
+)
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 # Inputs that carry shapes, axes, indices or counts rather than data. INT64 is ONNX's mandated type for
 # most of them, and TensorRT consumes them as shape tensors: INT64 there is always fine.
 _SHAPE_INPUTS: Mapping[str, frozenset[int]] = {
-    "Reshape": frozenset({1}), "Expand": frozenset({1}), "Tile": frozenset({1}),
-    "Slice": frozenset({1, 2, 3, 4}), "Squeeze": frozenset({1}), "Unsqueeze": frozenset({1}),
-    "ConstantOfShape": frozenset({0}), "Resize": frozenset({3}), "Upsample": frozenset(),
-    "Pad": frozenset({1, 3}), "TopK": frozenset({1}), "Gather": frozenset({1}),
-    "GatherElements": frozenset({1}), "GatherND": frozenset({1}), "ScatterElements": frozenset({1}),
-    "ScatterND": frozenset({1}), "Split": frozenset({1}), "OneHot": frozenset({1}),
-    "CumSum": frozenset({1}), "Range": frozenset({0, 1, 2}), "Trilu": frozenset({1}),
+    "Reshape": frozenset({1}),
+    "Expand": frozenset({1}),
+    "Tile": frozenset({1}),
+    "Slice": frozenset({1, 2, 3, 4}),
+    "Squeeze": frozenset({1}),
+    "Unsqueeze": frozenset({1}),
+    "ConstantOfShape": frozenset({0}),
+    "Resize": frozenset({3}),
+    "Upsample": frozenset(),
+    "Pad": frozenset({1, 3}),
+    "TopK": frozenset({1}),
+    "Gather": frozenset({1}),
+    "GatherElements": frozenset({1}),
+    "GatherND": frozenset({1}),
+    "ScatterElements": frozenset({1}),
+    "ScatterND": frozenset({1}),
+    "Split": frozenset({1}),
+    "OneHot": frozenset({1}),
+    "CumSum": frozenset({1}),
+    "Range": frozenset({0, 1, 2}),
+    "Trilu": frozenset({1}),
     # the in-graph NMS of the end-to-end graphs (edgefpn.e2e): max_output_boxes_per_class is a count
     "NonMaxSuppression": frozenset({2}),
-    **{op: frozenset({1}) for op in (
-        "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
-        "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")},
+    **{
+        op: frozenset({1})
+        for op in (
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceSum",
+            "ReduceSumSquare",
+        )
+    },
 }
 
 # Which input of a weighted op is the weight, and which axis of that weight is the output channel.
@@ -142,23 +305,38 @@ def _lint_opset(model) -> Iterator[Finding]:
             continue  # custom domains are reported per node by _lint_ops
         v = imp.version
         if v < lo or v > _TENSORRT_OPSET_NEWEST:
-            yield Finding("error", "<model>", "", f"opset {v} is outside TensorRT 10's range {lo}..{_TENSORRT_OPSET_NEWEST}")
+            yield Finding(
+                "error",
+                "<model>",
+                "",
+                f"opset {v} is outside TensorRT 10's range {lo}..{_TENSORRT_OPSET_NEWEST}",
+            )
         elif v > hi:
-            yield Finding("warning", "<model>", "", f"opset {v} needs a TensorRT 10.x newer than 10.0 (which parses {lo}..{hi})")
+            yield Finding(
+                "warning",
+                "<model>",
+                "",
+                f"opset {v} needs a TensorRT 10.x newer than 10.0 (which parses {lo}..{hi})",
+            )
 
 
 def _dims(value) -> list[int | str] | None:
     t = value.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-            for d in t.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+        for d in t.tensor_type.shape.dim
+    ]
 
 
 def _lint_shapes(graph) -> Iterator[Finding]:
     initializers = {i.name for i in graph.initializer}
-    for kind, values, severity in (("input", graph.input, "error"), ("output", graph.output, "error"),
-                                   ("value_info", graph.value_info, "warning")):
+    for kind, values, severity in (
+        ("input", graph.input, "error"),
+        ("output", graph.output, "error"),
+        ("value_info", graph.value_info, "warning"),
+    ):
         for v in values:
             if v.name in initializers:
                 continue  # old exporters list initializers as inputs
@@ -166,8 +344,13 @@ def _lint_shapes(graph) -> Iterator[Finding]:
             if dims is None:
                 yield Finding(severity, v.name, "", f"graph {kind} has no static shape")
             elif any(isinstance(d, str) for d in dims):
-                yield Finding(severity, v.name, "", f"graph {kind} has a dynamic dimension {dims}; "
-                              "edgefpn engines are static (export with a fixed input size and batch)")
+                yield Finding(
+                    severity,
+                    v.name,
+                    "",
+                    f"graph {kind} has a dynamic dimension {dims}; "
+                    "edgefpn engines are static (export with a fixed input size and batch)",
+                )
 
 
 def _all_nodes(graph) -> Iterator[Any]:
@@ -184,15 +367,28 @@ def _all_nodes(graph) -> Iterator[Any]:
 def _lint_ops(graph) -> Iterator[Finding]:
     for node in _all_nodes(graph):
         if node.domain not in _DEFAULT_DOMAINS:
-            yield Finding("error", node.name, node.op_type,
-                          f"custom op domain {node.domain!r}: TensorRT needs a plugin for it")
+            yield Finding(
+                "error",
+                node.name,
+                node.op_type,
+                f"custom op domain {node.domain!r}: TensorRT needs a plugin for it",
+            )
         elif node.op_type not in TENSORRT_OPS:
-            yield Finding("error", node.name, node.op_type,
-                          "not supported by TensorRT 10's ONNX parser (see onnx-tensorrt docs/operators.md)")
+            yield Finding(
+                "error",
+                node.name,
+                node.op_type,
+                "not supported by TensorRT 10's ONNX parser (see onnx-tensorrt docs/operators.md)",
+            )
         elif node.op_type == "Resize":
             mode = _attr(node, "mode", b"nearest")
             if mode not in (b"nearest", b"linear"):
-                yield Finding("error", node.name, node.op_type, f"Resize mode {mode.decode()!r}: TensorRT supports nearest and linear")
+                yield Finding(
+                    "error",
+                    node.name,
+                    node.op_type,
+                    f"Resize mode {mode.decode()!r}: TensorRT supports nearest and linear",
+                )
 
 
 def _lint_int64(graph, consts: Mapping[str, np.ndarray]) -> Iterator[Finding]:
@@ -211,7 +407,9 @@ def _lint_int64(graph, consts: Mapping[str, np.ndarray]) -> Iterator[Finding]:
     for kind, values in (("input", graph.input), ("output", graph.output)):
         for v in values:
             if v.type.tensor_type.elem_type == int64 and v.name not in consts:
-                yield Finding("error", v.name, "", f"graph {kind} is INT64; engine I/O must be float (or INT32)")
+                yield Finding(
+                    "error", v.name, "", f"graph {kind} is INT64; engine I/O must be float (or INT32)"
+                )
     data_uses: dict[str, list[Any]] = {}
     for node in _all_nodes(graph):
         shape_idx = _SHAPE_INPUTS.get(node.op_type, frozenset())
@@ -221,8 +419,12 @@ def _lint_int64(graph, consts: Mapping[str, np.ndarray]) -> Iterator[Finding]:
     for name, arr in consts.items():
         if arr.dtype == np.int64 and name in data_uses:
             node = data_uses[name][0]
-            yield Finding("warning", node.name, node.op_type,
-                          f"INT64 constant {name!r} used as data: TensorRT runs INT64 only in some layers")
+            yield Finding(
+                "warning",
+                node.name,
+                node.op_type,
+                f"INT64 constant {name!r} used as data: TensorRT runs INT64 only in some layers",
+            )
 
 
 def _lint_qdq(graph, consts: Mapping[str, np.ndarray]) -> Iterator[Finding]:
@@ -247,10 +449,14 @@ def _lint_qdq_node(node, consts, consumers) -> Iterator[Finding]:
         yield bad(f"scale {scale_name!r} is not a constant; TensorRT needs build-time scales")
         return
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-        yield bad(f"scale {scale_name!r} has non-positive or non-finite values (min {float(np.min(scale)):.3g})")
+        yield bad(
+            f"scale {scale_name!r} has non-positive or non-finite values (min {float(np.min(scale)):.3g})"
+        )
     if node.op_type == "DequantizeLinear" and x in consts and consts[x].dtype != np.int8:
-        yield bad(f"dequantizes a {consts[x].dtype} constant (a quantized bias?); TensorRT dequantizes INT8 "
-                  "(quantize without bias quantization)")
+        yield bad(
+            f"dequantizes a {consts[x].dtype} constant (a quantized bias?); TensorRT dequantizes INT8 "
+            "(quantize without bias quantization)"
+        )
         return
     if zp_name:
         zp = consts.get(zp_name)
@@ -269,7 +475,9 @@ def _lint_qdq_node(node, consts, consumers) -> Iterator[Finding]:
     weight = _weight_use(node, x, consts, consumers)
     if weight is None:
         if per_channel and x not in consts:
-            yield bad(f"per-channel scale ({scale.size} values) on an activation; TensorRT quantizes activations per-tensor")
+            yield bad(
+                f"per-channel scale ({scale.size} values) on an activation; TensorRT quantizes activations per-tensor"
+            )
         return
     w, consumer = weight
     if w.ndim == 0:
@@ -277,11 +485,16 @@ def _lint_qdq_node(node, consts, consumers) -> Iterator[Finding]:
     expected = _output_channel_axis(consumer, w.ndim)
     rank_axis = axis % w.ndim
     if not per_channel and w.shape[expected] > 1:
-        yield bad(f"weight of {consumer.name or consumer.op_type} quantized per-tensor; per-channel (axis {expected}) "
-                  "keeps INT8 accuracy", "warning")
+        yield bad(
+            f"weight of {consumer.name or consumer.op_type} quantized per-tensor; per-channel (axis {expected}) "
+            "keeps INT8 accuracy",
+            "warning",
+        )
     elif per_channel and rank_axis != expected:
-        yield bad(f"weight of {consumer.name or consumer.op_type} quantized along axis {axis}; TensorRT needs the "
-                  f"output-channel axis {expected}")
+        yield bad(
+            f"weight of {consumer.name or consumer.op_type} quantized along axis {axis}; TensorRT needs the "
+            f"output-channel axis {expected}"
+        )
     elif per_channel and scale.size != w.shape[expected]:
         yield bad(f"{scale.size} scales for {w.shape[expected]} output channels")
 

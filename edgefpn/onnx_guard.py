@@ -26,7 +26,14 @@ from typing import Any
 
 from edgefpn.errors import ModelFileError
 
-__all__ = ["PROTOBUF_LIMIT", "check_graph", "check_onnx_file", "external_data_entries", "io_shapes", "save_onnx"]
+__all__ = [
+    "PROTOBUF_LIMIT",
+    "check_graph",
+    "check_onnx_file",
+    "external_data_entries",
+    "io_shapes",
+    "save_onnx",
+]
 
 PROTOBUF_LIMIT = (1 << 31) - 1  # bytes; protobuf refuses to parse or serialise a larger message
 
@@ -97,14 +104,14 @@ def _tensor(buf: memoryview, span: tuple[int, int]) -> tuple[str, dict[str, str]
     name, entries, external = "", {}, False
     for number, wire, value in _fields(buf, *span):
         if number == _TENSOR_NAME and wire == 2:
-            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+            name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
         elif number == _TENSOR_DATA_LOCATION and wire == 0:
             external = value == _EXTERNAL
         elif number == _TENSOR_EXTERNAL_DATA and wire == 2:
             key = val = ""
             for n, w, v in _fields(buf, *value):
                 if w == 2 and n in (1, 2):
-                    text = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
+                    text = bytes(buf[v[0] : v[1]]).decode("utf-8", "replace")
                     key, val = (text, val) if n == 1 else (key, text)
             entries[key] = val
     return name, entries, external or bool(entries)
@@ -113,7 +120,9 @@ def _tensor(buf: memoryview, span: tuple[int, int]) -> tuple[str, dict[str, str]
 def _walk_graph(buf: memoryview, span: tuple[int, int], depth: int) -> Iterator[tuple[str, dict[str, str]]]:
     if depth > _MAX_DEPTH:
         raise _Malformed(f"subgraphs nested deeper than {_MAX_DEPTH}")
-    for number, value in _sub(_fields(buf, *span), {_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER}):
+    for number, value in _sub(
+        _fields(buf, *span), {_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER}
+    ):
         if number == _GRAPH_INITIALIZER:
             yield from _external(buf, value)
         elif number == _GRAPH_SPARSE_INITIALIZER:
@@ -124,8 +133,9 @@ def _walk_graph(buf: memoryview, span: tuple[int, int], depth: int) -> Iterator[
 
 def _walk_node(buf: memoryview, span: tuple[int, int], depth: int) -> Iterator[tuple[str, dict[str, str]]]:
     for _, attr in _sub(_fields(buf, *span), {_NODE_ATTRIBUTE}):
-        for number, value in _sub(_fields(buf, *attr), {_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS,
-                                                         _ATTR_SPARSE, _ATTR_SPARSES}):
+        for number, value in _sub(
+            _fields(buf, *attr), {_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES}
+        ):
             if number in (_ATTR_T, _ATTR_TENSORS):
                 yield from _external(buf, value)
             elif number in (_ATTR_SPARSE, _ATTR_SPARSES):
@@ -175,14 +185,22 @@ def external_data_entries(data: bytes | memoryview) -> list[tuple[str, dict[str,
 
 
 _GRAPH_INPUT, _GRAPH_OUTPUT = 11, 12
-_VALUE_NAME, _VALUE_TYPE, _TYPE_TENSOR, _TENSOR_SHAPE, _SHAPE_DIM, _DIM_VALUE, _DIM_PARAM = 1, 2, 1, 2, 1, 1, 2
+_VALUE_NAME, _VALUE_TYPE, _TYPE_TENSOR, _TENSOR_SHAPE, _SHAPE_DIM, _DIM_VALUE, _DIM_PARAM = (
+    1,
+    2,
+    1,
+    2,
+    1,
+    1,
+    2,
+)
 
 
 def _value_shape(buf: memoryview, span: tuple[int, int]) -> tuple[str, tuple[int | str, ...]]:
     name, dims = "", []
     for number, wire, value in _fields(buf, *span):
         if number == _VALUE_NAME and wire == 2:
-            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+            name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
         elif number == _VALUE_TYPE and wire == 2:
             for _, tensor in _sub(_fields(buf, *value), {_TYPE_TENSOR}):
                 for _, shape in _sub(_fields(buf, *tensor), {_TENSOR_SHAPE}):
@@ -192,7 +210,7 @@ def _value_shape(buf: memoryview, span: tuple[int, int]) -> tuple[str, tuple[int
                             if n == _DIM_VALUE and w == 0:
                                 d = v
                             elif n == _DIM_PARAM and w == 2:
-                                d = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
+                                d = bytes(buf[v[0] : v[1]]).decode("utf-8", "replace")
                         dims.append(d)
     return name, tuple(dims)
 
@@ -262,8 +280,10 @@ def check_onnx_file(path: str | os.PathLike[str]) -> None:
     if size == 0:
         raise ModelFileError(f"{path}: empty file (0 bytes), not an ONNX model")
     if size > PROTOBUF_LIMIT:
-        raise ModelFileError(f"{path}: {size} bytes, past protobuf's 2 GiB limit for one ONNX file; "
-                             "a model this large must keep its weights in external data files")
+        raise ModelFileError(
+            f"{path}: {size} bytes, past protobuf's 2 GiB limit for one ONNX file; "
+            "a model this large must keep its weights in external data files"
+        )
     try:
         entries = external_data_entries(path.read_bytes())
     except ValueError as exc:
@@ -288,8 +308,10 @@ def check_graph(model: Any, path: str | os.PathLike[str]) -> None:
             for name in node.input:
                 if name and name not in known:
                     why = "a cycle or unsorted nodes" if name in produced_later else "a dangling input"
-                    raise ModelFileError(f"{path}: node {node.name or node.op_type!r} reads {name!r} before "
-                                         f"anything defines it ({why}){where}")
+                    raise ModelFileError(
+                        f"{path}: node {node.name or node.op_type!r} reads {name!r} before "
+                        f"anything defines it ({why}){where}"
+                    )
             for attr in node.attribute:
                 for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
                     walk(g, known, f" in a subgraph of {node.name or node.op_type!r}")
@@ -318,6 +340,8 @@ def save_onnx(model: Any, path: str | os.PathLike[str]) -> None:
         raise ModelFileError(f"{path}: the model still references external data files; load them first")
     size = model.ByteSize()
     if size > PROTOBUF_LIMIT:
-        raise ModelFileError(f"{path}: the model is {size} bytes, past protobuf's 2 GiB limit; edgefpn "
-                             "writes self-contained ONNX files only")
+        raise ModelFileError(
+            f"{path}: the model is {size} bytes, past protobuf's 2 GiB limit; edgefpn "
+            "writes self-contained ONNX files only"
+        )
     onnx.save(model, str(path))

@@ -19,8 +19,15 @@ from pathlib import Path
 
 from edgefpn.errors import EdgefpnError
 
-__all__ = ["DETECTION_KEYS", "LOCK_NAME", "check_detections_file", "check_replaceable", "check_run_dir",
-           "detections_problem", "run_dir_problem"]
+__all__ = [
+    "DETECTION_KEYS",
+    "LOCK_NAME",
+    "check_detections_file",
+    "check_replaceable",
+    "check_run_dir",
+    "detections_problem",
+    "run_dir_problem",
+]
 
 # The keys of one record of `edgefpn predict --save` / `python -m edgefpn.runtime infer --out`
 # (edgefpn.runtime.detections_to_records): a JSON list of exactly such records is an edgefpn file.
@@ -29,9 +36,17 @@ LOCK_NAME = ".edgefpn.lock"  # edgefpn.runlock's file; a run directory holding o
 _MAX_DETECTIONS_BYTES = 1 << 30  # recognising a detections file means parsing it; past 1 GiB, refuse
 
 
-def check_replaceable(path: Path, *, what: str, problem: Callable[[Path], str | None], folder: bool,
-                      option: str, action: str = "replace it", advice: str = "",
-                      error: type[EdgefpnError] = EdgefpnError) -> None:
+def check_replaceable(
+    path: Path,
+    *,
+    what: str,
+    problem: Callable[[Path], str | None],
+    folder: bool,
+    option: str,
+    action: str = "replace it",
+    advice: str = "",
+    error: type[EdgefpnError] = EdgefpnError,
+) -> None:
     """Refuse ``path`` unless writing there loses nothing of the user's.
 
     Args:
@@ -62,8 +77,10 @@ def check_replaceable(path: Path, *, what: str, problem: Callable[[Path], str | 
         why = problem(path)
         if why is None:
             return
-    raise error(f"{path}: exists and is not {what} ({why}); refusing to {action}: choose another {option}"
-                f"{advice or ', or move it away yourself'}")
+    raise error(
+        f"{path}: exists and is not {what} ({why}); refusing to {action}: choose another {option}"
+        f"{advice or ', or move it away yourself'}"
+    )
 
 
 def detections_problem(path: Path) -> str | None:
@@ -99,11 +116,18 @@ def run_dir_problem(path: Path) -> str | None:
 
 def check_run_dir(path: Path, option: str = "--out") -> None:
     """:func:`check_replaceable` for a run directory (``--out`` / ``run.out``)."""
-    check_replaceable(path, what="an edgefpn run directory", problem=run_dir_problem, folder=True, option=option,
-                      action="write into it")
+    check_replaceable(
+        path,
+        what="an edgefpn run directory",
+        problem=run_dir_problem,
+        folder=True,
+        option=option,
+        action="write into it",
+    )
 
 
 def check_detections_file(path: Path, option: str) -> None:
     """:func:`check_replaceable` for a detections JSON (``predict --save``, ``runtime infer --out``)."""
-    check_replaceable(path, what="an edgefpn detections file", problem=detections_problem, folder=False,
-                      option=option)
+    check_replaceable(
+        path, what="an edgefpn detections file", problem=detections_problem, folder=False, option=option
+    )

@@ -104,8 +104,9 @@ def _acquire(lock: Path, run_dir: Path, command: str, log) -> int:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise RunDirBusy(f"{run_dir}: in use by {_describe(holder)}; wait for it to finish, "
-                             f"or choose another --out") from None
+            raise RunDirBusy(
+                f"{run_dir}: in use by {_describe(holder)}; wait for it to finish, or choose another --out"
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -118,9 +119,15 @@ def _acquire(lock: Path, run_dir: Path, command: str, log) -> int:
             continue
         previous = _holder(fd)
         if previous:
-            log(f"[lock] {run_dir}: taking over the lock of {_describe(previous)}, which is no longer running")
-        record = {"pid": os.getpid(), "command": command, "host": socket.gethostname(),
-                  "started_unix": int(time.time())}
+            log(
+                f"[lock] {run_dir}: taking over the lock of {_describe(previous)}, which is no longer running"
+            )
+        record = {
+            "pid": os.getpid(),
+            "command": command,
+            "host": socket.gethostname(),
+            "started_unix": int(time.time()),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         return fd
@@ -145,7 +152,11 @@ def _describe(holder: dict) -> str:
     if not holder:
         return "another process"
     started = holder.get("started_unix")
-    since = time.strftime(", since %Y-%m-%d %H:%M:%S UTC", time.gmtime(started)) if isinstance(started, int) else ""
+    since = (
+        time.strftime(", since %Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
+        if isinstance(started, int)
+        else ""
+    )
     host = holder.get("host")
     where = f" on {host}" if host and host != socket.gethostname() else ""
     return f"pid {holder.get('pid', '?')}{where} ({holder.get('command', 'edgefpn')}{since})"

@@ -51,7 +51,12 @@ def tiny_overrides(tmp: Path) -> list[str]:
 # directly (the one-stage ones match TINY's model.* settings; Faster R-CNN also slims its RoI head).
 _TINY_BUILD = {
     "one_stage": {"backbone_name": "resnet18", "fpn_channels": 32, "head_convs": 1},
-    "faster_rcnn": {"backbone_name": "resnet18", "fpn_channels": 32, "backbone_width": 16, "representation_size": 64},
+    "faster_rcnn": {
+        "backbone_name": "resnet18",
+        "fpn_channels": 32,
+        "backbone_width": 16,
+        "representation_size": 64,
+    },
 }
 
 
@@ -91,7 +96,9 @@ def trt():
     """The tensorrt module on a machine with a CUDA GPU, else a skip that says what is missing."""
     from edgefpn.backends.tensorrt import cuda_device
 
-    module = pytest.importorskip("tensorrt", reason="tensorrt is not installed (pip install tensorrt, NVIDIA GPU)")
+    module = pytest.importorskip(
+        "tensorrt", reason="tensorrt is not installed (pip install tensorrt, NVIDIA GPU)"
+    )
     if cuda_device() is None:
         pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
     return module

@@ -17,7 +17,10 @@ from tests.security.harness import tar_file, tar_special
 def _manifest(entries: dict[str, bytes]) -> bytes:
     import hashlib
 
-    files = {n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b), "role": ["engine"]} for n, b in entries.items()}
+    files = {
+        n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b), "role": ["engine"]}
+        for n, b in entries.items()
+    }
     return json.dumps({"schema": bundle.SCHEMA, "files": files, "engines": []}).encode()
 
 
@@ -45,7 +48,10 @@ def test_write_tar_is_deterministic(tmp_path):
     (tmp_path / "x.bin").write_bytes(b"\x00\x01" * 1000)
     (tmp_path / "y.txt").write_text("hello")
     files = {"z/x.bin": tmp_path / "x.bin", "y.txt": tmp_path / "y.txt"}
-    manifest = {"schema": bundle.SCHEMA, "files": {n: bundle.file_entry(p, ["engine"]) for n, p in files.items()}}
+    manifest = {
+        "schema": bundle.SCHEMA,
+        "files": {n: bundle.file_entry(p, ["engine"]) for n, p in files.items()},
+    }
     bundle.write_tar(tmp_path / "1.tar", files, manifest)
     (tmp_path / "x.bin").touch()  # a new mtime must not change the tar
     bundle.write_tar(tmp_path / "2.tar", files, manifest)

@@ -24,7 +24,9 @@ def sets(overrides):
 
 
 def files(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")} if folder.exists() else {}
+    return (
+        {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")} if folder.exists() else {}
+    )
 
 
 def test_help_everywhere():
@@ -70,8 +72,16 @@ def test_checkpoint_that_does_not_fit(tiny_run, tmp_path):
     overrides, run_dir = tiny_run
     run = tmp_path / "run"
     # the tiny model has fpn_channels=32; ask for 64 so every FPN/head shape mismatches
-    res = invoke("train", *sets(tiny_overrides(tmp_path)), "--set", f"model.weights={run_dir / 'model.pt'}",
-                 "--set", "model.fpn_channels=64", "--out", str(run))
+    res = invoke(
+        "train",
+        *sets(tiny_overrides(tmp_path)),
+        "--set",
+        f"model.weights={run_dir / 'model.pt'}",
+        "--set",
+        "model.fpn_channels=64",
+        "--out",
+        str(run),
+    )
     assert res.exit_code == 2, res.output
     line = res.output.strip()
     assert str(run_dir / "model.pt") in line and "shape mismatch" in line
@@ -82,8 +92,10 @@ def test_builder_refused_setting_names_the_config_file(tiny_run, tmp_path):
     # valid for the config schema, refused by the Faster R-CNN builder: v2 exists for ResNet-50 only
     _, run_dir = tiny_run
     cfg = tmp_path / "mobilenet_v2.yaml"
-    cfg.write_text(f"model:\n  arch: faster_rcnn\n  backbone: mobilenet_v3_large\n  variant: v2\n"
-                   f"  num_classes: 6\n  weights: {run_dir / 'model.pt'}\n")
+    cfg.write_text(
+        f"model:\n  arch: faster_rcnn\n  backbone: mobilenet_v3_large\n  variant: v2\n"
+        f"  num_classes: 6\n  weights: {run_dir / 'model.pt'}\n"
+    )
     run = tmp_path / "run"
     res = invoke("train", "--config", str(cfg), "--out", str(run))
     assert res.exit_code == 2, res.output
@@ -122,16 +134,33 @@ def _predict(run_copy, images: Path, backend: str, out: Path, *sets_: str) -> li
     # differ from tiny_run's and would retrain into the shared tiny run directory
     empty = out.parent / "empty.yaml"
     empty.write_text("{}\n")
-    res = invoke("predict", "--config", str(empty), *sets(overrides), "--out", str(run_dir), "--backend", backend,
-                 "--images", str(images), "--save", str(out), *sets(sets_))
+    res = invoke(
+        "predict",
+        "--config",
+        str(empty),
+        *sets(overrides),
+        "--out",
+        str(run_dir),
+        "--backend",
+        backend,
+        "--images",
+        str(images),
+        "--save",
+        str(out),
+        *sets(sets_),
+    )
     assert res.exit_code == 0, res.output
     return json.loads(out.read_text())
 
 
 def test_predict_torch_and_onnxruntime_agree(run_copy, tmp_path):
     images, split = _val_images(run_copy[0], tmp_path)
-    saved = {backend: _predict(run_copy, images, backend, tmp_path / f"{backend}.json", "postprocess.score_thresh=0.0")
-             for backend in ("torch", "onnxruntime")}
+    saved = {
+        backend: _predict(
+            run_copy, images, backend, tmp_path / f"{backend}.json", "postprocess.score_thresh=0.0"
+        )
+        for backend in ("torch", "onnxruntime")
+    }
     torch_dets, ort_dets = saved["torch"], saved["onnxruntime"]
     assert torch_dets and len(torch_dets) == len(ort_dets)
     names = {p.name for p in images.iterdir()}
@@ -142,10 +171,14 @@ def test_predict_torch_and_onnxruntime_agree(run_copy, tmp_path):
     for a in torch_dets:
         assert set(a) == {"file_name", "category_id", "bbox", "score"} and a["file_name"] in names
         match = next(
-            (b for b in unused
-             if b["file_name"] == a["file_name"] and b["category_id"] == a["category_id"]
-             and abs(a["score"] - b["score"]) < 1e-4
-             and max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"], strict=True)) < 1e-2),
+            (
+                b
+                for b in unused
+                if b["file_name"] == a["file_name"]
+                and b["category_id"] == a["category_id"]
+                and abs(a["score"] - b["score"]) < 1e-4
+                and max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"], strict=True)) < 1e-2
+            ),
             None,
         )
         assert match is not None, f"no ONNX Runtime detection matches {a}"
@@ -159,7 +192,9 @@ def test_predict_keeps_the_deployment_threshold(run_copy, tmp_path):
     images, _ = _val_images(run_copy[0], tmp_path)
 
     def predict(*extra: str) -> list[dict]:
-        return _predict(run_copy, images, "onnxruntime", tmp_path / "dets.json", "postprocess.score_thresh=0.0", *extra)
+        return _predict(
+            run_copy, images, "onnxruntime", tmp_path / "dets.json", "postprocess.score_thresh=0.0", *extra
+        )
 
     everything = predict()
     t = float(np.median([d["score"] for d in everything]))
@@ -179,11 +214,14 @@ def test_cli_keeps_vendor_telemetry_off(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom edgefpn.cli import main\n"
-            "try:\n    main(['trt-lint', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
-            "import openvino.tools.ovc.convert_impl as c\nprint(c.tm.__name__)")
+    code = (
+        "import sys\nfrom edgefpn.cli import main\n"
+        "try:\n    main(['trt-lint', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+        "import openvino.tools.ovc.convert_impl as c\nprint(c.tm.__name__)"
+    )
     missing = tmp_path / "none.onnx"
     env = {k: v for k, v in __import__("os").environ.items() if k != "EDGEFPN_VENDOR_TELEMETRY"}
-    out = subprocess.run([sys.executable, "-c", code, str(missing)], capture_output=True, text=True,
-                         timeout=120, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(missing)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert out.stdout.strip().splitlines()[-1] == "openvino.tools.ovc.telemetry_stub", out.stderr

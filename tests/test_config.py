@@ -31,7 +31,9 @@ def test_config_is_frozen():
 
 def test_unknown_key_suggests_nearest(tmp_path):
     p = write(tmp_path, "train:\n  epoch: 3\n")
-    with pytest.raises(ConfigError, match=r"cfg.yaml: unknown key train.epoch \(did you mean train.epochs\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"cfg.yaml: unknown key train.epoch \(did you mean train.epochs\?\)"
+    ):
         load_config(p)
 
 

@@ -64,7 +64,9 @@ def test_persisted_cache_is_reused_and_a_corrupt_one_rebuilt(tmp_path, monkeypat
     assert str(f) in store.read_text()
     monkeypatch.setattr(digests, "_entries", {})
     with digests.persisted(run):
-        monkeypatch.setattr(digests, "sha256_uncached", lambda p: pytest.fail("read despite a valid cache entry"))
+        monkeypatch.setattr(
+            digests, "sha256_uncached", lambda p: pytest.fail("read despite a valid cache entry")
+        )
         assert digests.cached_sha256(f) == _sha(b"x" * 10)
     monkeypatch.undo()
     monkeypatch.setattr(digests, "_entries", {})
@@ -74,7 +76,7 @@ def test_persisted_cache_is_reused_and_a_corrupt_one_rebuilt(tmp_path, monkeypat
         store.write_text(junk)
         with digests.persisted(run):
             assert digests.cached_sha256(f) == _sha(b"x" * 10)
-        assert f"\"{f}\"" in store.read_text() and _sha(b"x" * 10) in store.read_text()  # rebuilt
+        assert f'"{f}"' in store.read_text() and _sha(b"x" * 10) in store.read_text()  # rebuilt
         monkeypatch.setattr(digests, "_entries", {})
 
 

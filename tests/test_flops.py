@@ -9,14 +9,28 @@ from onnx import TensorProto, helper, numpy_helper
 from edgefpn.flops import CONVENTION, achieved, count_flops, cpu_peak, fp32_flop_per_cycle
 
 
-def _conv_model(batch: int, cin: int, cout: int, hw: int, k: int, stride: int, groups: int) -> onnx.ModelProto:
+def _conv_model(
+    batch: int, cin: int, cout: int, hw: int, k: int, stride: int, groups: int
+) -> onnx.ModelProto:
     import numpy as np
 
     w = numpy_helper.from_array(np.zeros((cout, cin // groups, k, k), np.float32), "w")
-    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], strides=[stride, stride],
-                            pads=[k // 2] * 4, group=groups)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin, hw, hw])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    node = helper.make_node(
+        "Conv",
+        ["x", "w"],
+        ["y"],
+        kernel_shape=[k, k],
+        strides=[stride, stride],
+        pads=[k // 2] * 4,
+        group=groups,
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -41,19 +55,27 @@ def test_gemm_and_matmul():
     b = numpy_helper.from_array(np.zeros((16, 10), np.float32), "b")
     c = numpy_helper.from_array(np.zeros((10, 5), np.float32), "c")
     nodes = [helper.make_node("Gemm", ["x", "b"], ["h"]), helper.make_node("MatMul", ["h", "c"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [b, c])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [b, c],
+    )
     result = count_flops(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert result["by_op"] == {"Gemm": 2 * 16 * 10, "MatMul": 2 * 10 * 5}
 
 
-@pytest.mark.parametrize(("flags", "vendor", "family", "expected"), [
-    ({"avx512f", "avx2", "fma"}, "GenuineIntel", 6, 64),
-    ({"avx512f", "avx2", "fma"}, "AuthenticAMD", 0x19, 32),  # Zen 4 double-pumps AVX-512
-    ({"avx512f", "avx2", "fma"}, "AuthenticAMD", 0x1A, 64),  # Zen 5
-    ({"avx2", "fma"}, "GenuineIntel", 6, 32),
-    ({"avx"}, "GenuineIntel", 6, 16),
-])
+@pytest.mark.parametrize(
+    ("flags", "vendor", "family", "expected"),
+    [
+        ({"avx512f", "avx2", "fma"}, "GenuineIntel", 6, 64),
+        ({"avx512f", "avx2", "fma"}, "AuthenticAMD", 0x19, 32),  # Zen 4 double-pumps AVX-512
+        ({"avx512f", "avx2", "fma"}, "AuthenticAMD", 0x1A, 64),  # Zen 5
+        ({"avx2", "fma"}, "GenuineIntel", 6, 32),
+        ({"avx"}, "GenuineIntel", 6, 16),
+    ],
+)
 def test_fp32_flop_per_cycle(flags, vendor, family, expected):
     assert fp32_flop_per_cycle(flags, vendor, family, "x86_64")[0] == expected
 
@@ -63,6 +85,9 @@ def test_cpu_peak_and_achieved():
     assert peak["cores"] == 1 and peak["fp32_gflops"] >= 0
     assert peak["int8_gops"] == pytest.approx(peak["fp32_gflops"] * peak["int8_factor"], rel=1e-3)
     fake = {"fp32_gflops": 100.0, "int8_gops": 400.0}
-    assert achieved(2.0, 40.0, "fp32", fake) == {"achieved_gflops": 50.0, "fraction_of_peak": 0.5,
-                                                 "peak_basis": "fp32"}
+    assert achieved(2.0, 40.0, "fp32", fake) == {
+        "achieved_gflops": 50.0,
+        "fraction_of_peak": 0.5,
+        "peak_basis": "fp32",
+    }
     assert achieved(2.0, 40.0, "int8", fake)["fraction_of_peak"] == 0.125

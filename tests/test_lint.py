@@ -38,8 +38,10 @@ def conv_qdq(*, w_axis=0, w_scales=4, act_zp=0, act_scale_shape=(), bias_int32=F
     ]
     conv_in = ["xdq", "w"]
     if bias_int32:
-        inits += [numpy_helper.from_array(np.zeros(4, np.int32), "b_q"),
-                  numpy_helper.from_array(np.full(4, 0.005, np.float32), "b_scale")]
+        inits += [
+            numpy_helper.from_array(np.zeros(4, np.int32), "b_q"),
+            numpy_helper.from_array(np.full(4, 0.005, np.float32), "b_scale"),
+        ]
         nodes.append(helper.make_node("DequantizeLinear", ["b_q", "b_scale"], ["b"], name="dq_bias", axis=0))
         conv_in.append("b")
     nodes.append(helper.make_node("Conv", conv_in, ["y"], name="conv0", pads=[1, 1, 1, 1]))
@@ -58,7 +60,9 @@ def test_clean_qdq_conv_passes():
 def test_dynamic_dimension_is_named():
     inp = helper.make_tensor_value_info("images", F32, ["N", 3, 8, 8])
     out = helper.make_tensor_value_info("y", F32, ["N", 3, 8, 8])
-    found = lint_onnx(model([helper.make_node("Relu", ["images"], ["y"], name="relu")], inputs=[inp], outputs=[out]))
+    found = lint_onnx(
+        model([helper.make_node("Relu", ["images"], ["y"], name="relu")], inputs=[inp], outputs=[out])
+    )
     assert {(f.severity, f.node) for f in found} == {("error", "images"), ("error", "y")}
     assert "dynamic dimension ['N', 3, 8, 8]" in str(only(found, "images")[0])
 
@@ -76,8 +80,10 @@ def test_uint8_zero_point_is_an_error():
 
 
 def test_unsupported_and_custom_ops_are_named():
-    nodes = [helper.make_node("Unique", ["images"], ["u"], name="uniq"),
-             helper.make_node("MyPlugin", ["images"], ["y"], name="mine", domain="com.example")]
+    nodes = [
+        helper.make_node("Unique", ["images"], ["u"], name="uniq"),
+        helper.make_node("MyPlugin", ["images"], ["y"], name="mine", domain="com.example"),
+    ]
     found = lint_onnx(model(nodes, extra_opsets=[("com.example", 1)]))
     assert "Unique" not in TENSORRT_OPS
     (uniq,) = only(found, "uniq")
@@ -90,7 +96,10 @@ def test_weight_scales_must_be_per_output_channel():
     (wrong_axis,) = errors(lint_onnx(conv_qdq(w_axis=1, w_scales=3)))
     assert wrong_axis.node == "dq_w" and "axis 1" in wrong_axis.message and "axis 0" in wrong_axis.message
     (per_tensor,) = lint_onnx(conv_qdq(w_scales=1))
-    assert (per_tensor.severity, per_tensor.node) == ("warning", "dq_w") and "per-tensor" in per_tensor.message
+    assert (per_tensor.severity, per_tensor.node) == (
+        "warning",
+        "dq_w",
+    ) and "per-tensor" in per_tensor.message
 
 
 def test_activation_scales_must_be_per_tensor():
@@ -118,14 +127,19 @@ def test_opset_range_and_int64_io():
     assert lint_onnx(model(relu, outputs=out, opset=7))[0].severity == "error"
     assert [f.severity for f in lint_onnx(model(relu, outputs=out, opset=22))] == ["warning"]
     cast = [helper.make_node("Cast", ["images"], ["y"], name="cast", to=TensorProto.INT64)]
-    found = lint_onnx(model(cast, outputs=[helper.make_tensor_value_info("y", TensorProto.INT64, [1, 3, 8, 8])]))
+    found = lint_onnx(
+        model(cast, outputs=[helper.make_tensor_value_info("y", TensorProto.INT64, [1, 3, 8, 8])])
+    )
     assert [(f.severity, f.node) for f in found] == [("error", "y")] and "INT64" in found[0].message
 
 
 def test_shape_like_int64_constants_are_fine():
     shape = numpy_helper.from_array(np.array([1, 192], np.int64), "shape")
     nodes = [helper.make_node("Reshape", ["images", "shape"], ["y"], name="flat")]
-    assert lint_onnx(model(nodes, outputs=[helper.make_tensor_value_info("y", F32, [1, 192])], inits=[shape])) == []
+    assert (
+        lint_onnx(model(nodes, outputs=[helper.make_tensor_value_info("y", F32, [1, 192])], inits=[shape]))
+        == []
+    )
 
 
 def test_unreadable_file_is_one_line_error(tmp_path):

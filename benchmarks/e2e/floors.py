@@ -41,24 +41,42 @@ def main(path: str) -> int:
     for e in in_graph:
         t, raw = e["twin"], engines[e["twin"]["engine"]]
         if e["precision"] == "fp32" and e["backend"] in ("onnxruntime", "openvino"):
-            floor(t["matched_fraction"] >= 0.99, f"{e['name']}: matched fraction {t['matched_fraction']:.4f} >= 0.99")
+            floor(
+                t["matched_fraction"] >= 0.99,
+                f"{e['name']}: matched fraction {t['matched_fraction']:.4f} >= 0.99",
+            )
             floor(t["mean_iou"] >= 0.99, f"{e['name']}: mean IoU {t['mean_iou']:.5f} >= 0.99")
-            floor(t["max_score_error"] <= 1e-4, f"{e['name']}: max score error {t['max_score_error']:.2e} <= 1e-4")
+            floor(
+                t["max_score_error"] <= 1e-4,
+                f"{e['name']}: max score error {t['max_score_error']:.2e} <= 1e-4",
+            )
             d = e["map"] - raw["map"]
-            floor(abs(d) <= 0.05, f"{e['name']}: mAP {e['map']:.3f} vs {raw['map']:.3f} ({d:+.3f}, within 0.05)")
+            floor(
+                abs(d) <= 0.05, f"{e['name']}: mAP {e['map']:.3f} vs {raw['map']:.3f} ({d:+.3f}, within 0.05)"
+            )
         if e["precision"] == "int8":
             gate = e["gates"]["max_map_drop"]
-            floor(abs(e["map_delta"]) <= gate, f"{e['name']}: mAP delta {e['map_delta']:+.3f} within the INT8 gate ±{gate}")
+            floor(
+                abs(e["map_delta"]) <= gate,
+                f"{e['name']}: mAP delta {e['map_delta']:+.3f} within the INT8 gate ±{gate}",
+            )
     if in_graph:
         fastest = min(in_graph, key=lambda e: e["latency"]["end_to_end"]["p50"])
         raw = engines[fastest["twin"]["engine"]]
         e2e, model = fastest["latency"]["end_to_end"]["p50"], raw["latency"]["model_only"]["p50"]
-        floor(e2e <= 1.2 * model, f"fastest in-graph engine {fastest['name']}: end-to-end p50 {e2e:.2f} ms = "
-              f"{e2e / model:.2f}x the model-only p50 {model:.2f} ms of {raw['name']} (<= 1.2x; deploy threshold "
-              f"{fastest['latency']['end_to_end'].get('score_thresh')})")
-        fastest_raw = min((engines[e["twin"]["engine"]] for e in in_graph), key=lambda e: e["latency"]["end_to_end"]["p50"])
-        print(f"      for comparison, the fastest raw engine end to end: {fastest_raw['name']} "
-              f"{fastest_raw['latency']['end_to_end']['p50']:.2f} ms")
+        floor(
+            e2e <= 1.2 * model,
+            f"fastest in-graph engine {fastest['name']}: end-to-end p50 {e2e:.2f} ms = "
+            f"{e2e / model:.2f}x the model-only p50 {model:.2f} ms of {raw['name']} (<= 1.2x; deploy threshold "
+            f"{fastest['latency']['end_to_end'].get('score_thresh')})",
+        )
+        fastest_raw = min(
+            (engines[e["twin"]["engine"]] for e in in_graph), key=lambda e: e["latency"]["end_to_end"]["p50"]
+        )
+        print(
+            f"      for comparison, the fastest raw engine end to end: {fastest_raw['name']} "
+            f"{fastest_raw['latency']['end_to_end']['p50']:.2f} ms"
+        )
     else:
         floor(False, "no in-graph engine with its raw twin in the report")
     return 1 if failed else 0

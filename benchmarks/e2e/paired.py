@@ -35,8 +35,10 @@ def main(run_dir: Path, raw: str, pairs: int) -> None:
     paths = [im.path for im in load_split(cfg.data.root, cfg.data.val_split).images]
     batch, _ = pipe.prepare_file(paths[0])
     model_only, end_to_end, raw_e2e = [], [], []
-    with open_runner(EngineSpec(raw, *files[raw]), threads=cfg.run.threads) as r, \
-            open_runner(EngineSpec(f"{raw}-e2e", *files[f"{raw}-e2e"]), threads=cfg.run.threads) as e:
+    with (
+        open_runner(EngineSpec(raw, *files[raw]), threads=cfg.run.threads) as r,
+        open_runner(EngineSpec(f"{raw}-e2e", *files[f"{raw}-e2e"]), threads=cfg.run.threads) as e,
+    ):
         for i in range(pairs + 10):
             t0 = time.perf_counter()
             r.infer({"images": batch})
@@ -50,9 +52,11 @@ def main(run_dir: Path, raw: str, pairs: int) -> None:
                 end_to_end.append((t2 - t1) * 1e3)
                 raw_e2e.append((t3 - t2) * 1e3)
     mo, ee = statistics.median(model_only), statistics.median(end_to_end)
-    print(f"{pairs} interleaved pairs: {raw} model-only p50 {mo:.2f} ms; {raw}-e2e end-to-end p50 {ee:.2f} ms "
-          f"(image file -> detections, score > {pipe.post.score_thresh}); ratio {ee / mo:.2f}x; raw contract "
-          f"end to end {statistics.median(raw_e2e):.2f} ms ({statistics.median(raw_e2e) / mo:.2f}x)")
+    print(
+        f"{pairs} interleaved pairs: {raw} model-only p50 {mo:.2f} ms; {raw}-e2e end-to-end p50 {ee:.2f} ms "
+        f"(image file -> detections, score > {pipe.post.score_thresh}); ratio {ee / mo:.2f}x; raw contract "
+        f"end to end {statistics.median(raw_e2e):.2f} ms ({statistics.median(raw_e2e) / mo:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

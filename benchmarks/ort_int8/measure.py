@@ -32,29 +32,54 @@ def main(argv: list[str]) -> None:
 
     run_dir = Path(argv[0])
     pairs = int(argv[1]) if len(argv) > 1 and "=" not in argv[1] else 200
-    cfg = load_config(Path("configs/default.yaml"), [*(a for a in argv[1:] if "=" in a), f"check.latency_iters={pairs}"])
+    cfg = load_config(
+        Path("configs/default.yaml"), [*(a for a in argv[1:] if "=" in a), f"check.latency_iters={pairs}"]
+    )
     sym = json.loads((run_dir / "model.int8.onnx.manifest.json").read_text())
     out = run_dir / "bench-int8-ort.onnx"
     t0 = time.perf_counter()
-    quantize_qdq_ort(run_dir / "model.onnx", out, Path(sym["calibration"]["cache"]), sym["method"],
-                     exclude=sym["exclude_nodes"])
-    print(f"quantized in {time.perf_counter() - t0:.1f} s; problems: {check_qdq_ort(onnx.load(str(out)), sym['exclude_nodes'])}")
+    quantize_qdq_ort(
+        run_dir / "model.onnx",
+        out,
+        Path(sym["calibration"]["cache"]),
+        sym["method"],
+        exclude=sym["exclude_nodes"],
+    )
+    print(
+        f"quantized in {time.perf_counter() - t0:.1f} s; problems: {check_qdq_ort(onnx.load(str(out)), sym['exclude_nodes'])}"
+    )
     data = data_stage.run(cfg, progress=False)
     split = data.split(cfg.data.val_split)
-    ev = Evaluator(make_prepost(cfg), split.images, split.category_ids, data.ann_file(cfg.data.val_split),
-                   threads=cfg.run.threads)
+    ev = Evaluator(
+        make_prepost(cfg),
+        split.images,
+        split.category_ids,
+        data.ann_file(cfg.data.val_split),
+        threads=cfg.run.threads,
+    )
     ref = sym["accuracy"]["reference_map"]
     m = ev.map_of(ev.detect(EngineSpec("onnxruntime-int8", "onnxruntime", "int8", out)))
-    print(f"mAP on {len(split.images)} val images: PyTorch {ref:.3f}, symmetric QDQ {sym['accuracy']['int8_map']:.3f}, "
-          f"u8s8 QDQ {m:.3f} (drop {ref - m:.3f}, budget {cfg.quantize.max_map_drop})")
+    print(
+        f"mAP on {len(split.images)} val images: PyTorch {ref:.3f}, symmetric QDQ {sym['accuracy']['int8_map']:.3f}, "
+        f"u8s8 QDQ {m:.3f} (drop {ref - m:.3f}, budget {cfg.quantize.max_map_drop})"
+    )
     fp32 = EngineSpec("onnxruntime-fp32", "onnxruntime", "fp32", run_dir / "model.onnx")
-    for name, path in (("u8s8 (ORT flavour)", out), ("symmetric (TensorRT flavour)", run_dir / "model.int8.onnx")):
+    for name, path in (
+        ("u8s8 (ORT flavour)", out),
+        ("symmetric (TensorRT flavour)", run_dir / "model.int8.onnx"),
+    ):
         int8 = EngineSpec("onnxruntime-int8", "onnxruntime", "int8", path)
         with contextlib.ExitStack() as stack:
-            runners = {s.name: stack.enter_context(open_runner(s, threads=cfg.run.threads)) for s in (fp32, int8)}
-            s = check._int8_speedups(runners, [fp32, int8], make_prepost(cfg), split.images, cfg)["onnxruntime-int8"]
-        print(f"{name:30s} int8 p50 {s['p50_ms']:6.2f} ms  fp32 p50 {s['vs_p50_ms']:6.2f} ms  "
-              f"speedup {s['speedup']:.2f}x (median of {s['pairs']} interleaved pairs)  load {os.getloadavg()[0]:.1f}")
+            runners = {
+                s.name: stack.enter_context(open_runner(s, threads=cfg.run.threads)) for s in (fp32, int8)
+            }
+            s = check._int8_speedups(runners, [fp32, int8], make_prepost(cfg), split.images, cfg)[
+                "onnxruntime-int8"
+            ]
+        print(
+            f"{name:30s} int8 p50 {s['p50_ms']:6.2f} ms  fp32 p50 {s['vs_p50_ms']:6.2f} ms  "
+            f"speedup {s['speedup']:.2f}x (median of {s['pairs']} interleaved pairs)  load {os.getloadavg()[0]:.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -27,14 +27,22 @@ def main(argv: list[str]) -> None:
     cfg = load_config(Path("configs/default.yaml"), [*overrides, f"check.latency_iters={pairs}"])
     records = data_stage.run(cfg, progress=False).split(cfg.data.val_split).images
     fp32 = EngineSpec("onnxruntime-fp32", "onnxruntime", "fp32", run_dir / "model.onnx")
-    for name, file in (("u8s8 (model.int8.ort.onnx)", "model.int8.ort.onnx"),
-                       ("symmetric (model.int8.onnx)", "model.int8.onnx")):
+    for name, file in (
+        ("u8s8 (model.int8.ort.onnx)", "model.int8.ort.onnx"),
+        ("symmetric (model.int8.onnx)", "model.int8.onnx"),
+    ):
         int8 = EngineSpec("onnxruntime-int8", "onnxruntime", "int8", run_dir / file)
         with contextlib.ExitStack() as stack:
-            runners = {s.name: stack.enter_context(open_runner(s, threads=cfg.run.threads)) for s in (fp32, int8)}
-            s = check._int8_speedups(runners, [fp32, int8], make_prepost(cfg), records, cfg)["onnxruntime-int8"]
-        print(f"{name:30s} int8 p50 {s['p50_ms']:6.2f} ms  fp32 p50 {s['vs_p50_ms']:6.2f} ms  "
-              f"speedup {s['speedup']:.2f}x over {s['pairs']} pairs  (load {os.getloadavg()[0]:.1f})")
+            runners = {
+                s.name: stack.enter_context(open_runner(s, threads=cfg.run.threads)) for s in (fp32, int8)
+            }
+            s = check._int8_speedups(runners, [fp32, int8], make_prepost(cfg), records, cfg)[
+                "onnxruntime-int8"
+            ]
+        print(
+            f"{name:30s} int8 p50 {s['p50_ms']:6.2f} ms  fp32 p50 {s['vs_p50_ms']:6.2f} ms  "
+            f"speedup {s['speedup']:.2f}x over {s['pairs']} pairs  (load {os.getloadavg()[0]:.1f})"
+        )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,14 @@ def _profile(stages, video: Path, eval_thresh: float) -> dict[str, float]:
     import cv2
 
     cap = cv2.VideoCapture(str(video), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])  # as CaptureSource opens it
-    names = ("video_read_cpu", "bgr_to_rgb_cpu", "prepare_cpu", "infer_wall", "decode_deploy_cpu", "decode_eval_cpu")
+    names = (
+        "video_read_cpu",
+        "bgr_to_rgb_cpu",
+        "prepare_cpu",
+        "infer_wall",
+        "decode_deploy_cpu",
+        "decode_eval_cpu",
+    )
     t = {k: [] for k in names}
     ev = with_score_thresh(stages, eval_thresh)
     clock = time.thread_time
@@ -139,7 +146,11 @@ def main() -> None:
         video = Path(tmp) / "val.avi"
         write_video(paths, video)
         stages = s.stages
-        feed = {INPUT_NAME: stages.prepare(np.asarray(__import__("PIL.Image").Image.open(paths[0]).convert("RGB")))[0]}
+        feed = {
+            INPUT_NAME: stages.prepare(
+                np.asarray(__import__("PIL.Image").Image.open(paths[0]).convert("RGB"))
+            )[0]
+        }
         profile = _profile(stages, video, args.eval_score_thresh)
         rounds = []
         with open_runner(s.spec, threads=args.threads, hint="throughput") as tp_runner:
@@ -148,27 +159,65 @@ def main() -> None:
                 tp = _throughput(s.spec, feed, args.threads, args.seconds, 0.0)
                 mo = _model_only_cpu(tp_runner.compiled, feed, args.seconds)
                 dep = _stream_cpu(tp_stages, video, args.threads, args.requests)
-                ev = _stream_cpu(with_score_thresh(tp_stages, args.eval_score_thresh), video, args.threads,
-                                 args.requests)
-                rounds.append({"throughput_fps": tp["fps"], "throughput": tp, "model_only_cpu": mo,
-                               "deploy": dep, "eval": ev,
-                               "ratio_deploy": round(dep["fps"] / tp["fps"], 3),
-                               "ratio_eval": round(ev["fps"] / tp["fps"], 3),
-                               "cpu_ratio_deploy": round(mo["cpu_ms_per_frame"] / dep["cpu_ms_per_frame"], 3),
-                               "cpu_ratio_eval": round(mo["cpu_ms_per_frame"] / ev["cpu_ms_per_frame"], 3)})
-                print(json.dumps({k: rounds[-1][k] for k in ("throughput_fps", "ratio_deploy", "ratio_eval",
-                                                              "cpu_ratio_deploy", "cpu_ratio_eval")}
-                                 | {"deploy_fps": dep["fps"], "eval_fps": ev["fps"],
-                                    "cpu_ms": [mo["cpu_ms_per_frame"], dep["cpu_ms_per_frame"],
-                                               ev["cpu_ms_per_frame"]]}), flush=True)
-    result = {"engine": args.engine, "frames": len(paths), "threads": args.threads, "requests": args.requests,
-              "profile_ms_per_frame": profile, "rounds": rounds,
-              **({} if not rounds else {
-              "median_ratio_deploy": statistics.median(r["ratio_deploy"] for r in rounds),
-              "median_ratio_eval": statistics.median(r["ratio_eval"] for r in rounds),
-              "median_cpu_ratio_deploy": statistics.median(r["cpu_ratio_deploy"] for r in rounds),
-              "median_cpu_ratio_eval": statistics.median(r["cpu_ratio_eval"] for r in rounds)}),
-              "loadavg": os.getloadavg()}
+                ev = _stream_cpu(
+                    with_score_thresh(tp_stages, args.eval_score_thresh), video, args.threads, args.requests
+                )
+                rounds.append(
+                    {
+                        "throughput_fps": tp["fps"],
+                        "throughput": tp,
+                        "model_only_cpu": mo,
+                        "deploy": dep,
+                        "eval": ev,
+                        "ratio_deploy": round(dep["fps"] / tp["fps"], 3),
+                        "ratio_eval": round(ev["fps"] / tp["fps"], 3),
+                        "cpu_ratio_deploy": round(mo["cpu_ms_per_frame"] / dep["cpu_ms_per_frame"], 3),
+                        "cpu_ratio_eval": round(mo["cpu_ms_per_frame"] / ev["cpu_ms_per_frame"], 3),
+                    }
+                )
+                print(
+                    json.dumps(
+                        {
+                            k: rounds[-1][k]
+                            for k in (
+                                "throughput_fps",
+                                "ratio_deploy",
+                                "ratio_eval",
+                                "cpu_ratio_deploy",
+                                "cpu_ratio_eval",
+                            )
+                        }
+                        | {
+                            "deploy_fps": dep["fps"],
+                            "eval_fps": ev["fps"],
+                            "cpu_ms": [
+                                mo["cpu_ms_per_frame"],
+                                dep["cpu_ms_per_frame"],
+                                ev["cpu_ms_per_frame"],
+                            ],
+                        }
+                    ),
+                    flush=True,
+                )
+    result = {
+        "engine": args.engine,
+        "frames": len(paths),
+        "threads": args.threads,
+        "requests": args.requests,
+        "profile_ms_per_frame": profile,
+        "rounds": rounds,
+        **(
+            {}
+            if not rounds
+            else {
+                "median_ratio_deploy": statistics.median(r["ratio_deploy"] for r in rounds),
+                "median_ratio_eval": statistics.median(r["ratio_eval"] for r in rounds),
+                "median_cpu_ratio_deploy": statistics.median(r["cpu_ratio_deploy"] for r in rounds),
+                "median_cpu_ratio_eval": statistics.median(r["cpu_ratio_eval"] for r in rounds),
+            }
+        ),
+        "loadavg": os.getloadavg(),
+    }
     print(json.dumps(result, indent=1))
 
 

@@ -50,7 +50,8 @@ class Capability:
 # Views of BACKENDS. RUNNERS is a plain dict so that a test may swap one runner in for a run.
 RUNNERS: dict[str, type] = {name: b.runner for name, b in BACKENDS.items()}
 CAPABILITIES: Mapping[str, Capability] = {
-    name: Capability(b.precisions, needs_gpu=b.needs_gpu, file_kind=b.file_kind) for name, b in BACKENDS.items()
+    name: Capability(b.precisions, needs_gpu=b.needs_gpu, file_kind=b.file_kind)
+    for name, b in BACKENDS.items()
 }
 
 
@@ -72,6 +73,22 @@ def open_runner(spec: EngineSpec, *, threads: int) -> Runner:
     return BatchedRunner(cls(spec, threads=threads))
 
 
-__all__ = ["BACKENDS", "CAPABILITIES", "INPUT_NAME", "RUNNERS", "Backend", "BaseRunner", "BatchedRunner",
-           "EngineSpec", "ExecuTorchRunner", "OnnxRuntimeRunner", "OpenVinoRunner", "Runner", "TensorRTRunner",
-           "TorchRunner", "backend", "engine_batch", "open_runner"]
+__all__ = [
+    "BACKENDS",
+    "CAPABILITIES",
+    "INPUT_NAME",
+    "RUNNERS",
+    "Backend",
+    "BaseRunner",
+    "BatchedRunner",
+    "EngineSpec",
+    "ExecuTorchRunner",
+    "OnnxRuntimeRunner",
+    "OpenVinoRunner",
+    "Runner",
+    "TensorRTRunner",
+    "TorchRunner",
+    "backend",
+    "engine_batch",
+    "open_runner",
+]

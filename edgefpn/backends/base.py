@@ -69,7 +69,11 @@ class BaseRunner:
             try:
                 importlib.import_module(module)
             except (ImportError, OSError):  # OSError: a wheel whose shared libraries do not load
-                return f"{module} is not installed: {cls.install}" if cls.install else f"{module} is not installed"
+                return (
+                    f"{module} is not installed: {cls.install}"
+                    if cls.install
+                    else f"{module} is not installed"
+                )
         return None
 
     @classmethod
@@ -165,8 +169,10 @@ class Backend:
 
     def engines(self, run_dir: Path) -> tuple[tuple[str, str, str, str], ...]:
         """(name, backend, precision, path relative to ``run_dir``) of every engine it can make."""
-        return tuple((f"{self.name}-{p}", self.name, p, self.engine_path(run_dir, p).relative_to(run_dir).as_posix())
-                     for p in self.precisions)
+        return tuple(
+            (f"{self.name}-{p}", self.name, p, self.engine_path(run_dir, p).relative_to(run_dir).as_posix())
+            for p in self.precisions
+        )
 
 
 def engine_batch(runner: object) -> int | None:
@@ -213,14 +219,18 @@ class BatchedRunner:
             return self.inner.infer(feed)
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, k, n):
-            chunk = {name: value[start:start + n] for name, value in feed.items()}
+            chunk = {name: value[start : start + n] for name, value in feed.items()}
             got = k - start if k - start < n else n
             if got < n:  # fill with the chunk's last image: real data, cut away below
-                chunk = {name: np.concatenate([v, np.repeat(v[-1:], n - got, axis=0)]) for name, v in chunk.items()}
+                chunk = {
+                    name: np.concatenate([v, np.repeat(v[-1:], n - got, axis=0)]) for name, v in chunk.items()
+                }
             out = self.inner.infer(chunk)
             for name, value in out.items():
                 if value.ndim == 0 or value.shape[0] != n:
-                    raise ValueError(f"{self.spec.path}: output {name!r} {list(value.shape)} does not lead "
-                                     f"with the engine batch {n}; cannot split it per image")
+                    raise ValueError(
+                        f"{self.spec.path}: output {name!r} {list(value.shape)} does not lead "
+                        f"with the engine batch {n}; cannot split it per image"
+                    )
             parts.append({name: value[:got] for name, value in out.items()})
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

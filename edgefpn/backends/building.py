@@ -23,9 +23,24 @@ class BuildSource:
         return {"path": self.path.name, "sha256": self.sha256}
 
 
-def engine_extra(target: str, precision: str, src: BuildSource, backend_version: str, settings: dict[str, Any],
-                 *, source: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
+def engine_extra(
+    target: str,
+    precision: str,
+    src: BuildSource,
+    backend_version: str,
+    settings: dict[str, Any],
+    *,
+    source: dict[str, Any] | None = None,
+    **more: Any,
+) -> dict[str, Any]:
     """The build manifest fields of one engine (``source``: what it was made from, default ``src``)."""
-    return {"target": target, "precision": precision, "source": source or src.describe(), "input": src.input,
-            "backend_version": backend_version, "settings": settings,
-            "lint": [f.to_dict() for f in src.lint], **more}
+    return {
+        "target": target,
+        "precision": precision,
+        "source": source or src.describe(),
+        "input": src.input,
+        "backend_version": backend_version,
+        "settings": settings,
+        "lint": [f.to_dict() for f in src.lint],
+        **more,
+    }

@@ -51,8 +51,10 @@ class ExecuTorchRunner(BaseRunner):
 
         manifest = read_manifest(self.spec.path)
         if manifest is None or not isinstance(manifest.get("outputs"), list):
-            raise ModelFileError(f"{self.spec.path}: no manifest naming the program's outputs beside it "
-                                 "(rebuild with edgefpn build --target executorch)")
+            raise ModelFileError(
+                f"{self.spec.path}: no manifest naming the program's outputs beside it "
+                "(rebuild with edgefpn build --target executorch)"
+            )
         # one process-wide pool (ExecuTorch's own name says unsafe: not while another method runs)
         portable_lib._unsafe_reset_threadpool(self.threads)
         try:
@@ -62,8 +64,10 @@ class ExecuTorchRunner(BaseRunner):
         meta = self._method.metadata
         self._names = [str(n) for n in manifest["outputs"]]
         if meta.num_outputs() != len(self._names):
-            raise ModelFileError(f"{self.spec.path}: the program returns {meta.num_outputs()} outputs, its "
-                                 f"manifest names {len(self._names)}")
+            raise ModelFileError(
+                f"{self.spec.path}: the program returns {meta.num_outputs()} outputs, its "
+                f"manifest names {len(self._names)}"
+            )
         inp = manifest.get("input") or {}
         self._shapes = {str(inp.get("name", "images")): tuple(meta.input_tensor_meta(0).sizes())}
         self._shapes |= {n: tuple(meta.output_tensor_meta(i).sizes()) for i, n in enumerate(self._names)}
@@ -151,12 +155,26 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: b
         return art
     wrapper, names = wrapper_from_checkpoint(model.path)
     example = torch.zeros(src.input["shape"], dtype=torch.float32)
-    log(f"[build] executorch-{precision}: torch.export + XNNPACK of {model.path.name} at {list(example.shape)}")
+    log(
+        f"[build] executorch-{precision}: torch.export + XNNPACK of {model.path.name} at {list(example.shape)}"
+    )
     with atomic_output(out) as tmp:
         to_executorch(wrapper, example, tmp)
-    return write_manifest(out, stage="build", config_hash=chash, inputs=inputs, extra=engine_extra(
-        "executorch", precision, src, version, settings, outputs=list(names),
-        source={"path": model.path.name, "sha256": model.sha256}))
+    return write_manifest(
+        out,
+        stage="build",
+        config_hash=chash,
+        inputs=inputs,
+        extra=engine_extra(
+            "executorch",
+            precision,
+            src,
+            version,
+            settings,
+            outputs=list(names),
+            source={"path": model.path.name, "sha256": model.sha256},
+        ),
+    )
 
 
 def target_problem(engine: Mapping[str, Any], probe: Callable[[], tuple] | None = None) -> str | None:
@@ -164,16 +182,24 @@ def target_problem(engine: Mapping[str, Any], probe: Callable[[], tuple] | None 
     if importlib.util.find_spec("executorch") is None:
         return "executorch is not installed"
     if importlib.util.find_spec("torch") is None:
-        return f"{engine['path']}: ExecuTorch's Python runtime takes torch tensors, and torch is not installed"
+        return (
+            f"{engine['path']}: ExecuTorch's Python runtime takes torch tensors, and torch is not installed"
+        )
     return None
 
 
 BACKEND = Backend(
-    name="executorch", runner=ExecuTorchRunner, precisions=("fp32",), needs_gpu=False,
-    file_kind="ExecuTorch program (.pte, XNNPACK delegate)", engine_path=engine_path,
-    unavailable=lambda: unavailable_reason(), target_problem=target_problem,
+    name="executorch",
+    runner=ExecuTorchRunner,
+    precisions=("fp32",),
+    needs_gpu=False,
+    file_kind="ExecuTorch program (.pte, XNNPACK delegate)",
+    engine_path=engine_path,
+    unavailable=lambda: unavailable_reason(),
+    target_problem=target_problem,
     bundle_target=lambda precision, manifest: {"delegate": "xnnpack"},
     throughput="serial",  # one process-wide XNNPACK pool: one request at a time
-    rank=3, preferred=("fp32",),
+    rank=3,
+    preferred=("fp32",),
     build=build,
 )

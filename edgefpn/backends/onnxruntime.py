@@ -15,8 +15,11 @@ import numpy as np
 from edgefpn.backends.base import Backend, BaseRunner
 from edgefpn.errors import ModelFileError
 
-_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx",
-          "int8": "model.int8.ort.onnx"}  # the ORT-CPU QDQ flavour (u8s8); model.int8.onnx is TensorRT's
+_FILES = {
+    "fp32": "model.onnx",
+    "fp16": "model.fp16.onnx",
+    "int8": "model.int8.ort.onnx",
+}  # the ORT-CPU QDQ flavour (u8s8); model.int8.onnx is TensorRT's
 
 
 class OnnxRuntimeRunner(BaseRunner):
@@ -84,8 +87,18 @@ def _not_made(cfg: Any, precision: str) -> str | None:
 
 
 BACKEND = Backend(
-    name="onnxruntime", runner=OnnxRuntimeRunner, precisions=("fp32", "fp16", "int8"), needs_gpu=False,
-    file_kind="ONNX (.onnx)", engine_path=_engine_path, unavailable=OnnxRuntimeRunner.unavailable,
-    target_problem=_target_problem, bundle_target=lambda precision, manifest: {}, throughput="threads",
-    rank=2, preferred=("int8", "fp32", "fp16"), not_made=_not_made, reads_onnx=True,
+    name="onnxruntime",
+    runner=OnnxRuntimeRunner,
+    precisions=("fp32", "fp16", "int8"),
+    needs_gpu=False,
+    file_kind="ONNX (.onnx)",
+    engine_path=_engine_path,
+    unavailable=OnnxRuntimeRunner.unavailable,
+    target_problem=_target_problem,
+    bundle_target=lambda precision, manifest: {},
+    throughput="threads",
+    rank=2,
+    preferred=("int8", "fp32", "fp16"),
+    not_made=_not_made,
+    reads_onnx=True,
 )

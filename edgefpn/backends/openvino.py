@@ -78,11 +78,15 @@ def onnx_to_openvino(onnx_path: Path, xml_path: Path, *, compress_to_fp16: bool)
         raise ModelFileError(f"{onnx_path}: OpenVINO cannot convert it: {_first_line(exc)}") from exc
     names = [port.get_any_name() if port.get_names() else "" for port in model.outputs]
     if names != expected:
-        raise ModelFileError(f"{onnx_path}: OpenVINO IR outputs {names} do not match the ONNX outputs {expected}")
+        raise ModelFileError(
+            f"{onnx_path}: OpenVINO IR outputs {names} do not match the ONNX outputs {expected}"
+        )
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
-    except Exception as exc:  # OpenVINO's writer fails with an untyped "basic_ios::clear", even on a full disk
+    except (
+        Exception
+    ) as exc:  # OpenVINO's writer fails with an untyped "basic_ios::clear", even on a full disk
         # and removes what it wrote, so the free space is compared with what the IR needs (~ the weights)
         needed = onnx_path.stat().st_size // (2 if compress_to_fp16 else 1)
         if shutil.disk_usage(xml_path.parent).free < needed:
@@ -108,9 +112,16 @@ class OpenVinoRunner(BaseRunner):
     requires = ("openvino",)
     install = _INSTALL
 
-    def __init__(self, spec: EngineSpec, *, threads: int, hint: str = "latency",
-                 inference_precision: str = INFERENCE_PRECISION, cache_root: Path | None = None,
-                 use_cache: bool = True) -> None:
+    def __init__(
+        self,
+        spec: EngineSpec,
+        *,
+        threads: int,
+        hint: str = "latency",
+        inference_precision: str = INFERENCE_PRECISION,
+        cache_root: Path | None = None,
+        use_cache: bool = True,
+    ) -> None:
         if hint not in _HINTS:
             raise ValueError(f"hint must be one of {sorted(_HINTS)}, got {hint!r}")
         super().__init__(spec, threads=threads)
@@ -154,21 +165,28 @@ class OpenVinoRunner(BaseRunner):
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         if got != getattr(ov.Type, self.inference_precision):
             raise ModelFileError(
-                f"{xml}: compiled with inference precision {got}, not the requested {self.inference_precision}")
+                f"{xml}: compiled with inference precision {got}, not the requested {self.inference_precision}"
+            )
         self._outputs = [(port, port.get_any_name()) for port in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
 
     def _cache_dir(self, xml: Path, bin_: Path, config: Mapping[str, Any], version: str) -> Path:
-        blob = json.dumps({"xml": sha256_file(xml), "bin": sha256_file(bin_), "openvino": version,
-                           "config": dict(config)}, sort_keys=True)
+        blob = json.dumps(
+            {"xml": sha256_file(xml), "bin": sha256_file(bin_), "openvino": version, "config": dict(config)},
+            sort_keys=True,
+        )
         key = hashlib.sha256(blob.encode()).hexdigest()[:24]
         root = self.cache_root if self.cache_root is not None else xml.parent.parent / ".ov-cache"
         return root / key
 
     def _io_shapes(self) -> dict[str, tuple]:
         """Every input's and output's shape in the compiled model (-1 for a dynamic dimension)."""
-        return {(port.get_any_name() if port.get_names() else ""): tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
-                for port in [*self.compiled.inputs, *self.compiled.outputs]}
+        return {
+            (port.get_any_name() if port.get_names() else ""): tuple(
+                d.get_length() if d.is_static else -1 for d in port.get_partial_shape()
+            )
+            for port in [*self.compiled.inputs, *self.compiled.outputs]
+        }
 
     def _unload(self) -> None:
         self._request = None
@@ -176,8 +194,12 @@ class OpenVinoRunner(BaseRunner):
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # float feeds as float32; an end-to-end graph's uint8 image and int64 valid_hw keep their type
-        inputs = {name: np.ascontiguousarray(arr, dtype=np.float32 if np.issubdtype(arr.dtype, np.floating) else None)
-                  for name, arr in feed.items()}
+        inputs = {
+            name: np.ascontiguousarray(
+                arr, dtype=np.float32 if np.issubdtype(arr.dtype, np.floating) else None
+            )
+            for name, arr in feed.items()
+        }
         # share_inputs: the request reads the caller's float32 array in place rather than copying it into
         # its own tensor first (as benchmark_app, which fills its tensors once); the outputs are still
         # copied (share_outputs=False), since the request overwrites them on its next call.
@@ -220,8 +242,9 @@ def target_problem(engine: Mapping[str, Any], probe: Callable[[], tuple] | None 
     return None
 
 
-def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, base: BuildSource,
-          force: bool) -> Any:
+def build(
+    cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, base: BuildSource, force: bool
+) -> Any:
     """The OpenVINO engine at ``precision``. For int8 that is the quantize stage's NNCF IR, which
     shares ``openvino/int8`` with this stage's own conversion: taken only while ``quantize.openvino``
     is on and it was made from the current ``model.onnx`` and ``model.int8.onnx`` (else converted over)."""
@@ -239,27 +262,50 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, base: Bu
                 art = require(out, "OpenVINO INT8 IR from the quantize stage")
                 log(f"[build] openvino-int8: the quantize stage's NNCF IR {out}")
                 return art
-            why = ("quantize.openvino is off" if not nncf
-                   else f"made from another {base.path.name} / {src.path.name} than the current ones")
+            why = (
+                "quantize.openvino is off"
+                if not nncf
+                else f"made from another {base.path.name} / {src.path.name} than the current ones"
+            )
             log(f"[build] openvino-int8: the NNCF IR in {out} is stale ({why}); converting {src.path.name}")
-    settings = {"compress_to_fp16": precision == "fp16", "device": "CPU",
-                "inference_precision_hint": INFERENCE_PRECISION}
+    settings = {
+        "compress_to_fp16": precision == "fp16",
+        "device": "CPU",
+        "inference_precision_hint": INFERENCE_PRECISION,
+    }
     version = openvino_version()
     chash = config_hash({"target": "openvino", "precision": precision, "openvino": version, **settings})
     inputs = {"onnx": src.sha256}
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[build] up to date: {out}")
         return art
-    log(f"[build] openvino-{precision}: converting {src.path.name} (compress_to_fp16={settings['compress_to_fp16']})")
+    log(
+        f"[build] openvino-{precision}: converting {src.path.name} (compress_to_fp16={settings['compress_to_fp16']})"
+    )
     with atomic_output(out) as tmp:
-        outputs = onnx_to_openvino(src.path, tmp / IR_NAME, compress_to_fp16=bool(settings["compress_to_fp16"]))
-    return write_manifest(out, stage="build", config_hash=chash, inputs=inputs,
-                          extra=engine_extra("openvino", precision, src, version, settings, outputs=outputs,
-                                             files=[IR_NAME, Path(IR_NAME).with_suffix(".bin").name]))
+        outputs = onnx_to_openvino(
+            src.path, tmp / IR_NAME, compress_to_fp16=bool(settings["compress_to_fp16"])
+        )
+    return write_manifest(
+        out,
+        stage="build",
+        config_hash=chash,
+        inputs=inputs,
+        extra=engine_extra(
+            "openvino",
+            precision,
+            src,
+            version,
+            settings,
+            outputs=outputs,
+            files=[IR_NAME, Path(IR_NAME).with_suffix(".bin").name],
+        ),
+    )
 
 
-def build_e2e(cfg: Any, run_dir: Path, precision: str, twins: Mapping[str, Any], *, source: Callable,
-              force: bool) -> Any:
+def build_e2e(
+    cfg: Any, run_dir: Path, precision: str, twins: Mapping[str, Any], *, source: Callable, force: bool
+) -> Any:
     """The ``-e2e`` IR: the raw IR with the in-graph head / tail grafted on through OpenVINO's graph API."""
     from edgefpn.pipeline import e2e as e2e_stage
     from edgefpn.pipeline import export as export_stage
@@ -268,9 +314,19 @@ def build_e2e(cfg: Any, run_dir: Path, precision: str, twins: Mapping[str, Any],
 
 
 BACKEND = Backend(
-    name="openvino", runner=OpenVinoRunner, precisions=("fp32", "fp16", "int8"), needs_gpu=False,
-    file_kind="OpenVINO IR folder (model.xml + model.bin)", engine_path=engine_path,
-    unavailable=lambda: unavailable_reason(), target_problem=target_problem,
+    name="openvino",
+    runner=OpenVinoRunner,
+    precisions=("fp32", "fp16", "int8"),
+    needs_gpu=False,
+    file_kind="OpenVINO IR folder (model.xml + model.bin)",
+    engine_path=engine_path,
+    unavailable=lambda: unavailable_reason(),
+    target_problem=target_problem,
     bundle_target=lambda precision, manifest: {"device": "CPU", "inference_precision": INFERENCE_PRECISION},
-    throughput="requests", rank=1, preferred=("int8", "fp32", "fp16"), build=build, e2e=build_e2e, benchmark_app=True,
+    throughput="requests",
+    rank=1,
+    preferred=("int8", "fp32", "fp16"),
+    build=build,
+    e2e=build_e2e,
+    benchmark_app=True,
 )

@@ -36,8 +36,18 @@ if TYPE_CHECKING:  # the config module needs pyyaml, which a runtime-only instal
     from edgefpn.config import TensorRTConfig
 
 __all__ = [
-    "BACKEND", "INSTALL_HINT", "BuildResult", "DeviceInfo", "TensorRTRunner", "build_engine", "compat_problem",
-    "cuda_device", "tensorrt_version", "timing_cache_key", "trtexec_command", "unavailable_reason",
+    "BACKEND",
+    "INSTALL_HINT",
+    "BuildResult",
+    "DeviceInfo",
+    "TensorRTRunner",
+    "build_engine",
+    "compat_problem",
+    "cuda_device",
+    "tensorrt_version",
+    "timing_cache_key",
+    "trtexec_command",
+    "unavailable_reason",
 ]
 
 INSTALL_HINT = (
@@ -98,7 +108,9 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def compat_problem(manifest: Mapping[str, Any], *, version: str | None, device: DeviceInfo | None) -> str | None:
+def compat_problem(
+    manifest: Mapping[str, Any], *, version: str | None, device: DeviceInfo | None
+) -> str | None:
     """Why an engine built as ``manifest`` says cannot run on this machine, or None.
 
     Exact TensorRT version and compute capability must match, unless the engine was built
@@ -123,8 +135,10 @@ def compat_problem(manifest: Mapping[str, Any], *, version: str | None, device: 
         if _vtuple(device.compute_capability) < (8, 0):
             return f"built Ampere+ hardware-compatible, this GPU ({device.name}) is compute capability {device.compute_capability}"
     elif device.compute_capability != b_cc:
-        return (f"built for compute capability {b_cc} ({built.get('device', '?')}), this GPU ({device.name}) "
-                f"is {device.compute_capability}")
+        return (
+            f"built for compute capability {b_cc} ({built.get('device', '?')}), this GPU ({device.name}) "
+            f"is {device.compute_capability}"
+        )
     return None
 
 
@@ -159,18 +173,36 @@ def build_flags(precision: str, settings: TensorRTConfig) -> list[str]:
 
 
 def timing_cache_key(device: DeviceInfo, trt_version: str, flags: list[str], settings: TensorRTConfig) -> str:
-    blob = json.dumps({"device": device.name, "cc": device.compute_capability, "trt": trt_version,
-                       "flags": sorted(flags), "dla": settings.dla_core,
-                       "hw": settings.hardware_compatible}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "device": device.name,
+            "cc": device.compute_capability,
+            "trt": trt_version,
+            "flags": sorted(flags),
+            "dla": settings.dla_core,
+            "hw": settings.hardware_compatible,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def trtexec_command(onnx_path: str, engine_path: str, *, precision: str, settings: TensorRTConfig,
-                    timing_cache: str | None = None) -> list[str]:
+def trtexec_command(
+    onnx_path: str,
+    engine_path: str,
+    *,
+    precision: str,
+    settings: TensorRTConfig,
+    timing_cache: str | None = None,
+) -> list[str]:
     """The ``trtexec`` command line equivalent to :func:`build_engine` (for building on a Jetson)."""
-    cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
-           f"--memPoolSize=workspace:{settings.workspace_mb}M",
-           f"--builderOptimizationLevel={settings.builder_optimization_level}"]
+    cmd = [
+        "trtexec",
+        f"--onnx={onnx_path}",
+        f"--saveEngine={engine_path}",
+        f"--memPoolSize=workspace:{settings.workspace_mb}M",
+        f"--builderOptimizationLevel={settings.builder_optimization_level}",
+    ]
     flags = build_flags(precision, settings)
     cmd += [f"--{f.lower()}" for f in ("FP16", "INT8") if f in flags]
     if settings.dla_core is not None:
@@ -186,9 +218,11 @@ def trtexec_command(onnx_path: str, engine_path: str, *, precision: str, setting
 
 def trtexec_script(cmd: list[str]) -> str:
     """A POSIX shell script running ``cmd`` from the script's own folder (paths in ``cmd`` relative)."""
-    return ("#!/bin/sh\n# Build this engine on the target device (e.g. a Jetson) with the same settings as\n"
-            "# `edgefpn build --target tensorrt`. Paths are relative to this script's folder.\n"
-            'set -e\ncd "$(dirname "$0")"\n' + " ".join(shlex.quote(c) for c in cmd) + "\n")
+    return (
+        "#!/bin/sh\n# Build this engine on the target device (e.g. a Jetson) with the same settings as\n"
+        "# `edgefpn build --target tensorrt`. Paths are relative to this script's folder.\n"
+        'set -e\ncd "$(dirname "$0")"\n' + " ".join(shlex.quote(c) for c in cmd) + "\n"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,8 +252,15 @@ class BuildResult:
         }
 
 
-def build_engine(onnx_path: Path, engine_path: Path, *, precision: str, settings: TensorRTConfig,
-                 cache_dir: Path | None, log: Callable[[str], None] = lambda _: None) -> BuildResult:
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    precision: str,
+    settings: TensorRTConfig,
+    cache_dir: Path | None,
+    log: Callable[[str], None] = lambda _: None,
+) -> BuildResult:
     """Parse ``onnx_path`` and write a serialized engine to ``engine_path`` (plain engine bytes).
 
     The timing cache, when enabled, is read from and written back to
@@ -267,8 +308,10 @@ def build_engine(onnx_path: Path, engine_path: Path, *, precision: str, settings
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
 
-    log(f"[build] tensorrt {trt.__version__}: building {precision} on {device.name} "
-        f"(sm {device.compute_capability}, flags {'+'.join(flags)})")
+    log(
+        f"[build] tensorrt {trt.__version__}: building {precision} on {device.name} "
+        f"(sm {device.compute_capability}, flags {'+'.join(flags)})"
+    )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{onnx_path}: TensorRT failed to build a {precision} engine (see the log above)")
@@ -293,7 +336,9 @@ def keep_e2e_float(network, trt) -> int:
         layer = network.get_layer(i)
         if not any(p in layer.name for p in E2E_PREFIXES):
             continue
-        floats = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in (trt.float32, trt.float16)]
+        floats = [
+            j for j in range(layer.num_outputs) if layer.get_output(j).dtype in (trt.float32, trt.float16)
+        ]
         if not floats:
             continue  # integer index arithmetic: nothing to pin
         layer.precision = trt.float32
@@ -342,16 +387,20 @@ class TensorRTRunner(BaseRunner):
     def _load(self) -> None:
         manifest = read_manifest(self.spec.path)
         if manifest is None:
-            raise ModelFileError(f"{self.spec.path}: no manifest beside the engine; cannot check it was built for "
-                                 "this TensorRT and GPU (rebuild with edgefpn build --target tensorrt)")
+            raise ModelFileError(
+                f"{self.spec.path}: no manifest beside the engine; cannot check it was built for "
+                "this TensorRT and GPU (rebuild with edgefpn build --target tensorrt)"
+            )
         import tensorrt as trt
         import torch
 
         # the version of the module that will deserialize, not of whichever pip metadata is around
         problem = compat_problem(manifest, version=str(trt.__version__), device=cuda_device())
         if problem is not None:
-            raise ModelFileError(f"{self.spec.path}: {problem}; rebuild it here (edgefpn build --target tensorrt "
-                                 "--force) or run its trtexec.sh")
+            raise ModelFileError(
+                f"{self.spec.path}: {problem}; rebuild it here (edgefpn build --target tensorrt "
+                "--force) or run its trtexec.sh"
+            )
 
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
@@ -362,14 +411,18 @@ class TensorRTRunner(BaseRunner):
             runtime.DLA_core = int(built["dla_core"])
         self._engine = runtime.deserialize_cuda_engine(self.spec.path.read_bytes())
         if self._engine is None:
-            raise ModelFileError(f"{self.spec.path}: TensorRT could not deserialize the engine (see the log above)")
+            raise ModelFileError(
+                f"{self.spec.path}: TensorRT could not deserialize the engine (see the log above)"
+            )
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             shape = tuple(self._engine.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise ModelFileError(f"{self.spec.path}: tensor {name} has a dynamic shape {shape}; edgefpn engines are static")
+                raise ModelFileError(
+                    f"{self.spec.path}: tensor {name} has a dynamic shape {shape}; edgefpn engines are static"
+                )
             dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self._engine.get_tensor_dtype(name)))).dtype
             buf = torch.empty(shape, dtype=dtype, device="cuda")
             self._context.set_tensor_address(name, buf.data_ptr())
@@ -391,11 +444,16 @@ class TensorRTRunner(BaseRunner):
 
         with torch.cuda.stream(self._stream):
             for name, buf in self._inputs.items():
-                buf.copy_(torch.from_numpy(np.ascontiguousarray(feed[name])).to(buf.dtype), non_blocking=False)
+                buf.copy_(
+                    torch.from_numpy(np.ascontiguousarray(feed[name])).to(buf.dtype), non_blocking=False
+                )
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError(f"{self.spec.path}: TensorRT execution failed")
             # float outputs as float32; an e2e engine's det_labels / num_dets stay integers
-            outs = {name: (buf.float() if buf.is_floating_point() else buf).cpu() for name, buf in self._outputs.items()}
+            outs = {
+                name: (buf.float() if buf.is_floating_point() else buf).cpu()
+                for name, buf in self._outputs.items()
+            }
         self._stream.synchronize()
         return {name: t.numpy() for name, t in outs.items()}
 
@@ -410,8 +468,16 @@ def engine_path(run_dir: Path, precision: str) -> Path:
     return run_dir / "tensorrt" / precision / "model.engine"
 
 
-def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: bool, out: Path | None = None,
-          **_: Any) -> Any:
+def build(
+    cfg: Any,
+    run_dir: Path,
+    precision: str,
+    src: BuildSource,
+    *,
+    force: bool,
+    out: Path | None = None,
+    **_: Any,
+) -> Any:
     """The TensorRT engine at ``precision`` from ``src`` (fp16 from ``model.onnx``, int8 from the Q/DQ
     ``model.int8.onnx``); refused when the TensorRT lint found errors in ``src``."""
     from edgefpn.artifacts import atomic_output, up_to_date, write_manifest
@@ -421,8 +487,10 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: b
 
     errs = errors(src.lint)
     if errs:
-        raise ModelFileError(f"{src.path}: {len(errs)} TensorRT lint error(s), first: {errs[0]} "
-                             f"(all: edgefpn trt-lint {src.path})")
+        raise ModelFileError(
+            f"{src.path}: {len(errs)} TensorRT lint error(s), first: {errs[0]} "
+            f"(all: edgefpn trt-lint {src.path})"
+        )
     settings = cfg.build.tensorrt
     device = cuda_device()
     version = tensorrt_version()
@@ -435,18 +503,41 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: b
         log(f"[build] up to date: {out}")
         return art
     with atomic_output(out) as tmp:
-        result = build_engine(src.path, tmp, precision=precision, settings=settings,
-                              cache_dir=run_dir / "tensorrt", log=log)
+        result = build_engine(
+            src.path, tmp, precision=precision, settings=settings, cache_dir=run_dir / "tensorrt", log=log
+        )
     info = result.manifest(settings)
-    return write_manifest(out, stage="build", config_hash=chash, inputs=inputs, extra=engine_extra(
-        "tensorrt", precision, src, result.version, {k: info[k] for k in (
-            "workspace_mb", "builder_optimization_level", "dla_core", "hardware_compatibility",
-            "version_compatible", "timing_cache")},
-        tensorrt=info, device=result.device.to_dict(), build_flags=result.flags))
+    return write_manifest(
+        out,
+        stage="build",
+        config_hash=chash,
+        inputs=inputs,
+        extra=engine_extra(
+            "tensorrt",
+            precision,
+            src,
+            result.version,
+            {
+                k: info[k]
+                for k in (
+                    "workspace_mb",
+                    "builder_optimization_level",
+                    "dla_core",
+                    "hardware_compatibility",
+                    "version_compatible",
+                    "timing_cache",
+                )
+            },
+            tensorrt=info,
+            device=result.device.to_dict(),
+            build_flags=result.flags,
+        ),
+    )
 
 
-def build_e2e(cfg: Any, run_dir: Path, precision: str, twins: Mapping[str, Any], *, source: Callable,
-              force: bool) -> Any:
+def build_e2e(
+    cfg: Any, run_dir: Path, precision: str, twins: Mapping[str, Any], *, source: Callable, force: bool
+) -> Any:
     """The ``-e2e`` engine: built from the e2e ONNX of the same precision (fp16 from the fp32 graph)."""
     twin = twins.get("int8" if precision == "int8" else "fp32")
     if twin is None:
@@ -467,8 +558,13 @@ def write_trtexec(cfg: Any, run_dir: Path, precision: str, src: BuildSource | No
         return None  # the build would fail; the lint findings are in build.json
     script = engine_path(run_dir, precision).parent / TRTEXEC_SCRIPT
     onnx_rel = os.path.relpath(src.path, script.parent)
-    cmd = trtexec_command(onnx_rel, "model.engine", precision=precision, settings=cfg.build.tensorrt,
-                          timing_cache="../timing-trtexec.cache" if cfg.build.tensorrt.timing_cache else None)
+    cmd = trtexec_command(
+        onnx_rel,
+        "model.engine",
+        precision=precision,
+        settings=cfg.build.tensorrt,
+        timing_cache="../timing-trtexec.cache" if cfg.build.tensorrt.timing_cache else None,
+    )
     text = trtexec_script(cmd)
     if not script.is_file() or script.read_text(encoding="utf-8") != text:
         atomic_write_text(script, text)
@@ -485,7 +581,9 @@ def target_problem(engine: Mapping[str, Any], probe: Callable[[], tuple] | None 
 
     path = engine["path"]
     version, gpu = (probe or device.tensorrt_probe)()
-    problem = compat_problem({"tensorrt": (engine.get("target") or {}).get("tensorrt")}, version=version, device=gpu)
+    problem = compat_problem(
+        {"tensorrt": (engine.get("target") or {}).get("tensorrt")}, version=version, device=gpu
+    )
     if problem is not None:
         return f"{path}: {problem}"
     if importlib.util.find_spec("torch") is None:  # TensorRTRunner keeps its CUDA buffers in torch
@@ -494,10 +592,20 @@ def target_problem(engine: Mapping[str, Any], probe: Callable[[], tuple] | None 
 
 
 BACKEND = Backend(
-    name="tensorrt", runner=TensorRTRunner, precisions=("fp16", "int8"), needs_gpu=True,
-    file_kind="TensorRT engine (.engine)", engine_path=engine_path, unavailable=lambda: unavailable_reason(),
+    name="tensorrt",
+    runner=TensorRTRunner,
+    precisions=("fp16", "int8"),
+    needs_gpu=True,
+    file_kind="TensorRT engine (.engine)",
+    engine_path=engine_path,
+    unavailable=lambda: unavailable_reason(),
     target_problem=target_problem,
     # version, compute capability, compat flags: what the runtime checks before deserializing
     bundle_target=lambda precision, manifest: {"tensorrt": manifest.get("tensorrt")},
-    throughput="cuda-streams", rank=0, preferred=("int8", "fp16"), build=build, e2e=build_e2e, side_files=write_trtexec,
+    throughput="cuda-streams",
+    rank=0,
+    preferred=("int8", "fp16"),
+    build=build,
+    e2e=build_e2e,
+    side_files=write_trtexec,
 )

@@ -50,8 +50,15 @@ def _target_problem(engine: Mapping[str, Any], probe: Callable[[], tuple] | None
 
 
 BACKEND = Backend(
-    name="torch", runner=TorchRunner, precisions=("fp32",), needs_gpu=False, file_kind="edgefpn checkpoint (.pt)",
-    engine_path=lambda run_dir, precision: Path(run_dir) / "model.pt", unavailable=TorchRunner.unavailable,
-    target_problem=_target_problem, bundle_target=lambda precision, manifest: {}, throughput="serial",
+    name="torch",
+    runner=TorchRunner,
+    precisions=("fp32",),
+    needs_gpu=False,
+    file_kind="edgefpn checkpoint (.pt)",
+    engine_path=lambda run_dir, precision: Path(run_dir) / "model.pt",
+    unavailable=TorchRunner.unavailable,
+    target_problem=_target_problem,
+    bundle_target=lambda precision, manifest: {},
+    throughput="serial",
     not_made=lambda cfg, precision: None,  # the train stage's model.pt
 )

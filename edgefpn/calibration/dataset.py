@@ -68,8 +68,14 @@ class CalibrationSet:
 
     def describe(self) -> dict:
         """What the manifest records about the set."""
-        return {"source": str(self.source), "images": len(self.images), "available": self.available,
-                "input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "source": str(self.source),
+            "images": len(self.images),
+            "available": self.available,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     def load(self, path: Path) -> np.ndarray:
         """One image through the shared preprocessing: ``float32 [3, H, W]``."""
@@ -119,7 +125,9 @@ def _folder_images(folder: Path) -> tuple[list[Path], tuple[str, ...]]:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     found = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not found:
-        raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the calibration folder")
+        raise DataError(
+            f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the calibration folder"
+        )
     skipped = tuple(p.relative_to(folder).as_posix() for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
     return found, skipped
 
@@ -140,16 +148,20 @@ def _refuse_val_overlap(images: Sequence[_Image], cfg: Config) -> None:
     val_paths = {rec.path.resolve(): rec.path for rec in val.images}
     for im in images:
         if im.path.resolve() in val_paths:
-            raise DataError(f"{im.path}: calibration image is in the val split {cfg.data.val_split!r}; "
-                            "calibrating on val images inflates the measured accuracy")
+            raise DataError(
+                f"{im.path}: calibration image is in the val split {cfg.data.val_split!r}; "
+                "calibrating on val images inflates the measured accuracy"
+            )
     val_hashes = {}
     for rec in val.images:
         if rec.path.is_file():
             val_hashes.setdefault(sha256_file(rec.path), rec.path)
     for im in images:
         if im.sha256 in val_hashes:
-            raise DataError(f"{im.path}: calibration image has the same content as val image "
-                            f"{val_hashes[im.sha256]}; calibrating on val images inflates the measured accuracy")
+            raise DataError(
+                f"{im.path}: calibration image has the same content as val image "
+                f"{val_hashes[im.sha256]}; calibrating on val images inflates the measured accuracy"
+            )
 
 
 def cache_key(model_sha256: str, calib: CalibrationSet, cfg: Config) -> str:
@@ -158,9 +170,17 @@ def cache_key(model_sha256: str, calib: CalibrationSet, cfg: Config) -> str:
     blob = {
         "model": model_sha256,
         "images": [[str(im.path), im.sha256] for im in calib.images],
-        "preprocess": {"input_size": list(calib.input_size), "mean": list(calib.mean), "std": list(calib.std)},
-        "quantize": {"method": q.method, "percentile": q.percentile, "num_images": q.num_images,
-                     "exclude_nodes": to_dict(q.exclude_nodes)},
+        "preprocess": {
+            "input_size": list(calib.input_size),
+            "mean": list(calib.mean),
+            "std": list(calib.std),
+        },
+        "quantize": {
+            "method": q.method,
+            "percentile": q.percentile,
+            "num_images": q.num_images,
+            "exclude_nodes": to_dict(q.exclude_nodes),
+        },
         "versions": backend_versions(),  # ORT computes the ranges, Pillow / numpy the inputs
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -176,8 +196,9 @@ class OrtCalibrationReader:
     ``get_next()`` returns ``{input_name: [model_batch, 3, H, W]}`` and ``None`` at the end.
     """
 
-    def __init__(self, calib: CalibrationSet, *, input_name: str = "images", model_batch: int = 1,
-                 batch_size: int = 8) -> None:
+    def __init__(
+        self, calib: CalibrationSet, *, input_name: str = "images", model_batch: int = 1, batch_size: int = 8
+    ) -> None:
         self.calib, self.input_name = calib, input_name
         self.model_batch, self.batch_size = model_batch, batch_size
         self._it: Iterator[np.ndarray] | None = None

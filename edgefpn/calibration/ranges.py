@@ -42,8 +42,11 @@ class CalibrationResult:
 def calibration_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy}[name]
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[name]
 
 
 def ort_op_types() -> list[str]:
@@ -61,8 +64,16 @@ def model_batch(model_path: Path) -> int:
     return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 1
 
 
-def calibrate(cfg: Config, model_path: Path, model_sha256: str, calib: CalibrationSet, cache_dir: Path, *,
-              threads: int | None = None, log=print) -> CalibrationResult:
+def calibrate(
+    cfg: Config,
+    model_path: Path,
+    model_sha256: str,
+    calib: CalibrationSet,
+    cache_dir: Path,
+    *,
+    threads: int | None = None,
+    log=print,
+) -> CalibrationResult:
     """Ranges for every quantizable tensor of ``model_path``, from ``cache_dir`` when the key matches.
 
     The key covers the model's sha256, each calibration image (path + sha256), the preprocessing and
@@ -92,21 +103,30 @@ def _collect(cfg: Config, model_path: Path, calib: CalibrationSet, *, threads: i
     options = {
         "minmax": {"symmetric": False},
         "percentile": {"symmetric": True, "num_bins": PERCENTILE_BINS, "percentile": q.percentile},
-        "entropy": {"symmetric": False, "num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+        "entropy": {
+            "symmetric": False,
+            "num_bins": ENTROPY_BINS,
+            "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
+        },
     }[q.method]
     batch = model_batch(model_path)
     with tempfile.TemporaryDirectory(prefix="edgefpn-calib-") as tmp:
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress to stdout
-            calibrator = create_calibrator(model_path, ort_op_types(),
-                                           augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                           calibrate_method=method, extra_options=options)
+            calibrator = create_calibrator(
+                model_path,
+                ort_op_types(),
+                augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=method,
+                extra_options=options,
+            )
         # Same graph, but a fixed thread count (ORT's own session uses every core).
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.log_severity_level = 3
-        calibrator.infer_session = ort.InferenceSession(calibrator.augmented_model_path, sess_options=opts,
-                                                        providers=["CPUExecutionProvider"])
+        calibrator.infer_session = ort.InferenceSession(
+            calibrator.augmented_model_path, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         done = 0
         group: list[dict[str, np.ndarray]] = []
         per_call = max(1, q.batch_size // batch)

@@ -55,13 +55,13 @@ def _window(image: np.ndarray, x0: int, y0: int, win_w: int, win_h: int, fill: n
     """The ``win_w x win_h`` window of ``image`` at ``(x0, y0)`` (may reach outside: filled with ``fill``)."""
     h, w = image.shape[:2]
     if x0 >= 0 and y0 >= 0 and x0 + win_w <= w and y0 + win_h <= h:
-        return np.ascontiguousarray(image[y0:y0 + win_h, x0:x0 + win_w])
+        return np.ascontiguousarray(image[y0 : y0 + win_h, x0 : x0 + win_w])
     out = np.empty((win_h, win_w, image.shape[2]), dtype=image.dtype)
     out[...] = fill
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + win_w, w), min(y0 + win_h, h)
     if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
     return out
 
 
@@ -79,7 +79,7 @@ def random_crop(
     y0 = int(rng.integers(0, h - ch + 1))
     shifted = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) - np.array([x0, y0, x0, y0], np.float32)
     boxes, labels = clip_boxes(shifted, labels, width=cw, height=ch, min_visible=cfg.min_visible)
-    return np.ascontiguousarray(image[y0:y0 + ch, x0:x0 + cw]), boxes, labels
+    return np.ascontiguousarray(image[y0 : y0 + ch, x0 : x0 + cw]), boxes, labels
 
 
 def scale_jitter(
@@ -123,8 +123,10 @@ def photometric(image: np.ndarray, *, rng: np.random.Generator, cfg: Photometric
     dtype = image.dtype
     x = image.astype(np.float32)
     # python floats: a numpy float64 factor would promote the float32 image to float64
-    b, c, s = (float(1.0 + d * r) for d, r in zip(draws[:3], (cfg.brightness, cfg.contrast, cfg.saturation),
-                                                strict=True))
+    b, c, s = (
+        float(1.0 + d * r)
+        for d, r in zip(draws[:3], (cfg.brightness, cfg.contrast, cfg.saturation), strict=True)
+    )
     x *= b
     if c != 1.0:
         # contrast around the mean grey level, like torchvision's adjust_contrast
@@ -175,7 +177,9 @@ def augment(
     if cfg.scale_jitter is not None:
         fill = np.array([255.0 * m for m in mean], dtype=np.float32)
         fill = np.rint(fill).astype(image.dtype) if image.dtype == np.uint8 else fill.astype(image.dtype)
-        image, boxes, labels = scale_jitter(image, boxes, labels, rng=rng, scale_range=cfg.scale_jitter, fill=fill)
+        image, boxes, labels = scale_jitter(
+            image, boxes, labels, rng=rng, scale_range=cfg.scale_jitter, fill=fill
+        )
     return image, boxes, labels
 
 

@@ -118,7 +118,9 @@ def load_split(root: str | Path, split: str) -> CocoSplit:
     images = _parse_images(data["images"], images_dir, fail)
 
     # image id -> (boxes, labels, annotation ids)
-    per_image: dict[int, tuple[list[list[float]], list[int], list[int]]] = {img["id"]: ([], [], []) for img in images}
+    per_image: dict[int, tuple[list[list[float]], list[int], list[int]]] = {
+        img["id"]: ([], [], []) for img in images
+    }
     skipped: list[str] = []
     counts: Counter[int] = Counter()
     for i, ann in enumerate(data["annotations"]):
@@ -158,8 +160,11 @@ def load_split(root: str | Path, split: str) -> CocoSplit:
         np.clip(box_arr[:, 1::2], 0, img["height"], out=box_arr[:, 1::2])
         keep = (box_arr[:, 2] > box_arr[:, 0]) & (box_arr[:, 3] > box_arr[:, 1])
         # one entry per dropped annotation: len(skipped) is the number of annotations not used
-        skipped.extend(f"annotation {ann_ids[i]} (image {img['id']}): bbox outside the image "
-                       f"({img['width']}x{img['height']})" for i in np.flatnonzero(~keep))
+        skipped.extend(
+            f"annotation {ann_ids[i]} (image {img['id']}): bbox outside the image "
+            f"({img['width']}x{img['height']})"
+            for i in np.flatnonzero(~keep)
+        )
         records.append(
             ImageRecord(
                 id=img["id"],
@@ -273,5 +278,7 @@ def check_image_sizes(split: CocoSplit, size_of: Callable[[Path], tuple[int, int
     for rec in split.images:
         w, h = size_of(rec.path)
         if (w, h) != (rec.width, rec.height):
-            raise DataError(f"{rec.path}: image is {w}x{h} pixels but {split.ann_file} records "
-                            f"width x height {rec.width}x{rec.height} (image id {rec.id}); fix the annotation file")
+            raise DataError(
+                f"{rec.path}: image is {w}x{h} pixels but {split.ann_file} records "
+                f"width x height {rec.width}x{rec.height} (image id {rec.id}); fix the annotation file"
+            )

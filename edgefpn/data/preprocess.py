@@ -194,8 +194,10 @@ def _decode_jpeg_rgb(path: Path, data: bytes, hw: tuple[int, int]) -> np.ndarray
     if image is None:  # OpenCV refuses truncated or broken streams outright
         raise DataError(f"{path}: cannot decode image (truncated or corrupt JPEG data)")
     if image.dtype != np.uint8 or image.shape != (*hw, 3):  # e.g. 12-bit samples
-        raise DataError(f"{path}: cannot decode image (unsupported JPEG: decoded as {image.dtype} "
-                        f"{list(image.shape)}, header says {hw[1]}x{hw[0]})")
+        raise DataError(
+            f"{path}: cannot decode image (unsupported JPEG: decoded as {image.dtype} "
+            f"{list(image.shape)}, header says {hw[1]}x{hw[0]})"
+        )
     return image
 
 
@@ -262,13 +264,17 @@ def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
     if im.mode == "F":
         # float pixels have no fixed range (0..1? 0..255? HDR?): any mapping to 8 bits is a guess, and
         # clipping to 0..255 turned a 0..1 image all black
-        raise DataError(f"{path}: 32-bit floating-point pixels (mode F) have no defined 0-255 range; "
-                        "convert the image to 8 or 16 bits per channel")
+        raise DataError(
+            f"{path}: 32-bit floating-point pixels (mode F) have no defined 0-255 range; "
+            "convert the image to 8 or 16 bits per channel"
+        )
     if im.mode in _WIDE_INT_MODES:
         a = np.asarray(im).astype(np.int64)
         if a.size and (a.min() < 0 or a.max() > 65535):  # 32-bit values: reducing to 8 bits would clip
-            raise DataError(f"{path}: integer pixels from {a.min()} to {a.max()} (mode {im.mode}) do not fit "
-                            "16 bits; convert the image to 8 or 16 bits per channel")
+            raise DataError(
+                f"{path}: integer pixels from {a.min()} to {a.max()} (mode {im.mode}) do not fit "
+                "16 bits; convert the image to 8 or 16 bits per channel"
+            )
         a = (a >> 8).astype(np.uint8)
         return np.repeat(a[:, :, None], 3, axis=2)
     try:
@@ -280,8 +286,10 @@ def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
 
 def _check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        raise ValueError(f"image must be a uint8 numpy array, got {type(image).__name__} "
-                         f"{getattr(image, 'dtype', '')}".rstrip())
+        raise ValueError(
+            f"image must be a uint8 numpy array, got {type(image).__name__} "
+            f"{getattr(image, 'dtype', '')}".rstrip()
+        )
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image must have shape [H, W, 3] with H, W >= 1, got {list(image.shape)}")
 
@@ -326,8 +334,13 @@ def _resize_to_fit(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray
 # pipeline.json ships this (edgefpn.pipeline.package), generated here from the same constant and
 # formulas, and tests/data/test_preprocess_description.py follows it literally and compares pixels.
 RESIZE_INTERPOLATION = cv2.INTER_LINEAR
-_OPENCV_NAMES = {cv2.INTER_NEAREST: "INTER_NEAREST", cv2.INTER_LINEAR: "INTER_LINEAR", cv2.INTER_CUBIC: "INTER_CUBIC",
-                 cv2.INTER_AREA: "INTER_AREA", cv2.INTER_LINEAR_EXACT: "INTER_LINEAR_EXACT"}
+_OPENCV_NAMES = {
+    cv2.INTER_NEAREST: "INTER_NEAREST",
+    cv2.INTER_LINEAR: "INTER_LINEAR",
+    cv2.INTER_CUBIC: "INTER_CUBIC",
+    cv2.INTER_AREA: "INTER_AREA",
+    cv2.INTER_LINEAR_EXACT: "INTER_LINEAR_EXACT",
+}
 _SCALE = "min(H / h, W / w)"  # _fit
 _NEW_W = "min(W, max(1, round(w * scale)))"
 _NEW_H = "min(H, max(1, round(h * scale)))"
@@ -341,16 +354,31 @@ def describe_preprocessing() -> dict[str, object]:
     halves to even); ``resize`` names the OpenCV call and interpolation. ``text`` is the same in words.
     """
     interpolation = _OPENCV_NAMES[RESIZE_INTERPOLATION]
-    resize = {"library": "opencv", "function": "cv2.resize", "interpolation": interpolation,
-              "call": f"cv2.resize(image, (new_w, new_h), interpolation=cv2.{interpolation})",
-              "skipped_when": "(new_w, new_h) == (w, h)"}
-    text = (f"keep aspect ratio: scale = {_SCALE}, new_w = {_NEW_W}, new_h = {_NEW_H} (Python round: halves to "
-            f"even); resize with OpenCV {resize['call']} (not Pillow; skipped when the size is unchanged); image at "
-            f"the top-left (pad_x = pad_y = 0); normalise {_NORMALISE} per RGB channel; padding 0.0 after "
-            "normalisation; layout [1, 3, H, W] float32")
-    return {"channel_order": "RGB", "scale": _SCALE, "new_w": _NEW_W, "new_h": _NEW_H, "resize": resize,
-            "placement": "top-left", "normalise": _NORMALISE, "pad_value": 0.0, "layout": "[1, 3, H, W] float32",
-            "text": text}
+    resize = {
+        "library": "opencv",
+        "function": "cv2.resize",
+        "interpolation": interpolation,
+        "call": f"cv2.resize(image, (new_w, new_h), interpolation=cv2.{interpolation})",
+        "skipped_when": "(new_w, new_h) == (w, h)",
+    }
+    text = (
+        f"keep aspect ratio: scale = {_SCALE}, new_w = {_NEW_W}, new_h = {_NEW_H} (Python round: halves to "
+        f"even); resize with OpenCV {resize['call']} (not Pillow; skipped when the size is unchanged); image at "
+        f"the top-left (pad_x = pad_y = 0); normalise {_NORMALISE} per RGB channel; padding 0.0 after "
+        "normalisation; layout [1, 3, H, W] float32"
+    )
+    return {
+        "channel_order": "RGB",
+        "scale": _SCALE,
+        "new_w": _NEW_W,
+        "new_h": _NEW_H,
+        "resize": resize,
+        "placement": "top-left",
+        "normalise": _NORMALISE,
+        "pad_value": 0.0,
+        "layout": "[1, 3, H, W] float32",
+        "text": text,
+    }
 
 
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:

@@ -98,7 +98,10 @@ def generate(
             for split_index, split in enumerate(SPLITS):
                 coco = _generate_split(tmp, split, split_index, counts[split], seed, min_side, max_side, bar)
                 _write_json(tmp / "annotations" / f"instances_{split}.json", coco)
-                summary_splits[split] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
+                summary_splits[split] = {
+                    "images": len(coco["images"]),
+                    "annotations": len(coco["annotations"]),
+                }
         params = {
             "format_version": _FORMAT_VERSION,
             "seed": seed,
@@ -122,8 +125,15 @@ def generate(
 
 
 def _check_replaceable(out: Path, option: str, advice: str) -> None:
-    check_replaceable(out, what="a synthetic dataset written by edgefpn", problem=changed_since_generated,
-                      folder=True, option=option, advice=advice, error=DataError)
+    check_replaceable(
+        out,
+        what="a synthetic dataset written by edgefpn",
+        problem=changed_since_generated,
+        folder=True,
+        option=option,
+        advice=advice,
+        error=DataError,
+    )
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -157,8 +167,10 @@ def _changed_since_legacy(out: Path) -> str | None:
     recorded = (read_manifest(out) or {}).get("sha256")
     if recorded is not None and recorded == sha256_path(out):
         return None
-    return ("its files cannot be shown unchanged since edgefpn generated it (an older edgefpn recorded "
-            "no digests)")
+    return (
+        "its files cannot be shown unchanged since edgefpn generated it (an older edgefpn recorded "
+        "no digests)"
+    )
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -191,14 +203,16 @@ def _generate_split(
         image_id = i + 1
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
         for label, (x0, y0, x1, y1), area in objects:
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": label + 1,
-                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                "area": float(area),
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label + 1,
+                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                    "area": float(area),
+                    "iscrowd": 0,
+                }
+            )
         bar.update(1)
     categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(CLASS_NAMES)]
     info = {"description": f"edgefpn synthetic shapes, split {split}", "version": str(_FORMAT_VERSION)}
@@ -269,8 +283,11 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             r = float(rng.uniform(0.03, 0.2) * side)
             start = float(rng.uniform(0, 360))
             draw.arc(
-                [cx - r, cy - r, cx + r, cy + r], start, start + float(rng.uniform(30, 150)),
-                fill=colour, width=int(rng.integers(1, 4)),
+                [cx - r, cy - r, cx + r, cy + r],
+                start,
+                start + float(rng.uniform(30, 150)),
+                fill=colour,
+                width=int(rng.integers(1, 4)),
             )
         else:  # lumpy blob: many vertices, mildly uneven radii; never a regular polygon, and
             # not spiky either: radii down to 0.25 drew blobs that read as stars, an unlabelled class

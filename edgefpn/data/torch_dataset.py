@@ -71,16 +71,16 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.split.images)
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
-        epoch, index = (int(index[0]), int(index[1])) if isinstance(index, tuple) else (self.epoch, int(index))
+        epoch, index = (
+            (int(index[0]), int(index[1])) if isinstance(index, tuple) else (self.epoch, int(index))
+        )
         index = index + len(self) if index < 0 else index  # the rng seed needs the non-negative one
         rng = self.item_rng(index, epoch)
         rec = self.split.images[index]
         image = load_image(rec.path)  # [h, w, 3] uint8
         h, w = image.shape[:2]
         if (w, h) != (rec.width, rec.height):
-            raise DataError(
-                f"{rec.path}: image is {w}x{h} but the annotations say {rec.width}x{rec.height}"
-            )
+            raise DataError(f"{rec.path}: image is {w}x{h} but the annotations say {rec.width}x{rec.height}")
         boxes, labels = rec.boxes, rec.labels  # [K, 4] xyxy original pixels, [K]
         if self.hflip and rng.random() < 0.5:
             # Flip the original, not the letterboxed input: the padding must stay bottom/right.

@@ -30,8 +30,16 @@ __all__ = ["E2ESpec", "e2e_parts", "graft_onnx", "graft_openvino", "metadata"]
 class E2ESpec:
     """What is grafted: ``uint8`` input and/or in-graph ``nms``, with the thresholds and layout they need."""
 
-    def __init__(self, *, arch: str, uint8: bool, nms: bool, params: PostprocessParams,
-                 input_size: tuple[int, int], coef: np.ndarray) -> None:
+    def __init__(
+        self,
+        *,
+        arch: str,
+        uint8: bool,
+        nms: bool,
+        params: PostprocessParams,
+        input_size: tuple[int, int],
+        coef: np.ndarray,
+    ) -> None:
         if not (uint8 or nms):
             raise ValueError("an end-to-end graph needs uint8 input, in-graph NMS, or both")
         self.arch, self.uint8, self.nms, self.params = arch, uint8, nms, params
@@ -40,28 +48,44 @@ class E2ESpec:
 
     def describe(self) -> dict[str, Any]:
         p = self.params
-        return {"input": "uint8" if self.uint8 else "float", "nms": self.nms, "arch": self.arch,
-                "postprocess": {"score_thresh": p.score_thresh, "nms_thresh": p.nms_thresh,
-                                "topk_candidates": p.topk_candidates, "detections_per_img": p.detections_per_img}}
+        return {
+            "input": "uint8" if self.uint8 else "float",
+            "nms": self.nms,
+            "arch": self.arch,
+            "postprocess": {
+                "score_thresh": p.score_thresh,
+                "nms_thresh": p.nms_thresh,
+                "topk_candidates": p.topk_candidates,
+                "detections_per_img": p.detections_per_img,
+            },
+        }
 
 
 def metadata(spec: E2ESpec) -> dict[str, str]:
     """``metadata_props`` an end-to-end graph adds (the raw ones are kept)."""
-    return {"edgefpn.contract": "detections" if spec.nms else "raw",
-            "edgefpn.input_type": "uint8" if spec.uint8 else "float",
-            "edgefpn.e2e": json.dumps(spec.describe(), sort_keys=True)}
+    return {
+        "edgefpn.contract": "detections" if spec.nms else "raw",
+        "edgefpn.input_type": "uint8" if spec.uint8 else "float",
+        "edgefpn.e2e": json.dumps(spec.describe(), sort_keys=True),
+    }
 
 
 def _raw_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
     return {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
 
 
-def e2e_parts(network: onnx.ModelProto, spec: E2ESpec) -> tuple[onnx.ModelProto | None, onnx.ModelProto | None]:
+def e2e_parts(
+    network: onnx.ModelProto, spec: E2ESpec
+) -> tuple[onnx.ModelProto | None, onnx.ModelProto | None]:
     """(head, tail) models for ``network`` (None where ``spec`` does not ask for one)."""
     (inp,) = [i for i in network.graph.input if i.name == INPUT_NAME]
     batch = inp.type.tensor_type.shape.dim[0].dim_value
     head = uint8_head(batch, spec.input_size, spec.coef) if spec.uint8 else None
-    tail = detection_tail(spec.arch, _raw_shapes(network.graph), spec.params, spec.input_size) if spec.nms else None
+    tail = (
+        detection_tail(spec.arch, _raw_shapes(network.graph), spec.params, spec.input_size)
+        if spec.nms
+        else None
+    )
     return head, tail
 
 
@@ -74,8 +98,10 @@ def graft_onnx(network: onnx.ModelProto, spec: E2ESpec) -> onnx.ModelProto:
     """
     opset = next((o.version for o in network.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < _MIN_OPSET:
-        raise ValueError(f"an end-to-end graph needs opset >= {_MIN_OPSET}; the network has {opset} "
-                         f"(set export.opset to {_MIN_OPSET} or more)")
+        raise ValueError(
+            f"an end-to-end graph needs opset >= {_MIN_OPSET}; the network has {opset} "
+            f"(set export.opset to {_MIN_OPSET} or more)"
+        )
     head, tail = e2e_parts(network, spec)
     model = onnx.ModelProto()
     model.CopyFrom(network)

@@ -47,7 +47,9 @@ GRAPH_VERSION = 2
 
 DET_OUTPUTS = ("det_boxes", "det_scores", "det_labels", "num_dets")
 U8_INPUTS = ("images_u8", "valid_hw")
-_MIN_OPSET = 13  # Softmax over one axis, ReduceSum with axes as an input; NonMaxSuppression/TopK/ScatterND: 11
+_MIN_OPSET = (
+    13  # Softmax over one axis, ReduceSum with axes as an input; NonMaxSuppression/TopK/ScatterND: 11
+)
 _EMPTY = -1.0  # score of a dropped candidate: below every real score (>= 0), above nothing the NMS keeps
 _NMS_SCORE_FLOOR = -0.5  # the NMS op's score_threshold: keeps every real candidate, drops the _EMPTY ones
 _BBOX_XFORM_CLIP = math.log(1000.0 / 16)
@@ -75,10 +77,21 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, *, outputs: int = 1,
-           out: str | Sequence[str] | None = None, **attrs) -> str | list[str]:
-        names = ([out] if isinstance(out, str) else list(out)) if out is not None else \
-            [self.name(hint or op_type.lower()) for _ in range(outputs)]
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        hint: str | None = None,
+        *,
+        outputs: int = 1,
+        out: str | Sequence[str] | None = None,
+        **attrs,
+    ) -> str | list[str]:
+        names = (
+            ([out] if isinstance(out, str) else list(out))
+            if out is not None
+            else [self.name(hint or op_type.lower()) for _ in range(outputs)]
+        )
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.name(op_type), **attrs))
         return names[0] if outputs == 1 and out is None or isinstance(out, str) else names
 
@@ -86,8 +99,10 @@ class _Builder:
         return self.op("Reshape", [x, self.const(shape, np.int64, "shape")])
 
     def slice(self, x: str, start: int, end: int, axis: int) -> str:
-        return self.op("Slice", [x, self.const([start], np.int64), self.const([end], np.int64),
-                                 self.const([axis], np.int64)])
+        return self.op(
+            "Slice",
+            [x, self.const([start], np.int64), self.const([end], np.int64), self.const([axis], np.int64)],
+        )
 
     def gather_rows(self, table: str, idx: str, n: int, rows: int, width: int | None) -> str:
         """``table`` [N, rows(, width)] indexed per batch item by ``idx`` [N, k] -> [N, k(, width)].
@@ -102,8 +117,9 @@ def _vi(name: str, elem: int, shape: Sequence[int]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, list(shape))
 
 
-def uint8_head(batch: int, input_size: tuple[int, int], coef: np.ndarray, *, out: str = "images",
-               opset: int = 17) -> onnx.ModelProto:
+def uint8_head(
+    batch: int, input_size: tuple[int, int], coef: np.ndarray, *, out: str = "images", opset: int = 17
+) -> onnx.ModelProto:
     """``images_u8`` uint8 [N, H, W, 3] + ``valid_hw`` int32 [N, 2] -> ``out`` float32 [N, 3, H, W].
 
     ``coef`` is ``edgefpn.data.preprocess``'s [2, 3] float32 (scale, offset) per channel: the same two
@@ -122,10 +138,16 @@ def uint8_head(batch: int, input_size: tuple[int, int], coef: np.ndarray, *, out
     rows = b.op("Less", [b.const(np.arange(h).reshape(1, 1, h, 1), np.int32, "rows"), vh])
     cols = b.op("Less", [b.const(np.arange(w).reshape(1, 1, 1, w), np.int32, "cols"), vw])
     b.op("Where", [b.op("And", [rows, cols]), x, b.const(0.0, hint="zero")], out=out)
-    graph = helper.make_graph(b.nodes, "edgefpn_uint8_head",
-                              [_vi("images_u8", TensorProto.UINT8, [batch, h, w, 3]),
-                               _vi("valid_hw", TensorProto.INT32, [batch, 2])],
-                              [_vi(out, TensorProto.FLOAT, [batch, 3, h, w])], b.inits)
+    graph = helper.make_graph(
+        b.nodes,
+        "edgefpn_uint8_head",
+        [
+            _vi("images_u8", TensorProto.UINT8, [batch, h, w, 3]),
+            _vi("valid_hw", TensorProto.INT32, [batch, 2]),
+        ],
+        [_vi(out, TensorProto.FLOAT, [batch, 3, h, w])],
+        b.inits,
+    )
     return _model(graph, opset)
 
 
@@ -135,8 +157,14 @@ def _model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
-def detection_tail(arch: str, raw_outputs: dict[str, list[int]], params: PostprocessParams,
-                   input_size: tuple[int, int], *, opset: int = 17) -> onnx.ModelProto:
+def detection_tail(
+    arch: str,
+    raw_outputs: dict[str, list[int]],
+    params: PostprocessParams,
+    input_size: tuple[int, int],
+    *,
+    opset: int = 17,
+) -> onnx.ModelProto:
     """The decode + NMS graph of ``arch`` on the raw outputs ``raw_outputs`` (name -> static shape).
 
     Raises:
@@ -151,13 +179,19 @@ def detection_tail(arch: str, raw_outputs: dict[str, list[int]], params: Postpro
     elif arch == "faster_rcnn":
         n, boxes, scores, labels, m = _faster_rcnn(b, raw_outputs, params, (h, w))
     else:
-        raise ValueError(f"no in-graph decode for arch {arch!r}; valid: fcos, retinanet, retinanet_v2, faster_rcnn")
+        raise ValueError(
+            f"no in-graph decode for arch {arch!r}; valid: fcos, retinanet, retinanet_v2, faster_rcnn"
+        )
     num_classes = _num_classes(arch, raw_outputs, params)
     _nms_and_top(b, n, m, num_classes, boxes, scores, labels, params)
     k = params.detections_per_img
     inputs = [_vi(name, TensorProto.FLOAT, shape) for name, shape in raw_outputs.items()]
-    outputs = [_vi("det_boxes", TensorProto.FLOAT, [n, k, 4]), _vi("det_scores", TensorProto.FLOAT, [n, k]),
-               _vi("det_labels", TensorProto.INT32, [n, k]), _vi("num_dets", TensorProto.INT32, [n])]
+    outputs = [
+        _vi("det_boxes", TensorProto.FLOAT, [n, k, 4]),
+        _vi("det_scores", TensorProto.FLOAT, [n, k]),
+        _vi("det_labels", TensorProto.INT32, [n, k]),
+        _vi("num_dets", TensorProto.INT32, [n]),
+    ]
     graph = helper.make_graph(b.nodes, "edgefpn_detection_tail", inputs, outputs, b.inits)
     return _model(graph, opset)
 
@@ -169,10 +203,14 @@ def _num_classes(arch: str, raw: dict[str, list[int]], params: PostprocessParams
     return c if arch == "fcos" else c // NUM_ANCHORS
 
 
-def _threshold_topk(b: _Builder, scores: str, n: int, count: int, params: PostprocessParams) -> tuple[str, str, int]:
+def _threshold_topk(
+    b: _Builder, scores: str, n: int, count: int, params: PostprocessParams
+) -> tuple[str, str, int]:
     """Per level: ``score > thresh`` then the top ``topk_candidates`` of [N, count] -> (scores, flat idx, k)."""
-    masked = b.op("Where", [b.op("Greater", [scores, b.const(_float32_below(params.score_thresh))]),
-                            scores, b.const(_EMPTY)])
+    masked = b.op(
+        "Where",
+        [b.op("Greater", [scores, b.const(_float32_below(params.score_thresh))]), scores, b.const(_EMPTY)],
+    )
     k = min(params.topk_candidates, count)
     vals, idx = b.op("TopK", [masked, b.const([k], np.int64, "k")], outputs=2, axis=1, largest=1, sorted=1)
     return vals, b.op("Cast", [idx], to=TensorProto.INT32), k
@@ -198,8 +236,9 @@ def _fcos(b: _Builder, raw: dict[str, list[int]], params: PostprocessParams, siz
         vals, idx, k = _threshold_topk(b, score, n, hw * c, params)
         cc = b.const([c], np.int32, "C")
         loc, label = b.op("Div", [idx, cc]), b.op("Mod", [idx, cc])
-        codes = b.gather_rows(b.op("Transpose", [b.reshape(f"box_{lvl}", [n, 4, hw])], perm=[0, 2, 1]),
-                              loc, n, hw, 4)  # [N, k, 4] ltrb
+        codes = b.gather_rows(
+            b.op("Transpose", [b.reshape(f"box_{lvl}", [n, 4, hw])], perm=[0, 2, 1]), loc, n, hw, 4
+        )  # [N, k, 4] ltrb
         actr, asize = _fcos_anchors(size, (gh, gw), int(stride))
         a_ctr = b.op("Gather", [b.const(actr, hint="anchor_ctr"), loc], axis=0)
         a_size = b.op("Gather", [b.const(asize, hint="anchor_size"), loc], axis=0)
@@ -259,7 +298,12 @@ def _faster_rcnn(b: _Builder, raw: dict[str, list[int]], params: PostprocessPara
     pcy = b.op("Add", [b.op("Mul", [dy, heights]), ctr_y])
     hw_ = b.op("Mul", [half, b.op("Mul", [b.op("Exp", [dw]), widths])])
     hh_ = b.op("Mul", [half, b.op("Mul", [b.op("Exp", [dh]), heights])])
-    corners = [b.op("Sub", [pcx, hw_]), b.op("Sub", [pcy, hh_]), b.op("Add", [pcx, hw_]), b.op("Add", [pcy, hh_])]
+    corners = [
+        b.op("Sub", [pcx, hw_]),
+        b.op("Sub", [pcy, hh_]),
+        b.op("Add", [pcx, hw_]),
+        b.op("Add", [pcy, hh_]),
+    ]
     boxes = b.op("Concat", [b.op("Unsqueeze", [v, b.const([3], np.int64)]) for v in corners], axis=3)
     boxes = _clip(b, b.reshape(b.slice(boxes, 1, c1, 2), [n, k * c, 4]), size)  # proposal-major
     flat_scores = b.reshape(scores, [n, k * c])
@@ -269,8 +313,10 @@ def _faster_rcnn(b: _Builder, raw: dict[str, list[int]], params: PostprocessPara
     keep = b.op("Greater", [flat_scores, b.const(_float32_below(params.score_thresh))])
     keep = b.op("And", [keep, b.op("GreaterOrEqual", [bw, min_size])])
     keep = b.op("And", [keep, b.op("GreaterOrEqual", [bh, min_size])])
-    valid_kc = b.reshape(b.op("Expand", [b.op("Unsqueeze", [valid, b.const([2], np.int64)]),
-                                          b.const([n, k, c], np.int64)]), [n, k * c])
+    valid_kc = b.reshape(
+        b.op("Expand", [b.op("Unsqueeze", [valid, b.const([2], np.int64)]), b.const([n, k, c], np.int64)]),
+        [n, k * c],
+    )
     keep = b.op("And", [keep, valid_kc])
     masked = b.op("Where", [keep, flat_scores, b.const(_EMPTY)])
     labels = b.const(np.tile(np.arange(c, dtype=np.int64), (n, k)), np.int32, "labels")  # [N, K*C]
@@ -285,8 +331,9 @@ def _concat(b: _Builder, parts: list[tuple[str, str, str, int]]) -> tuple[str, s
     return boxes, scores, labels, sum(p[3] for p in parts)
 
 
-def _nms_and_top(b: _Builder, n: int, m: int, c: int, boxes: str, scores: str, labels: str,
-                 params: PostprocessParams) -> None:
+def _nms_and_top(
+    b: _Builder, n: int, m: int, c: int, boxes: str, scores: str, labels: str, params: PostprocessParams
+) -> None:
     """Class-aware NMS on [N, M] candidates (score ``_EMPTY`` = none), then the top K -> the outputs."""
     k = params.detections_per_img
     if m < k:  # pad with empty candidates so that TopK can take K
@@ -296,13 +343,25 @@ def _nms_and_top(b: _Builder, n: int, m: int, c: int, boxes: str, scores: str, l
         labels = b.op("Concat", [labels, b.const(np.zeros((n, pad)), np.int32, "pad_labels")], axis=1)
         m = k
     # [N, C, M]: each candidate scores only in its own class, so per-class NMS is class-aware NMS
-    own = b.op("Equal", [b.op("Unsqueeze", [labels, b.const([1], np.int64)]),
-                         b.const(np.arange(c).reshape(1, c, 1), np.int32, "classes")])
+    own = b.op(
+        "Equal",
+        [
+            b.op("Unsqueeze", [labels, b.const([1], np.int64)]),
+            b.const(np.arange(c).reshape(1, c, 1), np.int32, "classes"),
+        ],
+    )
     per_class = b.op("Where", [own, b.op("Unsqueeze", [scores, b.const([1], np.int64)]), b.const(_EMPTY)])
-    selected = b.op("NonMaxSuppression", [boxes, per_class, b.const([k], np.int64, "max_per_class"),
-                                          b.const([_float32_below(params.nms_thresh)], hint="iou"),
-                                          b.const([_NMS_SCORE_FLOOR], hint="score_floor")],
-                    center_point_box=0)  # [S, 3] (batch, class, candidate)
+    selected = b.op(
+        "NonMaxSuppression",
+        [
+            boxes,
+            per_class,
+            b.const([k], np.int64, "max_per_class"),
+            b.const([_float32_below(params.nms_thresh)], hint="iou"),
+            b.const([_NMS_SCORE_FLOOR], hint="score_floor"),
+        ],
+        center_point_box=0,
+    )  # [S, 3] (batch, class, candidate)
     bm = b.op("Gather", [selected, b.const([0, 2], np.int64, "bm")], axis=1)  # [S, 2]
     kept_scores = b.op("GatherND", [scores, bm])  # [S]
     kept = b.op("ScatterND", [b.const(np.full((n, m), _EMPTY), hint="none"), bm, kept_scores])  # [N, M]
@@ -310,9 +369,17 @@ def _nms_and_top(b: _Builder, n: int, m: int, c: int, boxes: str, scores: str, l
     idx = b.op("Cast", [idx], to=TensorProto.INT32)
     valid = b.op("Greater", [top, b.const(_NMS_SCORE_FLOOR)])  # [N, K]
     det_boxes = b.gather_rows(boxes, idx, n, m, 4)
-    b.op("Where", [b.op("Unsqueeze", [valid, b.const([2], np.int64)]), det_boxes, b.const(0.0)], out="det_boxes")
+    b.op(
+        "Where",
+        [b.op("Unsqueeze", [valid, b.const([2], np.int64)]), det_boxes, b.const(0.0)],
+        out="det_boxes",
+    )
     b.op("Where", [valid, top, b.const(0.0)], out="det_scores")
     det_labels = b.gather_rows(labels, idx, n, m, None)
     b.op("Where", [valid, det_labels, b.const(-1, np.int32)], out="det_labels")
-    b.op("ReduceSum", [b.op("Cast", [valid], to=TensorProto.INT32), b.const([1], np.int64)], out="num_dets",
-         keepdims=0)
+    b.op(
+        "ReduceSum",
+        [b.op("Cast", [valid], to=TensorProto.INT32), b.const([1], np.int64)],
+        out="num_dets",
+        keepdims=0,
+    )

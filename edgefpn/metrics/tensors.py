@@ -42,8 +42,12 @@ def tensor_agreement(ref: np.ndarray, test: np.ndarray) -> dict:
         "snr_db": _snr_db(ref_energy, err_energy),
         "nonfinite": nonfinite,
         # sums that let aggregate_agreement compute split-wide cosine and SNR
-        "sums": {"dot": float(np.dot(r, t)), "ref_sq": ref_energy, "test_sq": float(np.dot(t, t)),
-                 "err_sq": err_energy},
+        "sums": {
+            "dot": float(np.dot(r, t)),
+            "ref_sq": ref_energy,
+            "test_sq": float(np.dot(t, t)),
+            "err_sq": err_energy,
+        },
     }
 
 

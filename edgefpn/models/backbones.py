@@ -208,8 +208,25 @@ def resnet_fpn(
 # MobileNetV3-Large + FPN
 
 # Index in ``mobilenet_v3_large().features`` -> output stride. Blocks 2, 4, 7 and 13 downsample.
-_MNV3_STRIDES = {0: 2, 1: 2, 2: 4, 3: 4, 4: 8, 5: 8, 6: 8, 7: 16, 8: 16, 9: 16, 10: 16, 11: 16, 12: 16,
-                 13: 32, 14: 32, 15: 32, 16: 32}
+_MNV3_STRIDES = {
+    0: 2,
+    1: 2,
+    2: 4,
+    3: 4,
+    4: 8,
+    5: 8,
+    6: 8,
+    7: 16,
+    8: 16,
+    9: 16,
+    10: 16,
+    11: 16,
+    12: 16,
+    13: 32,
+    14: 32,
+    15: 32,
+    16: 32,
+}
 # The last block of the stride-8, -16 and -32 stages: P3..P5 for FCOS / RetinaNet (P6/P7 on top).
 MOBILENET_LEVELS: dict[int, str] = {6: "p3", 12: "p4", 16: "p5"}
 
@@ -224,7 +241,9 @@ class LastLevelMaxPoolNamed(ExtraFPNBlock):
         super().__init__()
         self.name = name
 
-    def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+    def forward(
+        self, results: list[Tensor], x: list[Tensor], names: list[str]
+    ) -> tuple[list[Tensor], list[str]]:
         from torch.nn import functional as F
 
         return [*results, F.max_pool2d(results[-1], 1, 2, 0)], [*names, self.name]
@@ -325,8 +344,14 @@ def mobilenet_fpn(
     # torchvision passes norm_layer explicitly (BatchNorm2d or FrozenBatchNorm2d, eps 1e-5 both), which
     # replaces MobileNetV3's own BatchNorm2d(eps=0.001): the same here, so its checkpoints match exactly.
     features = mobilenetv3.mobilenet_v3_large(weights=None, norm_layer=NORMS[norm]).features
-    return MobileNetFPN(features, return_layers=layers, out_channels=fpn_channels, extra=extra,
-                        extra_names=tuple(extra_names), p6_from=p6_from)
+    return MobileNetFPN(
+        features,
+        return_layers=layers,
+        out_channels=fpn_channels,
+        extra=extra,
+        extra_names=tuple(extra_names),
+        p6_from=p6_from,
+    )
 
 
 def backbone_fpn(
@@ -347,5 +372,11 @@ def backbone_fpn(
         if width != 64:
             raise ValueError(f"backbone_width applies to resnet18/34 only, got {width} for {name!r}")
         return mobilenet_fpn(fpn_channels=fpn_channels, norm=norm, p6_from=p6_from)
-    return resnet_fpn(name=name, fpn_channels=fpn_channels, returned_levels=("p3", "p4", "p5"), norm=norm,
-                      width=width, p6_from=p6_from)
+    return resnet_fpn(
+        name=name,
+        fpn_channels=fpn_channels,
+        returned_levels=("p3", "p4", "p5"),
+        norm=norm,
+        width=width,
+        p6_from=p6_from,
+    )

@@ -167,12 +167,18 @@ def faster_rcnn(
             raise ValueError(f"variant 'v2' exists for ResNet-50 only, got backbone {backbone_name!r}")
         if neck != "fpn":
             # Soft RoI Selection needs several RoI levels; this layout pools from one stride-32 map
-            raise ValueError(f"neck {neck!r} is not available with {backbone_name!r} in faster_rcnn; use 'fpn'")
+            raise ValueError(
+                f"neck {neck!r} is not available with {backbone_name!r} in faster_rcnn; use 'fpn'"
+            )
         # fasterrcnn_mobilenet_v3_large_fpn's FPN reads the last two stages: the output of the last
         # stride-2 block (features[13]) and of the final 1x1 conv (features[16]), both stride 32
-        backbone = mobilenet_fpn(fpn_channels=fpn_channels, norm=norm,
-                                 return_layers=dict(zip((13, 16), MOBILENET_LEVELS[:2], strict=True)),
-                                 extra="pool", extra_names=MOBILENET_LEVELS[2:])
+        backbone = mobilenet_fpn(
+            fpn_channels=fpn_channels,
+            norm=norm,
+            return_layers=dict(zip((13, 16), MOBILENET_LEVELS[:2], strict=True)),
+            extra="pool",
+            extra_names=MOBILENET_LEVELS[2:],
+        )
         return _assemble(
             backbone,
             levels=MOBILENET_LEVELS,
@@ -228,7 +234,9 @@ def _assemble(
     channels = backbone.out_channels
     anchor_generator = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     rpn_head = RPNHead(channels, anchor_generator.num_anchors_per_location()[0], conv_depth=rpn_conv_depth)
-    roi_pool = MultiScaleRoIAlign(featmap_names=list(roi_levels), output_size=_ROI_SIZE, sampling_ratio=_ROI_SAMPLING)
+    roi_pool = MultiScaleRoIAlign(
+        featmap_names=list(roi_levels), output_size=_ROI_SIZE, sampling_ratio=_ROI_SAMPLING
+    )
     if conv_fc_head:
         box_head: nn.Module = FastRCNNConvFCHead(
             (channels, _ROI_SIZE, _ROI_SIZE), [channels] * 4, [representation_size], norm_layer=nn.BatchNorm2d

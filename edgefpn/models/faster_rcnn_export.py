@@ -36,7 +36,12 @@ from edgefpn.models.faster_rcnn import EdgeFasterRCNN
 from edgefpn.models.necks.soft_roi import StaticRoIPool
 from edgefpn.models.outputs import level_size
 
-__all__ = ["FasterRCNNExportWrapper", "MultiLevelRoIAlign", "faster_rcnn_output_names", "faster_rcnn_output_shapes"]
+__all__ = [
+    "FasterRCNNExportWrapper",
+    "MultiLevelRoIAlign",
+    "faster_rcnn_output_names",
+    "faster_rcnn_output_shapes",
+]
 
 # torchvision's RegionProposalNetwork.min_size: proposals narrower or shorter than this are dropped.
 _RPN_MIN_SIZE = 1e-3
@@ -77,7 +82,9 @@ def faster_rcnn_output_shapes(
     """The static shape of every output for an input ``[batch, 3, H, W]``; ``num_classes`` excludes
     the background."""
     height, width = input_size
-    grids = {lvl: (level_size(height, s), level_size(width, s)) for lvl, s in zip(levels, strides, strict=True)}
+    grids = {
+        lvl: (level_size(height, s), level_size(width, s)) for lvl, s in zip(levels, strides, strict=True)
+    }
     a = anchors_per_location
     k = _num_proposals([a * h * w for h, w in grids.values()], pre_nms_top_n, post_nms_top_n)
     shapes: dict[str, tuple[int, ...]] = {}

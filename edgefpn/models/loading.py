@@ -23,7 +23,9 @@ def build_from_meta(meta: Mapping[str, Any]) -> nn.Module:
     try:
         arch = meta["arch"]
         if not isinstance(arch, str) or arch not in ARCHITECTURES:
-            raise CheckpointError(f"checkpoint metadata names unknown arch {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+            raise CheckpointError(
+                f"checkpoint metadata names unknown arch {arch!r}; valid: {', '.join(ARCHITECTURES)}"
+            )
         if isinstance(meta.get("build"), Mapping):
             kwargs = dict(meta["build"])
         else:
@@ -41,7 +43,9 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     ckpt = load_checkpoint(path)
     meta = ckpt.get("meta")
     if ckpt.get("format") != "edgefpn" or not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: not an edgefpn checkpoint (no metadata); load it through model.weights")
+        raise CheckpointError(
+            f"{path}: not an edgefpn checkpoint (no metadata); load it through model.weights"
+        )
     model = build_from_meta(meta)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)

@@ -65,7 +65,12 @@ def per_level_output_shapes(
     """
     height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
     return {
-        f"{branch}_{level}": (batch, c, level_size(height, level_stride(level)), level_size(width, level_stride(level)))
+        f"{branch}_{level}": (
+            batch,
+            c,
+            level_size(height, level_stride(level)),
+            level_size(width, level_stride(level)),
+        )
         for branch, c in channels.items()
         for level in levels
     }
@@ -98,7 +103,9 @@ class PerLevelExportWrapper(nn.Module):
 
     def output_shapes(self, *, batch: int, input_size: int | tuple[int, int]) -> dict[str, tuple[int, ...]]:
         """The static shape of every output for an input ``[batch, 3, H, W]``, in output order."""
-        return per_level_output_shapes(self.branch_channels(), batch=batch, input_size=input_size, levels=self.levels)
+        return per_level_output_shapes(
+            self.branch_channels(), batch=batch, input_size=input_size, levels=self.levels
+        )
 
 
 def level_size(size: int, stride: int) -> int:

@@ -22,8 +22,13 @@ from torch import Tensor, nn
 from edgefpn.errors import CheckpointError
 from edgefpn.models.checkpoint import load_checked, load_checkpoint
 
-__all__ = ["DEFAULT_TRAINABLE_LAYERS", "freeze_backbone", "imagenet_to_body", "load_backbone_weights",
-           "max_trainable_layers"]
+__all__ = [
+    "DEFAULT_TRAINABLE_LAYERS",
+    "freeze_backbone",
+    "imagenet_to_body",
+    "load_backbone_weights",
+    "max_trainable_layers",
+]
 
 DEFAULT_TRAINABLE_LAYERS = 3  # torchvision's default for pretrained detection backbones
 # Per family: the classifier keys ignored, and the prefix stripped to reach the detector's body keys.
@@ -73,10 +78,15 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str], *, bac
         raise ValueError(f"model has no backbone.body to load weights into: {type(model).__name__}")
     state = load_checkpoint(path)
     if state["format"] != "state_dict":
-        raise CheckpointError(f"{path}: an edgefpn detector checkpoint, not an ImageNet backbone state dict "
-                              f"(use model.weights for it)")
-    load_checked(body, imagenet_to_body(state["state_dict"], backbone=backbone),
-                 where=f"{path} (model.backbone_weights for {backbone})")
+        raise CheckpointError(
+            f"{path}: an edgefpn detector checkpoint, not an ImageNet backbone state dict "
+            f"(use model.weights for it)"
+        )
+    load_checked(
+        body,
+        imagenet_to_body(state["state_dict"], backbone=backbone),
+        where=f"{path} (model.backbone_weights for {backbone})",
+    )
 
 
 def freeze_backbone(model: nn.Module, *, backbone: str, trainable_layers: int) -> None:
@@ -95,7 +105,9 @@ def freeze_backbone(model: nn.Module, *, backbone: str, trainable_layers: int) -
         return
     blocks = list(body.children())  # features[0..16] (IntermediateLayerGetter keeps their order)
     stage_indices = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
-    freeze_before = len(blocks) if trainable_layers == 0 else stage_indices[len(stage_indices) - trainable_layers]
+    freeze_before = (
+        len(blocks) if trainable_layers == 0 else stage_indices[len(stage_indices) - trainable_layers]
+    )
     for b in blocks[:freeze_before]:
         for p in b.parameters():
             p.requires_grad_(False)

@@ -82,10 +82,15 @@ def retinanet(
         raise ValueError(f"variant must be 'v1' or 'v2', got {variant!r}")
     if isinstance(head_convs, bool) or not isinstance(head_convs, int) or not 0 <= head_convs <= 4:
         raise ValueError(f"head_convs must be an int in [0, {_TORCHVISION_HEAD_CONVS}], got {head_convs!r}")
-    if isinstance(fpn_channels, bool) or not isinstance(fpn_channels, int) or fpn_channels <= 0 or (
-        variant == "v2" and fpn_channels % _GN_GROUPS
+    if (
+        isinstance(fpn_channels, bool)
+        or not isinstance(fpn_channels, int)
+        or fpn_channels <= 0
+        or (variant == "v2" and fpn_channels % _GN_GROUPS)
     ):
-        raise ValueError(f"fpn_channels must be a positive int (a multiple of 32 for v2), got {fpn_channels!r}")
+        raise ValueError(
+            f"fpn_channels must be a positive int (a multiple of 32 for v2), got {fpn_channels!r}"
+        )
 
     backbone = backbone_fpn(
         name=backbone_name,
@@ -142,7 +147,11 @@ def retinanet_output_names(levels: Sequence[str] = RETINANET_LEVELS) -> list[str
 
 
 def retinanet_output_shapes(
-    *, batch: int, input_size: int | tuple[int, int], num_classes: int, levels: Sequence[str] = RETINANET_LEVELS
+    *,
+    batch: int,
+    input_size: int | tuple[int, int],
+    num_classes: int,
+    levels: Sequence[str] = RETINANET_LEVELS,
 ) -> dict[str, tuple[int, ...]]:
     """Static output shapes for an input ``[batch, 3, H, W]``, in output order."""
     return per_level_output_shapes(_channels(num_classes), batch=batch, input_size=input_size, levels=levels)

@@ -63,9 +63,18 @@ ARTIFACT = "benchmark.json"
 SCHEMA = "edgefpn.benchmark/2"
 
 
-def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True, iters: int | None = None,
-        app_seconds: float = 10.0, app_rounds: int = 3, throughput_seconds: float = 5.0,
-        batches: Sequence[int] = ()) -> Artifact:
+def run(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    iters: int | None = None,
+    app_seconds: float = 10.0,
+    app_rounds: int = 3,
+    throughput_seconds: float = 5.0,
+    batches: Sequence[int] = (),
+) -> Artifact:
     """Benchmark every engine in ``run_dir``; write ``benchmark.json`` and ``benchmark.md``.
 
     Args:
@@ -94,7 +103,9 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         log(f"[benchmark] ignored {e.name} ({e.path}): {e.reason}")
     if not engines:
         left = f"; {len(ignored)} ignored, first {ignored[0].name}: {ignored[0].reason}" if ignored else ""
-        raise ModelFileError(f"{run_dir}: no engine to benchmark (run `edgefpn export` / `edgefpn build` first){left}")
+        raise ModelFileError(
+            f"{run_dir}: no engine to benchmark (run `edgefpn export` / `edgefpn build` first){left}"
+        )
     own = cfg.export.batch
     sweep = sorted(set(batches) | {own})
     by_batch = {own: engines} | {n: _batch_engines(cfg, run_dir, n, progress) for n in sweep if n != own}
@@ -103,13 +114,26 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     feed, source, paths = _feed(cfg)
     out = run_dir / ARTIFACT
     machine = system_info(threads)
-    settings = {"iters": iters, "warmup": cfg.check.warmup, "threads": threads, "app_seconds": app_seconds,
-                "app_rounds": app_rounds, "throughput_seconds": throughput_seconds, "input": source,
-                "batches": sweep, "end_to_end": bool(paths), "scenarios": ["single_stream", "offline", "streaming"],
-                "cpu": machine["cpu"], "versions": backend_versions()}
+    settings = {
+        "iters": iters,
+        "warmup": cfg.check.warmup,
+        "threads": threads,
+        "app_seconds": app_seconds,
+        "app_rounds": app_rounds,
+        "throughput_seconds": throughput_seconds,
+        "input": source,
+        "batches": sweep,
+        "end_to_end": bool(paths),
+        "scenarios": ["single_stream", "offline", "streaming"],
+        "cpu": machine["cpu"],
+        "versions": backend_versions(),
+    }
     chash = config_hash(settings)
-    inputs = {(e.name if n == own else f"batch-{n}/{e.name}"): sha256_path(e.path)
-              for n, specs in by_batch.items() for e in specs}
+    inputs = {
+        (e.name if n == own else f"batch-{n}/{e.name}"): sha256_path(e.path)
+        for n, specs in by_batch.items()
+        for e in specs
+    }
     md = run_dir / "benchmark.md"
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs, outputs=[md])):
         log(f"[benchmark] up to date: {out} (--force re-measures)")
@@ -121,13 +145,17 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     video = _val_video(cfg, Path(video_dir.name))
     for spec in engines:
         if not RUNNERS[spec.backend].is_available():
-            rows.append(_row(spec) | {"skipped": f"backend {spec.backend!r} is not installed on this machine"})
+            rows.append(
+                _row(spec) | {"skipped": f"backend {spec.backend!r} is not installed on this machine"}
+            )
             log(f"[benchmark] skipped {spec.name}: {spec.backend} not installed")
             continue
         if spec.name.endswith(e2e_stage.SUFFIX):
             # the scenarios feed one float [N, 3, H, W] array; check's report times the in-graph
             # contract (end to end, image file -> detections) beside its raw twin
-            rows.append(_row(spec) | {"skipped": "in-graph (-e2e) engine: timed by check beside its raw twin"})
+            rows.append(
+                _row(spec) | {"skipped": "in-graph (-e2e) engine: timed by check beside its raw twin"}
+            )
             log(f"[benchmark] skipped {spec.name}: in-graph engines are timed by check (report.md)")
             continue
         family = {n: s for n, specs in by_batch.items() for s in specs if s.name == spec.name}
@@ -138,22 +166,40 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         else:
             ss = sc.single_stream(ss.pop("_samples"), threads=threads, batch=own, **ss)
         log(f"[benchmark] {spec.name}: offline sweep over batch {', '.join(map(str, family))}")
-        off = sc.offline(list(family.values()), feed[INPUT_NAME], threads=threads, seconds=throughput_seconds,
-                         open_runner=open_runner, log=log)
+        off = sc.offline(
+            list(family.values()),
+            feed[INPUT_NAME],
+            threads=threads,
+            seconds=throughput_seconds,
+            open_runner=open_runner,
+            log=log,
+        )
         if BACKENDS[spec.backend].benchmark_app and app_seconds > 0:
             off["benchmark_app"] = _offline_cross_check(family, off, feed, threads, app_seconds, app_rounds)
         scenarios = {"single_stream": ss, "offline": off}
         if video is not None:
             log(f"[benchmark] {spec.name}: streaming the val video at the deploy and eval thresholds")
         scenarios["streaming"] = streaming_scenario(  # {"skipped": why} without val images on disk
-            spec, {"deploy": make_prepost(cfg, deploy=True), "eval": make_prepost(cfg)}, video, threads=threads)
-        rows.append(_row(spec) | {"latency_ms": ss["model_only_ms"], "fps": ss["fps"], "scenarios": scenarios})
+            spec,
+            {"deploy": make_prepost(cfg, deploy=True), "eval": make_prepost(cfg)},
+            video,
+            threads=threads,
+        )
+        rows.append(
+            _row(spec) | {"latency_ms": ss["model_only_ms"], "fps": ss["fps"], "scenarios": scenarios}
+        )
         sweep_rows += _batch_sweep(family, off["sweep"], feed, threads, cfg.check.warmup, iters)
     video_dir.cleanup()
 
-    report = {"schema": SCHEMA, "input": {"source": source, "shape": list(feed[INPUT_NAME].shape)},
-              "settings": settings, "definitions": dict(sc.FPS_DEFINITIONS), "engines": rows,
-              "batch_sweep": sweep_rows, "machine": machine}
+    report = {
+        "schema": SCHEMA,
+        "input": {"source": source, "shape": list(feed[INPUT_NAME].shape)},
+        "settings": settings,
+        "definitions": dict(sc.FPS_DEFINITIONS),
+        "engines": rows,
+        "batch_sweep": sweep_rows,
+        "machine": machine,
+    }
     if (flops := _flops(run_dir / "model.onnx", rows, threads)) is not None:
         report["flops"] = flops
     write_json(out, report)
@@ -169,10 +215,14 @@ def batch_run(cfg: Config, run_dir: Path, batch: int) -> tuple[Config, Path]:
     is left out of the sweep: CPUs compute it in f32)."""
     sub = run_dir / f"batch-{batch}"
     r = dataclasses.replace
-    derived = r(cfg, run=r(cfg.run, out=str(sub)), export=r(cfg.export, batch=batch),
-                model=r(cfg.model, weights=str((run_dir / "model.pt").resolve()), backbone_weights=None),
-                quantize=r(cfg.quantize, fp16=False),
-                build=r(cfg.build, precisions=tuple(p for p in cfg.build.precisions if p != "fp16")))
+    derived = r(
+        cfg,
+        run=r(cfg.run, out=str(sub)),
+        export=r(cfg.export, batch=batch),
+        model=r(cfg.model, weights=str((run_dir / "model.pt").resolve()), backbone_weights=None),
+        quantize=r(cfg.quantize, fp16=False),
+        build=r(cfg.build, precisions=tuple(p for p in cfg.build.precisions if p != "fp16")),
+    )
     return derived, sub
 
 
@@ -180,9 +230,13 @@ def _batch_engines(cfg: Config, run_dir: Path, batch: int, progress: bool) -> li
     from edgefpn.pipeline import build as build_stage
 
     if not (run_dir / "model.pt").is_file():
-        raise ModelFileError(f"{run_dir}/model.pt: --batch {batch} exports from the run's model; train it first")
+        raise ModelFileError(
+            f"{run_dir}/model.pt: --batch {batch} exports from the run's model; train it first"
+        )
     derived, sub = batch_run(cfg, run_dir, batch)
-    log(f"[benchmark] batch {batch}: engines in {sub} (export.batch={batch}; each stage skipped when up to date)")
+    log(
+        f"[benchmark] batch {batch}: engines in {sub} (export.batch={batch}; each stage skipped when up to date)"
+    )
     build_stage.run(derived, sub, progress=progress)  # export and quantize first, as make would
     specs, ignored = current_engines(derived, sub, cfg.check.backends, ENGINE_FILES)
     for e in ignored:
@@ -205,7 +259,11 @@ def _feed(cfg: Config) -> tuple[dict[str, np.ndarray], str, list[Path]]:
         split = load_split(root, cfg.data.val_split)
         if split.images:
             batch, _ = make_prepost(cfg).prepare(load_image(split.images[0].path))
-            return {INPUT_NAME: batch}, f"val image {split.images[0].path.name}", [r.path for r in split.images]
+            return (
+                {INPUT_NAME: batch},
+                f"val image {split.images[0].path.name}",
+                [r.path for r in split.images],
+            )
     h, w = cfg.model.input_size
     batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
     return {INPUT_NAME: batch}, "synthetic N(0, 1), seed 0", []
@@ -226,19 +284,24 @@ def _val_video(cfg: Config, folder: Path) -> Path | None:
     return folder / "val.avi"
 
 
-def _latency(spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup: int,
-             iters: int) -> list[float]:
+def _latency(
+    spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup: int, iters: int
+) -> list[float]:
     """``iters`` timed engine calls (ms) after ``warmup`` untimed ones, on a freshly opened runner."""
     with open_runner(spec, threads=threads) as runner:
         return sc.time_calls(lambda _: runner.infer(feed), warmup=warmup, iters=iters)
 
 
-def _end_to_end(spec: EngineSpec, pipe, paths: list[Path], threads: int, warmup: int, iters: int) -> list[float]:
+def _end_to_end(
+    spec: EngineSpec, pipe, paths: list[Path], threads: int, warmup: int, iters: int
+) -> list[float]:
     """Image file -> detections at the deploy threshold, cycling through the val images."""
     from edgefpn.inference import detect_file
 
     with open_runner(spec, threads=threads) as runner:
-        return sc.time_calls(lambda i: detect_file(runner, pipe, paths[i % len(paths)]), warmup=warmup, iters=iters)
+        return sc.time_calls(
+            lambda i: detect_file(runner, pipe, paths[i % len(paths)]), warmup=warmup, iters=iters
+        )
 
 
 def _round_seconds(total: float, rounds: int) -> int:
@@ -246,8 +309,15 @@ def _round_seconds(total: float, rounds: int) -> int:
     return max(1, round(total / rounds))
 
 
-def _single_stream(spec: EngineSpec, feed: dict[str, np.ndarray], cfg: Config, iters: int, app_seconds: float,
-                   rounds: int, batch: int) -> dict[str, Any]:
+def _single_stream(
+    spec: EngineSpec,
+    feed: dict[str, np.ndarray],
+    cfg: Config,
+    iters: int,
+    app_seconds: float,
+    rounds: int,
+    batch: int,
+) -> dict[str, Any]:
     """Model-only samples (``_samples``) and, for OpenVINO, benchmark_app's latency mode interleaved."""
     threads, warmup = cfg.run.threads, cfg.check.warmup
     full = {INPUT_NAME: np.repeat(feed[INPUT_NAME], batch, axis=0)}
@@ -268,47 +338,83 @@ def _single_stream(spec: EngineSpec, feed: dict[str, np.ndarray], cfg: Config, i
             record = benchmark_app(spec, threads, secs, npy, mode="latency")
             if "median_ms" not in record:
                 return {"_samples": samples, "benchmark_app": record}
-            app_rounds.append({k: record[k] for k in ("median_ms", "average_ms", "fps", "count") if k in record}
-                              | {"ours_p50_ms": round(float(np.median(ours)), 3)})
+            app_rounds.append(
+                {k: record[k] for k in ("median_ms", "average_ms", "fps", "count") if k in record}
+                | {"ours_p50_ms": round(float(np.median(ours)), 3)}
+            )
     # each round's pair ran back to back; the median of the pairs' ratios ignores a round that another
     # process disturbed, which a ratio of pooled figures would not
     ratios = [r["ours_p50_ms"] / r["median_ms"] for r in app_rounds]
-    return {"_samples": samples, "benchmark_app": {
-        "mode": "latency", "command": record["command"], "load_config": record["load_config"], "rounds": app_rounds,
-        "median_ms": round(float(np.median([r["median_ms"] for r in app_rounds])), 3),
-        "ours_over_app_p50": round(float(np.median(ratios)), 3)}}
+    return {
+        "_samples": samples,
+        "benchmark_app": {
+            "mode": "latency",
+            "command": record["command"],
+            "load_config": record["load_config"],
+            "rounds": app_rounds,
+            "median_ms": round(float(np.median([r["median_ms"] for r in app_rounds])), 3),
+            "ours_over_app_p50": round(float(np.median(ratios)), 3),
+        },
+    }
 
 
-def _offline_cross_check(family: dict[int, EngineSpec], off: dict[str, Any], feed: dict[str, np.ndarray],
-                         threads: int, app_seconds: float, rounds: int) -> dict[str, Any]:
+def _offline_cross_check(
+    family: dict[int, EngineSpec],
+    off: dict[str, Any],
+    feed: dict[str, np.ndarray],
+    threads: int,
+    app_seconds: float,
+    rounds: int,
+) -> dict[str, Any]:
     """Our best offline point against benchmark_app's async mode with the same streams, requests,
     threads and batch, interleaved round by round."""
     c = off["conditions"]
     spec = family[c["batch"]]
     secs = _round_seconds(app_seconds, rounds)
-    log(f"[benchmark] {spec.name}: {rounds} rounds of offline (batch {c['batch']}, {c['streams']} streams, "
-        f"{c['requests']} requests) then benchmark_app async -t {secs}")
+    log(
+        f"[benchmark] {spec.name}: {rounds} rounds of offline (batch {c['batch']}, {c['streams']} streams, "
+        f"{c['requests']} requests) then benchmark_app async -t {secs}"
+    )
     app_rounds: list[dict[str, float]] = []
     record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "input.npy"
         np.save(npy, np.ascontiguousarray(np.repeat(feed[INPUT_NAME], c["batch"], axis=0), dtype=np.float32))
         for _ in range(rounds):
-            ours = sc.offline_point(spec, feed[INPUT_NAME], threads=threads, seconds=secs, streams=c["streams"],
-                                    requests=c["requests"], open_runner=open_runner)
-            record = benchmark_app(spec, threads, secs, npy, mode="async", streams=c["streams"],
-                                   requests=c["requests"])
+            ours = sc.offline_point(
+                spec,
+                feed[INPUT_NAME],
+                threads=threads,
+                seconds=secs,
+                streams=c["streams"],
+                requests=c["requests"],
+                open_runner=open_runner,
+            )
+            record = benchmark_app(
+                spec, threads, secs, npy, mode="async", streams=c["streams"], requests=c["requests"]
+            )
             if "fps" not in record:
                 return record
             app_rounds.append({"fps": record["fps"], "count": record.get("count"), "ours_fps": ours["fps"]})
-    return {"mode": "async", "command": record["command"], "load_config": record["load_config"], "rounds": app_rounds,
-            "fps": round(float(np.median([r["fps"] for r in app_rounds])), 2),
-            "ours_fps": round(float(np.median([r["ours_fps"] for r in app_rounds])), 2),
-            "ours_over_app_fps": round(float(np.median([r["ours_fps"] / r["fps"] for r in app_rounds])), 3)}
+    return {
+        "mode": "async",
+        "command": record["command"],
+        "load_config": record["load_config"],
+        "rounds": app_rounds,
+        "fps": round(float(np.median([r["fps"] for r in app_rounds])), 2),
+        "ours_fps": round(float(np.median([r["ours_fps"] for r in app_rounds])), 2),
+        "ours_over_app_fps": round(float(np.median([r["ours_fps"] / r["fps"] for r in app_rounds])), 3),
+    }
 
 
-def _batch_sweep(family: dict[int, EngineSpec], points: list[dict[str, Any]], feed: dict[str, np.ndarray],
-                 threads: int, warmup: int, iters: int) -> list[dict[str, Any]]:
+def _batch_sweep(
+    family: dict[int, EngineSpec],
+    points: list[dict[str, Any]],
+    feed: dict[str, np.ndarray],
+    threads: int,
+    warmup: int,
+    iters: int,
+) -> list[dict[str, Any]]:
     """Per batch: the latency of one batch-N call (one request), and the best offline point at that batch."""
     from edgefpn.runtime.conditions import run_conditions
 
@@ -317,12 +423,22 @@ def _batch_sweep(family: dict[int, EngineSpec], points: list[dict[str, Any]], fe
         calls = max(10, iters // n)
         samples = _latency(spec, {INPUT_NAME: np.repeat(feed[INPUT_NAME], n, axis=0)}, threads, warmup, calls)
         stats = sc.latency_stats(samples)
-        best = max((p for p in points if p["conditions"]["batch"] == n and p["engine_path"] == str(spec.path)),
-                   key=lambda p: p["fps"], default=None)
-        rows.append({"engine": spec.name, "batch": n, "latency_ms": stats,
-                     "ms_per_image": round(stats["mean"] / n, 3), "fps": round(1000.0 * n / stats["mean"], 2),
-                     "conditions": run_conditions(threads=threads, streams=1, requests=1, batch=n),
-                     "offline": None if best is None else {"fps": best["fps"], "conditions": best["conditions"]}})
+        best = max(
+            (p for p in points if p["conditions"]["batch"] == n and p["engine_path"] == str(spec.path)),
+            key=lambda p: p["fps"],
+            default=None,
+        )
+        rows.append(
+            {
+                "engine": spec.name,
+                "batch": n,
+                "latency_ms": stats,
+                "ms_per_image": round(stats["mean"] / n, 3),
+                "fps": round(1000.0 * n / stats["mean"], 2),
+                "conditions": run_conditions(threads=threads, streams=1, requests=1, batch=n),
+                "offline": None if best is None else {"fps": best["fps"], "conditions": best["conditions"]},
+            }
+        )
     return rows
 
 

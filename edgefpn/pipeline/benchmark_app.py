@@ -46,8 +46,16 @@ def _exe() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("benchmark_app")
 
 
-def benchmark_app(spec: EngineSpec, threads: int, seconds: int, input_npy: Path, *, mode: str = "latency",
-                  streams: int | None = None, requests: int | None = None) -> dict[str, Any]:
+def benchmark_app(
+    spec: EngineSpec,
+    threads: int,
+    seconds: int,
+    input_npy: Path,
+    *,
+    mode: str = "latency",
+    streams: int | None = None,
+    requests: int | None = None,
+) -> dict[str, Any]:
     """Run benchmark_app on ``spec`` for ``seconds``; its statistics, the command, or ``skipped`` with why.
 
     ``mode="latency"``: sync API, latency hint. ``mode="async"``: async API, THROUGHPUT hint, ``streams``
@@ -62,8 +70,22 @@ def benchmark_app(spec: EngineSpec, threads: int, seconds: int, input_npy: Path,
     # benchmark_app rejects -nthreads together with a hint, so the thread count goes in -load_config;
     # -ip f32 stops it from feeding u8 (it treats a 3-channel NCHW input as an image by default)
     plugin_config: dict[str, dict[str, Any]] = {"CPU": {"INFERENCE_NUM_THREADS": threads}}
-    args = ["-m", str(ir_xml(spec.path)), "-d", "CPU", "-load_config", "CONFIG", "-t", str(seconds),
-            "-infer_precision", "f32", "-ip", "f32", "-i", "INPUT.npy"]
+    args = [
+        "-m",
+        str(ir_xml(spec.path)),
+        "-d",
+        "CPU",
+        "-load_config",
+        "CONFIG",
+        "-t",
+        str(seconds),
+        "-infer_precision",
+        "f32",
+        "-ip",
+        "f32",
+        "-i",
+        "INPUT.npy",
+    ]
     if mode == "latency":
         args += ["-hint", "latency", "-api", "sync"]
     else:

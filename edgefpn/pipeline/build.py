@@ -43,8 +43,15 @@ def engine_path(run_dir: Path, target: str, precision: str) -> Path:
     return backend(target).engine_path(run_dir, precision)
 
 
-def run(cfg: Config, run_dir: Path, *, targets: Sequence[str] | None = None,
-        precisions: Sequence[str] | None = None, force: bool = False, progress: bool = True) -> list[Artifact]:
+def run(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    targets: Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> list[Artifact]:
     """Build the requested engines (default: ``build.targets`` x ``build.precisions``); return them."""
     explicit = bool(targets)
     targets = _checked(targets or cfg.build.targets, TARGETS, "target")
@@ -86,15 +93,21 @@ def run(cfg: Config, run_dir: Path, *, targets: Sequence[str] | None = None,
     if e2e_stage.enabled(cfg):
         built += _e2e(cfg, run_dir, built, sources, force=force)
 
-    write_json(run_dir / SUMMARY, {
-        "schema": "edgefpn.build/1",
-        "targets": list(targets), "precisions": list(precisions),
-        "engines": [{"name": name, "path": str(a.path.relative_to(run_dir)), "sha256": a.sha256}
-                    for name, a in built],
-        "skipped": skipped,
-        "trtexec_scripts": scripts,
-        "lint": {s.path.name: _lint_summary(s.lint) for s in sources.values() if s is not None},
-    })
+    write_json(
+        run_dir / SUMMARY,
+        {
+            "schema": "edgefpn.build/1",
+            "targets": list(targets),
+            "precisions": list(precisions),
+            "engines": [
+                {"name": name, "path": str(a.path.relative_to(run_dir)), "sha256": a.sha256}
+                for name, a in built
+            ],
+            "skipped": skipped,
+            "trtexec_scripts": scripts,
+            "lint": {s.path.name: _lint_summary(s.lint) for s in sources.values() if s is not None},
+        },
+    )
     return [a for _, a in built]
 
 
@@ -134,14 +147,22 @@ def _source(art: Artifact) -> _Source:
     model = onnx.load(str(art.path))
     findings = lint_onnx(model)
     inps = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    specs = [{"name": i.name, "shape": [d.dim_value for d in i.type.tensor_type.shape.dim],
-              "dtype": onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name} for i in inps]
+    specs = [
+        {
+            "name": i.name,
+            "shape": [d.dim_value for d in i.type.tensor_type.shape.dim],
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name,
+        }
+        for i in inps
+    ]
     # the image input first; an e2e graph with uint8 input also takes valid_hw (edgefpn.e2e)
     spec = specs[0] if len(specs) == 1 else {**specs[0], "inputs": specs}
     n_err = len(errors(findings))
     if findings:
-        log(f"[build] TensorRT lint of {art.path.name}: {n_err} error(s), {len(findings) - n_err} warning(s)"
-            + f"; first: {findings[0]}")
+        log(
+            f"[build] TensorRT lint of {art.path.name}: {n_err} error(s), {len(findings) - n_err} warning(s)"
+            + f"; first: {findings[0]}"
+        )
     return _Source(art.path, art.sha256, spec, findings)
 
 
@@ -163,16 +184,30 @@ def _int8_source(cfg: Config, run_dir: Path, *, progress: bool) -> tuple[_Source
 
 def _lint_summary(findings: list[Finding]) -> dict[str, Any]:
     errs = errors(findings)
-    return {"errors": len(errs), "warnings": len(findings) - len(errs), "findings": [f.to_dict() for f in findings]}
+    return {
+        "errors": len(errs),
+        "warnings": len(findings) - len(errs),
+        "findings": [f.to_dict() for f in findings],
+    }
 
 
-def _e2e(cfg: Config, run_dir: Path, built: list[tuple[str, Artifact]], sources: dict[str, _Source | None], *,
-         force: bool) -> list[tuple[str, Artifact]]:
+def _e2e(
+    cfg: Config,
+    run_dir: Path,
+    built: list[tuple[str, Artifact]],
+    sources: dict[str, _Source | None],
+    *,
+    force: bool,
+) -> list[tuple[str, Artifact]]:
     """The ``-e2e`` twins (edgefpn.pipeline.e2e) of the ONNX models and of the engines just built."""
     out: list[tuple[str, Artifact]] = []
     onnx_twins = {}
-    for precision, rel in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx"),
-                           ("int8-ort", "model.int8.ort.onnx")):  # the last for onnxruntime-int8-e2e only
+    for precision, rel in (
+        ("fp32", "model.onnx"),
+        ("fp16", "model.fp16.onnx"),
+        ("int8", "model.int8.onnx"),
+        ("int8-ort", "model.int8.ort.onnx"),
+    ):  # the last for onnxruntime-int8-e2e only
         if (art := e2e_stage.make_onnx(cfg, run_dir, rel, force=force)) is not None:
             onnx_twins[precision] = art
     for name, _art in built:

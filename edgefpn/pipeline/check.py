@@ -96,8 +96,9 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
     inputs["val_images"] = data.images_hash(cfg.data.val_split)
     inputs["ignored_engines"] = config_hash([e.to_dict() for e in ignored])
-    chash = config_hash(cfg.check, cfg.postprocess, cfg.deploy, cfg.model.input_size, cfg.run.threads,
-                        backend_versions())
+    chash = config_hash(
+        cfg.check, cfg.postprocess, cfg.deploy, cfg.model.input_size, cfg.run.threads, backend_versions()
+    )
     pages = [run_dir / "report.md", run_dir / "report.html"]  # written beside report.json
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs, outputs=pages)):
         log(f"[check] up to date: {out}")
@@ -112,8 +113,9 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     atomic_write_text(md, render_markdown(report))
     atomic_write_text(html, render_html(report))
     failures = [f"{e['name']}: {g}" for e in report["engines"] for g in e["gates"]["failed"]]
-    art = write_manifest(out, stage="check", config_hash=chash, inputs=inputs, outputs=pages,
-                         extra={"failures": failures})
+    art = write_manifest(
+        out, stage="check", config_hash=chash, inputs=inputs, outputs=pages, extra={"failures": failures}
+    )
     log(f"[check] wrote {out}, {md} and report.html")
     _raise_on_failures(failures, out)
     return art
@@ -124,8 +126,15 @@ def _raise_on_failures(failures: list[str], out: Path) -> None:
         raise CheckFailed(f"{out}: {len(failures)} gate(s) failed: " + "; ".join(failures))
 
 
-def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec], *,
-             progress: bool = True, arch: str | None = None) -> dict[str, Any]:
+def evaluate(
+    cfg: Config,
+    data,
+    reference: EngineSpec,
+    engines: list[EngineSpec],
+    *,
+    progress: bool = True,
+    arch: str | None = None,
+) -> dict[str, Any]:
     """Run the reference and ``engines`` over the val split; return the report dict.
 
     ``arch`` picks the decoder (the arch recorded with the reference model; ``cfg.model.arch`` if None).
@@ -151,14 +160,19 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
     gallery = Gallery(deploy_pipe.post.score_thresh)
     with contextlib.ExitStack() as stack:
         runners = {s.name: stack.enter_context(open_runner(s, threads=threads)) for s in all_specs}
-        bar = tqdm(total=len(records), desc=f"[check] {len(all_specs)} engines x val", disable=not progress,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(records),
+            desc=f"[check] {len(all_specs)} engines x val",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         # export.batch images per engine call (the engines' static batch; the last chunk is filled by
         # the runner); every statistic stays per image, so batch 1 and batch N report alike
         step = cfg.export.batch
         u8_pipe = next((p for p in pipes.values() if p.input == "uint8"), None)
         for start in range(0, len(records), step):
-            chunk = records[start:start + step]
+            chunk = records[start : start + step]
             # each image decoded once, whatever contracts the engines take
             images = [load_image(rec.path) for rec in chunk]
             prepared = [pipe.prepare(image) for image in images]
@@ -172,14 +186,16 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
             ref_dets = pipe.decode(ref_out, lbs)
             outs = {spec.name: runners[spec.name].infer(feeds[pipes[spec.name].input]) for spec in engines}
             for i, rec in enumerate(chunk):
-                ref_i = {name: value[i:i + 1] for name, value in ref_out.items()}
+                ref_i = {name: value[i : i + 1] for name, value in ref_out.items()}
                 results[reference.name].extend(detections_to_coco(ref_dets[i], rec.id, split.category_ids))
                 dets = {}
                 for spec in engines:
                     p = pipes[spec.name]
-                    out = {name: value[i:i + 1] for name, value in outs[spec.name].items()}
+                    out = {name: value[i : i + 1] for name, value in outs[spec.name].items()}
                     for name, ref in ref_i.items():
-                        if name in out:  # an in-graph NMS engine has no raw tensors: its twin is compared instead
+                        if (
+                            name in out
+                        ):  # an in-graph NMS engine has no raw tensors: its twin is compared instead
                             tensors[spec.name].setdefault(name, []).append(tensor_agreement(ref, out[name]))
                     det = dets[spec.name] = p.detections(_finite(out), [lbs[i]])[0]
                     agreement[spec.name].update(ref_dets[i], det)
@@ -196,10 +212,16 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
         report_engines = []
         for spec in all_specs:
             log(f"[check] latency: {spec.name}")
-            latency = _latency(runners[spec.name], pipes[spec.name], _contract(deploy_pipe, cfg, spec.name),
-                               records, cfg)
-            entry = _engine_entry(spec, coco_map(ann_file, results[spec.name], image_ids=image_ids),
-                                  ref_map, latency, reference.path.parent)
+            latency = _latency(
+                runners[spec.name], pipes[spec.name], _contract(deploy_pipe, cfg, spec.name), records, cfg
+            )
+            entry = _engine_entry(
+                spec,
+                coco_map(ann_file, results[spec.name], image_ids=image_ids),
+                ref_map,
+                latency,
+                reference.path.parent,
+            )
             entry["contract"] = {"input": pipes[spec.name].input, "output": pipes[spec.name].contract}
             if spec is not reference:
                 entry["levels"], entry["outputs"] = _levels(tensors[spec.name])
@@ -208,22 +230,33 @@ def evaluate(cfg: Config, data, reference: EngineSpec, engines: list[EngineSpec]
                 entry["int8_speedup"] = speedups[spec.name]
             if spec.name in twins:
                 found = twins[spec.name] in {s.name for s in engines}
-                entry["twin"] = {"engine": twins[spec.name], "present": found,
-                                 **(twin_agreement[spec.name].compute() if found else {})}
-            entry["gates"] = _gates(entry, cfg, is_reference=spec is reference,
-                                    selected=decoder_for(pipe.arch).selected_outputs)
+                entry["twin"] = {
+                    "engine": twins[spec.name],
+                    "present": found,
+                    **(twin_agreement[spec.name].compute() if found else {}),
+                }
+            entry["gates"] = _gates(
+                entry, cfg, is_reference=spec is reference, selected=decoder_for(pipe.arch).selected_outputs
+            )
             report_engines.append(entry)
 
     return {
         "schema": "edgefpn.report/1",
-        "reference": {k: ref_map[k] for k in ("map", "map50", "map75", "map_small", "map_medium", "map_large")}
+        "reference": {
+            k: ref_map[k] for k in ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+        }
         | {"per_class": ref_map["per_class"], "engine": reference.name},
         "engines": report_engines,
         "gallery": gallery.compute([s.name for s in engines]),
         "dataset": {"root": str(data.root), "split": cfg.data.val_split, "images": len(records)},
-        "config": {"check": to_dict(cfg.check), "postprocess": to_dict(cfg.postprocess),
-                   "deploy_score_thresh": deploy_pipe.post.score_thresh,
-                   "input_size": list(cfg.model.input_size), "threads": threads, "batch": cfg.export.batch},
+        "config": {
+            "check": to_dict(cfg.check),
+            "postprocess": to_dict(cfg.postprocess),
+            "deploy_score_thresh": deploy_pipe.post.score_thresh,
+            "input_size": list(cfg.model.input_size),
+            "threads": threads,
+            "batch": cfg.export.batch,
+        },
         "machine": system_info(threads),
     }
 
@@ -311,16 +344,22 @@ def _latency(runner, pipe, deploy_pipe, records, cfg: Config) -> dict[str, Any]:
                 samples.append((time.perf_counter() - t0) * 1e3)
         done += n
     # the raw samples stay in the report for the latency-distribution plot of report.html
-    result = {"model_only": _percentiles(model_only) | {"samples_ms": [round(t, 4) for t in model_only],
-                                                        "batch": cfg.export.batch}}
+    result = {
+        "model_only": _percentiles(model_only)
+        | {"samples_ms": [round(t, 4) for t in model_only], "batch": cfg.export.batch}
+    }
     for key, p in pipes.items():
         samples, found = e2e[key]
-        result[key] = _percentiles(samples) | {"score_thresh": p.post.score_thresh,
-                                               "detections_per_image": round(sum(found) / max(len(found), 1), 2)}
+        result[key] = _percentiles(samples) | {
+            "score_thresh": p.post.score_thresh,
+            "detections_per_image": round(sum(found) / max(len(found), 1), 2),
+        }
     return result
 
 
-def _int8_speedups(runners, engines: list[EngineSpec], pipe, records, cfg: Config) -> dict[str, dict[str, Any]]:
+def _int8_speedups(
+    runners, engines: list[EngineSpec], pipe, records, cfg: Config
+) -> dict[str, dict[str, Any]]:
     """Each INT8 engine's model-only speed relative to the FP32 engine of its backend, where there is one.
 
     The rule (the ``check.min_int8_speedup`` gate): the two engines are timed in ``check.latency_iters``
@@ -352,10 +391,14 @@ def _int8_speedups(runners, engines: list[EngineSpec], pipe, records, cfg: Confi
                 runner.infer(feed)
                 times.append((time.perf_counter() - t0) * 1e3)
         ratios = np.asarray(t_fp32) / np.asarray(t_int8)
-        out[spec.name] = {"vs": fp32.name, "speedup": round(float(np.median(ratios)), 3),
-                          "p50_ms": round(float(np.median(t_int8)), 3),
-                          "vs_p50_ms": round(float(np.median(t_fp32)), 3),
-                          "pairs": len(ratios), "min_speedup": c.min_int8_speedup}
+        out[spec.name] = {
+            "vs": fp32.name,
+            "speedup": round(float(np.median(ratios)), 3),
+            "p50_ms": round(float(np.median(t_int8)), 3),
+            "vs_p50_ms": round(float(np.median(t_fp32)), 3),
+            "pairs": len(ratios),
+            "min_speedup": c.min_int8_speedup,
+        }
     return out
 
 
@@ -365,7 +408,9 @@ def _engine_entry(spec: EngineSpec, m: dict, ref: dict, latency: dict, run_dir: 
         "name": spec.name,
         "backend": spec.backend,
         "precision": spec.precision,
-        "path": spec.path.relative_to(run_dir).as_posix() if spec.path.is_relative_to(run_dir) else str(spec.path),
+        "path": spec.path.relative_to(run_dir).as_posix()
+        if spec.path.is_relative_to(run_dir)
+        else str(spec.path),
         "map": m["map"],
         "map50": m["map50"],
         "map_delta": round(m["map"] - ref["map"], 4),
@@ -393,10 +438,16 @@ def _gates(entry: dict, cfg: Config, *, is_reference: bool, selected: tuple[str,
         elif max_drop is not None and abs(entry["map_delta"]) > max_drop:
             failed.append(f"mAP delta {entry['map_delta']:+.3f} exceeds ±{max_drop} AP points")
         # per-level outputs level by level, then the outputs that are not per level (two-stage heads)
-        per_level = [(f"{branch}_{level}", stats, f" (level {level})")
-                     for level, branches in entry.get("levels", {}).items() for branch, stats in branches.items()]
-        whole = [(name, stats, "") for name, stats in entry.get("outputs", {}).items()
-                 if split_output_name(name)[1] is None]
+        per_level = [
+            (f"{branch}_{level}", stats, f" (level {level})")
+            for level, branches in entry.get("levels", {}).items()
+            for branch, stats in branches.items()
+        ]
+        whole = [
+            (name, stats, "")
+            for name, stats in entry.get("outputs", {}).items()
+            if split_output_name(name)[1] is None
+        ]
         for name, stats, where in per_level + whole:
             if stats["nonfinite"]:
                 failed.append(f"{name}: {stats['nonfinite']} NaN/Inf values{where}")
@@ -405,15 +456,19 @@ def _gates(entry: dict, cfg: Config, *, is_reference: bool, selected: tuple[str,
             elif min_cos is not None and stats["cosine"] < min_cos:
                 failed.append(f"{name}: cosine {stats['cosine']:.6f} < {min_cos}{where}")
             elif min_cos is not None and stats["snr_db"] < (floor := _snr_floor_db(min_cos)):
-                failed.append(f"{name}: SNR {stats['snr_db']:.1f} dB < {floor:.1f} dB, the floor "
-                              f"min cosine {min_cos} implies (a scale error cosine cannot see){where}")
+                failed.append(
+                    f"{name}: SNR {stats['snr_db']:.1f} dB < {floor:.1f} dB, the floor "
+                    f"min cosine {min_cos} implies (a scale error cosine cannot see){where}"
+                )
         if "twin" in entry:
             failed += _twin_failures(entry["twin"], precision)
     if (speed := entry.get("int8_speedup")) and speed["speedup"] < speed["min_speedup"]:
         what = "slower than" if speed["speedup"] < 1 else "not enough faster than"
-        failed.append(f"INT8 is {what} {speed['vs']}: {speed['speedup']:.2f}x its speed, model only "
-                      f"({speed['p50_ms']:.2f} vs {speed['vs_p50_ms']:.2f} ms p50 over {speed['pairs']} "
-                      f"interleaved pairs; check.min_int8_speedup {speed['min_speedup']:g})")
+        failed.append(
+            f"INT8 is {what} {speed['vs']}: {speed['speedup']:.2f}x its speed, model only "
+            f"({speed['p50_ms']:.2f} vs {speed['vs_p50_ms']:.2f} ms p50 over {speed['pairs']} "
+            f"interleaved pairs; check.min_int8_speedup {speed['min_speedup']:g})"
+        )
     return {"max_map_drop": max_drop, "min_cosine": min_cos, "failed": failed, "passed": not failed}
 
 
@@ -425,8 +480,10 @@ def _twin_failures(twin: dict[str, Any], precision: str) -> list[str]:
     vs = f"vs {twin['engine']}"
     failed = []
     if twin["matched_fraction"] < min_matched:
-        failed.append(f"detections {vs}: matched fraction {twin['matched_fraction']:.4f} < {min_matched} "
-                      f"({twin['matched']} of {max(twin['n_ref'], twin['n_test'])}; {twin['label_flips']} label flips)")
+        failed.append(
+            f"detections {vs}: matched fraction {twin['matched_fraction']:.4f} < {min_matched} "
+            f"({twin['matched']} of {max(twin['n_ref'], twin['n_test'])}; {twin['label_flips']} label flips)"
+        )
     if twin["mean_iou"] < min_iou:
         failed.append(f"detections {vs}: mean IoU {twin['mean_iou']:.4f} < {min_iou}")
     if twin["max_score_error"] > max_err:

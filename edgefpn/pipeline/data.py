@@ -33,7 +33,10 @@ class DatasetInfo:
             loaded = load_split(self.root, split)
             _PARSED[content] = loaded
         check_image_sizes(loaded, _image_size)  # every time: the images may change, their sizes are cached
-        if loaded.skipped and (key := (str(loaded.ann_file), self.annotation_hashes.get(split))) not in _REPORTED:
+        if (
+            loaded.skipped
+            and (key := (str(loaded.ann_file), self.annotation_hashes.get(split))) not in _REPORTED
+        ):
             _REPORTED.add(key)  # said once per file and content, however often a stage reloads it
             shown = "; ".join(loaded.skipped[:3]) + ("; ..." if len(loaded.skipped) > 3 else "")
             log(f"[data] {loaded.ann_file}: skipped {len(loaded.skipped)} annotation(s): {shown}")
@@ -60,11 +63,15 @@ def require_annotations(split: CocoSplit, records: Sequence[ImageRecord], *, wha
         DataError: one line naming the annotation file, the images and how many annotations were skipped.
     """
     if not records:
-        raise DataError(f"{split.ann_file}: no images in split {split.split!r}: {what} has nothing to measure")
+        raise DataError(
+            f"{split.ann_file}: no images in split {split.split!r}: {what} has nothing to measure"
+        )
     if not any(len(r.boxes) for r in records):
         skipped = f", {len(split.skipped)} annotation(s) skipped as unusable" if split.skipped else ""
-        raise DataError(f"{split.ann_file}: no usable annotations on the {len(records)} image(s) of split "
-                        f"{split.split!r}{skipped}: {what} has nothing to measure (mAP would be undefined)")
+        raise DataError(
+            f"{split.ann_file}: no usable annotations on the {len(records)} image(s) of split "
+            f"{split.split!r}{skipped}: {what} has nothing to measure (mAP would be undefined)"
+        )
 
 
 def _image_size(path: Path) -> tuple[int, int]:

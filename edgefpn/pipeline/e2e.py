@@ -24,9 +24,12 @@ from edgefpn.pipeline.common import log, postprocess_params, recorded_arch
 __all__ = ["ENGINE_FILES", "ONNX_TWINS", "contract_of", "enabled", "make_onnx", "make_openvino", "raw_twin"]
 
 SUFFIX = "-e2e"
-ONNX_TWINS = {"model.onnx": "model.e2e.onnx", "model.fp16.onnx": "model.fp16.e2e.onnx",
-              "model.int8.onnx": "model.int8.e2e.onnx",  # TensorRT's symmetric QDQ: tensorrt-int8-e2e
-              "model.int8.ort.onnx": "model.int8.ort.e2e.onnx"}  # ONNX Runtime's CPU flavour
+ONNX_TWINS = {
+    "model.onnx": "model.e2e.onnx",
+    "model.fp16.onnx": "model.fp16.e2e.onnx",
+    "model.int8.onnx": "model.int8.e2e.onnx",  # TensorRT's symmetric QDQ: tensorrt-int8-e2e
+    "model.int8.ort.onnx": "model.int8.ort.e2e.onnx",
+}  # ONNX Runtime's CPU flavour
 # (name, backend, precision, file in the run dir), as check.ENGINE_FILES
 ENGINE_FILES: tuple[tuple[str, str, str, str], ...] = (
     ("onnxruntime-fp32-e2e", "onnxruntime", "fp32", "model.e2e.onnx"),
@@ -62,16 +65,26 @@ def _spec(cfg: Config, run_dir: Path):
     from edgefpn.e2e.graft import E2ESpec
 
     arch = recorded_arch(cfg, run_dir)
-    return E2ESpec(arch=arch, uint8=cfg.export.input == "uint8", nms=bool(cfg.export.nms),
-                   params=postprocess_params(cfg, arch), input_size=cfg.model.input_size,
-                   coef=normalise_coefficients(cfg.model.mean, cfg.model.std))
+    return E2ESpec(
+        arch=arch,
+        uint8=cfg.export.input == "uint8",
+        nms=bool(cfg.export.nms),
+        params=postprocess_params(cfg, arch),
+        input_size=cfg.model.input_size,
+        coef=normalise_coefficients(cfg.model.mean, cfg.model.std),
+    )
 
 
 def _chash(cfg: Config, kind: str) -> str:
     from edgefpn.e2e.graph import GRAPH_VERSION
 
-    return config_hash({"e2e": kind, "graph_version": GRAPH_VERSION, "input": cfg.export.input, "nms": cfg.export.nms}, cfg.postprocess,
-                       cfg.model.input_size, cfg.model.mean, cfg.model.std)
+    return config_hash(
+        {"e2e": kind, "graph_version": GRAPH_VERSION, "input": cfg.export.input, "nms": cfg.export.nms},
+        cfg.postprocess,
+        cfg.model.input_size,
+        cfg.model.mean,
+        cfg.model.std,
+    )
 
 
 def _source(run_dir: Path, rel: str) -> tuple[Path, dict[str, Any]] | None:
@@ -108,15 +121,27 @@ def make_onnx(cfg: Config, run_dir: Path, src_rel: str, *, force: bool = False) 
     with atomic_output(out) as tmp:
         save_onnx(model, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
-    log(f"[e2e] {out.name}: {src_rel} + {' + '.join(_parts(spec))}"
-        + (f" (TensorRT lint: {len(errors(findings))} error(s))" if errors(findings) else ""))
-    return write_manifest(out, stage="e2e", config_hash=chash, inputs=inputs, extra={
-        "e2e_source": src_rel, "precision": manifest.get("precision", "fp32"), **_describe(spec),
-        "lint": [f.to_dict() for f in findings]})
+    log(
+        f"[e2e] {out.name}: {src_rel} + {' + '.join(_parts(spec))}"
+        + (f" (TensorRT lint: {len(errors(findings))} error(s))" if errors(findings) else "")
+    )
+    return write_manifest(
+        out,
+        stage="e2e",
+        config_hash=chash,
+        inputs=inputs,
+        extra={
+            "e2e_source": src_rel,
+            "precision": manifest.get("precision", "fp32"),
+            **_describe(spec),
+            "lint": [f.to_dict() for f in findings],
+        },
+    )
 
 
-def make_openvino(cfg: Config, run_dir: Path, precision: str, network_onnx_rel: str, *,
-                  force: bool = False) -> Artifact | None:
+def make_openvino(
+    cfg: Config, run_dir: Path, precision: str, network_onnx_rel: str, *, force: bool = False
+) -> Artifact | None:
     """``openvino/<precision>-e2e/`` grafted onto the IR ``openvino/<precision>/`` (None when absent).
 
     ``network_onnx_rel`` is an ONNX of the same network (its I/O shapes size the head and tail).
@@ -144,9 +169,20 @@ def make_openvino(cfg: Config, run_dir: Path, precision: str, network_onnx_rel: 
         shutil.rmtree(tmp, ignore_errors=True)
         outputs = graft_openvino(path / IR_NAME, network, spec, tmp / IR_NAME)
     log(f"[e2e] openvino-{precision}{SUFFIX}: {src_rel} + {' + '.join(_parts(spec))}")
-    return write_manifest(out, stage="e2e", config_hash=chash, inputs=inputs, extra={
-        "e2e_source": src_rel, "precision": precision, "target": "openvino", **_describe(spec),
-        "outputs": outputs, "files": [IR_NAME, Path(IR_NAME).with_suffix(".bin").name]})
+    return write_manifest(
+        out,
+        stage="e2e",
+        config_hash=chash,
+        inputs=inputs,
+        extra={
+            "e2e_source": src_rel,
+            "precision": precision,
+            "target": "openvino",
+            **_describe(spec),
+            "outputs": outputs,
+            "files": [IR_NAME, Path(IR_NAME).with_suffix(".bin").name],
+        },
+    )
 
 
 def _parts(spec) -> list[str]:
@@ -157,6 +193,10 @@ def _describe(spec) -> dict[str, Any]:
     from edgefpn.e2e.graph import DET_OUTPUTS, U8_INPUTS
 
     d = spec.describe()
-    return {"e2e": d, "contract": "detections" if spec.nms else "raw",
-            "input_type": d["input"], "input_names": list(U8_INPUTS) if spec.uint8 else ["images"],
-            "output_names": list(DET_OUTPUTS) if spec.nms else None}
+    return {
+        "e2e": d,
+        "contract": "detections" if spec.nms else "raw",
+        "input_type": d["input"],
+        "input_names": list(U8_INPUTS) if spec.uint8 else ["images"],
+        "output_names": list(DET_OUTPUTS) if spec.nms else None,
+    }

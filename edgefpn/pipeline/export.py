@@ -76,7 +76,9 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
 
     with atomic_output(out) as tmp:
         log(f"[export] exporting {len(names)} outputs at {list(sample.shape)} (opset {cfg.export.opset})")
-        export_onnx(wrapper, tmp, input_size=cfg.model.input_size, batch=cfg.export.batch, opset=cfg.export.opset)
+        export_onnx(
+            wrapper, tmp, input_size=cfg.model.input_size, batch=cfg.export.batch, opset=cfg.export.opset
+        )
         model_proto = onnx.load(str(tmp))
         if cfg.export.simplify:
             model_proto = _simplify(model_proto)
@@ -87,7 +89,9 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
         save_onnx(model_proto, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
 
-        with OnnxRuntimeRunner(EngineSpec("verify", "onnxruntime", "fp32", tmp), threads=cfg.run.threads) as r:
+        with OnnxRuntimeRunner(
+            EngineSpec("verify", "onnxruntime", "fp32", tmp), threads=cfg.run.threads
+        ) as r:
             got = r.infer({"images": sample})
         # Outputs whose rows are a data-dependent selection (Faster R-CNN's proposals and the RoI head on
         # them) are compared as check compares them, by the detections they decode to: two exact FP32
@@ -105,14 +109,24 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
                 f"{out}: ONNX Runtime disagrees with PyTorch on {worst}: max abs error "
                 f"{errors[worst]:.3g} > {tolerance[worst]:.3g} (export.atol {cfg.export.atol:g})"
             )
-        log(f"[export] ONNX Runtime vs PyTorch: max abs error {errors[worst]:.2e} ({worst}) <= {tolerance[worst]:.3g}")
+        log(
+            f"[export] ONNX Runtime vs PyTorch: max abs error {errors[worst]:.2e} ({worst}) <= {tolerance[worst]:.3g}"
+        )
 
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model_proto.graph.output}
     return write_manifest(
-        out, stage="export", config_hash=chash, inputs=inputs,
-        extra={"input": {"name": "images", "shape": list(sample.shape), "dtype": "float32"},
-               "outputs": outputs, "verify_max_abs_error": errors, "opset": cfg.export.opset,
-               "class_names": meta.get("class_names"), "category_ids": meta.get("category_ids")},
+        out,
+        stage="export",
+        config_hash=chash,
+        inputs=inputs,
+        extra={
+            "input": {"name": "images", "shape": list(sample.shape), "dtype": "float32"},
+            "outputs": outputs,
+            "verify_max_abs_error": errors,
+            "opset": cfg.export.opset,
+            "class_names": meta.get("class_names"),
+            "category_ids": meta.get("category_ids"),
+        },
     )
 
 
@@ -160,8 +174,14 @@ def _untied(scores: np.ndarray) -> np.ndarray:
     return alone
 
 
-def _check_selected(cfg: Config, arch: str, reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
-                    selected: set[str], out: Path) -> None:
+def _check_selected(
+    cfg: Config,
+    arch: str,
+    reference: dict[str, np.ndarray],
+    got: dict[str, np.ndarray],
+    selected: set[str],
+    out: Path,
+) -> None:
     """Compare outputs whose rows are a data-dependent selection as check does (see SELECTED_*)."""
     from edgefpn.metrics.detections import DetectionAgreement
     from edgefpn.metrics.tensors import tensor_agreement
@@ -180,15 +200,19 @@ def _check_selected(cfg: Config, arch: str, reference: dict[str, np.ndarray], go
             rs, gs = reference["proposal_scores"][n], got["proposal_scores"][n]
             err = float(np.max(np.abs(np.sort(rs) - np.sort(gs)), initial=0.0))
             if err > cfg.export.atol:
-                raise ExportError(f"{out}: ONNX Runtime disagrees with PyTorch on proposal_scores (sorted): max abs "
-                                  f"error {err:.3g} > {cfg.export.atol:g} (export.atol)")
+                raise ExportError(
+                    f"{out}: ONNX Runtime disagrees with PyTorch on proposal_scores (sorted): max abs "
+                    f"error {err:.3g} > {cfg.export.atol:g} (export.atol)"
+                )
             ri, gi = _corresponding_rows(reference["proposals"][n], got["proposals"][n])
             untied = _untied(rs)
             kept = np.isin(np.flatnonzero(untied), ri).mean() if untied.any() else 1.0
             if kept < SELECTED_MIN_ROWS:
-                raise ExportError(f"{out}: ONNX Runtime and PyTorch select different proposals: {kept:.3f} of the "
-                                  f"{int(untied.sum())} untied ones have a match within {SELECTED_ROW_PX} px "
-                                  f"(needs >= {SELECTED_MIN_ROWS})")
+                raise ExportError(
+                    f"{out}: ONNX Runtime and PyTorch select different proposals: {kept:.3f} of the "
+                    f"{int(untied.sum())} untied ones have a match within {SELECTED_ROW_PX} px "
+                    f"(needs >= {SELECTED_MIN_ROWS})"
+                )
             alike, total = alike + len(ri), total + len(rs)
             for name in sorted(selected - {"proposals", "proposal_scores"}):
                 if not len(ri):
@@ -198,22 +222,32 @@ def _check_selected(cfg: Config, arch: str, reference: dict[str, np.ndarray], go
                     raise ExportError(
                         f"{out}: ONNX Runtime disagrees with PyTorch on {name} (the {len(ri)} proposals both "
                         f"selected): cosine {a['cosine']:.6f} (needs >= {min_cos}), SNR {a['snr_db']:.1f} dB "
-                        f"(needs >= {SELECTED_MIN_SNR_DB:g})")
+                        f"(needs >= {SELECTED_MIN_SNR_DB:g})"
+                    )
     post = make_prepost(cfg, arch=arch).post
     agree = DetectionAgreement()
-    for ref_det, det in zip(decode(arch, reference, post, image_size=cfg.model.input_size),
-                            decode(arch, got, post, image_size=cfg.model.input_size), strict=True):
+    for ref_det, det in zip(
+        decode(arch, reference, post, image_size=cfg.model.input_size),
+        decode(arch, got, post, image_size=cfg.model.input_size),
+        strict=True,
+    ):
         agree.update(ref_det, det)
     a = agree.compute()
-    if (a["matched_fraction"] < SELECTED_MIN_MATCHED or a["mean_iou"] < SELECTED_MIN_IOU
-            or a["max_score_error"] > SELECTED_MAX_SCORE_ERROR):
+    if (
+        a["matched_fraction"] < SELECTED_MIN_MATCHED
+        or a["mean_iou"] < SELECTED_MIN_IOU
+        or a["max_score_error"] > SELECTED_MAX_SCORE_ERROR
+    ):
         raise ExportError(
             f"{out}: ONNX Runtime's detections disagree with PyTorch's: {a['matched']} of "
             f"{max(a['n_ref'], a['n_test'])} matched (fraction {a['matched_fraction']:.3f}, needs >= "
             f"{SELECTED_MIN_MATCHED}), mean IoU {a['mean_iou']:.4f} (needs >= {SELECTED_MIN_IOU}), max score "
-            f"error {a['max_score_error']:.2g} (needs <= {SELECTED_MAX_SCORE_ERROR:g})")
-    log(f"[export] ONNX Runtime vs PyTorch, selected outputs: {alike} of {total} proposals alike; "
-        f"detections {a['matched']}/{max(a['n_ref'], a['n_test'])} matched, mean IoU {a['mean_iou']:.4f}")
+            f"error {a['max_score_error']:.2g} (needs <= {SELECTED_MAX_SCORE_ERROR:g})"
+        )
+    log(
+        f"[export] ONNX Runtime vs PyTorch, selected outputs: {alike} of {total} proposals alike; "
+        f"detections {a['matched']}/{max(a['n_ref'], a['n_test'])} matched, mean IoU {a['mean_iou']:.4f}"
+    )
 
 
 def _scale(name: str, reference: np.ndarray) -> float:
@@ -233,7 +267,9 @@ def _simplify(model_proto):
     try:
         return onnxslim.slim(model_proto)
     except Exception as exc:  # a simplifier bug must not lose the export: keep the unsimplified graph
-        log(f"[export] warning: onnxslim failed ({type(exc).__name__}: {exc}); keeping the unsimplified graph")
+        log(
+            f"[export] warning: onnxslim failed ({type(exc).__name__}: {exc}); keeping the unsimplified graph"
+        )
         return model_proto
 
 
@@ -247,8 +283,12 @@ def _set_metadata(model_proto, cfg: Config, meta: dict, levels: tuple[str, ...],
         "edgefpn.std": json.dumps(list(cfg.model.std)),
         "edgefpn.class_names": json.dumps(meta.get("class_names")),
         "edgefpn.category_ids": json.dumps(meta.get("category_ids")),
-        "edgefpn.postprocess": json.dumps({k: getattr(cfg.postprocess, k) for k in (
-            "score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")}),
+        "edgefpn.postprocess": json.dumps(
+            {
+                k: getattr(cfg.postprocess, k)
+                for k in ("score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")
+            }
+        ),
     }
     del model_proto.metadata_props[:]
     for k, v in props.items():
@@ -261,4 +301,6 @@ def _check_static(model_proto, path: Path) -> None:
     for value in list(model_proto.graph.input) + list(model_proto.graph.output):
         dims = value.type.tensor_type.shape.dim
         if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
-            raise ExportError(f"{path}: {value.name} has a dynamic dimension ({[d.dim_param or d.dim_value for d in dims]})")
+            raise ExportError(
+                f"{path}: {value.name} has a dynamic dimension ({[d.dim_param or d.dim_value for d in dims]})"
+            )

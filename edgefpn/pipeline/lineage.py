@@ -54,8 +54,9 @@ def configured_engines(cfg: Config) -> set[str]:
     return names
 
 
-def current_engines(cfg: Config, run_dir: Path, backends: Sequence[str],
-                    engine_files: Sequence[tuple[str, str, str, str]]) -> tuple[list[EngineSpec], list[Ignored]]:
+def current_engines(
+    cfg: Config, run_dir: Path, backends: Sequence[str], engine_files: Sequence[tuple[str, str, str, str]]
+) -> tuple[list[EngineSpec], list[Ignored]]:
     """The engines of ``engine_files`` (name, backend, precision, path in ``run_dir``) present on disk
     for ``backends`` that the config makes and that chain to ``run_dir/model.pt``; and the others
     present on disk, each with the reason it is left out."""
@@ -89,7 +90,11 @@ def _parents(rel: str, manifest: dict) -> dict[str, str] | None:
     if manifest.get("stage") == "quantize":  # the NNCF IR (openvino/int8)
         return {"model": "model.onnx", "int8_qdq": "model.int8.onnx"}
     src = manifest.get("source")
-    if manifest.get("stage") == "build" and isinstance(src, dict) and src.get("path") in _ONNX_FILES + _E2E_ONNX:
+    if (
+        manifest.get("stage") == "build"
+        and isinstance(src, dict)
+        and src.get("path") in _ONNX_FILES + _E2E_ONNX
+    ):
         return {"onnx": str(src["path"])}
     if manifest.get("stage") == "build" and isinstance(src, dict) and src.get("path") == MODEL:
         return {"model": MODEL, "onnx": "model.onnx"}  # made from the checkpoint, at the ONNX's input spec

@@ -44,13 +44,24 @@ from edgefpn.pipeline.lineage import current_engines
 
 ARTIFACT = "bundle.tar"
 PIPELINE = "pipeline.json"
-_ONNX_FILES = ("model.onnx", "model.int8.onnx", "model.int8.ort.onnx", "model.fp16.onnx",
-               *e2e_stage.ONNX_TWINS.values())
+_ONNX_FILES = (
+    "model.onnx",
+    "model.int8.onnx",
+    "model.int8.ort.onnx",
+    "model.fp16.onnx",
+    *e2e_stage.ONNX_TWINS.values(),
+)
 _ENGINES = {name: (backend, precision, rel) for name, backend, precision, rel in check_stage.ENGINE_FILES}
 
 
-def run(cfg: Config, run_dir: Path, *, engines: Sequence[str] | None = None, force: bool = False,
-        progress: bool = True) -> Artifact:
+def run(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    engines: Sequence[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Artifact:
     """Bring check up to date, then bundle the engines that passed (default: all of them)."""
     unknown = [e for e in engines or () if e not in _ENGINES]
     if unknown:
@@ -87,14 +98,22 @@ def run(cfg: Config, run_dir: Path, *, engines: Sequence[str] | None = None, for
             "files": dict(sorted(files.items())),
             "engines": entries,
             "pipeline": PIPELINE,
-            "report": {"json": check_stage.REPORT, "md": "report.md",
-                       "check_report_created_unix": report_manifest.get("created_unix")},
+            "report": {
+                "json": check_stage.REPORT,
+                "md": "report.md",
+                "check_report_created_unix": report_manifest.get("created_unix"),
+            },
             "packaged_with": tool_versions(),
         }
         bundle.write_tar(tmp, sources, manifest)
     log(f"[package] wrote {out}: {', '.join(e['name'] for e in entries)}")
-    return write_manifest(out, stage="package", config_hash=chash, inputs=inputs,
-                          extra={"engines": [e["name"] for e in entries]})
+    return write_manifest(
+        out,
+        stage="package",
+        config_hash=chash,
+        inputs=inputs,
+        extra={"engines": [e["name"] for e in entries]},
+    )
 
 
 def _sha256_text(text: str) -> str:
@@ -135,23 +154,32 @@ def _check_requested(cfg: Config, requested: Sequence[str]) -> None:
         reason = _why_not_built(cfg, name)
         if reason is not None:
             possible = [n for n in _ENGINES if _why_not_built(cfg, n) is None]
-            raise ConfigError(f"--engines {name}: never built with these settings ({reason}); available: "
-                              f"{', '.join(possible) or 'none'}")
+            raise ConfigError(
+                f"--engines {name}: never built with these settings ({reason}); available: "
+                f"{', '.join(possible) or 'none'}"
+            )
 
 
-def _choose(report: dict[str, Any], run_dir: Path, requested: Sequence[str] | None,
-            ignored: dict[str, str]) -> list[str]:
+def _choose(
+    report: dict[str, Any], run_dir: Path, requested: Sequence[str] | None, ignored: dict[str, str]
+) -> list[str]:
     passed = {e["name"]: e for e in report["engines"] if e["name"] in _ENGINES and e["name"] not in ignored}
     where = run_dir / check_stage.REPORT
     if requested:
         for name in requested:
             if name in ignored:
-                raise ConfigError(f"{run_dir / _ENGINES[name][2]}: --engines {name}: not packaged, {ignored[name]}")
+                raise ConfigError(
+                    f"{run_dir / _ENGINES[name][2]}: --engines {name}: not packaged, {ignored[name]}"
+                )
             if name not in passed:  # a bad request, not a failed gate (exit 2, not 4)
-                raise ConfigError(f"--engines {name}: not built or not checked in this run ({where} has "
-                                  f"{', '.join(passed) or 'no engines'})")
+                raise ConfigError(
+                    f"--engines {name}: not built or not checked in this run ({where} has "
+                    f"{', '.join(passed) or 'no engines'})"
+                )
             if not passed[name]["gates"]["passed"]:
-                raise CheckFailed(f"{where}: engine {name} failed its gates: {'; '.join(passed[name]['gates']['failed'])}")
+                raise CheckFailed(
+                    f"{where}: engine {name} failed its gates: {'; '.join(passed[name]['gates']['failed'])}"
+                )
         return list(dict.fromkeys(requested))
     chosen = [name for name, e in passed.items() if e["gates"]["passed"]]
     if not chosen:
@@ -186,13 +214,17 @@ def _target(backend: str, precision: str, manifest: dict[str, Any]) -> dict[str,
     from edgefpn.backends import backend as backend_record
 
     versions = manifest.get("versions") or {}
-    target: dict[str, Any] = {"backend": backend, "precision": precision,
-                              "version": manifest.get("backend_version") or versions.get(backend)}
+    target: dict[str, Any] = {
+        "backend": backend,
+        "precision": precision,
+        "version": manifest.get("backend_version") or versions.get(backend),
+    }
     return target | backend_record(backend).bundle_target(precision, manifest)
 
 
-def _collect(run_dir: Path, chosen: list[str],
-             contracts: dict[str, tuple[str, str]]) -> tuple[dict[str, dict], list[dict[str, Any]]]:
+def _collect(
+    run_dir: Path, chosen: list[str], contracts: dict[str, tuple[str, str]]
+) -> tuple[dict[str, dict], list[dict[str, Any]]]:
     roles: dict[str, set[str]] = {check_stage.REPORT: {"report"}, "report.md": {"report"}}
     entries = []
     for name in chosen:
@@ -207,14 +239,23 @@ def _collect(run_dir: Path, chosen: list[str],
         # the engine's own sidecar manifest travels with it: the TensorRT runner reads it before loading
         roles.setdefault(manifest_path(Path(rel)).as_posix(), set()).add("engine-manifest")
         roles.setdefault(source, set()).add("source")
-        entries.append({
-            "name": name, "backend": backend, "precision": precision, "path": rel, "files": names,
-            "manifest": manifest_path(Path(rel)).as_posix(),
-            "source": source, "target": _target(backend, precision, manifest),
-            "built_with": manifest.get("versions", {}), "stage": manifest.get("stage"),
-            # what the engine is fed and returns (README "Engine contracts"); the runtime follows it
-            "input": contracts[name][0], "contract": contracts[name][1],
-        })
+        entries.append(
+            {
+                "name": name,
+                "backend": backend,
+                "precision": precision,
+                "path": rel,
+                "files": names,
+                "manifest": manifest_path(Path(rel)).as_posix(),
+                "source": source,
+                "target": _target(backend, precision, manifest),
+                "built_with": manifest.get("versions", {}),
+                "stage": manifest.get("stage"),
+                # what the engine is fed and returns (README "Engine contracts"); the runtime follows it
+                "input": contracts[name][0],
+                "contract": contracts[name][1],
+            }
+        )
     files = {n: bundle.file_entry(run_dir / n, sorted(r)) for n, r in sorted(roles.items())}
     return files, entries
 
@@ -228,14 +269,26 @@ def _pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     preprocessing = describe_preprocessing()
     return {
         "arch": arch,
-        "classes": {"num_classes": num_classes,
-                    "names": meta.get("class_names") or [str(i) for i in range(num_classes)],
-                    "category_ids": meta.get("category_ids") or list(range(num_classes))},
+        "classes": {
+            "num_classes": num_classes,
+            "names": meta.get("class_names") or [str(i) for i in range(num_classes)],
+            "category_ids": meta.get("category_ids") or list(range(num_classes)),
+        },
         # generated from the code that preprocesses (one source of truth), never written by hand
-        "preprocess": {"input_name": "images", "input_size": list(m.input_size), "mean": list(m.mean),
-                       "std": list(m.std), "letterbox": preprocessing["text"],
-                       "rule": {k: v for k, v in preprocessing.items() if k != "text"}},
-        "postprocess": {"score_thresh": pp.score_thresh, "nms_thresh": pp.nms_thresh,
-                        "topk_candidates": pp.topk_candidates, "detections_per_img": pp.detections_per_img,
-                        "strides": list(pp.strides), "levels": list(pp.levels)},
+        "preprocess": {
+            "input_name": "images",
+            "input_size": list(m.input_size),
+            "mean": list(m.mean),
+            "std": list(m.std),
+            "letterbox": preprocessing["text"],
+            "rule": {k: v for k, v in preprocessing.items() if k != "text"},
+        },
+        "postprocess": {
+            "score_thresh": pp.score_thresh,
+            "nms_thresh": pp.nms_thresh,
+            "topk_candidates": pp.topk_candidates,
+            "detections_per_img": pp.detections_per_img,
+            "strides": list(pp.strides),
+            "levels": list(pp.levels),
+        },
     }

@@ -16,8 +16,9 @@ from edgefpn.pipeline.common import log, make_prepost
 from edgefpn.runtime import detections_to_records, list_images
 
 
-def run(cfg: Config, run_dir: Path, *, backend: str, images: Path, save: Path | None,
-        progress: bool = True) -> list[dict]:
+def run(
+    cfg: Config, run_dir: Path, *, backend: str, images: Path, save: Path | None, progress: bool = True
+) -> list[dict]:
     from tqdm import tqdm
 
     if save is not None:  # before any work: --save replaces only a detections file edgefpn wrote
@@ -32,7 +33,9 @@ def run(cfg: Config, run_dir: Path, *, backend: str, images: Path, save: Path | 
     category_ids = meta.get("category_ids") or list(range(int(meta.get("num_classes", 0))))
     pipe = make_prepost(cfg, arch=str(meta.get("arch") or cfg.model.arch), deploy=True)
     dets_out: list[dict] = []
-    with open_runner(EngineSpec(f"{backend}-fp32", backend, "fp32", art.path), threads=cfg.run.threads) as runner:
+    with open_runner(
+        EngineSpec(f"{backend}-fp32", backend, "fp32", art.path), threads=cfg.run.threads
+    ) as runner:
         for path in tqdm(paths, desc=f"[predict] {backend}", disable=not progress, leave=False):
             dets_out.extend(detections_to_records(detect_file(runner, pipe, path), path.name, category_ids))
     if save is not None:

@@ -48,23 +48,53 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     require_annotations(val_split, val_split.images, what="quantize's mAP-in-the-loop check")
     calib = CalibrationSet(cfg)  # refuses val overlap / empty folders before anything is written
     if calib.skipped:  # never dropped without a word (a GIF, a sidecar file)
-        shown = ", ".join(calib.skipped[:5]) + (f" and {len(calib.skipped) - 5} more" if len(calib.skipped) > 5 else "")
-        log(f"[quantize] {calib.source}: skipped {len(calib.skipped)} file(s) that are not "
-            f"{'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))} images: {shown}")
+        shown = ", ".join(calib.skipped[:5]) + (
+            f" and {len(calib.skipped) - 5} more" if len(calib.skipped) > 5 else ""
+        )
+        log(
+            f"[quantize] {calib.source}: skipped {len(calib.skipped)} file(s) that are not "
+            f"{'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))} images: {shown}"
+        )
     key = cache_key(onnx_art.sha256, calib, cfg)
     q = cfg.quantize
     chash = config_hash(q, cfg.model.input_size, cfg.model.mean, cfg.model.std, cfg.postprocess)
     val = cfg.data.val_split
     # the mAP-in-the-loop reads the val images (calibration images are in `key`)
-    inputs = {"model": onnx_art.sha256, "calibration": key,
-              "val_annotations": data.annotation_hashes[val], "val_images": data.images_hash(val)}
+    inputs = {
+        "model": onnx_art.sha256,
+        "calibration": key,
+        "val_annotations": data.annotation_hashes[val],
+        "val_images": data.images_hash(val),
+    }
 
     reference: dict[str, list] = {}  # PyTorch's val detections, run once for both flavours
-    art = _flavour(cfg, run_dir / ARTIFACT, onnx_art, data, calib, chash, inputs, "symmetric", reference,
-                   force=force, progress=progress)
+    art = _flavour(
+        cfg,
+        run_dir / ARTIFACT,
+        onnx_art,
+        data,
+        calib,
+        chash,
+        inputs,
+        "symmetric",
+        reference,
+        force=force,
+        progress=progress,
+    )
     # the onnxruntime-int8 engine: U8S8 unless quantize.onnxruntime asks for the symmetric model
-    _flavour(cfg, run_dir / ORT_INT8, onnx_art, data, calib, config_hash(chash, q.onnxruntime), inputs,
-             q.onnxruntime, reference, force=force, progress=progress)
+    _flavour(
+        cfg,
+        run_dir / ORT_INT8,
+        onnx_art,
+        data,
+        calib,
+        config_hash(chash, q.onnxruntime),
+        inputs,
+        q.onnxruntime,
+        reference,
+        force=force,
+        progress=progress,
+    )
     if q.fp16:
         _fp16(cfg, run_dir, onnx_art, calib, force=force)
     if q.openvino:
@@ -76,21 +106,44 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
 # INT8 QDQ with accuracy in the loop
 
 
-def _flavour(cfg: Config, out: Path, onnx_art: Artifact, data, calib: CalibrationSet, chash: str,
-             inputs: dict[str, str], flavour: str, reference: dict[str, list], *, force: bool,
-             progress: bool) -> Artifact:
+def _flavour(
+    cfg: Config,
+    out: Path,
+    onnx_art: Artifact,
+    data,
+    calib: CalibrationSet,
+    chash: str,
+    inputs: dict[str, str],
+    flavour: str,
+    reference: dict[str, list],
+    *,
+    force: bool,
+    progress: bool,
+) -> Artifact:
     """The QDQ model ``out`` of ``flavour`` (symmetric: TensorRT's; u8s8: ORT CPU's), reused when up to date."""
     art = None if force else up_to_date(out, config_hash=chash, inputs=inputs)
     if art is not None:
         log(f"[quantize] up to date: {out}")
         return art
-    return _int8_qdq(cfg, out.parent, onnx_art, data, calib, chash, inputs, flavour, out, reference,
-                     progress=progress)
+    return _int8_qdq(
+        cfg, out.parent, onnx_art, data, calib, chash, inputs, flavour, out, reference, progress=progress
+    )
 
 
-def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: CalibrationSet, chash: str,
-              inputs: dict[str, str], flavour: str, out: Path, reference: dict[str, list], *,
-              progress: bool) -> Artifact:
+def _int8_qdq(
+    cfg: Config,
+    run_dir: Path,
+    onnx_art: Artifact,
+    data,
+    calib: CalibrationSet,
+    chash: str,
+    inputs: dict[str, str],
+    flavour: str,
+    out: Path,
+    reference: dict[str, list],
+    *,
+    progress: bool,
+) -> Artifact:
     import onnx
 
     from edgefpn.models.registry import arch_spec
@@ -111,8 +164,14 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
         quantize_fn(model_path, dst, calib_res.cache, q.method, exclude=exclude, op_types=op_types)
 
     split = data.split(cfg.data.val_split)
-    evaluator = Evaluator(make_prepost(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
-                          data.ann_file(cfg.data.val_split), threads=cfg.run.threads, batch=_batch(onnx_art))
+    evaluator = Evaluator(
+        make_prepost(cfg, arch=recorded_arch(cfg, run_dir)),
+        split.images,
+        split.category_ids,
+        data.ann_file(cfg.data.val_split),
+        threads=cfg.run.threads,
+        batch=_batch(onnx_art),
+    )
     ref_spec = EngineSpec("torch-fp32", "torch", "fp32", run_dir / train_stage.ARTIFACT)
     if "results" not in reference:
         log(f"[quantize] reference mAP: PyTorch on {len(split.images)} val images")
@@ -125,42 +184,85 @@ def _int8_qdq(cfg: Config, run_dir: Path, onnx_art: Artifact, data, calib: Calib
     with atomic_output(out) as tmp:
         quantize(tmp, exclude)
         int8_map = _map_of_file(evaluator, tmp)
-        log(f"[quantize] INT8 QDQ ({flavour}) mAP {int8_map:.2f} vs PyTorch {ref_map:.2f} "
-            f"(drop {ref_map - int8_map:.2f}, budget {q.max_map_drop:g})")
+        log(
+            f"[quantize] INT8 QDQ ({flavour}) mAP {int8_map:.2f} vs PyTorch {ref_map:.2f} "
+            f"(drop {ref_map - int8_map:.2f}, budget {q.max_map_drop:g})"
+        )
         if ref_map - int8_map > q.max_map_drop:
             groups = node_groups(onnx.load(str(model_path)))
-            sensitivity = greedy_keep_float(evaluator, reference_results=ref_results, groups=groups,
-                                            base_exclude=base_exclude, budget=q.max_map_drop,
-                                            quantize=quantize, log=log)
+            sensitivity = greedy_keep_float(
+                evaluator,
+                reference_results=ref_results,
+                groups=groups,
+                base_exclude=base_exclude,
+                budget=q.max_map_drop,
+                quantize=quantize,
+                log=log,
+            )
             if sensitivity.kept_float:
                 exclude = [*base_exclude, *(n for g in sensitivity.kept_float for n in groups[g])]
                 quantize(tmp, exclude)
                 int8_map = _map_of_file(evaluator, tmp)
-        problems = check_qdq(onnx.load(str(tmp))) if tensorrt else ort_cpu.check_qdq_ort(onnx.load(str(tmp)), exclude, op_types)
-        if problems:  # a bug here, not a user error: TensorRT would reject or mis-read the file, ORT run it slowly
+        problems = (
+            check_qdq(onnx.load(str(tmp)))
+            if tensorrt
+            else ort_cpu.check_qdq_ort(onnx.load(str(tmp)), exclude, op_types)
+        )
+        if (
+            problems
+        ):  # a bug here, not a user error: TensorRT would reject or mis-read the file, ORT run it slowly
             raise RuntimeError(f"{out}: QDQ model breaks the {flavour} contract: {problems[0]}")
     drop = ref_map - int8_map
     met = drop <= q.max_map_drop
     if met:
         log(f"[quantize] INT8 mAP {int8_map:.2f}, drop {drop:.2f} <= {q.max_map_drop:g}: {out}")
     else:
-        log(f"[quantize] WARNING: INT8 mAP drop {drop:.2f} exceeds quantize.max_map_drop {q.max_map_drop:g} "
-            f"even with {sensitivity.kept_float if sensitivity else []} kept in float; the check stage gates it")
-    accuracy = {"reference_map": round(ref_map, 3), "int8_map": round(int8_map, 3), "drop": round(drop, 3),
-                "budget": q.max_map_drop, "budget_met": met, "val_images": len(split.images),
-                "kept_float_groups": sensitivity.kept_float if sensitivity else [],
-                "sensitivity": sensitivity.to_dict() if sensitivity else None}
-    return write_manifest(out, stage="quantize", config_hash=chash, inputs=inputs, extra={
-        "precision": "int8", "format": "onnx-qdq",
-        "flavour": flavour,
-        "scheme": {"activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel (axis 0)",
-                   "bias": "float", "outputs": "float"} if tensorrt else ort_cpu.SCHEME,
-        "method": q.method, "percentile": q.percentile if q.method == "percentile" else None,
-        "calibration": {**calib.describe(), "key": calib_res.key, "cache": str(calib_res.cache),
-                        "reused": calib_res.reused, "seconds": round(calib_res.seconds, 2)},
-        "exclude_nodes": sorted(set(exclude)), "accuracy": accuracy, "quantize": to_dict(q),
-        "op_types": sorted(op_types) if op_types is not None else "onnxruntime default",
-    })
+        log(
+            f"[quantize] WARNING: INT8 mAP drop {drop:.2f} exceeds quantize.max_map_drop {q.max_map_drop:g} "
+            f"even with {sensitivity.kept_float if sensitivity else []} kept in float; the check stage gates it"
+        )
+    accuracy = {
+        "reference_map": round(ref_map, 3),
+        "int8_map": round(int8_map, 3),
+        "drop": round(drop, 3),
+        "budget": q.max_map_drop,
+        "budget_met": met,
+        "val_images": len(split.images),
+        "kept_float_groups": sensitivity.kept_float if sensitivity else [],
+        "sensitivity": sensitivity.to_dict() if sensitivity else None,
+    }
+    return write_manifest(
+        out,
+        stage="quantize",
+        config_hash=chash,
+        inputs=inputs,
+        extra={
+            "precision": "int8",
+            "format": "onnx-qdq",
+            "flavour": flavour,
+            "scheme": {
+                "activations": "int8 symmetric per-tensor",
+                "weights": "int8 symmetric per-channel (axis 0)",
+                "bias": "float",
+                "outputs": "float",
+            }
+            if tensorrt
+            else ort_cpu.SCHEME,
+            "method": q.method,
+            "percentile": q.percentile if q.method == "percentile" else None,
+            "calibration": {
+                **calib.describe(),
+                "key": calib_res.key,
+                "cache": str(calib_res.cache),
+                "reused": calib_res.reused,
+                "seconds": round(calib_res.seconds, 2),
+            },
+            "exclude_nodes": sorted(set(exclude)),
+            "accuracy": accuracy,
+            "quantize": to_dict(q),
+            "op_types": sorted(op_types) if op_types is not None else "onnxruntime default",
+        },
+    )
 
 
 def _map_of_file(evaluator, path: Path) -> float:
@@ -184,14 +286,32 @@ def _fp16(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: CalibrationSet,
     sample = next(calib.iter_model_inputs(_batch(onnx_art), batch_size=cfg.quantize.batch_size))
     with atomic_output(out) as tmp:
         info = fp16_onnx(onnx_art.path, tmp, sample, threads=cfg.run.threads)
-    note = "runs in ONNX Runtime CPU" if info["ort_cpu_runs"] else f"ONNX Runtime CPU cannot run it: {info['ort_cpu_error']}"
+    note = (
+        "runs in ONNX Runtime CPU"
+        if info["ort_cpu_runs"]
+        else f"ONNX Runtime CPU cannot run it: {info['ort_cpu_error']}"
+    )
     log(f"[quantize] FP16 ONNX ({note}): {out}")
-    return write_manifest(out, stage="quantize", config_hash=chash, inputs=inputs,
-                          extra={"precision": "fp16", "io_dtype": "float32", **info})
+    return write_manifest(
+        out,
+        stage="quantize",
+        config_hash=chash,
+        inputs=inputs,
+        extra={"precision": "fp16", "io_dtype": "float32", **info},
+    )
 
 
-def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: CalibrationSet, key: str,
-              int8_art: Artifact, data, *, force: bool) -> Artifact | None:
+def _openvino(
+    cfg: Config,
+    run_dir: Path,
+    onnx_art: Artifact,
+    calib: CalibrationSet,
+    key: str,
+    int8_art: Artifact,
+    data,
+    *,
+    force: bool,
+) -> Artifact | None:
     """NNCF INT8 IR with its own accuracy loop.
 
     It starts from what the QDQ loop kept in float; NNCF quantizes differently (its own ranges and
@@ -216,8 +336,13 @@ def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: Calibration
     accuracy = int8_art.manifest.get("accuracy", {})
     chash = config_hash("nncf", "performance", sorted(kept), q.max_map_drop, cfg.postprocess)
     val = cfg.data.val_split  # its own accuracy loop reads val, like the QDQ one
-    inputs = {"model": onnx_art.sha256, "calibration": key, "int8_qdq": int8_art.sha256,
-              "val_annotations": data.annotation_hashes[val], "val_images": data.images_hash(val)}
+    inputs = {
+        "model": onnx_art.sha256,
+        "calibration": key,
+        "int8_qdq": int8_art.sha256,
+        "val_annotations": data.annotation_hashes[val],
+        "val_images": data.images_hash(val),
+    }
     if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[quantize] up to date: {out}")
         return art
@@ -225,8 +350,14 @@ def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: Calibration
     groups = node_groups(onnx.load(str(onnx_art.path)))
     ranking = _openvino_ranking(accuracy, groups)
     split = data.split(cfg.data.val_split)
-    evaluator = Evaluator(make_prepost(cfg, arch=recorded_arch(cfg, run_dir)), split.images, split.category_ids,
-                          data.ann_file(cfg.data.val_split), threads=cfg.run.threads, batch=_batch(onnx_art))
+    evaluator = Evaluator(
+        make_prepost(cfg, arch=recorded_arch(cfg, run_dir)),
+        split.images,
+        split.category_ids,
+        data.ann_file(cfg.data.val_split),
+        threads=cfg.run.threads,
+        batch=_batch(onnx_art),
+    )
     ref_map = float(accuracy["reference_map"])
     dataset = nncf_dataset(calib, model_batch=_batch(onnx_art), batch_size=q.batch_size)
     log(f"[quantize] OpenVINO INT8 with NNCF on {len(calib)} calibration images")
@@ -239,22 +370,40 @@ def _openvino(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: Calibration
             info = openvino_int8(onnx_art.path, tmp, dataset, subset_size=len(calib), ignored=ignored)
             ov_map = evaluator.map_of(evaluator.detect(EngineSpec("openvino-int8", "openvino", "int8", tmp)))
             drop = ref_map - ov_map
-            steps.append({"extra_float_groups": list(extra_groups), "map": round(ov_map, 3), "drop": round(drop, 3)})
-            log(f"[quantize] OpenVINO INT8 mAP {ov_map:.2f} (drop {drop:.2f}, budget {q.max_map_drop:g})"
-                + (f" with {', '.join(extra_groups)} also in float" if extra_groups else ""))
+            steps.append(
+                {"extra_float_groups": list(extra_groups), "map": round(ov_map, 3), "drop": round(drop, 3)}
+            )
+            log(
+                f"[quantize] OpenVINO INT8 mAP {ov_map:.2f} (drop {drop:.2f}, budget {q.max_map_drop:g})"
+                + (f" with {', '.join(extra_groups)} also in float" if extra_groups else "")
+            )
             if drop <= q.max_map_drop or not ranking:
                 break
             extra_groups.append(ranking.pop(0))
     if drop > q.max_map_drop:
         log(f"[quantize] WARNING: OpenVINO INT8 drop {drop:.2f} stays over budget; the check stage gates it")
     log(f"[quantize] OpenVINO INT8 ({info['fake_quantize_ops']} FakeQuantize ops): {out / 'model.xml'}")
-    return write_manifest(out, stage="quantize", config_hash=chash, inputs=inputs,
-                          extra={"precision": "int8", "format": "openvino-ir", "calibration": calib.describe(),
-                                 "accuracy": {"reference_map": ref_map, "int8_map": round(ov_map, 3),
-                                              "drop": round(drop, 3), "budget": q.max_map_drop,
-                                              "budget_met": drop <= q.max_map_drop, "steps": steps,
-                                              "extra_float_groups": extra_groups},
-                                 **info})
+    return write_manifest(
+        out,
+        stage="quantize",
+        config_hash=chash,
+        inputs=inputs,
+        extra={
+            "precision": "int8",
+            "format": "openvino-ir",
+            "calibration": calib.describe(),
+            "accuracy": {
+                "reference_map": ref_map,
+                "int8_map": round(ov_map, 3),
+                "drop": round(drop, 3),
+                "budget": q.max_map_drop,
+                "budget_met": drop <= q.max_map_drop,
+                "steps": steps,
+                "extra_float_groups": extra_groups,
+            },
+            **info,
+        },
+    )
 
 
 def _openvino_ranking(accuracy: dict[str, Any], groups: dict[str, list[str]]) -> list[str]:
@@ -267,7 +416,10 @@ def _openvino_ranking(accuracy: dict[str, Any], groups: dict[str, list[str]]) ->
         ranked = sorted((c for c in candidates if c["recovered"] > 0), key=lambda c: -c["recovered"])
         return [c["group"] for c in ranked if c["group"] not in already and c["group"] in groups]
     order = {"head": 0, "fpn": 1, "backbone": 2}
-    return sorted((g for g in groups if g not in already), key=lambda g: (order.get(g.split("/")[0].split("-")[0], 3), g))
+    return sorted(
+        (g for g in groups if g not in already),
+        key=lambda g: (order.get(g.split("/")[0].split("-")[0], 3), g),
+    )
 
 
 def _batch(onnx_art: Artifact) -> int:

@@ -32,8 +32,9 @@ RESUME = "train.last.pt"
 _SHOWN_DIFFERENCES = 5  # settings named with both values in a refusal; the rest by name only
 
 
-def _meta(cfg: Config, num_classes: int, class_names: tuple[str, ...] | None,
-          category_ids: tuple[int, ...] | None) -> dict[str, Any]:
+def _meta(
+    cfg: Config, num_classes: int, class_names: tuple[str, ...] | None, category_ids: tuple[int, ...] | None
+) -> dict[str, Any]:
     from edgefpn.models.registry import arch_spec
 
     m = cfg.model
@@ -98,10 +99,14 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
 
     dist = distributed.setup(cfg)
     try:
-        return _run_training(cfg, run_dir, out, dist, chash, settings, refused_by, force=force, progress=progress)
+        return _run_training(
+            cfg, run_dir, out, dist, chash, settings, refused_by, force=force, progress=progress
+        )
     except RuntimeError as exc:
         if dist.enabled and distributed.is_peer_failure(exc):
-            raise distributed.PeerLost(f"rank {dist.rank}: a collective failed: {str(exc).splitlines()[0]}") from exc
+            raise distributed.PeerLost(
+                f"rank {dist.rank}: a collective failed: {str(exc).splitlines()[0]}"
+            ) from exc
         raise
     finally:
         distributed.teardown(dist)
@@ -127,17 +132,31 @@ def train_config_hash(cfg: Config) -> str:
     return config_hash(cfg.model, train, cfg.run.seed, cfg.data.train_split)
 
 
-def _run_training(cfg: Config, run_dir: Path, out: Path, dist, chash: str, settings: dict[str, Any],
-                  refused_by: str | None, *, force: bool, progress: bool) -> Artifact:
+def _run_training(
+    cfg: Config,
+    run_dir: Path,
+    out: Path,
+    dist,
+    chash: str,
+    settings: dict[str, Any],
+    refused_by: str | None,
+    *,
+    force: bool,
+    progress: bool,
+) -> Artifact:
     if dist.is_main:
         data = data_stage.run(cfg, progress=progress)
     dist.barrier()  # rank 0 made or checked the dataset; the others only read it
     if not dist.is_main:
         common.QUIET = True  # one log, rank 0's
-        if cfg.data.builtin and up_to_date(Path(cfg.data.root), config_hash=config_hash(cfg.data.synth),
-                                           inputs={}) is None:
-            raise DataError(f"{cfg.data.root}: the built-in dataset is missing on rank {dist.rank}'s machine; "
-                            "run `edgefpn data` there first (only rank 0 writes)")
+        if (
+            cfg.data.builtin
+            and up_to_date(Path(cfg.data.root), config_hash=config_hash(cfg.data.synth), inputs={}) is None
+        ):
+            raise DataError(
+                f"{cfg.data.root}: the built-in dataset is missing on rank {dist.rank}'s machine; "
+                "run `edgefpn data` there first (only rank 0 writes)"
+            )
         data = data_stage.run(cfg, progress=False)
     # the pixels are read too: an image replaced under the same name retrains
     inputs = {
@@ -198,8 +217,7 @@ def model_settings(cfg: Config) -> dict[str, Any]:
         if cfg.data.builtin:
             data["synth"] = {k: v for k, v in to_dict(cfg.data.synth).items() if k != "num_calib"}
         train = {k: v for k, v in to_dict(cfg.train).items() if k not in _NOT_SHAPING}
-        tree = {"model": to_dict(cfg.model), "train": train, "run": {"seed": cfg.run.seed},
-                "data": data}
+        tree = {"model": to_dict(cfg.model), "train": train, "run": {"seed": cfg.run.seed}, "data": data}
     return json.loads(json.dumps(_flatten(tree)))  # as a manifest reads back: lists, not tuples
 
 
@@ -237,8 +255,9 @@ def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list
     return shared or one_sided
 
 
-def stale_reason(out: Path, chash: str, settings: Mapping[str, Any],
-                 inputs: Mapping[str, str] | None = None) -> str | None:
+def stale_reason(
+    out: Path, chash: str, settings: Mapping[str, Any], inputs: Mapping[str, str] | None = None
+) -> str | None:
     """Why ``out`` is not the model these settings (and ``inputs``, when given) make, or None."""
     manifest = read_manifest(out)
     if not out.exists():
@@ -253,8 +272,10 @@ def stale_reason(out: Path, chash: str, settings: Mapping[str, Any],
         more = f" and {len(rest)} more ({', '.join(rest)})" if rest else ""
         return f"trained with other settings than these: {shown}{more}"
     if manifest.get("config_hash") != chash:
-        return ("made with other settings than these (its manifest records no settings to compare: "
-                "an older edgefpn made it)")
+        return (
+            "made with other settings than these (its manifest records no settings to compare: "
+            "an older edgefpn made it)"
+        )
     if inputs is not None:
         changed = sorted(k for k, v in inputs.items() if (manifest.get("inputs") or {}).get(k) != v)
         if changed:
@@ -268,8 +289,10 @@ def _refusal(out: Path, why: str, command: str) -> ConfigError:
     if not out.exists():
         fix = "train it first with these settings: `edgefpn train` (or `edgefpn run` for every stage)"
     else:
-        fix = ("give the same --config/--set as when it was trained, or train it again with these: "
-               "`edgefpn train` (it keeps the current model as model.prev-<time>.pt)")
+        fix = (
+            "give the same --config/--set as when it was trained, or train it again with these: "
+            "`edgefpn train` (it keeps the current model as model.prev-<time>.pt)"
+        )
     return ConfigError(f"{out}: {why}; `{command}` never trains: {fix}")
 
 
@@ -302,8 +325,9 @@ def _free_name(path: Path, tag: str) -> Path:
     raise ConfigError(f"{path.parent}: too many kept models named {stem}.{tag}-{stamp}*; remove some")
 
 
-def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dict[str, str],
-                  settings: dict[str, Any]) -> Artifact:
+def _load_weights(
+    cfg: Config, weights: Path, out: Path, chash: str, inputs: dict[str, str], settings: dict[str, Any]
+) -> Artifact:
     """Load a user checkpoint (edgefpn or torchvision layout) and save it as this run's model."""
     from edgefpn.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
     from edgefpn.models.registry import arch_spec
@@ -312,7 +336,9 @@ def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dic
     meta_in = ckpt.get("meta") if isinstance(ckpt, dict) and ckpt.get("format") == "edgefpn" else None
     num_classes = cfg.model.num_classes or (meta_in or {}).get("num_classes")
     if not num_classes:
-        raise ConfigError(f"{weights}: set model.num_classes to load this checkpoint (it records no class count)")
+        raise ConfigError(
+            f"{weights}: set model.num_classes to load this checkpoint (it records no class count)"
+        )
     class_names = cfg.model.class_names or tuple((meta_in or {}).get("class_names") or ()) or None
     category_ids = tuple((meta_in or {}).get("category_ids") or ()) or None
     if category_ids is None and (offset := arch_spec(cfg.model.arch).label_offset):
@@ -325,12 +351,24 @@ def _load_weights(cfg: Config, weights: Path, out: Path, chash: str, inputs: dic
         save_checkpoint(tmp, model, meta=meta)
         _keep_previous(out, tmp)
     log(f"[train] loaded {weights} -> {out}")
-    return write_manifest(out, stage="train", config_hash=chash, inputs=inputs,
-                          extra={"meta": meta, "settings": settings})
+    return write_manifest(
+        out, stage="train", config_hash=chash, inputs=inputs, extra={"meta": meta, "settings": settings}
+    )
 
 
-def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict[str, str],
-           settings: dict[str, Any], *, force: bool, progress: bool, dist) -> Artifact:
+def _train(
+    cfg: Config,
+    data,
+    run_dir: Path,
+    out: Path,
+    chash: str,
+    inputs: dict[str, str],
+    settings: dict[str, Any],
+    *,
+    force: bool,
+    progress: bool,
+    dist,
+) -> Artifact:
     import torch
 
     from edgefpn.data.torch_dataset import DetectionDataset
@@ -350,47 +388,79 @@ def _train(cfg: Config, data, run_dir: Path, out: Path, chash: str, inputs: dict
         _load_backbone(cfg, module)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     module = module.to(dist.device, memory_format=memory_format)
-    dataset = DetectionDataset(train_split, size=cfg.model.input_size, mean=cfg.model.mean, std=cfg.model.std,
-                               hflip=t.hflip, augment=t.augment, seed=cfg.run.seed)
+    dataset = DetectionDataset(
+        train_split,
+        size=cfg.model.input_size,
+        mean=cfg.model.mean,
+        std=cfg.model.std,
+        hflip=t.hflip,
+        augment=t.augment,
+        seed=cfg.run.seed,
+    )
     loader, sampler = loop.build_loader(cfg, dataset, dist)
     opt, params = loop.build_optimizer(cfg, module)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.train.amp == "fp16")
     loop.amp_dtype(cfg, dist.device)  # refuse fp16 off CUDA before any work
 
     resume = run_dir / RESUME
-    state = _resume_or_set_aside(resume, chash, inputs, module=module, opt=opt, scaler=scaler, force=force,
-                                 dist=dist)
+    state = _resume_or_set_aside(
+        resume, chash, inputs, module=module, opt=opt, scaler=scaler, force=force, dist=dist
+    )
     module, model = wrap_for_ranks(cfg, module, dist)
 
     backend = "nccl" if dist.device.type == "cuda" else "gloo"
-    log(f"[train] {cfg.model.arch}/{cfg.model.backbone} fpn{cfg.model.fpn_channels}, {num_classes} classes, "
+    log(
+        f"[train] {cfg.model.arch}/{cfg.model.backbone} fpn{cfg.model.fpn_channels}, {num_classes} classes, "
         f"{len(dataset)} images, {t.epochs} epochs x {len(sampler)} iters, global batch {t.batch_size}"
-        + (f" on {dist.world_size} ranks ({backend})" if dist.enabled else "") + f", {dist.device}, amp {t.amp}"
-        + (f" ({loop.resolve_amp(t.amp, dist.device)})" if t.amp == "auto" else ""))
+        + (f" on {dist.world_size} ranks ({backend})" if dist.enabled else "")
+        + f", {dist.device}, amp {t.amp}"
+        + (f" ({loop.resolve_amp(t.amp, dist.device)})" if t.amp == "auto" else "")
+    )
     t_start = time.perf_counter()
-    state = loop.run_epochs(cfg, model=model, module=module, opt=opt, params=params, loader=loader,
-                            sampler=sampler, state=state, data=data, dist=dist, resume=resume, chash=chash,
-                            inputs=inputs, progress=progress, scaler=scaler)
+    state = loop.run_epochs(
+        cfg,
+        model=model,
+        module=module,
+        opt=opt,
+        params=params,
+        loader=loader,
+        sampler=sampler,
+        state=state,
+        data=data,
+        dist=dist,
+        resume=resume,
+        chash=chash,
+        inputs=inputs,
+        progress=progress,
+        scaler=scaler,
+    )
     art = None
     if dist.is_main:
         module = module.to("cpu", memory_format=torch.contiguous_format).float().eval()  # one model.pt format
-        meta["train"] = {"history": state.history, "seconds": round(time.perf_counter() - t_start, 1),
-                         "config": to_dict(cfg.train), "world_size": dist.world_size, "device": str(dist.device),
-                         "amp": loop.resolve_amp(cfg.train.amp, dist.device),
-                         "step_loss": [float(f"{v:.7g}") for v in state.step_losses]}
+        meta["train"] = {
+            "history": state.history,
+            "seconds": round(time.perf_counter() - t_start, 1),
+            "config": to_dict(cfg.train),
+            "world_size": dist.world_size,
+            "device": str(dist.device),
+            "amp": loop.resolve_amp(cfg.train.amp, dist.device),
+            "step_loss": [float(f"{v:.7g}") for v in state.step_losses],
+        }
         with atomic_output(out) as tmp:
             save_checkpoint(tmp, module, meta=meta)
             _keep_previous(out, tmp)
-        art = write_manifest(out, stage="train", config_hash=chash, inputs=inputs,
-                             extra={"meta": meta, "settings": settings})
+        art = write_manifest(
+            out, stage="train", config_hash=chash, inputs=inputs, extra={"meta": meta, "settings": settings}
+        )
         for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
             stale.unlink(missing_ok=True)
     dist.barrier()  # the job ends when model.pt is in place
     return art or Artifact(path=out, manifest={})
 
 
-def _resume_or_set_aside(resume: Path, chash: str, inputs: dict[str, str], *, module, opt, scaler, force: bool,
-                         dist):
+def _resume_or_set_aside(
+    resume: Path, chash: str, inputs: dict[str, str], *, module, opt, scaler, force: bool, dist
+):
     """The training state to start from: ``resume``'s when it was saved under these settings (model,
     optimiser, scaler and RNG restored in place), else a fresh one, another run's partial state kept aside."""
     import torch
@@ -404,10 +474,16 @@ def _resume_or_set_aside(resume: Path, chash: str, inputs: dict[str, str], *, mo
         opt.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["rng"])
-        state = loop.TrainState(epoch=int(saved["epoch"]), step=int(saved["step"]),
-                                history=list(saved["history"]), step_losses=list(saved["step_losses"]))
+        state = loop.TrainState(
+            epoch=int(saved["epoch"]),
+            step=int(saved["step"]),
+            history=list(saved["history"]),
+            step_losses=list(saved["step_losses"]),
+        )
         log(f"[train] resuming from {resume} at epoch {state.epoch}")
-    elif dist.is_main and resume.is_file():  # another run's partial training: the first epoch would overwrite it
+    elif (
+        dist.is_main and resume.is_file()
+    ):  # another run's partial training: the first epoch would overwrite it
         kept = _free_name(resume, "prev")
         if manifest_path(resume).is_file():
             os.replace(manifest_path(resume), manifest_path(kept))
@@ -423,16 +499,22 @@ def _refuse_zero_steps(cfg: Config, split, out: Path) -> None:
     if not split.images:
         raise DataError(f"{ann}: no training images")
     if t.epochs < 1:
-        raise ConfigError(f"{cfg.source}: train.epochs is {t.epochs}: training would take no step and "
-                          f"write an untrained {out}")
+        raise ConfigError(
+            f"{cfg.source}: train.epochs is {t.epochs}: training would take no step and "
+            f"write an untrained {out}"
+        )
     if t.batch_size > len(split.images):
-        raise ConfigError(f"{cfg.source}: train.batch_size {t.batch_size} is larger than the {len(split.images)} "
-                          f"training images of {ann}: with whole batches only, training would take no step "
-                          f"(lower train.batch_size)")
+        raise ConfigError(
+            f"{cfg.source}: train.batch_size {t.batch_size} is larger than the {len(split.images)} "
+            f"training images of {ann}: with whole batches only, training would take no step "
+            f"(lower train.batch_size)"
+        )
     if not any(len(r.boxes) for r in split.images):
         skipped = f" ({len(split.skipped)} skipped as unusable)" if split.skipped else ""
-        raise DataError(f"{ann}: no usable annotations on the {len(split.images)} training images{skipped}: "
-                        "nothing to learn")
+        raise DataError(
+            f"{ann}: no usable annotations on the {len(split.images)} training images{skipped}: "
+            "nothing to learn"
+        )
 
 
 def _load_backbone(cfg: Config, model) -> None:

@@ -80,14 +80,12 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
 
 
-
 def _clip_boxes(boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     """Clip xyxy boxes [K, 4] to ``image_size=(H, W)``, in place, like ``clip_boxes_to_image``."""
     h, w = image_size
     np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
     np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
     return boxes
-
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -134,7 +132,6 @@ def _merge_levels(
     all_labels = np.concatenate(labels).astype(np.int64, copy=False)  # [K]
     keep = _greedy_nms(all_boxes, all_scores, all_labels, params.nms_thresh, params.detections_per_img)
     return Detections(all_boxes[keep], all_scores[keep], all_labels[keep])
-
 
 
 def split_output_name(name: str) -> tuple[str, str | None]:

@@ -48,7 +48,9 @@ def _decode_boxes(deltas: np.ndarray, proposals: np.ndarray) -> np.ndarray:
     pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
     half_w = np.float32(0.5) * (np.exp(dw) * widths[:, None])
     half_h = np.float32(0.5) * (np.exp(dh) * heights[:, None])
-    return np.stack([pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h], axis=-1)
+    return np.stack(
+        [pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h], axis=-1
+    )
 
 
 def faster_rcnn_decode(

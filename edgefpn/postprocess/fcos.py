@@ -131,14 +131,20 @@ def fcos_decode(
     image_size = (int(image_size[0]), int(image_size[1]))
     n, c = _fcos_level_shapes(outputs, params)
     levels = params.levels
-    grids = tuple((int(outputs[f"cls_{lvl}"].shape[2]), int(outputs[f"cls_{lvl}"].shape[3])) for lvl in levels)
+    grids = tuple(
+        (int(outputs[f"cls_{lvl}"].shape[2]), int(outputs[f"cls_{lvl}"].shape[3])) for lvl in levels
+    )
     anchor_ctr, anchor_size, starts = _fcos_layout(image_size, grids, tuple(int(s) for s in params.strides))
     # Every level at once, locations end to end (level-major, as torchvision concatenates them). The
     # end-to-end path runs this right after the engine has evicted the caches, where each numpy call
     # costs more than its arithmetic: few calls, not few elements, is what keeps it fast.
-    cls = np.concatenate([_as_f32(outputs[f"cls_{lvl}"]).reshape(n, c, -1) for lvl in levels], axis=2)  # [N, C, A]
+    cls = np.concatenate(
+        [_as_f32(outputs[f"cls_{lvl}"]).reshape(n, c, -1) for lvl in levels], axis=2
+    )  # [N, C, A]
     ctr = np.concatenate([_as_f32(outputs[f"ctr_{lvl}"]).reshape(n, -1) for lvl in levels], axis=1)  # [N, A]
-    box = np.concatenate([_as_f32(outputs[f"box_{lvl}"]).reshape(n, 4, -1) for lvl in levels], axis=2)  # [N, 4, A]
+    box = np.concatenate(
+        [_as_f32(outputs[f"box_{lvl}"]).reshape(n, 4, -1) for lvl in levels], axis=2
+    )  # [N, 4, A]
     floor = np.float32(_logit_floor(params.score_thresh))  # -inf for a 0 threshold: all finite logits
     thresh = _float32_below(params.score_thresh)
     k = params.topk_candidates
@@ -148,14 +154,20 @@ def fcos_decode(
         cand = cls[i] > floor  # [C, A]
         cand &= ctr[i] > floor
         loc, label = np.nonzero(cand.T)  # [M] each, in each level's flattened [HW, C] order
-        scores = np.sqrt(_sigmoid(cls[i, label, loc]) * _sigmoid(ctr[i, loc]))  # [M], torchvision's FCOS score
+        scores = np.sqrt(
+            _sigmoid(cls[i, label, loc]) * _sigmoid(ctr[i, loc])
+        )  # [M], torchvision's FCOS score
         passed = scores > thresh
         loc, label, scores = loc[passed], label[passed], scores[passed]
         if loc.size > k:  # a level is one slice of ``loc``: top-k only where a level has more than k
             bounds = np.searchsorted(loc, starts)  # [L + 1]
             if np.any(np.diff(bounds) > k):
-                picked = np.concatenate([a + _topk_positions(scores[a:b], k) if b - a > k else np.arange(a, b)
-                                         for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+                picked = np.concatenate(
+                    [
+                        a + _topk_positions(scores[a:b], k) if b - a > k else np.arange(a, b)
+                        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+                    ]
+                )
                 loc, label, scores = loc[picked], label[picked], scores[picked]
         if not loc.size:
             results.append(Detections.empty())

@@ -147,4 +147,3 @@ def _resolve_greedy(over: np.ndarray) -> np.ndarray:
         if np.array_equal(new, keep):
             return keep
         keep = new
-

@@ -88,7 +88,9 @@ def _level_shapes(outputs: Mapping[str, np.ndarray], params: PostprocessParams) 
         raise ValueError(f"outputs lack {missing}, got keys {sorted(outputs)}")
     first = outputs[f"cls_{params.levels[0]}"]
     if first.ndim != 4 or first.shape[1] % NUM_ANCHORS:
-        raise ValueError(f"cls_{params.levels[0]}: expected [N, {NUM_ANCHORS}*C, H, W], got {list(first.shape)}")
+        raise ValueError(
+            f"cls_{params.levels[0]}: expected [N, {NUM_ANCHORS}*C, H, W], got {list(first.shape)}"
+        )
     n, c = int(first.shape[0]), int(first.shape[1]) // NUM_ANCHORS
     for lvl in params.levels:
         cls, box = outputs[f"cls_{lvl}"], outputs[f"box_{lvl}"]

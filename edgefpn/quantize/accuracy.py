@@ -30,8 +30,17 @@ SENSITIVITY_IMAGES = 200  # the whole default val split: a 50-image subset hid a
 class Evaluator:
     """mAP of engines over val records; inputs of the sensitivity subset are prepared once."""
 
-    def __init__(self, pipe: PrePost, records: Sequence[ImageRecord], category_ids: Sequence[int],
-                 ann_file: Path, *, threads: int, subset: int = SENSITIVITY_IMAGES, batch: int = 1) -> None:
+    def __init__(
+        self,
+        pipe: PrePost,
+        records: Sequence[ImageRecord],
+        category_ids: Sequence[int],
+        ann_file: Path,
+        *,
+        threads: int,
+        subset: int = SENSITIVITY_IMAGES,
+        batch: int = 1,
+    ) -> None:
         self.pipe, self.records, self.category_ids = pipe, list(records), list(category_ids)
         self.ann_file, self.threads = ann_file, threads
         self.batch = batch  # images per engine call: the engines' static batch (export.batch)
@@ -58,18 +67,23 @@ class Evaluator:
         with open_runner(spec, threads=self.threads) as runner:
             items = list(self._inputs(records, cache=subset))
             for start in range(0, len(items), self.batch):
-                chunk = items[start:start + self.batch]
+                chunk = items[start : start + self.batch]
                 out = runner.infer({INPUT_NAME: np.concatenate([batch for _, batch, _ in chunk])})
                 out = {k: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in out.items()}
-                for (rec, _, _), det in zip(chunk, self.pipe.decode(out, [lb for _, _, lb in chunk]), strict=True):
+                for (rec, _, _), det in zip(
+                    chunk, self.pipe.decode(out, [lb for _, _, lb in chunk]), strict=True
+                ):
                     results.extend(detections_to_coco(det, rec.id, self.category_ids))
         return results
 
     def map_of(self, results: list[dict], *, subset: bool = False) -> float:
         records = self.subset_records if subset else self.records
         ids = {r.id for r in records}
-        return float(coco_map(self.ann_file, [r for r in results if r["image_id"] in ids],
-                              image_ids=sorted(ids))["map"])
+        return float(
+            coco_map(self.ann_file, [r for r in results if r["image_id"] in ids], image_ids=sorted(ids))[
+                "map"
+            ]
+        )
 
 
 @dataclass
@@ -84,10 +98,16 @@ class SensitivityResult:
     budget_met_on_subset: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget": self.budget, "subset_images": self.subset_images,
-                "reference_subset_map": self.reference_subset_map, "int8_subset_map": self.int8_subset_map,
-                "candidates": self.candidates, "kept_float": self.kept_float, "steps": self.steps,
-                "budget_met_on_subset": self.budget_met_on_subset}
+        return {
+            "budget": self.budget,
+            "subset_images": self.subset_images,
+            "reference_subset_map": self.reference_subset_map,
+            "int8_subset_map": self.int8_subset_map,
+            "candidates": self.candidates,
+            "kept_float": self.kept_float,
+            "steps": self.steps,
+            "budget_met_on_subset": self.budget_met_on_subset,
+        }
 
 
 def greedy_keep_float(
@@ -107,6 +127,7 @@ def greedy_keep_float(
     ref = evaluator.map_of(reference_results, subset=True)
 
     with tempfile.TemporaryDirectory(prefix="edgefpn-sens-") as tmp:
+
         def subset_map(exclude: Sequence[str], tag: str) -> float:
             path = Path(tmp) / f"{tag}.onnx"
             quantize(path, exclude)
@@ -117,11 +138,19 @@ def greedy_keep_float(
 
         base = subset_map(base_exclude, "all")
         result = SensitivityResult(budget, len(evaluator.subset_records), ref, base)
-        log(f"[quantize] sensitivity on {result.subset_images} val images: reference {ref:.2f}, int8 {base:.2f} mAP")
+        log(
+            f"[quantize] sensitivity on {result.subset_images} val images: reference {ref:.2f}, int8 {base:.2f} mAP"
+        )
         for i, (name, nodes) in enumerate(groups.items()):
             value = subset_map([*base_exclude, *nodes], f"g{i}")
-            result.candidates.append({"group": name, "nodes": len(nodes), "map": round(value, 3),
-                                      "recovered": round(value - base, 3)})
+            result.candidates.append(
+                {
+                    "group": name,
+                    "nodes": len(nodes),
+                    "map": round(value, 3),
+                    "recovered": round(value - base, 3),
+                }
+            )
             log(f"[quantize]   {name:<16} in float: {value:.2f} mAP ({value - base:+.2f})")
         order = sorted(result.candidates, key=lambda c: -c["recovered"])
         current, drop = base, ref - base
@@ -134,8 +163,9 @@ def greedy_keep_float(
             exclude = [*base_exclude, *(n for g in result.kept_float for n in groups[g])]
             current = subset_map(exclude, f"step{len(result.kept_float)}")
             drop = ref - current
-            result.steps.append({"kept_float": list(result.kept_float), "map": round(current, 3),
-                                 "drop": round(drop, 3)})
+            result.steps.append(
+                {"kept_float": list(result.kept_float), "map": round(current, 3), "drop": round(drop, 3)}
+            )
             log(f"[quantize]   keep {', '.join(result.kept_float)} in float: drop {drop:.2f}")
         result.budget_met_on_subset = drop <= budget
     return result

@@ -31,9 +31,13 @@ from edgefpn.quantize.qdq import strip_output_qdq
 
 __all__ = ["SCHEME", "check_qdq_ort", "prune_float_qdq", "quantize_qdq_ort"]
 
-SCHEME = {"activations": "uint8 asymmetric per-tensor",
-          "weights": "int8 (7-bit range) symmetric per-channel (axis 0)",
-          "bias": "int32", "outputs": "float", "target": "onnxruntime CPU (QLinearConv / QLinearAdd fusion)"}
+SCHEME = {
+    "activations": "uint8 asymmetric per-tensor",
+    "weights": "int8 (7-bit range) symmetric per-channel (axis 0)",
+    "bias": "int32",
+    "outputs": "float",
+    "target": "onnxruntime CPU (QLinearConv / QLinearAdd fusion)",
+}
 
 
 def quantize_qdq_ort(
@@ -60,7 +64,9 @@ def quantize_qdq_ort(
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
-                str(model_path), str(out), None,
+                str(model_path),
+                str(out),
+                None,
                 quant_format=QuantFormat.QDQ,  # ORT fuses QDQ groups into QLinear* ops at load time
                 per_channel=True,
                 # 7-bit weights: without VNNI, the x86 U8S8 kernels sum u8 x s8 pairs into int16
@@ -76,8 +82,12 @@ def quantize_qdq_ort(
                 # ORT drops a Relu whose uint8 Q starts at 0 (the Q clips), but strip_output_qdq then
                 # removes that Q on a graph output (FCOS's box_pN = Relu(conv)) and the Relu with it.
                 # Kept here, ORT's own Relu + Q fusion still removes it at load time.
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True,
-                               "QDQKeepRemovableActivations": True},
+                extra_options={
+                    "ActivationSymmetric": False,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": True,
+                    "QDQKeepRemovableActivations": True,
+                },
             )
     finally:
         quiet.setLevel(level)
@@ -100,7 +110,9 @@ def _quantized_types(op_types: Iterable[str] | None) -> set[str]:
     return set(op_types) if op_types is not None else set(ort_op_types())  # quantize_static's default
 
 
-def prune_float_qdq(model: onnx.ModelProto, exclude: Iterable[str] = (), op_types: Iterable[str] | None = None) -> int:
+def prune_float_qdq(
+    model: onnx.ModelProto, exclude: Iterable[str] = (), op_types: Iterable[str] | None = None
+) -> int:
     """Let float consumers of a float tensor read it directly, not through ``Q -> DQ``.
 
     ``T -> Q -> DQ -> float node``, where ``T`` comes from a float node (or is a graph input), only
@@ -135,8 +147,11 @@ def _drop_dead_qdq(graph: onnx.GraphProto) -> None:
     outputs = {o.name for o in graph.output}
     while True:
         used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in used for o in n.output)]
+        dead = [
+            n
+            for n in graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output)
+        ]
         if not dead:
             break
         for n in dead:
@@ -146,8 +161,9 @@ def _drop_dead_qdq(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(init)
 
 
-def check_qdq_ort(model: onnx.ModelProto, exclude: Iterable[str] = (),
-                  op_types: Iterable[str] | None = None) -> list[str]:
+def check_qdq_ort(
+    model: onnx.ModelProto, exclude: Iterable[str] = (), op_types: Iterable[str] | None = None
+) -> list[str]:
     """Problems that keep ORT's CPU kernels off the fast path (empty: fine).
 
     Activation Q/DQ are uint8; weight DQs are int8, zero-point 0, one scale per output channel on
@@ -167,8 +183,10 @@ def check_qdq_ort(model: onnx.ModelProto, exclude: Iterable[str] = (),
         if zp is None:
             problems.append(f"{n.name}: no constant zero point")
         elif zp.data_type != onnx.TensorProto.UINT8:
-            problems.append(f"{n.name}: activation zero point type {onnx.TensorProto.DataType.Name(zp.data_type)}, "
-                            "want UINT8")
+            problems.append(
+                f"{n.name}: activation zero point type {onnx.TensorProto.DataType.Name(zp.data_type)}, "
+                "want UINT8"
+            )
     for conv in (n for n in model.graph.node if n.op_type == "Conv"):
         dq = producer.get(conv.input[1])
         if dq is None or dq.op_type != "DequantizeLinear":
@@ -181,14 +199,19 @@ def check_qdq_ort(model: onnx.ModelProto, exclude: Iterable[str] = (),
         scale = numpy_helper.to_array(inits[dq.input[1]])
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
         if scale.shape != (out_channels,) or axis != 0:
-            problems.append(f"{dq.name}: weight scale shape {list(scale.shape)} axis {axis}, want per-channel axis 0")
+            problems.append(
+                f"{dq.name}: weight scale shape {list(scale.shape)} axis {axis}, want per-channel axis 0"
+            )
         if len(conv.input) > 2 and conv.input[2]:
             bias = producer.get(conv.input[2])
-            if bias is None or bias.op_type != "DequantizeLinear" or \
-                    inits[bias.input[0]].data_type != onnx.TensorProto.INT32:
+            if (
+                bias is None
+                or bias.op_type != "DequantizeLinear"
+                or inits[bias.input[0]].data_type != onnx.TensorProto.INT32
+            ):
                 problems.append(f"{conv.name}: float bias (ORT fuses no QLinearConv with it)")
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    if (n := prune_float_qdq(copy, exclude, op_types)):
+    if n := prune_float_qdq(copy, exclude, op_types):
         problems.append(f"{n} float consumer input(s) read a Q -> DQ pair between float nodes")
     return problems

@@ -45,7 +45,9 @@ def quantize_qdq(
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
-                str(model_path), str(out), None,
+                str(model_path),
+                str(out),
+                None,
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QInt8,
@@ -184,7 +186,9 @@ def check_qdq(model: onnx.ModelProto) -> list[str]:
         zp = inits[n.input[2]]
         arr = numpy_helper.to_array(zp)
         if zp.data_type != onnx.TensorProto.INT8 or arr.any():
-            problems.append(f"{n.name}: zero point {arr.ravel()[:4]} ({onnx.TensorProto.DataType.Name(zp.data_type)})")
+            problems.append(
+                f"{n.name}: zero point {arr.ravel()[:4]} ({onnx.TensorProto.DataType.Name(zp.data_type)})"
+            )
     for w_name, conv in conv_weights.items():
         dq = producer.get(w_name)
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
@@ -193,6 +197,8 @@ def check_qdq(model: onnx.ModelProto) -> list[str]:
         scale = numpy_helper.to_array(inits[dq.input[1]])
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
         if scale.shape != (out_channels,) or axis != 0:
-            problems.append(f"{dq.name}: weight scale shape {list(scale.shape)} axis {axis}, "
-                            f"want [{out_channels}] on axis 0 ({conv.name})")
+            problems.append(
+                f"{dq.name}: weight scale shape {list(scale.shape)} axis {axis}, "
+                f"want [{out_channels}] on axis 0 ({conv.name})"
+            )
     return problems

@@ -22,7 +22,9 @@ def fp16_onnx(model_path: Path, out: Path, sample: np.ndarray, *, threads: int) 
 
     from edgefpn.onnx_guard import save_onnx
 
-    model = convert_float_to_float16(onnx.load(str(model_path)), keep_io_types=True, disable_shape_infer=False)
+    model = convert_float_to_float16(
+        onnx.load(str(model_path)), keep_io_types=True, disable_shape_infer=False
+    )
     _drop_duplicate_nodes(model)
     save_onnx(model, out)
     opts = ort.SessionOptions()
@@ -31,8 +33,11 @@ def fp16_onnx(model_path: Path, out: Path, sample: np.ndarray, *, threads: int) 
         sess = ort.InferenceSession(str(out), sess_options=opts, providers=["CPUExecutionProvider"])
         outs = sess.run(None, {sess.get_inputs()[0].name: sample})
         finite = all(bool(np.isfinite(o).all()) for o in outs)
-        return {"ort_cpu_runs": True, "ort_cpu_outputs_finite": finite,
-                "output_dtypes": sorted({str(o.dtype) for o in outs})}
+        return {
+            "ort_cpu_runs": True,
+            "ort_cpu_outputs_finite": finite,
+            "output_dtypes": sorted({str(o.dtype) for o in outs}),
+        }
     except Exception as exc:  # ORT raises untyped errors; the file is still useful to TensorRT / OpenVINO
         return {"ort_cpu_runs": False, "ort_cpu_error": str(exc).strip().splitlines()[0][:300]}
 
@@ -69,7 +74,9 @@ def openvino_missing() -> str | None:
     return None
 
 
-def openvino_int8(model_path: Path, folder: Path, dataset, *, subset_size: int, ignored: Sequence[str]) -> dict:
+def openvino_int8(
+    model_path: Path, folder: Path, dataset, *, subset_size: int, ignored: Sequence[str]
+) -> dict:
     """NNCF post-training INT8 (symmetric, PERFORMANCE preset) of the ONNX model into ``folder/model.xml``.
 
     ``nncf.quantize_with_accuracy_control`` is not used: it needs a validation function and a second
@@ -84,13 +91,24 @@ def openvino_int8(model_path: Path, folder: Path, dataset, *, subset_size: int, 
     # validate=True: a name that matches no op is an error, not a silently quantized layer
     ignored_scope = nncf.IgnoredScope(names=ov_names, validate=True) if ov_names else None
     kwargs = {"ignored_scope": ignored_scope} if ignored_scope is not None else {}
-    quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
-                              subset_size=subset_size, model_type=None, **kwargs)
+    quantized = nncf.quantize(
+        model,
+        dataset,
+        preset=nncf.QuantizationPreset.PERFORMANCE,
+        subset_size=subset_size,
+        model_type=None,
+        **kwargs,
+    )
     folder.mkdir(parents=True)
     ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)
     fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
-    return {"fake_quantize_ops": fq, "ignored": list(ignored), "ignored_openvino_ops": ov_names,
-            "preset": "performance", "subset_size": subset_size}
+    return {
+        "fake_quantize_ops": fq,
+        "ignored": list(ignored),
+        "ignored_openvino_ops": ov_names,
+        "preset": "performance",
+        "subset_size": subset_size,
+    }
 
 
 def _openvino_names(model, onnx_names: Sequence[str]) -> list[str]:
@@ -102,6 +120,7 @@ def _openvino_names(model, onnx_names: Sequence[str]) -> list[str]:
     """
     wanted = set(onnx_names)
     return sorted(
-        op.get_friendly_name() for op in model.get_ops()
+        op.get_friendly_name()
+        for op in model.get_ops()
         if op.get_friendly_name() in wanted or op.get_friendly_name().rsplit("/", 1)[0] in wanted
     )

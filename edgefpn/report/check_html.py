@@ -96,16 +96,27 @@ def render_html(report: dict[str, Any]) -> str:
     ok = all(e["gates"]["passed"] for e in engines)
     ref = report["reference"]
     m = report["machine"]
-    sub = (f"reference {escape(ref['engine'])}: mAP {ref['map']:.2f}, mAP50 {ref['map50']:.2f} on "
-           f"{report['dataset']['images']} {escape(str(report['dataset']['split']))} images · "
-           f"{escape(str(m['cpu']))}, {m['threads']} threads · {'all gates passed' if ok else 'GATES FAILED'}")
+    sub = (
+        f"reference {escape(ref['engine'])}: mAP {ref['map']:.2f}, mAP50 {ref['map50']:.2f} on "
+        f"{report['dataset']['images']} {escape(str(report['dataset']['split']))} images · "
+        f"{escape(str(m['cpu']))}, {m['threads']} threads · {'all gates passed' if ok else 'GATES FAILED'}"
+    )
     plots = [
-        ("Accuracy vs latency", _plot_accuracy_latency(report),
-         "x: model-only p50 (whisker to p90), y: COCO mAP; ✕ = an engine that failed a gate."),
-        ("Per-level error vs the reference", _plot_levels(report),
-         "Worst branch (cls/box/ctr) per level, over the split; dashed: the cosine gate of each precision."),
-        ("Latency distribution (model only, batch 1)", _plot_latency(report),
-         "Every timed iteration; box = quartiles, whiskers = 1.5 IQR."),
+        (
+            "Accuracy vs latency",
+            _plot_accuracy_latency(report),
+            "x: model-only p50 (whisker to p90), y: COCO mAP; ✕ = an engine that failed a gate.",
+        ),
+        (
+            "Per-level error vs the reference",
+            _plot_levels(report),
+            "Worst branch (cls/box/ctr) per level, over the split; dashed: the cosine gate of each precision.",
+        ),
+        (
+            "Latency distribution (model only, batch 1)",
+            _plot_latency(report),
+            "Every timed iteration; box = quartiles, whiskers = 1.5 IQR.",
+        ),
     ]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -113,25 +124,42 @@ def render_html(report: dict[str, Any]) -> str:
         f"<title>edgefpn check report</title><style>{_CSS}</style></head><body><main>",
         f"<h1>edgefpn check report</h1><div class='sub'>{sub}</div>",
         _headline(report),
-        "<h2>Engines</h2><div class='card wide'>", _engine_table(report), "</div>",
-        "<h2>End to end vs model only</h2><div class='card wide'>", _e2e_table(report),
+        "<h2>Engines</h2><div class='card wide'>",
+        _engine_table(report),
+        "</div>",
+        "<h2>End to end vs model only</h2><div class='card wide'>",
+        _e2e_table(report),
         "<p class='note'>End to end = image file → detections (decode, letterbox, normalise, infer, decode "
         "boxes, NMS), at the deployment score threshold and at mAP's evaluation threshold.</p></div>",
         _speedup_table(report),
     ]
     head, rows = contract_rows(report)
     if rows:  # the in-graph (-e2e) engines beside their raw twins
-        parts += ["<h2>Engine contracts: raw outputs vs in-graph decode + NMS</h2><div class='card wide'>",
-                  _rows_table(head, rows), "<p class='note'>Latency p50 in ms; agreement of each in-graph "
-                  "engine with its raw twin on every image.</p></div>"]
+        parts += [
+            "<h2>Engine contracts: raw outputs vs in-graph decode + NMS</h2><div class='card wide'>",
+            _rows_table(head, rows),
+            "<p class='note'>Latency p50 in ms; agreement of each in-graph "
+            "engine with its raw twin on every image.</p></div>",
+        ]
     if note := compute_note(report):
         parts.append(f"<p class='note'>{escape(note)}</p>")
     parts.append("<div class='grid'>")
     for title, png, caption in plots:
-        body = (f"<img alt='{escape(title)}' src='data:image/png;base64,{png}'>" if png
-                else "<p class='note'>no data for this plot in the report</p>")
-        parts.append(f"<div class='card'><h2>{escape(title)}</h2>{body}<p class='note'>{escape(caption)}</p></div>")
-    parts += ["</div>", gallery.render(report), _level_tables(report), _machine(report), "</main></body></html>"]
+        body = (
+            f"<img alt='{escape(title)}' src='data:image/png;base64,{png}'>"
+            if png
+            else "<p class='note'>no data for this plot in the report</p>"
+        )
+        parts.append(
+            f"<div class='card'><h2>{escape(title)}</h2>{body}<p class='note'>{escape(caption)}</p></div>"
+        )
+    parts += [
+        "</div>",
+        gallery.render(report),
+        _level_tables(report),
+        _machine(report),
+        "</main></body></html>",
+    ]
     return "\n".join(parts) + "\n"
 
 
@@ -143,8 +171,10 @@ def _headline(report: dict[str, Any]) -> str:
         items = "".join(f"<li><b>{escape(n)}</b>: {escape(g)}</li>" for n, g in failed)
         fails = f"<p><b>{len(failed)} gate(s) failed</b></p><ul class='fails'>{items}</ul>"
     if choice is None:
-        return (f"<div class='card noship'><div class='big'>No engine to ship: none passed all gates</div>"
-                f"{fails}</div>")
+        return (
+            f"<div class='card noship'><div class='big'>No engine to ship: none passed all gates</div>"
+            f"{fails}</div>"
+        )
     e = choice["engine"]
 
     def x(v: float | None) -> str:
@@ -161,9 +191,11 @@ def _headline(report: dict[str, Any]) -> str:
     if e.get("achieved_gflops") is not None:
         kpis.append((f"{e['achieved_gflops']:.1f}", "achieved GFLOP/s"))
     kpi_html = "".join(f"<div class='kpi'><b>{escape(v)}</b><span>{escape(k)}</span></div>" for v, k in kpis)
-    return (f"<div class='card ship'><div class='big'>Ship <code>{escape(e['name'])}</code></div>"
-            f"<div class='note'>the fastest engine (end-to-end p50) that passed every gate</div>"
-            f"<div class='kpis'>{kpi_html}</div>{fails}</div>")
+    return (
+        f"<div class='card ship'><div class='big'>Ship <code>{escape(e['name'])}</code></div>"
+        f"<div class='note'>the fastest engine (end-to-end p50) that passed every gate</div>"
+        f"<div class='kpis'>{kpi_html}</div>{fails}</div>"
+    )
 
 
 def _engine_table(report: dict[str, Any]) -> str:
@@ -177,7 +209,11 @@ def _engine_table(report: dict[str, Any]) -> str:
         # (the full gate messages are listed in the headline card)
         failed = e["gates"]["failed"]
         levels = sorted({m for g in failed for m in re.findall(r"\(level (p\d)\)", g)})
-        gate = "✓ pass" if not failed else f"✗ {len(failed)} failed" + (f" ({', '.join(levels)})" if levels else "")
+        gate = (
+            "✓ pass"
+            if not failed
+            else f"✗ {len(failed)} failed" + (f" ({', '.join(levels)})" if levels else "")
+        )
         cells = "".join(f"<td>{escape(c)}</td>" for c in [*cells, gate])
         rows.append(f"<tr class='{cls}'>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -198,10 +234,16 @@ def _speedup_table(report: dict[str, Any]) -> str:
     if not rows:
         return ""
     th = "".join(f"<th>{escape(h)}</th>" for h in SPEEDUP_HEADER)
-    body = "".join(f"<tr class='{'pass' if r[-1].startswith('pass') else 'fail'}'>"
-                   + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return (f"<h2>INT8 vs FP32 of the same backend</h2><div class='card wide'><table class='e2e'><thead><tr>{th}"
-            f"</tr></thead><tbody>{body}</tbody></table><p class='note'>{escape(SPEEDUP_NOTE)}</p></div>")
+    body = "".join(
+        f"<tr class='{'pass' if r[-1].startswith('pass') else 'fail'}'>"
+        + "".join(f"<td>{escape(c)}</td>" for c in r)
+        + "</tr>"
+        for r in rows
+    )
+    return (
+        f"<h2>INT8 vs FP32 of the same backend</h2><div class='card wide'><table class='e2e'><thead><tr>{th}"
+        f"</tr></thead><tbody>{body}</tbody></table><p class='note'>{escape(SPEEDUP_NOTE)}</p></div>"
+    )
 
 
 def _level_tables(report: dict[str, Any]) -> str:
@@ -213,22 +255,31 @@ def _level_tables(report: dict[str, Any]) -> str:
         for level, branches in e["levels"].items():
             for branch, s in branches.items():
                 bad = s["nonfinite"] or any(f"{branch}_{level}" in g for g in e["gates"]["failed"])
-                rows.append(f"<tr class='{'fail' if bad else ''}'><td>{level}</td><td>{branch}</td>"
-                            f"<td>{s['cosine']:.7f}</td><td>{s['max_abs']:.2e}</td><td>{s['snr_db']:.1f}</td>"
-                            f"<td>{s['nonfinite']}</td></tr>")
+                rows.append(
+                    f"<tr class='{'fail' if bad else ''}'><td>{level}</td><td>{branch}</td>"
+                    f"<td>{s['cosine']:.7f}</td><td>{s['max_abs']:.2e}</td><td>{s['snr_db']:.1f}</td>"
+                    f"<td>{s['nonfinite']}</td></tr>"
+                )
         mark = "✓" if e["gates"]["passed"] else "✗"
-        parts.append(f"<details{'' if e['gates']['passed'] else ' open'}><summary>{mark} {escape(e['name'])}"
-                     "</summary><table><thead><tr><th>level</th><th>branch</th><th>cosine</th><th>max abs</th>"
-                     f"<th>SNR dB</th><th>NaN/Inf</th></tr></thead><tbody>{''.join(rows)}</tbody></table></details>")
+        parts.append(
+            f"<details{'' if e['gates']['passed'] else ' open'}><summary>{mark} {escape(e['name'])}"
+            "</summary><table><thead><tr><th>level</th><th>branch</th><th>cosine</th><th>max abs</th>"
+            f"<th>SNR dB</th><th>NaN/Inf</th></tr></thead><tbody>{''.join(rows)}</tbody></table></details>"
+        )
     parts.append("</div>")
     return "".join(parts)
 
 
 def _machine(report: dict[str, Any]) -> str:
     m = report["machine"]
-    rows = [("CPU", m.get("cpu")), ("machine", m.get("machine")), ("logical cores", m.get("logical_cores")),
-            ("threads", m.get("threads")), ("CPU flags", " ".join(m.get("cpu_flags", [])) or "–"),
-            ("OS", m.get("os"))]
+    rows = [
+        ("CPU", m.get("cpu")),
+        ("machine", m.get("machine")),
+        ("logical cores", m.get("logical_cores")),
+        ("threads", m.get("threads")),
+        ("CPU flags", " ".join(m.get("cpu_flags", [])) or "–"),
+        ("OS", m.get("os")),
+    ]
     if peak := report.get("flops", {}).get("peak"):
         rows.append(("peak assumptions", peak["assumptions"]))
     versions = m.get("versions", {})
@@ -236,11 +287,15 @@ def _machine(report: dict[str, Any]) -> str:
     vl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in sorted(versions.items()))
     cfg = report.get("config", {})
     gates = cfg.get("check", {})
-    gl = (f"<dt>max mAP drop</dt><dd>{escape(str(gates.get('max_map_drop')))}</dd>"
-          f"<dt>min cosine</dt><dd>{escape(str(gates.get('min_cosine')))}</dd>"
-          f"<dt>input size</dt><dd>{escape(str(cfg.get('input_size')))}</dd>")
-    return (f"<h2>Machine and versions</h2><div class='grid'><div class='card'><dl>{dl}{gl}</dl></div>"
-            f"<div class='card'><dl>{vl}</dl></div></div>")
+    gl = (
+        f"<dt>max mAP drop</dt><dd>{escape(str(gates.get('max_map_drop')))}</dd>"
+        f"<dt>min cosine</dt><dd>{escape(str(gates.get('min_cosine')))}</dd>"
+        f"<dt>input size</dt><dd>{escape(str(cfg.get('input_size')))}</dd>"
+    )
+    return (
+        f"<h2>Machine and versions</h2><div class='grid'><div class='card'><dl>{dl}{gl}</dl></div>"
+        f"<div class='card'><dl>{vl}</dl></div></div>"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,12 +338,26 @@ def _plot_accuracy_latency(report: dict[str, Any]) -> str:
         mo = e["latency"]["model_only"]
         colour = _colour(e, ref_name)
         marker = "*" if e["name"] == ref_name else ("o" if e["gates"]["passed"] else "X")
-        ax.errorbar([mo["p50"]], [e["map"]], xerr=[[0.0], [max(mo["p90"] - mo["p50"], 0.0)]], fmt=marker,
-                    color=colour, ms=11 if marker == "*" else 8, capsize=3, lw=1)
+        ax.errorbar(
+            [mo["p50"]],
+            [e["map"]],
+            xerr=[[0.0], [max(mo["p90"] - mo["p50"], 0.0)]],
+            fmt=marker,
+            color=colour,
+            ms=11 if marker == "*" else 8,
+            capsize=3,
+            lw=1,
+        )
         # labels of neighbouring points alternate above and below so that clusters stay readable
-        ax.annotate(e["name"], (mo["p50"], e["map"]), textcoords="offset points",
-                    xytext=(6, (8, -14, 20, -26)[i % 4]), fontsize=8, color=colour,
-                    arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.6})
+        ax.annotate(
+            e["name"],
+            (mo["p50"], e["map"]),
+            textcoords="offset points",
+            xytext=(6, (8, -14, 20, -26)[i % 4]),
+            fontsize=8,
+            color=colour,
+            arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.6},
+        )
     _maybe_log_x(ax, [e["latency"]["model_only"]["p50"] for e in report["engines"]])
     ax.set_xlabel("model-only p50 latency (ms), batch 1")
     ax.set_ylabel("COCO mAP")
@@ -319,29 +388,62 @@ def _plot_levels(report: dict[str, Any]) -> str | None:
             nonfinite.append(sum(s["nonfinite"] for s in branches.values()))
         colour = None if e["gates"]["passed"] else _FAIL
         offs = x - 0.4 + width * (i + 0.5)
-        bars = ax_cos.bar(offs, deficit, width, label=e["name"], color=colour,
-                          hatch=None if e["gates"]["passed"] else "//", edgecolor="white")
-        ax_abs.bar(offs, max_abs, width, color=bars.patches[0].get_facecolor(),
-                   hatch=None if e["gates"]["passed"] else "//", edgecolor="white")
+        bars = ax_cos.bar(
+            offs,
+            deficit,
+            width,
+            label=e["name"],
+            color=colour,
+            hatch=None if e["gates"]["passed"] else "//",
+            edgecolor="white",
+        )
+        ax_abs.bar(
+            offs,
+            max_abs,
+            width,
+            color=bars.patches[0].get_facecolor(),
+            hatch=None if e["gates"]["passed"] else "//",
+            edgecolor="white",
+        )
         for xo, n in zip(offs, nonfinite, strict=True):
             if n:
                 for ax in (ax_cos, ax_abs):
-                    ax.annotate("NaN", (xo, 1.0), xycoords=("data", "axes fraction"), ha="center", va="top",
-                                color=_FAIL, fontsize=7, fontweight="bold")
+                    ax.annotate(
+                        "NaN",
+                        (xo, 1.0),
+                        xycoords=("data", "axes fraction"),
+                        ha="center",
+                        va="top",
+                        color=_FAIL,
+                        fontsize=7,
+                        fontweight="bold",
+                    )
     gates = report.get("config", {}).get("check", {}).get("min_cosine", {})
     for precision in sorted({e["precision"] for e in engines}):
         if (g := gates.get(precision)) is not None and g < 1.0:
             ax_cos.axhline(1.0 - g, ls="--", lw=0.8, color="#888")
-            ax_cos.annotate(f"{precision} gate", (1.0, 1.0 - g), xycoords=("axes fraction", "data"),
-                            ha="right", va="bottom", fontsize=7, color="#666")
+            ax_cos.annotate(
+                f"{precision} gate",
+                (1.0, 1.0 - g),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="bottom",
+                fontsize=7,
+                color="#666",
+            )
     for ax, label in ((ax_cos, "1 − cosine"), (ax_abs, "max abs error")):
         ax.set_yscale("log")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
     ax_abs.set_xticks(x, levels)
     ax_abs.set_xlabel("pyramid level")
-    fig.legend(*ax_cos.get_legend_handles_labels(), loc="outside upper center", fontsize=7,
-               ncol=min(len(engines), 3), frameon=False)
+    fig.legend(
+        *ax_cos.get_legend_handles_labels(),
+        loc="outside upper center",
+        fontsize=7,
+        ncol=min(len(engines), 3),
+        frameon=False,
+    )
     return _png(fig)
 
 
@@ -353,8 +455,14 @@ def _plot_latency(report: dict[str, Any]) -> str | None:
         return None
     fig = _figure(5.6, 0.6 + 0.45 * len(rows) + 0.9)
     ax = fig.add_subplot()
-    parts = ax.boxplot([s for _, s in rows], orientation="horizontal", widths=0.6, patch_artist=True,
-                       tick_labels=[e["name"] for e, _ in rows], flierprops={"markersize": 3})
+    parts = ax.boxplot(
+        [s for _, s in rows],
+        orientation="horizontal",
+        widths=0.6,
+        patch_artist=True,
+        tick_labels=[e["name"] for e, _ in rows],
+        flierprops={"markersize": 3},
+    )
     for patch, (e, _) in zip(parts["boxes"], rows, strict=True):
         patch.set_facecolor(_colour(e, ref_name))
         patch.set_alpha(0.45)

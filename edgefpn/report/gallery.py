@@ -25,8 +25,13 @@ __all__ = ["Gallery", "disagreement", "render"]
 PER_ENGINE = 3
 THUMB_SIDE = 320  # px, the longer side of a thumbnail
 # colours: reference boxes green, engine boxes blue; what is wrong is thick and warm
-COLOURS = {"ref": (46, 160, 67), "test": (31, 111, 235), "missed": (214, 39, 40), "extra": (255, 127, 14),
-           "flip": (148, 103, 189)}
+COLOURS = {
+    "ref": (46, 160, 67),
+    "test": (31, 111, 235),
+    "missed": (214, 39, 40),
+    "extra": (255, 127, 14),
+    "flip": (148, 103, 189),
+}
 
 
 def disagreement(ref: Detections, test: Detections, iou_thresh: float = 0.5) -> dict[str, Any]:
@@ -49,8 +54,13 @@ def disagreement(ref: Detections, test: Detections, iou_thresh: float = 0.5) -> 
                 free[t] = False
                 status = "matched" if ref.labels[r] == test.labels[t] else "flip"
                 ref_status[int(r)] = test_status[t] = status
-    return {"ref_status": ref_status, "test_status": test_status, "missed": ref_status.count("missed"),
-            "extra": test_status.count("extra"), "flips": ref_status.count("flip")}
+    return {
+        "ref_status": ref_status,
+        "test_status": test_status,
+        "missed": ref_status.count("missed"),
+        "extra": test_status.count("extra"),
+        "flips": ref_status.count("flip"),
+    }
 
 
 def _above(det: Detections, thresh: float) -> Detections:
@@ -59,8 +69,10 @@ def _above(det: Detections, thresh: float) -> Detections:
 
 
 def _boxes(det: Detections, status: list[str]) -> list[list]:
-    return [[*(round(float(v), 1) for v in b), int(lbl), round(float(s), 3), st]
-            for b, lbl, s, st in zip(det.boxes, det.labels, det.scores, status, strict=True)]
+    return [
+        [*(round(float(v), 1) for v in b), int(lbl), round(float(s), 3), st]
+        for b, lbl, s, st in zip(det.boxes, det.labels, det.scores, status, strict=True)
+    ]
 
 
 class Gallery:
@@ -79,8 +91,15 @@ class Gallery:
         if score == 0 or (len(heap) == self.per_engine and score <= heap[0][0]):
             return
         self._seen += 1  # tie-break: the earlier image stays first
-        entry = {"image": str(image), "image_id": int(image_id), "missed": d["missed"], "extra": d["extra"],
-                 "flips": d["flips"], "ref": _boxes(ref, d["ref_status"]), "test": _boxes(test, d["test_status"])}
+        entry = {
+            "image": str(image),
+            "image_id": int(image_id),
+            "missed": d["missed"],
+            "extra": d["extra"],
+            "flips": d["flips"],
+            "ref": _boxes(ref, d["ref_status"]),
+            "test": _boxes(test, d["test_status"]),
+        }
         item = (score, -self._seen, entry)
         if len(heap) < self.per_engine:
             heapq.heappush(heap, item)
@@ -89,8 +108,13 @@ class Gallery:
 
     def compute(self, engines: list[str]) -> dict[str, Any]:
         """The report section: the threshold and, per engine (worst first), the kept images."""
-        return {"score_thresh": self.score_thresh, "per_engine": self.per_engine,
-                "engines": {e: [item[2] for item in sorted(self._heaps.get(e, []), reverse=True)] for e in engines}}
+        return {
+            "score_thresh": self.score_thresh,
+            "per_engine": self.per_engine,
+            "engines": {
+                e: [item[2] for item in sorted(self._heaps.get(e, []), reverse=True)] for e in engines
+            },
+        }
 
 
 def _thumbnail(entry: dict[str, Any]) -> str | None:
@@ -112,7 +136,9 @@ def _thumbnail(entry: dict[str, Any]) -> str | None:
             for *xyxy, _label, _score, status in boxes:
                 if (status != "matched") != wrong:
                     continue
-                colour = COLOURS[base] if status == "matched" else COLOURS["flip" if status == "flip" else bad]
+                colour = (
+                    COLOURS[base] if status == "matched" else COLOURS["flip" if status == "flip" else bad]
+                )
                 x0, y0, x1, y1 = (v * scale for v in xyxy)
                 draw.rectangle([x0, y0, max(x0, x1), max(y0, y1)], outline=colour, width=3 if wrong else 1)
     buf = io.BytesIO()
@@ -130,11 +156,20 @@ def render(report: dict[str, Any]) -> str:
     gallery = report.get("gallery")
     if not gallery:
         return ""
-    legend = " ".join([_swatch("ref", "reference"), _swatch("test", "engine"), _swatch("missed", "missed"),
-                       _swatch("extra", "extra"), _swatch("flip", "other class")])
-    parts = ["<h2>Where engines disagree with the reference</h2><div class='card wide'>",
-             f"<p class='note'>Per engine, the {gallery['per_engine']} val images with the most missed, extra "
-             f"or relabelled detections (score ≥ {gallery['score_thresh']:.2f}, IoU ≥ 0.5, same class preferred). {legend}</p>"]
+    legend = " ".join(
+        [
+            _swatch("ref", "reference"),
+            _swatch("test", "engine"),
+            _swatch("missed", "missed"),
+            _swatch("extra", "extra"),
+            _swatch("flip", "other class"),
+        ]
+    )
+    parts = [
+        "<h2>Where engines disagree with the reference</h2><div class='card wide'>",
+        f"<p class='note'>Per engine, the {gallery['per_engine']} val images with the most missed, extra "
+        f"or relabelled detections (score ≥ {gallery['score_thresh']:.2f}, IoU ≥ 0.5, same class preferred). {legend}</p>",
+    ]
     for engine, entries in gallery["engines"].items():
         if not entries:
             parts.append(f"<h3>{escape(engine)}</h3><p class='note'>no disagreement at this threshold</p>")
@@ -142,10 +177,14 @@ def render(report: dict[str, Any]) -> str:
         parts.append(f"<h3>{escape(engine)}</h3><div class='gallery'>")
         for entry in entries:
             b64 = _thumbnail(entry)
-            caption = (f"image {entry['image_id']}: {entry['missed']} missed, {entry['extra']} extra"
-                       + (f", {entry['flips']} other class" if entry["flips"] else ""))
-            img = (f"<img alt='{escape(caption)}' src='data:image/jpeg;base64,{b64}'>" if b64
-                   else f"<p class='note'>{escape(entry['image'])} is no longer readable</p>")
+            caption = f"image {entry['image_id']}: {entry['missed']} missed, {entry['extra']} extra" + (
+                f", {entry['flips']} other class" if entry["flips"] else ""
+            )
+            img = (
+                f"<img alt='{escape(caption)}' src='data:image/jpeg;base64,{b64}'>"
+                if b64
+                else f"<p class='note'>{escape(entry['image'])} is no longer readable</p>"
+            )
             parts.append(f"<figure>{img}<figcaption>{escape(caption)}</figcaption></figure>")
         parts.append("</div>")
     parts.append("</div>")

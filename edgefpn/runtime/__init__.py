@@ -48,15 +48,27 @@ from edgefpn.inference import PrePost, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
 from edgefpn.runtime import schema
 
-__all__ = ["PREFERENCE", "BundleSession", "FrameStages", "check_bundled_onnx", "detections_to_records",
-           "rank_engines", "recorded_latencies", "select_engine", "target_problem"]
+__all__ = [
+    "PREFERENCE",
+    "BundleSession",
+    "FrameStages",
+    "check_bundled_onnx",
+    "detections_to_records",
+    "rank_engines",
+    "recorded_latencies",
+    "select_engine",
+    "target_problem",
+]
 
 # The fixed order without a measurement: backends by their record's ``rank``, each in its ``preferred``
 # precision order; each in-graph (-e2e) engine right before its raw twin: the same network, with less host
 # work per frame.
 PREFERENCE: tuple[str, ...] = tuple(
-    n for b in sorted((b for b in BACKENDS.values() if b.name in BUNDLED), key=lambda b: b.rank)
-    for p in b.preferred for n in (f"{b.name}-{p}-e2e", f"{b.name}-{p}"))
+    n
+    for b in sorted((b for b in BACKENDS.values() if b.name in BUNDLED), key=lambda b: b.rank)
+    for p in b.preferred
+    for n in (f"{b.name}-{p}-e2e", f"{b.name}-{p}")
+)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -64,7 +76,9 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def target_problem(engine: Mapping[str, Any], *, tensorrt_probe: Callable[[], tuple] | None = None) -> str | None:
+def target_problem(
+    engine: Mapping[str, Any], *, tensorrt_probe: Callable[[], tuple] | None = None
+) -> str | None:
     """Why this device cannot run ``engine`` (a bundle manifest entry), or None: its backend record's
     ``target_problem``. Imports no backend."""
     from edgefpn.backends import BACKENDS
@@ -97,6 +111,7 @@ def recorded_latencies(report: Mapping[str, Any] | None, kind: str) -> dict[str,
 
 def rank_engines(names: Sequence[str], latencies: Mapping[str, float]) -> list[str]:
     """``names`` fastest first by ``latencies``; those without one after, in :data:`PREFERENCE` order."""
+
     def key(n: str) -> tuple:
         fixed = PREFERENCE.index(n) if n in PREFERENCE else len(PREFERENCE)
         return (0, latencies[n], fixed) if n in latencies else (1, fixed, 0.0)
@@ -104,10 +119,16 @@ def rank_engines(names: Sequence[str], latencies: Mapping[str, float]) -> list[s
     return sorted(names, key=key)
 
 
-def select_engine(manifest: Mapping[str, Any], bundle: Path, *, name: str | None = None,
-                  tensorrt_probe: Callable[[], tuple] | None = None,
-                  latencies: Mapping[str, float] | None = None, kind: str | None = None,
-                  log: Callable[[str], None] = _log) -> dict[str, Any]:
+def select_engine(
+    manifest: Mapping[str, Any],
+    bundle: Path,
+    *,
+    name: str | None = None,
+    tensorrt_probe: Callable[[], tuple] | None = None,
+    latencies: Mapping[str, float] | None = None,
+    kind: str | None = None,
+    log: Callable[[str], None] = _log,
+) -> dict[str, Any]:
     """The engine to run: ``name`` if given; else the fastest by ``latencies`` (recorded on a device of
     ``kind``, see :func:`recorded_latencies`) that this device can run, the first of :data:`PREFERENCE`
     when none is measured. ``log`` gets one line saying which engine and why.
@@ -119,7 +140,9 @@ def select_engine(manifest: Mapping[str, Any], bundle: Path, *, name: str | None
     engines = {e["name"]: e for e in manifest.get("engines", [])}
     if name is not None:
         if name not in engines:
-            raise ModelFileError(f"{bundle}: no engine {name!r} in the bundle (it has: {', '.join(engines) or 'none'})")
+            raise ModelFileError(
+                f"{bundle}: no engine {name!r} in the bundle (it has: {', '.join(engines) or 'none'})"
+            )
         problem = target_problem(engines[name], tensorrt_probe=tensorrt_probe)
         if problem is not None:
             raise ModelFileError(f"{bundle}: {problem}")
@@ -137,15 +160,22 @@ def select_engine(manifest: Mapping[str, Any], bundle: Path, *, name: str | None
         pick = runnable[0]
         if pick in latencies:
             others = ", ".join(f"{n} {latencies[n]:.2f} ms" for n in runnable[1:] if n in latencies)
-            why = (f"fastest recorded on this kind of device ({kind}): p50 {latencies[pick]:.2f} ms"
-                   + (f" vs {others}" if others else ""))
+            why = f"fastest recorded on this kind of device ({kind}): p50 {latencies[pick]:.2f} ms" + (
+                f" vs {others}" if others else ""
+            )
         else:
-            why = ("no latency recorded for this kind of device"
-                   + (f" ({kind})" if kind else "") + "; first in the fixed order " + " > ".join(PREFERENCE))
+            why = (
+                "no latency recorded for this kind of device"
+                + (f" ({kind})" if kind else "")
+                + "; first in the fixed order "
+                + " > ".join(PREFERENCE)
+            )
         skipped = f"; cannot run here: {'; '.join(reasons)}" if reasons else ""
         log(f"[runtime] engine {pick}: {why}{skipped}")
         return engines[pick]
-    raise ModelFileError(f"{bundle}: no engine in the bundle can run here ({'; '.join(reasons) or 'it has none'})")
+    raise ModelFileError(
+        f"{bundle}: no engine in the bundle can run here ({'; '.join(reasons) or 'it has none'})"
+    )
 
 
 def check_bundled_onnx(bundle: Path, name: str, *, backend: str | None = None) -> None:
@@ -167,19 +197,27 @@ def check_bundled_onnx(bundle: Path, name: str, *, backend: str | None = None) -
         raise ModelFileError(f"{bundle}: {name}: {exc}") from None
     if entries:
         tensor, info = entries[0]
-        raise ModelFileError(f"{bundle}: {name}: tensor {tensor!r} keeps its data in external file "
-                             f"{info.get('location', '')!r}; a bundled ONNX must be self-contained")
+        raise ModelFileError(
+            f"{bundle}: {name}: tensor {tensor!r} keeps its data in external file "
+            f"{info.get('location', '')!r}; a bundled ONNX must be self-contained"
+        )
 
 
 def prepost_from(params: Mapping[str, Any]) -> PrePost:
     """The bundle's ``pipeline.json`` (preprocess / postprocess / arch) as a :class:`PrePost`."""
     pre, post = params["preprocess"], params["postprocess"]
     return PrePost(
-        input_size=tuple(pre["input_size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-        post=PostprocessParams(score_thresh=post["score_thresh"], nms_thresh=post["nms_thresh"],
-                               topk_candidates=post["topk_candidates"],
-                               detections_per_img=post["detections_per_img"],
-                               strides=tuple(post["strides"]), levels=tuple(post["levels"])),
+        input_size=tuple(pre["input_size"]),
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        post=PostprocessParams(
+            score_thresh=post["score_thresh"],
+            nms_thresh=post["nms_thresh"],
+            topk_candidates=post["topk_candidates"],
+            detections_per_img=post["detections_per_img"],
+            strides=tuple(post["strides"]),
+            levels=tuple(post["levels"]),
+        ),
         # bundles from before the arch was recorded were all FCOS (the only arch edgefpn had)
         arch=str(params.get("arch", "fcos")),
     )
@@ -269,13 +307,21 @@ class BundleSession:
         # what the manifest and pipeline.json mean, and that every path stays in the bundle: before
         # an engine is chosen, anything is extracted or any backend is imported
         schema.validate_manifest(manifest, self.bundle)
-        params = schema.validate_pipeline(bundle_io.read_member(self.bundle, manifest["pipeline"]),
-                                          manifest["pipeline"], self.bundle)
+        params = schema.validate_pipeline(
+            bundle_io.read_member(self.bundle, manifest["pipeline"]), manifest["pipeline"], self.bundle
+        )
         t1 = time.perf_counter()
         latencies, kind = ({}, None) if self.engine is not None else _recorded(manifest, self.bundle)
         why: list[str] = []  # said once the engine has loaded: a refused bundle gets its one error line only
-        self.entry = select_engine(manifest, self.bundle, name=self.engine, tensorrt_probe=self.tensorrt_probe,
-                                   latencies=latencies, kind=kind, log=why.append)
+        self.entry = select_engine(
+            manifest,
+            self.bundle,
+            name=self.engine,
+            tensorrt_probe=self.tensorrt_probe,
+            latencies=latencies,
+            kind=kind,
+            log=why.append,
+        )
         check_bundled_onnx(self.bundle, self.entry["path"], backend=self.entry["backend"])
         if BACKENDS[self.entry["backend"]].reads_onnx:  # its declared shapes, from the verified bytes
             from edgefpn.onnx_guard import io_shapes
@@ -290,15 +336,22 @@ class BundleSession:
         self.manifest = bundle_io.extract(self.bundle, self.root)
         t2 = time.perf_counter()
         if json.loads((self.root / manifest["pipeline"]).read_bytes()) != params:
-            raise ModelFileError(f"{self.bundle}: {manifest['pipeline']} changed while it was being extracted")
+            raise ModelFileError(
+                f"{self.bundle}: {manifest['pipeline']} changed while it was being extracted"
+            )
         try:  # schema-valid settings the decoder still refuses: one line, no traceback
             # the engine's contract: a uint8 feed, and no numpy decode when it returns detections
-            self.prepost = replace(prepost_from(params), input=self.entry.get("input", "float"),
-                                    contract=self.entry.get("contract", "raw"))
+            self.prepost = replace(
+                prepost_from(params),
+                input=self.entry.get("input", "float"),
+                contract=self.entry.get("contract", "raw"),
+            )
             self.category_ids = [int(c) for c in params["classes"]["category_ids"]]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{self.bundle}: {manifest['pipeline']}: unusable pipeline settings "
-                                 f"({type(exc).__name__}: {exc})") from None
+            raise ModelFileError(
+                f"{self.bundle}: {manifest['pipeline']}: unusable pipeline settings "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         e = self.entry
         for rel in schema.engine_reads(e):  # members only (checked above); resolved once more on disk
             _confined(self.root, rel, self.bundle)
@@ -335,8 +388,10 @@ class BundleSession:
         """This session's per-frame path split into its stages (for :mod:`edgefpn.runtime.stream`)."""
         if self.prepost.input != "float":
             # the streaming engines batch one float [N, 3, H, W] array; a uint8 engine takes two inputs
-            raise ModelFileError(f"{self.bundle}: engine {self.spec.name!r} takes a uint8 image; the streaming "
-                                 "runtime feeds float-input engines only for now: pick one with --engine")
+            raise ModelFileError(
+                f"{self.bundle}: engine {self.spec.name!r} takes a uint8 image; the streaming "
+                "runtime feeds float-input engines only for now: pick one with --engine"
+            )
         return FrameStages(self.prepost, self.runner, batch=int(getattr(self, "_batch", 1)))
 
 
@@ -366,8 +421,9 @@ def _confined(root: Path, rel: str, bundle: Path) -> Path:
     return path
 
 
-def _check_engine_io(shapes: Mapping[str, tuple], params: Mapping[str, Any], bundle: Path,
-                     entry: Mapping[str, Any]) -> int:
+def _check_engine_io(
+    shapes: Mapping[str, tuple], params: Mapping[str, Any], bundle: Path, entry: Mapping[str, Any]
+) -> int:
     """The engine's input is ``[N, 3, H, W]`` (static N >= 1) of pipeline.json's input size
     (``images_u8`` ``[N, H, W, 3]`` for a uint8-input engine), and its class outputs have pipeline.json's
     class count: refused up front, not as a shape error (or an IndexError into the category ids) in
@@ -382,20 +438,28 @@ def _check_engine_io(shapes: Mapping[str, tuple], params: Mapping[str, Any], bun
     n = got[0] if got is not None and len(got) == 4 and isinstance(got[0], int) and got[0] >= 1 else 1
     want = (n, h, w, 3) if uint8 else (n, 3, h, w)
     if entry.get("contract", "raw") == "detections" and "det_boxes" not in shapes:
-        raise ModelFileError(f"{bundle}: engine {name!r} is recorded as returning detections but has no "
-                             "det_boxes output; refusing the bundle")
+        raise ModelFileError(
+            f"{bundle}: engine {name!r} is recorded as returning detections but has no "
+            "det_boxes output; refusing the bundle"
+        )
     if got is None or tuple(got) != want:
-        raise ModelFileError(f"{bundle}: pipeline.json preprocess.input_size [{h}, {w}] disagrees with engine "
-                             f"{name!r}: its input {'images_u8' if uint8 else INPUT_NAME!r} is {list(got) if got is not None else 'missing'}, "
-                             f"expected {list(want)}; refusing the bundle")
+        raise ModelFileError(
+            f"{bundle}: pipeline.json preprocess.input_size [{h}, {w}] disagrees with engine "
+            f"{name!r}: its input {'images_u8' if uint8 else INPUT_NAME!r} is {list(got) if got is not None else 'missing'}, "
+            f"expected {list(want)}; refusing the bundle"
+        )
     num_classes = params["classes"]["num_classes"]
     if "roi_cls" in shapes:  # Faster R-CNN: C + 1 logits per RoI (class 0 is the background)
         classes = {shapes["roi_cls"][-1] - 1} if isinstance(shapes["roi_cls"][-1], int) else set()
     else:
-        classes = {s[1] for n, s in shapes.items() if n.startswith("cls_") and len(s) > 1 and isinstance(s[1], int)}
+        classes = {
+            s[1] for n, s in shapes.items() if n.startswith("cls_") and len(s) > 1 and isinstance(s[1], int)
+        }
     if classes and classes != {num_classes}:
-        raise ModelFileError(f"{bundle}: pipeline.json classes.num_classes is {num_classes}, engine {name!r} "
-                             f"outputs {sorted(classes)} classes; refusing the bundle")
+        raise ModelFileError(
+            f"{bundle}: pipeline.json classes.num_classes is {num_classes}, engine {name!r} "
+            f"outputs {sorted(classes)} classes; refusing the bundle"
+        )
     return n
 
 
@@ -404,8 +468,14 @@ def detections_to_records(det: Detections, file_name: str, category_ids: Sequenc
     out = []
     for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
         x1, y1, x2, y2 = box
-        out.append({"file_name": file_name, "category_id": int(category_ids[label]),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+        out.append(
+            {
+                "file_name": file_name,
+                "category_id": int(category_ids[label]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(score),
+            }
+        )
     return out
 
 
@@ -427,8 +497,10 @@ def list_images(folder: Path, *, log: Callable[[str], None] = _log) -> list[Path
         else:
             images.append(p)
     if not images:
-        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})"
-                        + (f"; skipped {len(skipped)}: {', '.join(skipped[:3])}" if skipped else ""))
+        raise DataError(
+            f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})"
+            + (f"; skipped {len(skipped)}: {', '.join(skipped[:3])}" if skipped else "")
+        )
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         log(f"warning: {folder}: skipped {len(skipped)} of {len(images) + len(skipped)} entries: {shown}")

@@ -64,8 +64,11 @@ def clock_mhz(root: Path) -> dict[str, int | None]:
     top = [f for c in _cpus(root) if (f := _int(_read(root, f"{_CPU}/{c}/cpufreq/cpuinfo_max_freq")))]
     mean = round(sum(cur) / len(cur) / 1000) if cur else None
     if mean is None:  # VMs often have no cpufreq; the kernel still reports the clock it measured
-        mhz = [line.partition(":")[2] for line in (_read(root, "proc/cpuinfo") or "").splitlines()
-               if line.startswith("cpu MHz")]
+        mhz = [
+            line.partition(":")[2]
+            for line in (_read(root, "proc/cpuinfo") or "").splitlines()
+            if line.startswith("cpu MHz")
+        ]
         vals = [float(v) for v in mhz if v.strip().replace(".", "", 1).isdigit()]
         mean = round(sum(vals) / len(vals)) if vals else None
     return {"cpu_mhz": mean, "cpu_max_mhz": round(max(top) / 1000) if top else None}
@@ -100,14 +103,19 @@ def nvpmodel_mode(root: Path) -> str | None:
 def _devfreq_pinned(root: Path) -> bool | None:
     """GPU devfreq min == max (what jetson_clocks sets); None when no GPU devfreq node is readable."""
     try:
-        nodes = [p for p in (root / "sys/class/devfreq").iterdir() if "gpu" in p.name or "gv11b" in p.name
-                 or "ga10b" in p.name or "gp10b" in p.name]
+        nodes = [
+            p
+            for p in (root / "sys/class/devfreq").iterdir()
+            if "gpu" in p.name or "gv11b" in p.name or "ga10b" in p.name or "gp10b" in p.name
+        ]
     except OSError:
         return None
     pinned = []
     for node in nodes:
-        lo, hi = _int(_read(root, f"sys/class/devfreq/{node.name}/min_freq")), _int(
-            _read(root, f"sys/class/devfreq/{node.name}/max_freq"))
+        lo, hi = (
+            _int(_read(root, f"sys/class/devfreq/{node.name}/min_freq")),
+            _int(_read(root, f"sys/class/devfreq/{node.name}/max_freq")),
+        )
         if lo is not None and hi is not None:
             pinned.append(lo == hi)
     return all(pinned) if pinned else None
@@ -121,7 +129,8 @@ def jetson_clocks_on(root: Path) -> bool | None:
     for c in _cpus(root):
         lo = _int(_read(root, f"{_CPU}/{c}/cpufreq/scaling_min_freq"))
         hi = _int(_read(root, f"{_CPU}/{c}/cpufreq/cpuinfo_max_freq")) or _int(
-            _read(root, f"{_CPU}/{c}/cpufreq/scaling_max_freq"))
+            _read(root, f"{_CPU}/{c}/cpufreq/scaling_max_freq")
+        )
         if lo is not None and hi is not None:
             pinned.append(lo == hi)
     if not pinned:
@@ -161,8 +170,14 @@ def load_average(root: Path) -> float | None:
         return None
 
 
-def run_conditions(*, threads: int | None, streams: int | None, requests: int | None, batch: int | None,
-                   root: str | Path = "/") -> dict[str, Any]:
+def run_conditions(
+    *,
+    threads: int | None,
+    streams: int | None,
+    requests: int | None,
+    batch: int | None,
+    root: str | Path = "/",
+) -> dict[str, Any]:
     """Everything a speed figure ran under: the run's knobs plus the machine state, None when unreadable.
 
     Args:
@@ -179,9 +194,15 @@ def run_conditions(*, threads: int | None, streams: int | None, requests: int | 
     except (AttributeError, OSError):
         usable = None
     return {
-        "threads": threads, "streams": streams, "requests": requests, "batch": batch,
-        "cpu_model": cpu_model(base), "cpus_usable": usable or (len(_cpus(base)) or None),
-        "governor": governor(base), **clock_mhz(base), "load_avg_1m": load_average(base),
+        "threads": threads,
+        "streams": streams,
+        "requests": requests,
+        "batch": batch,
+        "cpu_model": cpu_model(base),
+        "cpus_usable": usable or (len(_cpus(base)) or None),
+        "governor": governor(base),
+        **clock_mhz(base),
+        "load_avg_1m": load_average(base),
         "jetson": jetson,
         "nvpmodel": nvpmodel_mode(base) if jetson else None,
         "jetson_clocks": jetson_clocks_on(base) if jetson else None,
@@ -191,7 +212,9 @@ def run_conditions(*, threads: int | None, streams: int | None, requests: int | 
 
 def format_conditions(c: dict[str, Any]) -> str:
     """One line for tables: the knobs first, then the machine facts that were readable."""
-    knobs = ", ".join(f"{k} {c[k]}" for k in ("threads", "streams", "requests", "batch") if c.get(k) is not None)
+    knobs = ", ".join(
+        f"{k} {c[k]}" for k in ("threads", "streams", "requests", "batch") if c.get(k) is not None
+    )
     facts = [str(c["cpu_model"])] if c.get("cpu_model") else []
     if c.get("cpus_usable"):
         facts.append(f"{c['cpus_usable']} cpus")

@@ -30,8 +30,11 @@ def cuda_device(index: int = 0) -> DeviceInfo | None:
         version = ctypes.c_int()
         cuda.cuDriverGetVersion(ctypes.byref(version))
         v = version.value
-        return DeviceInfo(name.value.decode(errors="replace"), f"{major.value}.{minor.value}",
-                          f"{v // 1000}.{(v % 1000) // 10}")
+        return DeviceInfo(
+            name.value.decode(errors="replace"),
+            f"{major.value}.{minor.value}",
+            f"{v // 1000}.{(v % 1000) // 10}",
+        )
     except (OSError, AttributeError):
         return None
 
@@ -52,8 +55,10 @@ def device_kind() -> str:
     from edgefpn.runtime.conditions import cpu_model, is_jetson
 
     root = Path("/")
-    board = (root / "proc/device-tree/model")
-    model = board.read_text(errors="replace").strip("\x00 \n") if is_jetson(root) and board.is_file() else None
+    board = root / "proc/device-tree/model"
+    model = (
+        board.read_text(errors="replace").strip("\x00 \n") if is_jetson(root) and board.is_file() else None
+    )
     kind = f"{platform.machine()} {model or cpu_model(root) or platform.processor() or 'unknown'}"
     gpu = cuda_device()
     return kind + (f" + {gpu.name}" if gpu is not None else "")

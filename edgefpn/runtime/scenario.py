@@ -68,8 +68,9 @@ def _engine_streams(stages: FrameStages) -> int:
     return 1
 
 
-def measure_streaming(stages: FrameStages, video: Path, *, threads: int, requests: int | None = None,
-                      queue_size: int = 4) -> dict[str, Any]:
+def measure_streaming(
+    stages: FrameStages, video: Path, *, threads: int, requests: int | None = None, queue_size: int = 4
+) -> dict[str, Any]:
     """Stream ``video`` once through ``stages``; ``fps`` counts frames out over first capture to last
     detection (decode, preprocess, inference and NMS all inside), latency is capture to detection.
 
@@ -79,19 +80,27 @@ def measure_streaming(stages: FrameStages, video: Path, *, threads: int, request
     h, w = stages.prepost.input_size
     warm, _ = stages.prepare(np.zeros((h, w, 3), np.uint8))
     stages.infer(np.repeat(warm, stages.batch, axis=0))  # warm: first-call costs are not streaming
-    stats = run_stream(stages, [CaptureSource(str(video))], lambda _: None, requests=requests,
-                       queue_size=queue_size)
+    stats = run_stream(
+        stages, [CaptureSource(str(video))], lambda _: None, requests=requests, queue_size=queue_size
+    )
     if stats.errors:
         raise DataError(stats.errors[0])
     s = stats.summary()
-    return {"fps": s["fps"], "latency_ms": s["latency_ms"], "frames": s["frames"], "dropped": s["dropped"],
-            "score_thresh": stages.prepost.post.score_thresh,
-            "conditions": run_conditions(threads=threads, streams=_engine_streams(stages), requests=stats.requests,
-                                         batch=stages.batch)}
+    return {
+        "fps": s["fps"],
+        "latency_ms": s["latency_ms"],
+        "frames": s["frames"],
+        "dropped": s["dropped"],
+        "score_thresh": stages.prepost.post.score_thresh,
+        "conditions": run_conditions(
+            threads=threads, streams=_engine_streams(stages), requests=stats.requests, batch=stages.batch
+        ),
+    }
 
 
-def bench_streaming(spec: Any, prepost: Any, images: Sequence[Path], *, threads: int,
-                    eval_score_thresh: float | None = None) -> dict[str, Any]:
+def bench_streaming(
+    spec: Any, prepost: Any, images: Sequence[Path], *, threads: int, eval_score_thresh: float | None = None
+) -> dict[str, Any]:
     """``python -m edgefpn.runtime bench``'s streaming scenario: ``{"deploy": record[, "eval": record]}`` on
     a video made from ``images``; ``prepost`` decodes at the deploy threshold (the bundle's)."""
     preposts = {"deploy": prepost}
@@ -103,8 +112,9 @@ def bench_streaming(spec: Any, prepost: Any, images: Sequence[Path], *, threads:
         return streaming_scenario(spec, preposts, video, threads=threads)
 
 
-def streaming_scenario(spec: Any, preposts: dict[str, Any], video: Path | None, *, threads: int,
-                       requests: int | None = None) -> dict[str, Any]:
+def streaming_scenario(
+    spec: Any, preposts: dict[str, Any], video: Path | None, *, threads: int, requests: int | None = None
+) -> dict[str, Any]:
     """The ``streaming`` scenario of one engine (an :class:`~edgefpn.backends.base.EngineSpec`), per
     threshold: ``preposts`` maps a name (``deploy``, ``eval``) to the ``PrePost`` decoding at it. The
     engine is opened once, as ``python -m edgefpn.runtime stream`` opens it (OpenVINO: THROUGHPUT hint,
@@ -115,8 +125,12 @@ def streaming_scenario(spec: Any, preposts: dict[str, Any], video: Path | None, 
         return {"skipped": "no val images on disk to make the video from"}
     with open_runner(spec, threads=threads, hint="throughput") as runner:
         batch = _input_batch(runner)
-        return {name: measure_streaming(FrameStages(pipe, runner, batch=batch), video, threads=threads,
-                                        requests=requests) for name, pipe in preposts.items()}
+        return {
+            name: measure_streaming(
+                FrameStages(pipe, runner, batch=batch), video, threads=threads, requests=requests
+            )
+            for name, pipe in preposts.items()
+        }
 
 
 def _input_batch(runner: Any) -> int:

@@ -29,14 +29,14 @@ __all__ = ["FPS_DEFINITIONS", "latency_stats", "offline", "offline_point", "sing
 
 FPS_DEFINITIONS: Mapping[str, str] = {
     "single_stream": "1000 / mean latency of one image per call, one request, calls back to back (MLPerf "
-                     "single-stream reports its p90 latency; benchmark_app -hint latency -api sync; "
-                     "trtexec with --infStreams=1 and no batch); end to end adds decode, letterbox and NMS.",
+    "single-stream reports its p90 latency; benchmark_app -hint latency -api sync; "
+    "trtexec with --infStreams=1 and no batch); end to end adds decode, letterbox and NMS.",
     "streaming": "frames out per second of the pipelined runtime (`python -m edgefpn.runtime stream`) on a "
-                 "video: decode, preprocess, inference and NMS overlapped, counted at the output after "
-                 "NMS (DeepStream's per-stream FPS; what an application on one camera gets).",
+    "video: decode, preprocess, inference and NMS overlapped, counted at the output after "
+    "NMS (DeepStream's per-stream FPS; what an application on one camera gets).",
     "offline": "images per second through the engine alone with the best requests in flight, streams and "
-               "batch found by the sweep (MLPerf offline; benchmark_app's async throughput; trtexec's "
-               "throughput: inferences x batch / host wall time with work queued ahead); no decode or NMS.",
+    "batch found by the sweep (MLPerf offline; benchmark_app's async throughput; trtexec's "
+    "throughput: inferences x batch / host wall time with work queued ahead); no decode or NMS.",
 }
 
 OpenRunner = Callable[..., Any]  # (spec, *, threads) -> an unentered Runner with ``batch`` after entry
@@ -45,7 +45,9 @@ OpenRunner = Callable[..., Any]  # (spec, *, threads) -> an unentered Runner wit
 def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
     arr = np.asarray(samples_ms, dtype=np.float64)
     return {f"p{q}": round(float(np.percentile(arr, q)), 3) for q in (50, 90, 99)} | {
-        "mean": round(float(arr.mean()), 3), "samples": len(arr)}
+        "mean": round(float(arr.mean()), 3),
+        "samples": len(arr),
+    }
 
 
 def time_calls(call: Callable[[int], object], *, warmup: int, iters: int) -> list[float]:
@@ -60,8 +62,14 @@ def time_calls(call: Callable[[int], object], *, warmup: int, iters: int) -> lis
     return samples
 
 
-def single_stream(model_only_ms: Sequence[float], *, threads: int, batch: int = 1,
-                  end_to_end_ms: Sequence[float] | None = None, **extra: Any) -> dict[str, Any]:
+def single_stream(
+    model_only_ms: Sequence[float],
+    *,
+    threads: int,
+    batch: int = 1,
+    end_to_end_ms: Sequence[float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The ``single_stream`` record from timed calls: ``fps`` = 1000 / mean model-only latency."""
     mo = latency_stats(model_only_ms)
     row: dict[str, Any] = {"fps": round(1000.0 * batch / mo["mean"], 2), "model_only_ms": mo}
@@ -78,15 +86,25 @@ def _batched(image: np.ndarray, batch: int) -> dict[str, np.ndarray]:
     return {INPUT_NAME: np.ascontiguousarray(np.repeat(image[:1], batch, axis=0), dtype=np.float32)}
 
 
-def _openvino_point(spec: EngineSpec, image: np.ndarray, *, threads: int, seconds: float,
-                    streams: int | None, requests: int | None) -> dict[str, Any]:
+def _openvino_point(
+    spec: EngineSpec,
+    image: np.ndarray,
+    *,
+    threads: int,
+    seconds: float,
+    streams: int | None,
+    requests: int | None,
+) -> dict[str, Any]:
     """OpenVINO: THROUGHPUT hint, ``streams`` (None: the plugin's choice), ``requests`` in an AsyncInferQueue."""
     import openvino as ov
 
     from edgefpn.backends.openvino import ir_xml
 
-    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "THROUGHPUT",
-                              "INFERENCE_PRECISION_HINT": "f32"}
+    config: dict[str, Any] = {
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "THROUGHPUT",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
     if streams is not None:
         config["NUM_STREAMS"] = streams
     compiled = ov.Core().compile_model(str(ir_xml(spec.path)), "CPU", config)
@@ -104,13 +122,24 @@ def _openvino_point(spec: EngineSpec, image: np.ndarray, *, threads: int, second
     queue.wait_all()
     elapsed = time.perf_counter() - t0
     used = int(compiled.get_property("NUM_STREAMS"))
-    return {"fps": round(done * batch / elapsed, 2), "inferences": done, "seconds": round(elapsed, 3),
-            "mode": "openvino THROUGHPUT hint, AsyncInferQueue" + ("" if streams else " (plugin's streams)"),
-            "conditions": run_conditions(threads=threads, streams=used, requests=nireq, batch=batch)}
+    return {
+        "fps": round(done * batch / elapsed, 2),
+        "inferences": done,
+        "seconds": round(elapsed, 3),
+        "mode": "openvino THROUGHPUT hint, AsyncInferQueue" + ("" if streams else " (plugin's streams)"),
+        "conditions": run_conditions(threads=threads, streams=used, requests=nireq, batch=batch),
+    }
 
 
-def _threaded_point(spec: EngineSpec, image: np.ndarray, *, threads: int, seconds: float, requests: int,
-                    open_runner: OpenRunner) -> dict[str, Any]:
+def _threaded_point(
+    spec: EngineSpec,
+    image: np.ndarray,
+    *,
+    threads: int,
+    seconds: float,
+    requests: int,
+    open_runner: OpenRunner,
+) -> dict[str, Any]:
     """``requests`` runners on as many threads, ``threads // requests`` cores each, all kept busy."""
     per = max(1, threads // requests)
     runners = [open_runner(spec, threads=per) for _ in range(requests)]
@@ -153,19 +182,36 @@ def _threaded_point(spec: EngineSpec, image: np.ndarray, *, threads: int, second
         for r in entered:
             r.__exit__(None, None, None)
     done = sum(counts)
-    return {"fps": round(done * batch / elapsed, 2), "inferences": done, "seconds": round(elapsed, 3),
-            "mode": f"{requests} {spec.backend} runner(s) on {requests} thread(s)",
-            "conditions": run_conditions(threads=per * requests, streams=requests, requests=requests, batch=batch)}
+    return {
+        "fps": round(done * batch / elapsed, 2),
+        "inferences": done,
+        "seconds": round(elapsed, 3),
+        "mode": f"{requests} {spec.backend} runner(s) on {requests} thread(s)",
+        "conditions": run_conditions(
+            threads=per * requests, streams=requests, requests=requests, batch=batch
+        ),
+    }
 
 
-def offline_point(spec: EngineSpec, image: np.ndarray, *, threads: int, seconds: float, streams: int | None,
-                  requests: int | None, open_runner: OpenRunner) -> dict[str, Any]:
+def offline_point(
+    spec: EngineSpec,
+    image: np.ndarray,
+    *,
+    threads: int,
+    seconds: float,
+    streams: int | None,
+    requests: int | None,
+    open_runner: OpenRunner,
+) -> dict[str, Any]:
     """One point of the offline sweep: ``seconds`` of back-to-back inferences with ``requests`` in flight
     (the backend's own async requests where its throughput mode is ``requests``, else runners on threads)."""
     if _throughput(spec.backend) == "requests":
-        return _openvino_point(spec, image, threads=threads, seconds=seconds, streams=streams, requests=requests)
-    return _threaded_point(spec, image, threads=threads, seconds=seconds, requests=requests or 1,
-                           open_runner=open_runner)
+        return _openvino_point(
+            spec, image, threads=threads, seconds=seconds, streams=streams, requests=requests
+        )
+    return _threaded_point(
+        spec, image, threads=threads, seconds=seconds, requests=requests or 1, open_runner=open_runner
+    )
 
 
 def _throughput(backend: str) -> str:
@@ -189,8 +235,15 @@ def sweep_points(backend: str, threads: int) -> list[tuple[int | None, int | Non
     return [(n, n) for n in (1, 2, 4) if n <= max(threads, 2)]
 
 
-def offline(specs: Sequence[EngineSpec], image: np.ndarray, *, threads: int, seconds: float,
-            open_runner: OpenRunner, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def offline(
+    specs: Sequence[EngineSpec],
+    image: np.ndarray,
+    *,
+    threads: int,
+    seconds: float,
+    open_runner: OpenRunner,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
     """The ``offline`` record: every sweep point of every engine in ``specs`` (one per batch), and the best.
 
     ``fps`` and ``conditions`` are the best point's; ``sweep`` keeps every point with its own conditions.
@@ -198,11 +251,20 @@ def offline(specs: Sequence[EngineSpec], image: np.ndarray, *, threads: int, sec
     sweep = []
     for spec in specs:
         for streams, requests in sweep_points(spec.backend, threads):
-            point = offline_point(spec, image, threads=threads, seconds=seconds, streams=streams,
-                                  requests=requests, open_runner=open_runner)
+            point = offline_point(
+                spec,
+                image,
+                threads=threads,
+                seconds=seconds,
+                streams=streams,
+                requests=requests,
+                open_runner=open_runner,
+            )
             c = point["conditions"]
-            log(f"  offline {spec.name} batch {c['batch']} streams {c['streams']} requests {c['requests']}: "
-                f"{point['fps']:.1f} img/s")
+            log(
+                f"  offline {spec.name} batch {c['batch']} streams {c['streams']} requests {c['requests']}: "
+                f"{point['fps']:.1f} img/s"
+            )
             sweep.append(point | {"engine_path": str(spec.path)})
     best = max(sweep, key=lambda p: p["fps"])
     return {"fps": best["fps"], "mode": best["mode"], "conditions": best["conditions"], "sweep": sweep}

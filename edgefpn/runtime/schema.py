@@ -133,7 +133,10 @@ def _check_engine(p: _Problems, i: int, e: Any, listed: Mapping[str, Any], names
         p.add(f"{where}.path", problem)
     elif e.get("backend") in BACKENDS:
         if NAMES[e["backend"]].reads == "ir" and not (path.endswith(".xml") or f"{path}/{IR_XML}" in listed):
-            p.add(f"{where}.path", f"{path!r} is not an OpenVINO IR of the bundle (an .xml or a folder with {IR_XML})")
+            p.add(
+                f"{where}.path",
+                f"{path!r} is not an OpenVINO IR of the bundle (an .xml or a folder with {IR_XML})",
+            )
         else:
             for k, read in enumerate(engine_reads(e)):
                 label = f"{where}.path" if k == 0 else f"{where} (file its backend reads)"
@@ -195,7 +198,9 @@ def validate_pipeline(data: bytes, name: str, bundle: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{prefix}: not valid JSON ({exc}); refusing the bundle") from None
     if not isinstance(params, dict):
-        raise ModelFileError(f"{prefix}: must be a JSON object, got {type(params).__name__}; refusing the bundle")
+        raise ModelFileError(
+            f"{prefix}: must be a JSON object, got {type(params).__name__}; refusing the bundle"
+        )
     p = _Problems()
     arch = params.get("arch", "fcos")  # bundles from before the arch was recorded were all FCOS
     if arch not in DECODERS:
@@ -211,23 +216,45 @@ def validate_pipeline(data: bytes, name: str, bundle: Path) -> dict[str, Any]:
         if not _is_int(n) or n <= 0:
             p.add("classes.num_classes", f"must be a positive integer, got {n!r}")
         else:
-            _check_list(p, "classes.category_ids", c.get("category_ids"), n, _is_int, "integers (one per class)")
+            _check_list(
+                p, "classes.category_ids", c.get("category_ids"), n, _is_int, "integers (one per class)"
+            )
             if "names" in c:
-                _check_list(p, "classes.names", c["names"], n, lambda v: isinstance(v, str), "strings (one per class)")
+                _check_list(
+                    p, "classes.names", c["names"], n, lambda v: isinstance(v, str), "strings (one per class)"
+                )
     if (pre := sections["preprocess"]) is not None:
-        _check_list(p, "preprocess.input_size", pre.get("input_size"), 2, lambda v: _is_int(v) and v > 0,
-                    "positive integers [H, W]")
+        _check_list(
+            p,
+            "preprocess.input_size",
+            pre.get("input_size"),
+            2,
+            lambda v: _is_int(v) and v > 0,
+            "positive integers [H, W]",
+        )
         _check_list(p, "preprocess.mean", pre.get("mean"), 3, _is_num, "finite numbers")
-        _check_list(p, "preprocess.std", pre.get("std"), 3, lambda v: _is_num(v) and v > 0, "positive numbers")
+        _check_list(
+            p, "preprocess.std", pre.get("std"), 3, lambda v: _is_num(v) and v > 0, "positive numbers"
+        )
     if (post := sections["postprocess"]) is not None:
-        for key, ok, want in (("score_thresh", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
-                              ("nms_thresh", lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
-                              ("topk_candidates", lambda v: _is_int(v) and v > 0, "a positive integer"),
-                              ("detections_per_img", lambda v: _is_int(v) and v > 0, "a positive integer")):
+        for key, ok, want in (
+            ("score_thresh", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+            ("nms_thresh", lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
+            ("topk_candidates", lambda v: _is_int(v) and v > 0, "a positive integer"),
+            ("detections_per_img", lambda v: _is_int(v) and v > 0, "a positive integer"),
+        ):
             if not ok(post.get(key)):
                 p.add(f"postprocess.{key}", f"must be {want}, got {post.get(key)!r}")
-        if _check_list(p, "postprocess.levels", post.get("levels"), None, lambda v: isinstance(v, str), "strings"):
-            _check_list(p, "postprocess.strides", post.get("strides"), len(post["levels"]),
-                        lambda v: _is_int(v) and v > 0, "positive integers (one per level)")
+        if _check_list(
+            p, "postprocess.levels", post.get("levels"), None, lambda v: isinstance(v, str), "strings"
+        ):
+            _check_list(
+                p,
+                "postprocess.strides",
+                post.get("strides"),
+                len(post["levels"]),
+                lambda v: _is_int(v) and v > 0,
+                "positive integers (one per level)",
+            )
     p.raise_if_any(prefix)
     return params

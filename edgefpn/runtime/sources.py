@@ -19,7 +19,15 @@ import numpy as np
 
 from edgefpn.errors import DataError
 
-__all__ = ["ArraySource", "CaptureSource", "Frame", "ImageFolderSource", "Source", "SourceError", "open_source"]
+__all__ = [
+    "ArraySource",
+    "CaptureSource",
+    "Frame",
+    "ImageFolderSource",
+    "Source",
+    "SourceError",
+    "open_source",
+]
 
 # FFmpeg logs a truncated or corrupt stream from C ("[mjpeg @ 0x..] huffman table decode error") on
 # stderr, once per bad packet; the runtime says it in one ``error:`` line instead. Read by OpenCV
@@ -82,8 +90,9 @@ class Source:
 class ImageFolderSource(Source):
     """The images of a folder in sorted order, read as ``infer`` reads them (:func:`load_image`)."""
 
-    def __init__(self, folder: Path, *, pace_fps: float | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, pace_fps: float | None = None, log: Callable[[str], None] | None = None
+    ) -> None:
         from edgefpn.runtime import list_images
 
         super().__init__(pace_fps=pace_fps)
@@ -113,8 +122,10 @@ class CaptureSource(Source):
         self.name = str(spec)
         self.live = isinstance(spec, int) or _is_url(str(spec))
         if not self.live and not Path(spec).is_file():
-            raise SourceError(f"{spec}: no such video file (a source is an image folder, a video file, "
-                              "a camera index or an rtsp:// / http(s):// URL)")
+            raise SourceError(
+                f"{spec}: no such video file (a source is an image folder, a video file, "
+                "a camera index or an rtsp:// / http(s):// URL)"
+            )
         # one decoder thread: the reader is a thread of its own already, and FFmpeg's frame threads only
         # add hand-offs (measured on the 320 px val video: 0.52-0.58 vs 0.56-0.69 ms of CPU per frame)
         self._cap = cv2.VideoCapture(spec, cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
@@ -135,11 +146,15 @@ class CaptureSource(Source):
             ok, bgr = self._cap.read()
             if not ok or bgr is None:
                 if self.expected is not None and index < self.expected:
-                    raise SourceError(f"{self.name}: the video stopped decoding after frame {index} of the "
-                                      f"{self.expected} its header announces (truncated or corrupt)")
+                    raise SourceError(
+                        f"{self.name}: the video stopped decoding after frame {index} of the "
+                        f"{self.expected} its header announces (truncated or corrupt)"
+                    )
                 return
             if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
-                raise SourceError(f"{self.name}: frame {index} is {bgr.dtype} {list(bgr.shape)}, not 8-bit colour")
+                raise SourceError(
+                    f"{self.name}: frame {index} is {bgr.dtype} {list(bgr.shape)}, not 8-bit colour"
+                )
             yield f"{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
 
@@ -152,15 +167,21 @@ class CaptureSource(Source):
 class ArraySource(Source):
     """Frames a program supplies (``uint8 [h, w, 3]`` RGB): a synthetic camera, or a test's stand-in."""
 
-    def __init__(self, images: Iterable[np.ndarray], *, name: str = "frames", pace_fps: float | None = None) -> None:
+    def __init__(
+        self, images: Iterable[np.ndarray], *, name: str = "frames", pace_fps: float | None = None
+    ) -> None:
         super().__init__(pace_fps=pace_fps)
         self.name = name
         self.images = images
 
     def _read(self) -> Iterator[tuple[str, np.ndarray]]:
         for index, image in enumerate(self.images):
-            if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
-                    and image.dtype == np.uint8):
+            if not (
+                isinstance(image, np.ndarray)
+                and image.ndim == 3
+                and image.shape[2] == 3
+                and image.dtype == np.uint8
+            ):
                 raise SourceError(f"{self.name}: frame {index} is not a uint8 [h, w, 3] array")
             yield f"{index:06d}", image
 
@@ -169,8 +190,9 @@ def _is_url(text: str) -> bool:
     return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text) is not None
 
 
-def open_source(spec: str, *, pace_fps: float | None = None,
-                log: Callable[[str], None] | None = None) -> Source:
+def open_source(
+    spec: str, *, pace_fps: float | None = None, log: Callable[[str], None] | None = None
+) -> Source:
     """``spec`` as a source: an existing folder -> images; digits -> camera index; else VideoCapture.
 
     Raises:

@@ -87,12 +87,22 @@ class StreamStats:
         wall = max(self.finished - self.started, 1e-9)
         return {
             "fps": round(self.frames / wall, 2) if self.frames else 0.0,
-            "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3),
-                           "p99": round(float(np.percentile(lat, 99)), 3)},
-            "frames": self.frames, "dropped": sum(s.dropped for s in self.streams),
-            "streams": [{"source": s.name, "frames": s.frames, "dropped": s.dropped,
-                         "fps": round(s.frames / max(s.last - s.first, 1e-9), 2) if s.frames > 1 else 0.0}
-                        | ({"error": s.error} if s.error else {}) for s in self.streams],
+            "latency_ms": {
+                "p50": round(float(np.percentile(lat, 50)), 3),
+                "p99": round(float(np.percentile(lat, 99)), 3),
+            },
+            "frames": self.frames,
+            "dropped": sum(s.dropped for s in self.streams),
+            "streams": [
+                {
+                    "source": s.name,
+                    "frames": s.frames,
+                    "dropped": s.dropped,
+                    "fps": round(s.frames / max(s.last - s.first, 1e-9), 2) if s.frames > 1 else 0.0,
+                }
+                | ({"error": s.error} if s.error else {})
+                for s in self.streams
+            ],
         } | ({"interrupted": True} if self.interrupted else {})
 
 
@@ -102,9 +112,18 @@ class _Batch:
     left: int = 0
 
 
-def run_stream(stages: Any, sources: Sequence[Source], on_frame: Callable[[FrameResult], None], *,
-               requests: int | None = None, queue_size: int = 4, drop_late: bool = False, decode_workers: int = 1,
-               stop: threading.Event | None = None, batch_wait_s: float = 0.02) -> StreamStats:
+def run_stream(
+    stages: Any,
+    sources: Sequence[Source],
+    on_frame: Callable[[FrameResult], None],
+    *,
+    requests: int | None = None,
+    queue_size: int = 4,
+    drop_late: bool = False,
+    decode_workers: int = 1,
+    stop: threading.Event | None = None,
+    batch_wait_s: float = 0.02,
+) -> StreamStats:
     """Stream every source through ``stages`` (:class:`edgefpn.runtime.FrameStages`); ``on_frame`` gets
     each frame's result in frame order, on the calling thread.
 
@@ -119,8 +138,11 @@ def run_stream(stages: Any, sources: Sequence[Source], on_frame: Callable[[Frame
             before it is run padded (a live source must not wait for N frames indefinitely).
     """
     requests = default_requests(stages) if requests is None else requests
-    for name, value, low in (("requests", requests, 1), ("queue_size", queue_size, 1),
-                             ("decode_workers", decode_workers, 1)):
+    for name, value, low in (
+        ("requests", requests, 1),
+        ("queue_size", queue_size, 1),
+        ("decode_workers", decode_workers, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     stop = stop or threading.Event()
@@ -232,11 +254,15 @@ def run_stream(stages: Any, sources: Sequence[Source], on_frame: Callable[[Frame
                     results[seq] = (FrameResult(frame, det, done), batch)
                 cond.notify_all()
 
-    threads = [threading.Thread(target=read, args=(i, s), name=f"edgefpn-read-{i}", daemon=True)
-               for i, s in enumerate(sources)]
+    threads = [
+        threading.Thread(target=read, args=(i, s), name=f"edgefpn-read-{i}", daemon=True)
+        for i, s in enumerate(sources)
+    ]
     threads += [threading.Thread(target=submit, name="edgefpn-submit", daemon=True)]
-    threads += [threading.Thread(target=decode, name=f"edgefpn-decode-{k}", daemon=True)
-                for k in range(decode_workers)]
+    threads += [
+        threading.Thread(target=decode, name=f"edgefpn-decode-{k}", daemon=True)
+        for k in range(decode_workers)
+    ]
     stats.started = time.perf_counter()
     for t in threads:
         t.start()
@@ -258,8 +284,15 @@ def run_stream(stages: Any, sources: Sequence[Source], on_frame: Callable[[Frame
     return stats
 
 
-def _write(results: dict, cond: threading.Condition, fatal: list, submitted: list, window: threading.BoundedSemaphore,
-           stats: StreamStats, on_frame: Callable[[FrameResult], None]) -> None:
+def _write(
+    results: dict,
+    cond: threading.Condition,
+    fatal: list,
+    submitted: list,
+    window: threading.BoundedSemaphore,
+    stats: StreamStats,
+    on_frame: Callable[[FrameResult], None],
+) -> None:
     """The writer: hand results over strictly in frame order; free a batch's window slot once its
     last frame is out."""
     nxt = 0

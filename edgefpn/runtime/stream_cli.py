@@ -45,8 +45,13 @@ def stream_command(args: argparse.Namespace) -> int:
     from edgefpn.runtime.stream import run_stream
 
     def check_out() -> None:  # --out replaces only a stream file edgefpn wrote
-        check_replaceable(args.out, what="an edgefpn stream detections file (JSON lines)",
-                          problem=_stream_file_problem, folder=False, option="--out")
+        check_replaceable(
+            args.out,
+            what="an edgefpn stream detections file (JSON lines)",
+            problem=_stream_file_problem,
+            folder=False,
+            option="--out",
+        )
 
     check_out()
     if args.pace_fps is not None and not args.pace_fps > 0:
@@ -63,20 +68,46 @@ def stream_command(args: argparse.Namespace) -> int:
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
     try:
         sources = [open_source(spec, pace_fps=args.pace_fps) for spec in args.source]
-        with BundleSession(args.bundle, extract_to=args.extract_to, engine=args.engine, threads=args.threads,
-                           hint=args.hint) as s, \
-                open(tmp, "w", encoding="utf-8") as f:
+        with (
+            BundleSession(
+                args.bundle,
+                extract_to=args.extract_to,
+                engine=args.engine,
+                threads=args.threads,
+                hint=args.hint,
+            ) as s,
+            open(tmp, "w", encoding="utf-8") as f,
+        ):
+
             def on_frame(r) -> None:
                 fr = r.frame
-                f.write(json.dumps({"stream": fr.source, "source": sources[fr.source].name, "frame": fr.index,
-                                    "file_name": fr.name, "latency_ms": round(r.latency_ms, 3),
-                                    "detections": detections_to_records(r.detections, fr.name, s.category_ids)})
-                        + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "stream": fr.source,
+                            "source": sources[fr.source].name,
+                            "frame": fr.index,
+                            "file_name": fr.name,
+                            "latency_ms": round(r.latency_ms, 3),
+                            "detections": detections_to_records(r.detections, fr.name, s.category_ids),
+                        }
+                    )
+                    + "\n"
+                )
                 if fr.index == 0 and fr.source == 0:
-                    print(f"[stream] first frame out after {r.latency_ms:.1f} ms", file=sys.stderr, flush=True)
+                    print(
+                        f"[stream] first frame out after {r.latency_ms:.1f} ms", file=sys.stderr, flush=True
+                    )
 
-            stats = run_stream(s.stages, sources, on_frame, requests=args.requests, queue_size=args.queue,
-                               drop_late=args.drop_late, stop=stop)
+            stats = run_stream(
+                s.stages,
+                sources,
+                on_frame,
+                requests=args.requests,
+                queue_size=args.queue,
+                drop_late=args.drop_late,
+                stop=stop,
+            )
         check_out()  # again: something may have appeared there meanwhile
         os.replace(tmp, args.out)
     finally:
@@ -84,9 +115,12 @@ def stream_command(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous)
         tmp.unlink(missing_ok=True)
     summary = stats.summary()
-    print(f"[stream] {summary['frames']} frames from {len(sources)} stream(s) -> {args.out}: {summary['fps']} FPS, "
-          f"latency p50 {summary['latency_ms']['p50']} ms p99 {summary['latency_ms']['p99']} ms, "
-          f"{summary['dropped']} dropped; per stream {json.dumps(summary['streams'])}", file=sys.stderr)
+    print(
+        f"[stream] {summary['frames']} frames from {len(sources)} stream(s) -> {args.out}: {summary['fps']} FPS, "
+        f"latency p50 {summary['latency_ms']['p50']} ms p99 {summary['latency_ms']['p99']} ms, "
+        f"{summary['dropped']} dropped; per stream {json.dumps(summary['streams'])}",
+        file=sys.stderr,
+    )
     for error in stats.errors:
         print(f"error: {error}", file=sys.stderr)
     if stats.errors:

@@ -51,7 +51,8 @@ def is_peer_failure(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Timed out")
+        s in text
+        for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Timed out")
     )
 
 
@@ -107,8 +108,11 @@ class Dist:
 def world_from_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) when not under torchrun."""
     try:
-        return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                int(os.environ.get("LOCAL_RANK", "0")))
+        return (
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
     except ValueError as exc:
         raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK: not integers ({exc})") from None
 
@@ -120,17 +124,23 @@ def resolve_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch
     if spec == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {spec!r} asked for, but torch sees no CUDA device "
-                          f"(torch {torch.__version__}; use train.device=cpu or auto)")
+        raise ConfigError(
+            f"train.device: {spec!r} asked for, but torch sees no CUDA device "
+            f"(torch {torch.__version__}; use train.device=cpu or auto)"
+        )
     if spec == "cuda":
         index = local_rank if world_size > 1 else 0
     elif world_size > 1:
-        raise ConfigError(f"train.device: {spec!r} names one GPU, but torchrun started {world_size} ranks; "
-                          "use cuda or auto (each rank takes cuda:LOCAL_RANK)")
+        raise ConfigError(
+            f"train.device: {spec!r} names one GPU, but torchrun started {world_size} ranks; "
+            "use cuda or auto (each rank takes cuda:LOCAL_RANK)"
+        )
     else:
         index = int(spec.split(":", 1)[1])
     if index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device: cuda:{index} does not exist ({torch.cuda.device_count()} CUDA devices)")
+        raise ConfigError(
+            f"train.device: cuda:{index} does not exist ({torch.cuda.device_count()} CUDA devices)"
+        )
     return torch.device("cuda", index)
 
 
@@ -141,8 +151,10 @@ def setup(cfg: Config) -> Dist:
     if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # a plain process, not started by torchrun
         return Dist(device=device)
     if cfg.train.batch_size % world:
-        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is the global batch and must divide "
-                          f"by the world size {world} (each rank takes batch_size / world_size)")
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} is the global batch and must divide "
+            f"by the world size {world} (each rank takes batch_size / world_size)"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
@@ -154,8 +166,14 @@ def setup(cfg: Config) -> Dist:
     # torchrun's agent stops the surviving ranks with SIGTERM when one fails: exit quietly, but through
     # the normal unwinding, so a half-written artifact's temporary folder is removed.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, launched=True,
-                previous_sigterm=previous)
+    return Dist(
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        device=device,
+        launched=True,
+        previous_sigterm=previous,
+    )
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -167,7 +185,9 @@ def teardown(dist: Dist) -> None:
         return
     # once the stage is over (even by an error), a SIGTERM just ends the process: an exception raised
     # while the interpreter shuts down would only print a traceback
-    signal.signal(signal.SIGTERM, dist.previous_sigterm if dist.previous_sigterm is not None else signal.SIG_DFL)
+    signal.signal(
+        signal.SIGTERM, dist.previous_sigterm if dist.previous_sigterm is not None else signal.SIG_DFL
+    )
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
@@ -186,7 +206,11 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        if (
+            not self.training
+            or not torch.distributed.is_initialized()
+            or torch.distributed.get_world_size() == 1
+        ):
             return super().forward(x)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         dims = [0, *range(2, x.dim())]
@@ -240,8 +264,9 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 def _convert_cpu(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CPUSyncBatchNorm):
-        out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
+        out = CPUSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             with torch.no_grad():
                 out.weight = module.weight
@@ -302,7 +327,8 @@ def wrap_for_ranks(cfg: Config, module: nn.Module, dist: Dist) -> tuple[nn.Modul
         if cfg.model.arch == "fcos":
             globalise_fcos_loss(module, dist.world_size)
         model = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+            module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
+        )
     elif t.sync_bn:
         log("[train] train.sync_bn: one process, plain BatchNorm is the same thing")
     return module, model

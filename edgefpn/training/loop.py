@@ -25,8 +25,15 @@ from edgefpn.pipeline.common import log, make_prepost
 from edgefpn.training.distributed import Dist
 from edgefpn.training.sampler import GlobalBatchSampler, hash_seed
 
-__all__ = ["STOP_AFTER_EPOCH_ENV", "TrainState", "build_loader", "build_optimizer", "load_resume", "quick_map",
-           "run_epochs"]
+__all__ = [
+    "STOP_AFTER_EPOCH_ENV",
+    "TrainState",
+    "build_loader",
+    "build_optimizer",
+    "load_resume",
+    "quick_map",
+    "run_epochs",
+]
 
 # Debugging and tests: stop (as if interrupted) right after the resume state of this epoch is written.
 STOP_AFTER_EPOCH_ENV = "EDGEFPN_TRAIN_STOP_AFTER_EPOCH"
@@ -56,11 +63,16 @@ def build_loader(cfg: Config, dataset, dist: Dist) -> tuple[torch.utils.data.Dat
     from edgefpn.data.torch_dataset import collate
 
     t = cfg.train
-    sampler = GlobalBatchSampler(len(dataset), t.batch_size, seed=cfg.run.seed, rank=dist.rank,
-                                 world_size=dist.world_size)
+    sampler = GlobalBatchSampler(
+        len(dataset), t.batch_size, seed=cfg.run.seed, rank=dist.rank, world_size=dist.world_size
+    )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=t.workers,
-        persistent_workers=t.workers > 0, pin_memory=dist.device.type == "cuda",
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=t.workers,
+        persistent_workers=t.workers > 0,
+        pin_memory=dist.device.type == "cuda",
         worker_init_fn=_seed_worker if t.workers else None,
         # Not fork: by the time the loader starts, the process holds OpenMP/oneDNN thread pools (and,
         # in one Python process like the test suite, OpenVINO's and ONNX Runtime's); a forked child
@@ -75,8 +87,10 @@ def build_loader(cfg: Config, dataset, dist: Dist) -> tuple[torch.utils.data.Dat
 def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": t.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": t.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True), params
     return torch.optim.AdamW(groups, lr=t.lr), params
@@ -101,21 +115,41 @@ def resolve_amp(setting: str, device: torch.device) -> str:
         return setting
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "off"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"
+    return (
+        "bf16"
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        else "off"
+    )
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     amp = resolve_amp(cfg.train.amp, device)
     if amp == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.amp: fp16 needs CUDA (its GradScaler is for GPUs); this run is on {device}, "
-                          "use bf16, auto or off")
+        raise ConfigError(
+            f"train.amp: fp16 needs CUDA (its GradScaler is for GPUs); this run is on {device}, "
+            "use bf16, auto or off"
+        )
     return AMP_DTYPES[amp]
 
 
-def run_epochs(cfg: Config, *, model: nn.Module, module: nn.Module, opt: torch.optim.Optimizer,
-               params: list[nn.Parameter], loader, sampler: GlobalBatchSampler, state: TrainState,
-               data, dist: Dist, resume: Path, chash: str, inputs: dict[str, str], progress: bool,
-               scaler: torch.amp.GradScaler) -> TrainState:
+def run_epochs(
+    cfg: Config,
+    *,
+    model: nn.Module,
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    loader,
+    sampler: GlobalBatchSampler,
+    state: TrainState,
+    data,
+    dist: Dist,
+    resume: Path,
+    chash: str,
+    inputs: dict[str, str],
+    progress: bool,
+    scaler: torch.amp.GradScaler,
+) -> TrainState:
     """Train from ``state`` to ``cfg.train.epochs``; rank 0 writes the resume state after each epoch but the last.
 
     ``model`` is what runs the step (DDP-wrapped under torchrun); ``module`` the plain model.
@@ -128,8 +162,13 @@ def run_epochs(cfg: Config, *, model: nn.Module, module: nn.Module, opt: torch.o
     total_steps = t.epochs * len(sampler)
     stop_after = int(os.environ.get(STOP_AFTER_EPOCH_ENV, "0") or 0)
     # One bar for the whole job (every epoch; images/s of all ranks together), on rank 0 only.
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not (progress and dist.is_main),
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc="train",
+        disable=not (progress and dist.is_main),
+        dynamic_ncols=True,
+    )
     t0, steps_here = time.perf_counter(), 0
     try:
         for epoch in range(state.epoch, t.epochs):
@@ -149,7 +188,9 @@ def run_epochs(cfg: Config, *, model: nn.Module, module: nn.Module, opt: torch.o
                 # single-process loss of the whole global batch (distributed.globalise_fcos_loss)
                 global_loss = float(dist.mean(loss.detach().float()).item())
                 if not math.isfinite(global_loss):
-                    raise ConfigError(f"train: diverged at step {state.step} (loss {global_loss}); lower train.lr")
+                    raise ConfigError(
+                        f"train: diverged at step {state.step} (loss {global_loss}); lower train.lr"
+                    )
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if t.grad_clip > 0:
@@ -164,13 +205,23 @@ def run_epochs(cfg: Config, *, model: nn.Module, module: nn.Module, opt: torch.o
                 running = global_loss if running is None else 0.9 * running + 0.1 * global_loss
                 rate = steps_here * t.batch_size / (time.perf_counter() - t0)
                 bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{t.epochs}", loss=f"{running:.3f}", lr=f"{lr:.4f}",
-                                img_s=f"{rate:.1f}", refresh=False)
+                bar.set_postfix(
+                    epoch=f"{epoch + 1}/{t.epochs}",
+                    loss=f"{running:.3f}",
+                    lr=f"{lr:.4f}",
+                    img_s=f"{rate:.1f}",
+                    refresh=False,
+                )
                 if dist.is_main and not progress and state.step % 50 == 0:  # no bar: still signs of life
-                    log(f"[train] epoch {epoch + 1} step {state.step}/{total_steps} loss={running:.3f} "
-                        f"lr={lr:.5f} img/s={rate:.1f}")
-            record: dict[str, Any] = {"epoch": epoch + 1, "loss": round(float(running or 0.0), 4),
-                                      "images_per_s": round(seen / (time.perf_counter() - t_epoch), 2)}
+                    log(
+                        f"[train] epoch {epoch + 1} step {state.step}/{total_steps} loss={running:.3f} "
+                        f"lr={lr:.5f} img/s={rate:.1f}"
+                    )
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "loss": round(float(running or 0.0), 4),
+                "images_per_s": round(seen / (time.perf_counter() - t_epoch), 2),
+            }
             last = epoch + 1 == t.epochs
             if t.eval_every and ((epoch + 1) % t.eval_every == 0 or last):
                 value = quick_map(cfg, module, data, t.eval_images if not last else None, dist)
@@ -180,34 +231,47 @@ def run_epochs(cfg: Config, *, model: nn.Module, module: nn.Module, opt: torch.o
             state.epoch = epoch + 1
             if dist.is_main:
                 bar.clear()
-                log(f"[train] epoch {epoch + 1}/{t.epochs} "
-                    + " ".join(f"{k}={v}" for k, v in record.items() if k != "epoch"))
+                log(
+                    f"[train] epoch {epoch + 1}/{t.epochs} "
+                    + " ".join(f"{k}={v}" for k, v in record.items() if k != "epoch")
+                )
                 if not last:
                     _save_resume(resume, module, opt, scaler, state, chash, inputs)
             if stop_after and state.epoch == stop_after and not last:
                 dist.barrier()  # the resume state is complete before any rank stops
                 if dist.is_main:
-                    log(f"[train] stopping after epoch {state.epoch} ({STOP_AFTER_EPOCH_ENV}); resume state: {resume}")
+                    log(
+                        f"[train] stopping after epoch {state.epoch} ({STOP_AFTER_EPOCH_ENV}); resume state: {resume}"
+                    )
                 raise KeyboardInterrupt
     finally:
         bar.close()
     return state
 
 
-def _save_resume(path: Path, module: nn.Module, opt, scaler, state: TrainState, chash: str,
-                 inputs: dict[str, str]) -> None:
+def _save_resume(
+    path: Path, module: nn.Module, opt, scaler, state: TrainState, chash: str, inputs: dict[str, str]
+) -> None:
     from edgefpn.models.checkpoint import save_state
 
-    payload = {"model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-               "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
-               "epoch": state.epoch, "step": state.step, "history": state.history,
-               "step_losses": state.step_losses}
+    payload = {
+        "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "history": state.history,
+        "step_losses": state.step_losses,
+    }
     with atomic_output(path) as tmp:
         save_state(tmp, payload)
     write_manifest(path, stage="train-resume", config_hash=chash, inputs=inputs)
 
 
-def load_resume(path: Path, chash: str, inputs: dict[str, str], *, force: bool, dist: Dist) -> dict[str, Any] | None:
+def load_resume(
+    path: Path, chash: str, inputs: dict[str, str], *, force: bool, dist: Dist
+) -> dict[str, Any] | None:
     """Rank 0 reads a resume state that matches this config and these inputs, and every rank gets it.
 
     The state is world-size free (plain model keys, the optimiser's state, the epoch and step), so a
@@ -217,13 +281,19 @@ def load_resume(path: Path, chash: str, inputs: dict[str, str], *, force: bool, 
     state = None
     if dist.is_main and not force and path.is_file():
         meta = read_manifest(path)
-        if meta and meta.get("config_hash") == chash and meta.get("inputs") == inputs \
-                and meta.get("sha256") == sha256_file(path):
+        if (
+            meta
+            and meta.get("config_hash") == chash
+            and meta.get("inputs") == inputs
+            and meta.get("sha256") == sha256_file(path)
+        ):
             state = torch.load(path, map_location="cpu", weights_only=True)
     return dist.broadcast(state)
 
 
-def quick_map(cfg: Config, module: nn.Module, data, max_images: int | None, dist: Dist) -> tuple[float, int] | None:
+def quick_map(
+    cfg: Config, module: nn.Module, data, max_images: int | None, dist: Dist
+) -> tuple[float, int] | None:
     """(val mAP, detections) of the in-memory model through the same wrapper, pipeline and decode as `check`.
 
     Each rank evaluates every ``world_size``-th image; rank 0 gathers the detections and computes
@@ -242,7 +312,7 @@ def quick_map(cfg: Config, module: nn.Module, data, max_images: int | None, dist
     records = split.images[:max_images] if max_images else split.images
     results: list[dict] = []
     with torch.inference_mode():
-        for rec in records[dist.rank::dist.world_size]:
+        for rec in records[dist.rank :: dist.world_size]:
             batch, lb = pipe.prepare(load_image(rec.path))
             outs = wrapper(torch.from_numpy(batch).to(dist.device))
             det = pipe.decode({n: o.float().cpu().numpy() for n, o in zip(names, outs, strict=True)}, [lb])[0]
@@ -252,5 +322,7 @@ def quick_map(cfg: Config, module: nn.Module, data, max_images: int | None, dist
     if gathered is None:
         return None
     merged = [r for part in gathered for r in part]
-    value = float(coco_map(data.ann_file(cfg.data.val_split), merged, image_ids=[r.id for r in records])["map"])
+    value = float(
+        coco_map(data.ann_file(cfg.data.val_split), merged, image_ids=[r.id for r in records])["map"]
+    )
     return value, len(merged)

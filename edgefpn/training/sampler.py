@@ -22,9 +22,13 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
     right epoch's randomness (:class:`edgefpn.data.torch_dataset.DetectionDataset`).
     """
 
-    def __init__(self, num_items: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_items: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         if batch_size <= 0 or batch_size % world_size:
-            raise ValueError(f"batch_size must be a positive multiple of world_size {world_size}, got {batch_size}")
+            raise ValueError(
+                f"batch_size must be a positive multiple of world_size {world_size}, got {batch_size}"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.num_items = num_items
@@ -49,8 +53,8 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
         order = self.order(self.epoch)
         lo = self.rank * self.local_batch
         for step in range(len(self)):
-            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
-            yield [(self.epoch, i) for i in batch[lo:lo + self.local_batch]]
+            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+            yield [(self.epoch, i) for i in batch[lo : lo + self.local_batch]]
 
 
 def hash_seed(seed: int, epoch: int) -> int:

@@ -58,8 +58,13 @@ def test_backend_record_is_complete(name: str, tmp_path: Path) -> None:
     if record.build is None:
         assert record.not_made(load_config(None, []), record.precisions[0]) is None
     # device compatibility and bundle metadata answer from a manifest entry alone
-    entry = {"name": f"{name}-{record.precisions[0]}", "backend": name, "precision": record.precisions[0],
-             "path": "x", "target": {}}
+    entry = {
+        "name": f"{name}-{record.precisions[0]}",
+        "backend": name,
+        "precision": record.precisions[0],
+        "path": "x",
+        "target": {},
+    }
     problem = record.target_problem(entry, lambda: (None, None))
     assert problem is None or isinstance(problem, str)
     assert isinstance(record.bundle_target(record.precisions[0], {}), dict)

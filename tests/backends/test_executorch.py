@@ -10,11 +10,17 @@ import pytest
 from edgefpn.config import load_config
 from tests.conftest import copy_run
 
-pytest.importorskip("executorch.runtime", reason="needs the executorch extra: pip install 'edgefpn[executorch]'")
+pytest.importorskip(
+    "executorch.runtime", reason="needs the executorch extra: pip install 'edgefpn[executorch]'"
+)
 pytestmark = pytest.mark.executorch
 
-OPT_IN = ["build.targets=[executorch]", "check.backends=[onnxruntime, executorch]", "quantize.enabled=false",
-          "check.max_images=3"]
+OPT_IN = [
+    "build.targets=[executorch]",
+    "check.backends=[onnxruntime, executorch]",
+    "quantize.enabled=false",
+    "check.max_images=3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +46,10 @@ def test_build_writes_a_pte_that_matches_the_torch_reference(et_run):
     assert again.manifest == m
 
     x = np.random.default_rng(0).standard_normal((1, 3, 160, 160)).astype(np.float32)
-    with open_runner(EngineSpec("torch-fp32", "torch", "fp32", run_dir / "model.pt"), threads=1) as ref, \
-            open_runner(EngineSpec("executorch-fp32", "executorch", "fp32", art.path), threads=1) as et:
+    with (
+        open_runner(EngineSpec("torch-fp32", "torch", "fp32", run_dir / "model.pt"), threads=1) as ref,
+        open_runner(EngineSpec("executorch-fp32", "executorch", "fp32", art.path), threads=1) as et,
+    ):
         want, got = ref.infer({"images": x}), et.infer({"images": x})
         assert et.io_shapes()["images"] == (1, 3, 160, 160)
     assert list(got) == list(want)
@@ -69,8 +77,12 @@ def test_check_reports_an_executorch_row_and_package_bundles_it(et_run):
 
     manifest = read_verified(art.path)
     entry = next(e for e in manifest["engines"] if e["name"] == "executorch-fp32")
-    assert entry["target"] == {"backend": "executorch", "precision": "fp32", "version": et_version(),
-                               "delegate": "xnnpack"}
+    assert entry["target"] == {
+        "backend": "executorch",
+        "precision": "fp32",
+        "version": et_version(),
+        "delegate": "xnnpack",
+    }
     assert "executorch/fp32/model.pte.manifest.json" in manifest["files"]  # its output names travel with it
     assert select_engine(manifest, art.path, name="executorch-fp32", log=lambda _: None) is not None
 

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.openvino
 OUTPUT_NAMES = [f"{k}_p{lvl}" for k in ("cls", "box", "ctr") for lvl in range(3, 8)]
 
 
-def make_tiny_onnx(path: Path, *, seed: int = 0, size: int = 64, num_classes: int = 3, batch: int = 1) -> Path:
+def make_tiny_onnx(
+    path: Path, *, seed: int = 0, size: int = 64, num_classes: int = 3, batch: int = 1
+) -> Path:
     """A tiny FPN-shaped conv net exported by torch with the detector's 15 output names, in ~1 s."""
     import torch
     from torch import nn
@@ -28,8 +30,12 @@ def make_tiny_onnx(path: Path, *, seed: int = 0, size: int = 64, num_classes: in
     class Tiny(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Conv2d(16, 16, 3, stride=4, padding=1), nn.ReLU())
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 16, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, 16, 3, stride=4, padding=1),
+                nn.ReLU(),
+            )
             self.down = nn.ModuleList(nn.Conv2d(16, 16, 3, stride=2, padding=1) for _ in range(4))
             self.cls = nn.Conv2d(16, num_classes, 3, padding=1)
             self.box = nn.Conv2d(16, 4, 3, padding=1)
@@ -39,15 +45,25 @@ def make_tiny_onnx(path: Path, *, seed: int = 0, size: int = 64, num_classes: in
             feats = [self.stem(x)]
             for conv in self.down:
                 feats.append(torch.relu(conv(feats[-1])))
-            return (*[self.cls(f) for f in feats], *[torch.relu(self.box(f)) for f in feats],
-                    *[self.ctr(f) for f in feats])
+            return (
+                *[self.cls(f) for f in feats],
+                *[torch.relu(self.box(f)) for f in feats],
+                *[self.ctr(f) for f in feats],
+            )
 
     torch.manual_seed(seed)
     model = Tiny().eval()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated; edgefpn uses it too
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (torch.zeros(batch, 3, size, size),), str(path), input_names=["images"],
-                          output_names=OUTPUT_NAMES, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(batch, 3, size, size),),
+            str(path),
+            input_names=["images"],
+            output_names=OUTPUT_NAMES,
+            opset_version=17,
+            dynamo=False,
+        )
     return path
 
 
@@ -114,7 +130,9 @@ def test_fp16_ir_stores_fp16_weights_but_computes_f32(tiny_onnx, tmp_path):
     assert fp16_bin.stat().st_size < 0.6 * fp32_bin.stat().st_size
     x = sample()
     ref = ort(tiny_onnx, x)
-    with OpenVinoRunner(EngineSpec("ov", "openvino", "fp16", tmp_path / "fp16/model.xml"), threads=1) as runner:
+    with OpenVinoRunner(
+        EngineSpec("ov", "openvino", "fp16", tmp_path / "fp16/model.xml"), threads=1
+    ) as runner:
         assert str(runner.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
         out = runner.infer({"images": x})
     for name in OUTPUT_NAMES:
@@ -155,9 +173,17 @@ def test_int8_qdq_onnx_converts_and_agrees_with_onnxruntime(tiny_onnx, tmp_path)
     qdq = tmp_path / "model.int8.onnx"
     # 7-bit weights (reduce_range): on an x86 CPU without VNNI, ONNX Runtime's int8 kernels saturate an
     # int16 sum of 8-bit products (cosine 0.93 here on an AVX2-only VM), which is ORT's error, not OpenVINO's
-    quantize_static(str(tiny_onnx), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    quantize_static(
+        str(tiny_onnx),
+        str(qdq),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
     assert onnx_to_openvino(qdq, tmp_path / "int8/model.xml", compress_to_fp16=False) == OUTPUT_NAMES
     x = sample()
     ref = ort(qdq, x)

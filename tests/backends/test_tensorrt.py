@@ -44,7 +44,9 @@ def test_registry_and_availability_never_raise():
 
 def test_compat_exact_match_and_mismatches():
     assert compat_problem(BUILT, version="10.3.0", device=ORIN) is None
-    assert "TensorRT 10.3.0, this machine has TensorRT 10.4.0" in compat_problem(BUILT, version="10.4.0", device=ORIN)
+    assert "TensorRT 10.3.0, this machine has TensorRT 10.4.0" in compat_problem(
+        BUILT, version="10.4.0", device=ORIN
+    )
     msg = compat_problem(BUILT, version="10.3.0", device=DeviceInfo("H100", "9.0", "12.4"))
     assert "compute capability 8.7" in msg and "9.0" in msg
     assert "not installed" in compat_problem(BUILT, version=None, device=None)
@@ -52,7 +54,9 @@ def test_compat_exact_match_and_mismatches():
 
 
 def test_compat_version_and_hardware_compatible_engines():
-    flexible = {"tensorrt": {**BUILT["tensorrt"], "version_compatible": True, "hardware_compatibility": "ampere_plus"}}
+    flexible = {
+        "tensorrt": {**BUILT["tensorrt"], "version_compatible": True, "hardware_compatibility": "ampere_plus"}
+    }
     assert compat_problem(flexible, version="10.5.1", device=DeviceInfo("A10", "8.6", None)) is None
     assert compat_problem(flexible, version="10.2.0", device=ORIN) is not None  # older runtime
     assert compat_problem(flexible, version="11.0.0", device=ORIN) is not None  # other major
@@ -70,9 +74,17 @@ def test_build_flags_and_trtexec_equivalent():
     assert {"--int8", "--fp16", "--memPoolSize=workspace:2048M", "--builderOptimizationLevel=3"} <= set(cmd)
     jetson = TensorRTConfig(dla_core=0, hardware_compatible=True, version_compatible=True, workspace_mb=512)
     cmd = trtexec_command("m.onnx", "m.engine", precision="fp16", settings=jetson, timing_cache="t.cache")
-    assert {"--useDLACore=0", "--allowGPUFallback", "--hardwareCompatibilityLevel=ampere+", "--versionCompatible",
-            "--timingCacheFile=t.cache", "--memPoolSize=workspace:512M"} <= set(cmd)
-    assert "GPU_FALLBACK" in build_flags("fp16", jetson) and "VERSION_COMPATIBLE" in build_flags("fp16", jetson)
+    assert {
+        "--useDLACore=0",
+        "--allowGPUFallback",
+        "--hardwareCompatibilityLevel=ampere+",
+        "--versionCompatible",
+        "--timingCacheFile=t.cache",
+        "--memPoolSize=workspace:512M",
+    } <= set(cmd)
+    assert "GPU_FALLBACK" in build_flags("fp16", jetson) and "VERSION_COMPATIBLE" in build_flags(
+        "fp16", jetson
+    )
 
 
 @pytest.mark.skipif(unavailable_reason() is None, reason="tensorrt is usable here")
@@ -112,8 +124,12 @@ def _fp16_engine(tmp_path: Path) -> tuple[Path, Path]:
     onnx_path = make_tiny_onnx(tmp_path / "model.onnx")
     engine = engine_path(tmp_path, "tensorrt", "fp16")
     settings = TensorRTConfig(workspace_mb=256)
-    result = build_engine(onnx_path, engine, precision="fp16", settings=settings, cache_dir=tmp_path / "tensorrt")
-    write_manifest(engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)})
+    result = build_engine(
+        onnx_path, engine, precision="fp16", settings=settings, cache_dir=tmp_path / "tensorrt"
+    )
+    write_manifest(
+        engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)}
+    )
     return onnx_path, engine
 
 
@@ -143,8 +159,13 @@ def test_foreign_engine_refused_before_deserialization(trt, tmp_path, monkeypatc
     _, engine = _fp16_engine(tmp_path)
     manifest = read_manifest(engine)
     manifest["tensorrt"]["version"] = "9.0.0"
-    write_manifest(engine, stage="build", config_hash="test", inputs={},
-                   extra={k: v for k, v in manifest.items() if k == "tensorrt"})
+    write_manifest(
+        engine,
+        stage="build",
+        config_hash="test",
+        inputs={},
+        extra={k: v for k, v in manifest.items() if k == "tensorrt"},
+    )
 
     def no_deserialize(*_a, **_k):
         raise AssertionError("deserialized an engine that should have been refused")
@@ -161,13 +182,18 @@ def test_parser_errors_name_the_node(trt, tmp_path):
 
     from edgefpn.errors import ExportError
 
-    graph = helper.make_graph([helper.make_node("Unique", ["x"], ["y"], name="uniq")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    graph = helper.make_graph(
+        [helper.make_node("Unique", ["x"], ["y"], name="uniq")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
     path = tmp_path / "bad.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(ExportError, match="uniq"):
-        build_engine(path, tmp_path / "bad.engine", precision="fp16", settings=TensorRTConfig(), cache_dir=None)
+        build_engine(
+            path, tmp_path / "bad.engine", precision="fp16", settings=TensorRTConfig(), cache_dir=None
+        )
 
 
 @pytest.mark.tensorrt
@@ -184,11 +210,13 @@ def test_batch_2_engine_runs_any_number_of_images_and_offline(trt, tmp_path):
     engine = engine_path(tmp_path, "tensorrt", "fp16")
     settings = TensorRTConfig(workspace_mb=256)
     result = build_engine(two, engine, precision="fp16", settings=settings, cache_dir=tmp_path / "tensorrt")
-    write_manifest(engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)})
+    write_manifest(
+        engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)}
+    )
     spec = EngineSpec("trt", "tensorrt", "fp16", engine)
     x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
     with OnnxRuntimeRunner(EngineSpec("ort", "onnxruntime", "fp32", one), threads=1) as r:
-        ref = [r.infer({"images": x[i:i + 1]}) for i in range(3)]
+        ref = [r.infer({"images": x[i : i + 1]}) for i in range(3)]
     with open_runner(spec, threads=1) as r:
         assert r.batch == 2 and r.io_shapes()["images"] == (2, 3, 64, 64)
         for k in (1, 2, 3):
@@ -196,6 +224,8 @@ def test_batch_2_engine_runs_any_number_of_images_and_offline(trt, tmp_path):
             for name, value in out.items():
                 assert value.shape[0] == k
                 for i in range(k):
-                    np.testing.assert_allclose(value[i:i + 1], ref[i][name], atol=2e-2, rtol=2e-2, err_msg=name)
+                    np.testing.assert_allclose(
+                        value[i : i + 1], ref[i][name], atol=2e-2, rtol=2e-2, err_msg=name
+                    )
     point = offline_point(spec, x[:1], threads=2, seconds=0.5, streams=2, requests=2, open_runner=open_runner)
     assert point["fps"] > 0 and point["conditions"]["batch"] == 2 and point["conditions"]["requests"] == 2

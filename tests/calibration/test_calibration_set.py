@@ -31,8 +31,11 @@ def _dataset(root: Path, splits: dict[str, list[str]]) -> Path:
     for i, name in enumerate(names):
         _image(root / "images" / name, i)
     for split, files in splits.items():
-        data = {"images": [{"id": i + 1, "file_name": f, "width": 56, "height": 40} for i, f in enumerate(files)],
-                "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+        data = {
+            "images": [{"id": i + 1, "file_name": f, "width": 56, "height": 40} for i, f in enumerate(files)],
+            "annotations": [],
+            "categories": [{"id": 1, "name": "thing"}],
+        }
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
     return root
 
@@ -70,7 +73,9 @@ def test_folder_choice_is_sorted_seeded_and_deterministic(tmp_path: Path, root: 
     assert a.paths == b.paths and len(a) == 5 and a.available == 12
     assert a.skipped == ("notes.txt",)  # named, for quantize to say what it skipped
     assert all(p.suffix == ".jpg" for p in a.paths)
-    other_seed = CalibrationSet(_cfg(root, f"quantize.calib_folder={folder}", "quantize.num_images=5", "run.seed=1"))
+    other_seed = CalibrationSet(
+        _cfg(root, f"quantize.calib_folder={folder}", "quantize.num_images=5", "run.seed=1")
+    )
     assert other_seed.paths != a.paths
 
 
@@ -126,8 +131,14 @@ def test_cache_key_covers_model_images_preprocessing_and_settings(root: Path) ->
     key = cache_key("a" * 64, calib, cfg)
     assert key == cache_key("a" * 64, CalibrationSet(cfg), cfg)
     assert key != cache_key("b" * 64, calib, cfg)
-    for extra in ("quantize.method=entropy", "quantize.percentile=99.9", "quantize.num_images=4",
-                  "quantize.exclude_nodes=[/conv]", "model.mean=[0.5, 0.5, 0.5]", "model.input_size=[96, 96]"):
+    for extra in (
+        "quantize.method=entropy",
+        "quantize.percentile=99.9",
+        "quantize.num_images=4",
+        "quantize.exclude_nodes=[/conv]",
+        "model.mean=[0.5, 0.5, 0.5]",
+        "model.input_size=[96, 96]",
+    ):
         other = _cfg(root, extra)
         assert cache_key("a" * 64, CalibrationSet(other), other) != key, extra
     _image(root / "images" / "c2.png", 12345)  # same name, new content

@@ -15,8 +15,11 @@ from edgefpn.data.preprocess import load_image, preprocess
 from edgefpn.data.torch_dataset import DetectionDataset
 from edgefpn.errors import ConfigError
 
-ALL_ON = AugmentConfig(scale_jitter=(0.5, 1.6), crop=CropConfig(prob=1.0, min_scale=0.4, min_visible=0.0),
-                       photometric=PhotometricConfig(prob=1.0))
+ALL_ON = AugmentConfig(
+    scale_jitter=(0.5, 1.6),
+    crop=CropConfig(prob=1.0, min_scale=0.4, min_visible=0.0),
+    photometric=PhotometricConfig(prob=1.0),
+)
 
 
 def _blob_image(rng: np.random.Generator, h: int = 150, w: int = 220) -> tuple[np.ndarray, np.ndarray]:
@@ -26,7 +29,7 @@ def _blob_image(rng: np.random.Generator, h: int = 150, w: int = 220) -> tuple[n
     for _ in range(3):
         bw, bh = int(rng.integers(20, 60)), int(rng.integers(20, 60))
         x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-        img[y0:y0 + bh, x0:x0 + bw] = 230
+        img[y0 : y0 + bh, x0 : x0 + bw] = 230
         boxes.append([x0, y0, x0 + bw, y0 + bh])
     return img, np.array(boxes, np.float32)
 
@@ -34,7 +37,7 @@ def _blob_image(rng: np.random.Generator, h: int = 150, w: int = 220) -> tuple[n
 def _frame_of(img: np.ndarray, box: np.ndarray) -> np.ndarray:
     """The tight box of the bright pixels inside ``box`` (grown by 2 px) of ``img``."""
     x0, y0 = max(int(box[0]) - 2, 0), max(int(box[1]) - 2, 0)
-    patch = img[y0:int(np.ceil(box[3])) + 2, x0:int(np.ceil(box[2])) + 2, 0] > 135
+    patch = img[y0 : int(np.ceil(box[3])) + 2, x0 : int(np.ceil(box[2])) + 2, 0] > 135
     ys, xs = np.nonzero(patch)
     return np.array([xs.min() + x0, ys.min() + y0, xs.max() + 1 + x0, ys.max() + 1 + y0], np.float32)
 
@@ -55,8 +58,9 @@ def test_boxes_frame_their_blobs_after_crop_and_scale(seed):
     for box, label in zip(out_boxes, out_labels, strict=True):
         others = np.delete(boxes, label, axis=0)
         b = boxes[label]
-        overlaps = (np.minimum(others[:, 2], b[2]) > np.maximum(others[:, 0], b[0])) & \
-                   (np.minimum(others[:, 3], b[3]) > np.maximum(others[:, 1], b[1]))
+        overlaps = (np.minimum(others[:, 2], b[2]) > np.maximum(others[:, 0], b[0])) & (
+            np.minimum(others[:, 3], b[3]) > np.maximum(others[:, 1], b[1])
+        )
         if overlaps.any():
             continue
         # scale jitter resizes nothing here (the letterbox does later): integer shifts, exact frames
@@ -68,8 +72,13 @@ def test_crop_drops_boxes_outside_and_cut_ones_by_visibility():
     boxes = np.array([[0, 0, 10, 10], [80, 80, 100, 100], [40, 40, 60, 60]], np.float32)
     labels = np.array([0, 1, 2])
     for seed in range(20):
-        out, ob, ol = random_crop(img, boxes, labels, rng=np.random.default_rng(seed),
-                                  cfg=CropConfig(prob=1.0, min_scale=0.3, max_scale=0.7, min_visible=0.5))
+        out, ob, ol = random_crop(
+            img,
+            boxes,
+            labels,
+            rng=np.random.default_rng(seed),
+            cfg=CropConfig(prob=1.0, min_scale=0.3, max_scale=0.7, min_visible=0.5),
+        )
         h, w = out.shape[:2]
         assert 30 <= h <= 70 and 30 <= w <= 70
         areas = (ob[:, 2] - ob[:, 0]) * (ob[:, 3] - ob[:, 1])
@@ -81,13 +90,25 @@ def test_crop_drops_boxes_outside_and_cut_ones_by_visibility():
 def test_scale_jitter_changes_the_letterbox_scale():
     img = np.full((100, 200, 3), 200, np.uint8)
     fill = np.array([124, 116, 104], np.uint8)
-    out, _, _ = scale_jitter(img, np.zeros((0, 4), np.float32), np.zeros(0), rng=np.random.default_rng(0),
-                             scale_range=(0.5, 0.5), fill=fill)
+    out, _, _ = scale_jitter(
+        img,
+        np.zeros((0, 4), np.float32),
+        np.zeros(0),
+        rng=np.random.default_rng(0),
+        scale_range=(0.5, 0.5),
+        fill=fill,
+    )
     assert out.shape == (200, 400, 3)  # a canvas twice the size: the letterbox halves the object
     assert (out == 200).all(axis=2).sum() == 100 * 200  # the whole image, once
     assert (out == fill).all(axis=2).sum() == 400 * 200 - 100 * 200
-    out, _, _ = scale_jitter(img, np.zeros((0, 4), np.float32), np.zeros(0), rng=np.random.default_rng(0),
-                             scale_range=(2.0, 2.0), fill=fill)
+    out, _, _ = scale_jitter(
+        img,
+        np.zeros((0, 4), np.float32),
+        np.zeros(0),
+        rng=np.random.default_rng(0),
+        scale_range=(2.0, 2.0),
+        fill=fill,
+    )
     assert out.shape == (50, 100, 3) and (out == 200).all()
 
 
@@ -168,22 +189,32 @@ def test_augment_config_leaves_eval_and_deploy_preprocessing_alone(split):
     from edgefpn.pipeline.common import make_prepost
 
     plain = load_config(None, ["model.input_size=[128,128]"])
-    augmented = load_config(None, ["model.input_size=[128,128]", "train.augment.scale_jitter=[0.5,2.0]",
-                                   "train.augment.crop={}", "train.augment.photometric={}"])
+    augmented = load_config(
+        None,
+        [
+            "model.input_size=[128,128]",
+            "train.augment.scale_jitter=[0.5,2.0]",
+            "train.augment.crop={}",
+            "train.augment.photometric={}",
+        ],
+    )
     image = load_image(split.images[0].path)
     a, lb_a = make_prepost(plain).prepare(image)
     b, lb_b = make_prepost(augmented).prepare(image)
     assert np.array_equal(a, b) and lb_a == lb_b
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("train.augment.scale_jitter=[0, 1]", "train.augment.scale_jitter"),
-    ("train.augment.crop.min_scale=1.5", "train.augment.crop"),
-    ("train.augment.crop.prob=-1", "train.augment.crop.prob"),
-    ("train.augment.photometric.brightness=1.0", "train.augment.photometric.brightness"),
-    ("train.augment.photometric.hue=0.9", "train.augment.photometric.hue"),
-    ("train.augment.crop.scale=2", "train.augment.crop.scale"),
-])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.augment.scale_jitter=[0, 1]", "train.augment.scale_jitter"),
+        ("train.augment.crop.min_scale=1.5", "train.augment.crop"),
+        ("train.augment.crop.prob=-1", "train.augment.crop.prob"),
+        ("train.augment.photometric.brightness=1.0", "train.augment.photometric.brightness"),
+        ("train.augment.photometric.hue=0.9", "train.augment.photometric.hue"),
+        ("train.augment.crop.scale=2", "train.augment.crop.scale"),
+    ],
+)
 def test_bad_augment_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])

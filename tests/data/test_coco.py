@@ -76,13 +76,25 @@ def test_missing_images_folder(tmp_path):
         ({"images": [], "annotations": []}, "missing key 'categories'"),
         (_coco(images={}), "'images' must be a list"),
         (_coco(images=[{"id": 1, "file_name": "a.jpg", "width": 10}]), "missing key 'height'"),
-        (_coco(images=[{"id": "1", "file_name": "a.jpg", "width": 10, "height": 10}]), "id must be an integer"),
-        (_coco(images=[{"id": 1, "file_name": "a.jpg", "width": 0, "height": 10}]), "width must be a positive"),
+        (
+            _coco(images=[{"id": "1", "file_name": "a.jpg", "width": 10, "height": 10}]),
+            "id must be an integer",
+        ),
+        (
+            _coco(images=[{"id": 1, "file_name": "a.jpg", "width": 0, "height": 10}]),
+            "width must be a positive",
+        ),
         (_coco(categories=[{"id": 1}]), "name must be a string"),
         (_coco(categories=[]), "no categories"),
         (_coco(annotations=[{"id": 1, "image_id": 10, "category_id": 7}]), "missing key 'bbox'"),
-        (_coco(annotations=[{"id": 1, "image_id": 10, "category_id": 7, "bbox": [1, 2, 3]}]), "list of 4 numbers"),
-        (_coco(annotations=[{"id": 1, "image_id": 10, "category_id": 7, "bbox": ["1", 2, 3, 4]}]), "list of 4"),
+        (
+            _coco(annotations=[{"id": 1, "image_id": 10, "category_id": 7, "bbox": [1, 2, 3]}]),
+            "list of 4 numbers",
+        ),
+        (
+            _coco(annotations=[{"id": 1, "image_id": 10, "category_id": 7, "bbox": ["1", 2, 3, 4]}]),
+            "list of 4",
+        ),
     ],
 )
 def test_malformed_annotation_files(tmp_path, data, match):
@@ -92,7 +104,9 @@ def test_malformed_annotation_files(tmp_path, data, match):
     assert str(info.value).startswith(f"{ann}: ")
 
 
-@pytest.mark.parametrize("file_name", ["../secret.jpg", "sub/../../secret.jpg", "/etc/passwd", "C:/x.jpg", ""])
+@pytest.mark.parametrize(
+    "file_name", ["../secret.jpg", "sub/../../secret.jpg", "/etc/passwd", "C:/x.jpg", ""]
+)
 def test_file_name_outside_images_rejected(tmp_path, file_name):
     _write(tmp_path, _coco(images=[{"id": 1, "file_name": file_name, "width": 10, "height": 10}]))
     with pytest.raises(DataError, match="is not a relative path inside"):

@@ -287,8 +287,17 @@ def test_resize_is_half_pixel_bilinear(hw):
     image = _image(*hw, seed=7)
     boxed, lb = letterbox(image, (256, 256))
     new_h, new_w = round(hw[0] * lb.scale), round(hw[1] * lb.scale)
-    ref = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].double(), size=(new_h, new_w),
-                        mode="bilinear", align_corners=False, antialias=False)[0].permute(1, 2, 0).numpy()
+    ref = (
+        F.interpolate(
+            torch.from_numpy(image).permute(2, 0, 1)[None].double(),
+            size=(new_h, new_w),
+            mode="bilinear",
+            align_corners=False,
+            antialias=False,
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     diff = np.abs(boxed[:new_h, :new_w].astype(np.float64) - ref)
     assert diff.max() <= 1.0, diff.max()
 

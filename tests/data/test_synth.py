@@ -176,4 +176,3 @@ def test_rejects_bad_arguments(tmp_path, kwargs, match):
     args = {"num_train": 1, "num_val": 1, "num_calib": 1, "show_progress": False, **kwargs}
     with pytest.raises(ValueError, match=match):
         synth.generate(tmp_path / "x", **args)
-

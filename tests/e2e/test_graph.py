@@ -29,10 +29,12 @@ def _raw(arch: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
         wh = rng.uniform(8, 40, (1, k, 2))
         scores = rng.uniform(0, 1, (1, k))
         scores[0, -7:] = -1.0  # padding rows of the static proposal count
-        return {"proposals": np.concatenate([xy, xy + wh], -1).astype(np.float32),
-                "proposal_scores": scores.astype(np.float32),
-                "roi_cls": rng.normal(0, 2, (1, k, c1)).astype(np.float32),
-                "roi_box": rng.normal(0, 1, (1, k, 4 * c1)).astype(np.float32)}
+        return {
+            "proposals": np.concatenate([xy, xy + wh], -1).astype(np.float32),
+            "proposal_scores": scores.astype(np.float32),
+            "roi_cls": rng.normal(0, 2, (1, k, c1)).astype(np.float32),
+            "roi_box": rng.normal(0, 1, (1, k, 4 * c1)).astype(np.float32),
+        }
     c, a = (3, 1) if arch == "fcos" else (3, 9)
     out = {}
     for lvl, s in zip(decoder_for(arch).levels, decoder_for(arch).strides, strict=True):
@@ -59,8 +61,11 @@ def _run_openvino(model: onnx.ModelProto, feed: dict[str, np.ndarray], tmp: Path
     import openvino as ov
 
     onnx.save(model, tmp / "m.onnx")
-    compiled = ov.Core().compile_model(ov.convert_model(str(tmp / "m.onnx")), "CPU",
-                                       {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    compiled = ov.Core().compile_model(
+        ov.convert_model(str(tmp / "m.onnx")),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1},
+    )
     return {port.get_any_name(): np.asarray(v) for port, v in compiled(feed).items()}
 
 
@@ -68,18 +73,29 @@ def _run_openvino(model: onnx.ModelProto, feed: dict[str, np.ndarray], tmp: Path
 @pytest.mark.parametrize("arch", ["fcos", "retinanet", "faster_rcnn"])
 def test_in_graph_decode_and_nms_equal_the_numpy_decoder(arch: str, backend: str, tmp_path: Path) -> None:
     d = decoder_for(arch)
-    params = PostprocessParams(score_thresh=0.3, nms_thresh=0.5, topk_candidates=40, detections_per_img=25,
-                               strides=d.strides, levels=d.levels)
-    tail = detection_tail(arch, {k: list(v.shape) for k, v in _raw(arch, np.random.default_rng(0)).items()},
-                          params, SIZE)
+    params = PostprocessParams(
+        score_thresh=0.3,
+        nms_thresh=0.5,
+        topk_candidates=40,
+        detections_per_img=25,
+        strides=d.strides,
+        levels=d.levels,
+    )
+    tail = detection_tail(
+        arch, {k: list(v.shape) for k, v in _raw(arch, np.random.default_rng(0)).items()}, params, SIZE
+    )
     assert [o.name for o in tail.graph.output] == list(DET_OUTPUTS)
     assert not lint_onnx(tail), [str(f) for f in lint_onnx(tail)]  # the TensorRT lint passes it: no finding
     bound = {"cap": 0, "nms": 0}
     for seed in range(3):
         raw = _raw(arch, np.random.default_rng(seed))
         ref = decode(arch, raw, params, image_size=SIZE)[0]
-        loose = decode(arch, raw, PostprocessParams(**{**params.__dict__, "nms_thresh": 1.0,
-                                                       "detections_per_img": 10_000}), image_size=SIZE)[0]
+        loose = decode(
+            arch,
+            raw,
+            PostprocessParams(**{**params.__dict__, "nms_thresh": 1.0, "detections_per_img": 10_000}),
+            image_size=SIZE,
+        )[0]
         bound["cap"] += len(ref) == params.detections_per_img
         bound["nms"] += len(loose) > len(ref)
         out = _run_onnx(tail, raw) if backend == "onnxruntime" else _run_openvino(tail, raw, tmp_path)
@@ -90,7 +106,9 @@ def test_in_graph_decode_and_nms_equal_the_numpy_decoder(arch: str, backend: str
         np.testing.assert_allclose(out["det_boxes"][0, :n], ref.boxes, rtol=0, atol=2e-3)
         # past num_dets: zeros and label -1, a fixed shape for the device
         assert (out["det_labels"][0, n:] == -1).all() and not out["det_scores"][0, n:].any()
-    assert bound["nms"] == 3 and (arch == "faster_rcnn" or bound["cap"] >= 1), bound  # each part was exercised
+    assert bound["nms"] == 3 and (arch == "faster_rcnn" or bound["cap"] >= 1), (
+        bound
+    )  # each part was exercised
 
 
 def test_uint8_head_equals_the_float_preprocessing_bit_for_bit() -> None:
@@ -101,7 +119,7 @@ def test_uint8_head_equals_the_float_preprocessing_bit_for_bit() -> None:
     from edgefpn.data.preprocess import letterbox_u8
 
     u8, valid_hw, _ = letterbox_u8(image, size=SIZE)
-    u8[0, valid_hw[0, 0]:, :] = 255  # whatever the host leaves in the padding, the graph masks it to 0.0
+    u8[0, valid_hw[0, 0] :, :] = 255  # whatever the host leaves in the padding, the graph masks it to 0.0
     got = _run_onnx(head, {"images_u8": u8, "valid_hw": valid_hw})["images"]
     assert got.dtype == np.float32 and got.shape == (1, 3, *SIZE)
     np.testing.assert_array_equal(got[0], want)
@@ -112,10 +130,18 @@ def test_graft_keeps_the_network_and_refuses_an_old_opset() -> None:
 
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *SIZE])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, *SIZE])
-    net = helper.make_model(helper.make_graph([helper.make_node("Relu", ["images"], ["y"], name="net")], "n", [x], [y]),
-                            opset_imports=[helper.make_opsetid("", 17)])
-    spec = E2ESpec(arch="fcos", uint8=True, nms=False, params=PostprocessParams(), input_size=SIZE,
-                   coef=normalise_coefficients(IMAGENET_MEAN, IMAGENET_STD))
+    net = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["images"], ["y"], name="net")], "n", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    spec = E2ESpec(
+        arch="fcos",
+        uint8=True,
+        nms=False,
+        params=PostprocessParams(),
+        input_size=SIZE,
+        coef=normalise_coefficients(IMAGENET_MEAN, IMAGENET_STD),
+    )
     grafted = graft_onnx(net, spec)
     onnx.checker.check_model(grafted, full_check=True)
     assert [i.name for i in grafted.graph.input] == ["images_u8", "valid_hw"]

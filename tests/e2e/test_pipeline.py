@@ -14,12 +14,20 @@ from tests.conftest import copy_run
 
 # ONNX Runtime FP32 only, three val images: the contract, not the speed (OpenVINO's grafted IR is
 # compared with the numpy decoder in test_graph.py; check handles it as any other backend)
-E2E = ("export.input=uint8", "export.nms=true", "quantize.enabled=false", "build.targets=[]",
-       "check.backends=[onnxruntime]", "check.max_images=3")
+E2E = (
+    "export.input=uint8",
+    "export.nms=true",
+    "quantize.enabled=false",
+    "build.targets=[]",
+    "check.backends=[onnxruntime]",
+    "check.max_images=3",
+)
 IN_GRAPH = ("onnxruntime-fp32-e2e",)
 
 
-def test_check_passes_in_graph_engines_and_the_runtime_follows_their_contract(tiny_run, tmp_path, monkeypatch):
+def test_check_passes_in_graph_engines_and_the_runtime_follows_their_contract(
+    tiny_run, tmp_path, monkeypatch
+):
     from edgefpn import inference
     from edgefpn.data.preprocess import load_image
     from edgefpn.pipeline import check, package
@@ -29,12 +37,16 @@ def test_check_passes_in_graph_engines_and_the_runtime_follows_their_contract(ti
     run_dir = copy_run(src, tmp_path / "run")
     cfg = load_config(None, [*overrides, *E2E])
     check.run(cfg, run_dir, progress=False)
-    assert sha256_path(run_dir / "model.onnx") == sha256_path(src / "model.onnx")  # the raw graph is untouched
+    assert sha256_path(run_dir / "model.onnx") == sha256_path(
+        src / "model.onnx"
+    )  # the raw graph is untouched
     report = json.loads((run_dir / "report.json").read_text())
     engines = {e["name"]: e for e in report["engines"]}
     for name in IN_GRAPH:
         e = engines[name]
-        assert e["contract"] == {"input": "uint8", "output": "detections"} and e["gates"]["passed"], e["gates"]
+        assert e["contract"] == {"input": "uint8", "output": "detections"} and e["gates"]["passed"], e[
+            "gates"
+        ]
         twin = e["twin"]
         assert twin["engine"] == name.removesuffix("-e2e") and twin["n_ref"] > 0
         assert twin["matched_fraction"] == 1.0 and twin["mean_iou"] > 0.999 and twin["max_score_error"] < 1e-5
@@ -70,10 +82,13 @@ def test_check_fails_loudly_when_an_in_graph_engine_disagrees(tiny_run, tmp_path
     cfg = load_config(None, [*overrides, *E2E[:-1], "check.max_images=2"])
     real = e2e_stage.postprocess_params
     # a broken tail: it keeps 10 detections per image where the numpy decoder keeps up to 100
-    monkeypatch.setattr(e2e_stage, "postprocess_params",
-                        lambda c, a: dataclasses.replace(real(c, a), detections_per_img=10))
+    monkeypatch.setattr(
+        e2e_stage, "postprocess_params", lambda c, a: dataclasses.replace(real(c, a), detections_per_img=10)
+    )
     monkeypatch.setattr(graph, "GRAPH_VERSION", graph.GRAPH_VERSION + 1000)
-    with pytest.raises(CheckFailed, match=r"onnxruntime-fp32-e2e: detections vs onnxruntime-fp32: matched fraction"):
+    with pytest.raises(
+        CheckFailed, match=r"onnxruntime-fp32-e2e: detections vs onnxruntime-fp32: matched fraction"
+    ):
         check.run(cfg, run_dir, progress=False)
     report = json.loads((run_dir / "report.json").read_text())
     (failed,) = [e for e in report["engines"] if not e["gates"]["passed"]]

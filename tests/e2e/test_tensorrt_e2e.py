@@ -25,18 +25,27 @@ def test_tensorrt_builds_and_runs_the_in_graph_decode_and_nms(trt, arch: str, tm
     from edgefpn.artifacts import write_manifest
 
     d = decoder_for(arch)
-    params = PostprocessParams(score_thresh=0.3, nms_thresh=0.5, topk_candidates=40, detections_per_img=25,
-                               strides=d.strides, levels=d.levels)
+    params = PostprocessParams(
+        score_thresh=0.3,
+        nms_thresh=0.5,
+        topk_candidates=40,
+        detections_per_img=25,
+        strides=d.strides,
+        levels=d.levels,
+    )
     raw = _raw(arch, np.random.default_rng(0))
     tail = detection_tail(arch, {k: list(v.shape) for k, v in raw.items()}, params, SIZE)
     onnx.save(tail, tmp_path / "tail.onnx")
     engine = tmp_path / "fp16-e2e" / "model.engine"
     settings = TensorRTConfig(workspace_mb=256)
     logged: list[str] = []
-    result = build_engine(tmp_path / "tail.onnx", engine, precision="fp16", settings=settings, cache_dir=None,
-                          log=logged.append)
+    result = build_engine(
+        tmp_path / "tail.onnx", engine, precision="fp16", settings=settings, cache_dir=None, log=logged.append
+    )
     assert any("pinned to float32" in line for line in logged), logged  # FP16 engine, float32 decode + NMS
-    write_manifest(engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)})
+    write_manifest(
+        engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)}
+    )
     ref = decode(arch, raw, params, image_size=SIZE)[0]
     with TensorRTRunner(EngineSpec("trt", "tensorrt", "fp16", engine), threads=1) as r:
         out = r.infer(raw)

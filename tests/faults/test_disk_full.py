@@ -65,9 +65,15 @@ def test_checkpoint_on_a_full_disk(tiny_run, data_root, tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     real_fdopen = os.fdopen
-    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode="r", *a, **k: _FillingFile(real_fdopen(fd, mode, *a, **k), 1 << 20))
+    monkeypatch.setattr(
+        checkpoint.os,
+        "fdopen",
+        lambda fd, mode="r", *a, **k: _FillingFile(real_fdopen(fd, mode, *a, **k), 1 << 20),
+    )
     before = snapshot(run)
-    res = cli("train", *tiny_sets(f"model.weights={src / 'model.pt'}", data_root=data_root), "--out", run, "--quiet")
+    res = cli(
+        "train", *tiny_sets(f"model.weights={src / 'model.pt'}", data_root=data_root), "--out", run, "--quiet"
+    )
     refused(res, names=[run / "model.pt"], problem=NO_SPACE)
     assert snapshot(run) == before
 
@@ -99,13 +105,24 @@ def test_openvino_ir_on_a_full_disk(tiny_run, data_root, tmp_path, monkeypatch):
 
     def full_save(model, xml, *a, **k):
         # what OpenVINO does on a full disk: its own error type, no errno, its partial files removed
-        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 4096))
+        monkeypatch.setattr(
+            shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 4096)
+        )
         raise RuntimeError("basic_ios::clear: iostream error")
 
     monkeypatch.setattr(openvino, "save_model", full_save)
     before = snapshot(run)
-    res = cli("build", *tiny_sets("quantize.enabled=false", data_root=data_root), "--target", "openvino",
-              "--precision", "fp32", "--out", run, "--quiet")
+    res = cli(
+        "build",
+        *tiny_sets("quantize.enabled=false", data_root=data_root),
+        "--target",
+        "openvino",
+        "--precision",
+        "fp32",
+        "--out",
+        run,
+        "--quiet",
+    )
     refused(res, names=[run / "openvino" / "fp32"], problem=NO_SPACE)
     assert {k: v for k, v in snapshot(run).items() if k != "openvino"} == before
     assert list((run / "openvino").iterdir()) == []
@@ -140,10 +157,15 @@ def _tmpfs(where: Path, size_mb: int):
     where.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("a real full disk needs a tmpfs mount (root); the simulated ENOSPC tests above still ran")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the simulated ENOSPC tests above still ran")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({proc.stderr.strip()}); the simulated ENOSPC tests above still ran"
+        )
     try:
         yield where
     finally:
@@ -169,8 +191,13 @@ def test_real_full_tmpfs(tiny_run, data_root, tmp_path):
         shutil.copy(src / "model.pt.manifest.json", run)
         _fill(disk, 8)
         before = snapshot(run)
-        res = cli("train", *tiny_sets(f"model.weights={src / 'model.pt'}", data_root=data_root), "--out",
-                  disk / "run2", "--quiet")
+        res = cli(
+            "train",
+            *tiny_sets(f"model.weights={src / 'model.pt'}", data_root=data_root),
+            "--out",
+            disk / "run2",
+            "--quiet",
+        )
         refused(res, names=[disk / "run2" / "model.pt"], problem=NO_SPACE)
         assert leftovers(disk) == [] and not (disk / "run2" / "model.pt").exists()
         res = cli("export", *tiny_sets(data_root=data_root), "--out", run, "--quiet")
@@ -182,8 +209,17 @@ def test_real_full_tmpfs(tiny_run, data_root, tmp_path):
             shutil.copy(src / "model.onnx.manifest.json", run)
             _fill(disk, 8)
             before = snapshot(run)
-            res = cli("build", *tiny_sets("quantize.enabled=false", data_root=data_root), "--target", "openvino",
-                      "--precision", "fp32", "--out", run, "--quiet")
+            res = cli(
+                "build",
+                *tiny_sets("quantize.enabled=false", data_root=data_root),
+                "--target",
+                "openvino",
+                "--precision",
+                "fp32",
+                "--out",
+                run,
+                "--quiet",
+            )
             refused(res, names=[run / "openvino" / "fp32"], problem=NO_SPACE)
             assert {k: v for k, v in snapshot(run).items() if k != "openvino"} == before
 

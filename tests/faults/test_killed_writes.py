@@ -42,18 +42,31 @@ def write_half(path, data):
 
 def run_killed(tmp: Path, patch: str, *args: str) -> None:
     """``edgefpn *args`` in a subprocess with ``patch`` applied; it must die by SIGKILL."""
-    code = PRELUDE + textwrap.dedent(patch) + "\nfrom edgefpn.cli import main\nmain(sys.argv[1:], prog_name='edgefpn')\n"
+    code = (
+        PRELUDE
+        + textwrap.dedent(patch)
+        + "\nfrom edgefpn.cli import main\nmain(sys.argv[1:], prog_name='edgefpn')\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=tmp, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 
 def without_leftovers(snap: dict[str, str]) -> dict[str, str]:
     """``snap`` without the killed writer's temporary folders (and parent folders holding only those)
     and its run-directory lock (stale once its holder is dead: the next command takes it over)."""
-    kept = {k: v for k, v in snap.items()
-            if k != LOCK_NAME and not any(part.endswith(".tmp") for part in k.split("/"))}
+    kept = {
+        k: v
+        for k, v in snap.items()
+        if k != LOCK_NAME and not any(part.endswith(".tmp") for part in k.split("/"))
+    }
     return {k: v for k, v in kept.items() if v != "dir" or any(o.startswith(k + "/") for o in kept)}
 
 
@@ -84,8 +97,17 @@ def test_killed_while_writing_the_checkpoint(tiny_run, data_root, tmp_path):
     _, src = tiny_run
     run = tmp_path / "run"
     run.mkdir()
-    args = ["train", *tiny_sets(f"model.weights={src / 'model.pt'}", data_root=data_root), "--out", run, "--quiet"]
-    kill_mid_write_then_rerun(tmp_path, run, """
+    args = [
+        "train",
+        *tiny_sets(f"model.weights={src / 'model.pt'}", data_root=data_root),
+        "--out",
+        run,
+        "--quiet",
+    ]
+    kill_mid_write_then_rerun(
+        tmp_path,
+        run,
+        """
         import io, torch
         real_save = torch.save
         def dying_save(obj, f, *a, **k):
@@ -95,7 +117,11 @@ def test_killed_while_writing_the_checkpoint(tiny_run, data_root, tmp_path):
             f.flush()
             die()
         torch.save = dying_save
-    """, args, "model.pt", "checkpoint")
+    """,
+        args,
+        "model.pt",
+        "checkpoint",
+    )
 
 
 def test_killed_while_exporting_onnx(tiny_run, data_root, tmp_path):
@@ -104,10 +130,17 @@ def test_killed_while_exporting_onnx(tiny_run, data_root, tmp_path):
     for name in ("model.onnx", "model.onnx.manifest.json"):
         (run / name).unlink()
     args = ["export", *tiny_sets(data_root=data_root), "--out", run, "--quiet"]
-    kill_mid_write_then_rerun(tmp_path, run, """
+    kill_mid_write_then_rerun(
+        tmp_path,
+        run,
+        """
         import onnx
         onnx.save = lambda model, path, *a, **k: (write_half(path, model.SerializeToString()), die())
-    """, args, "model.onnx", "ONNX")
+    """,
+        args,
+        "model.onnx",
+        "ONNX",
+    )
     assert (run / "model.onnx").read_bytes() == (src / "model.onnx").read_bytes()  # the same export again
 
 
@@ -115,9 +148,21 @@ def test_killed_while_writing_openvino_ir(tiny_run, data_root, tmp_path):
     pytest.importorskip("openvino", reason="needs the openvino extra")
     _, src = tiny_run
     run = copy_run(src, tmp_path / "run")
-    args = ["build", *tiny_sets("quantize.enabled=false", data_root=data_root), "--target", "openvino",
-            "--precision", "fp32", "--out", run, "--quiet"]
-    kill_mid_write_then_rerun(tmp_path, run, """
+    args = [
+        "build",
+        *tiny_sets("quantize.enabled=false", data_root=data_root),
+        "--target",
+        "openvino",
+        "--precision",
+        "fp32",
+        "--out",
+        run,
+        "--quiet",
+    ]
+    kill_mid_write_then_rerun(
+        tmp_path,
+        run,
+        """
         import openvino
         real_save = openvino.save_model
         def dying_save(model, xml, *a, **k):
@@ -127,7 +172,11 @@ def test_killed_while_writing_openvino_ir(tiny_run, data_root, tmp_path):
             write_half(bin_, data)
             die()
         openvino.save_model = dying_save
-    """, args, "openvino/fp32", "OpenVINO IR")
+    """,
+        args,
+        "openvino/fp32",
+        "OpenVINO IR",
+    )
 
 
 def test_killed_while_writing_the_bundle(checked_run, tmp_path):
@@ -135,9 +184,14 @@ def test_killed_while_writing_the_bundle(checked_run, tmp_path):
 
     overrides, src = checked_run
     run = copy_run(src, tmp_path / "run")
-    extra = [o for o in overrides if o.split("=")[0] in ("quantize.enabled", "build.targets", "check.backends")]
+    extra = [
+        o for o in overrides if o.split("=")[0] in ("quantize.enabled", "build.targets", "check.backends")
+    ]
     args = ["package", *tiny_sets(*extra, data_root=_data_root(overrides)), "--out", run, "--quiet"]
-    kill_mid_write_then_rerun(tmp_path, run, """
+    kill_mid_write_then_rerun(
+        tmp_path,
+        run,
+        """
         import edgefpn.bundle as bundle
         real_write = bundle.write_tar
         def dying_write(dest, files, manifest):
@@ -145,7 +199,11 @@ def test_killed_while_writing_the_bundle(checked_run, tmp_path):
             write_half(dest, open(dest, "rb").read())
             die()
         bundle.write_tar = dying_write
-    """, args, "bundle.tar", "bundle")
+    """,
+        args,
+        "bundle.tar",
+        "bundle",
+    )
     bundle.read_verified(run / "bundle.tar")
 
 
@@ -156,8 +214,13 @@ def _data_root(overrides: list[str]) -> Path:
 # ------------------------------------------------------------------------------------------------
 # training resume from train.last.pt
 
-RESUME_SETS = ("train.epochs=2", "data.synth.num_train=4", "train.batch_size=2", "model.backbone_width=32",
-               "model.input_size=[128, 128]")
+RESUME_SETS = (
+    "train.epochs=2",
+    "data.synth.num_train=4",
+    "train.batch_size=2",
+    "model.backbone_width=32",
+    "model.input_size=[128, 128]",
+)
 
 
 @pytest.mark.slow
@@ -170,14 +233,20 @@ def test_killed_training_resumes_from_the_last_epoch_and_matches(tmp_path):
     run, ref = tmp_path / "run", tmp_path / "ref"
     args = ["train", *tiny_sets(*RESUME_SETS, data_root=data), "--quiet"]
     assert cli(*args, "--out", ref).exit_code == 0  # uninterrupted: 2 epochs (and the dataset)
-    run_killed(tmp_path, """
+    run_killed(
+        tmp_path,
+        """
         import edgefpn.training.loop as loop
         real = loop._save_resume
         def save_then_die(*a, **k):
             real(*a, **k)
             die()
         loop._save_resume = save_then_die
-    """, *args, "--out", run)
+    """,
+        *args,
+        "--out",
+        run,
+    )
     assert (run / "train.last.pt").is_file() and not (run / "model.pt").exists()
     require(run / "train.last.pt", "resume state")
     res = cli(*[a for a in args if a != "--quiet"], "--out", run)
@@ -189,7 +258,9 @@ def test_killed_training_resumes_from_the_last_epoch_and_matches(tmp_path):
     got = torch.load(run / "model.pt", weights_only=True)["state_dict"]
     want = torch.load(ref / "model.pt", weights_only=True)["state_dict"]
     assert list(got) == list(want)
-    assert all(torch.equal(got[k], want[k]) for k in want), "resumed training diverged from the uninterrupted run"
+    assert all(torch.equal(got[k], want[k]) for k in want), (
+        "resumed training diverged from the uninterrupted run"
+    )
 
 
 def test_resume_state_from_other_settings_is_not_used(tmp_path, monkeypatch):
@@ -199,14 +270,17 @@ def test_resume_state_from_other_settings_is_not_used(tmp_path, monkeypatch):
     from edgefpn.pipeline import train
 
     loads = []
-    monkeypatch.setattr("torch.load", lambda *a, **k: loads.append(a) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(
+        "torch.load", lambda *a, **k: loads.append(a) or (_ for _ in ()).throw(AssertionError)
+    )
     run = tmp_path / "run"
     run.mkdir()
     resume = run / train.RESUME
     resume.write_bytes(b"PK\x03\x04 state of another run")
     write_manifest(resume, stage="train-resume", config_hash="other", inputs={})
     # one step (4 images, batch 4): train.epochs=0 is refused, it would write an untrained model
-    cfg = load_config(EMPTY_CONFIG, [*TINY, f"data.root={tmp_path / 'data'}", "train.epochs=1", "data.synth.num_train=4"])
+    cfg = load_config(
+        EMPTY_CONFIG, [*TINY, f"data.root={tmp_path / 'data'}", "train.epochs=1", "data.synth.num_train=4"]
+    )
     train.run(cfg, run, progress=False)
     assert loads == [] and (run / "model.pt").is_file()
-

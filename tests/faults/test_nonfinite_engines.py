@@ -31,7 +31,9 @@ def test_nonfinite_outputs_fail_the_engine_naming_output_and_level(checked_run, 
     res = cli("check", *tiny_sets(*CHECK_ONLY_ORT, f"data.root={root}"), "--out", run, "--force", "--quiet")
     images = json.loads((run / "report.json").read_text())["dataset"]["images"]
     line = refused(res, names=[run / "report.json", "onnxruntime-fp32"], code=4, problem=r"gate\(s\) failed")
-    engine = next(e for e in json.loads((run / "report.json").read_text())["engines"] if e["name"] == "onnxruntime-fp32")
+    engine = next(
+        e for e in json.loads((run / "report.json").read_text())["engines"] if e["name"] == "onnxruntime-fp32"
+    )
     assert not engine["gates"]["passed"]
     for output, (_, count) in POISON.items():
         branch, level = output.split("_")

@@ -61,5 +61,7 @@ def test_package_twice_is_byte_identical(checked_run, tmp_path):
     assert manifests[0] == manifests[1]
     # its only time is the check report's own creation time, an input copied from report.json's
     # sidecar, not a clock read while packaging
-    assert manifests[0]["report"]["check_report_created_unix"] == _sidecar(src / "report.json")["created_unix"]
+    assert (
+        manifests[0]["report"]["check_report_created_unix"] == _sidecar(src / "report.json")["created_unix"]
+    )
     _same_but_timestamps(_sidecar(tars[0]), _sidecar(tars[1]))

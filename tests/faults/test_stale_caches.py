@@ -32,7 +32,9 @@ def calib_cfg(tiny_run):
     return cfg, run_dir, CalibrationSet(cfg)
 
 
-def test_calibration_key_covers_model_images_preprocessing_settings_and_backend(calib_cfg, monkeypatch, tmp_path):
+def test_calibration_key_covers_model_images_preprocessing_settings_and_backend(
+    calib_cfg, monkeypatch, tmp_path
+):
     from edgefpn.calibration import CalibrationSet, cache_key
 
     cfg, run_dir, calib = calib_cfg
@@ -40,10 +42,18 @@ def test_calibration_key_covers_model_images_preprocessing_settings_and_backend(
     assert cache_key("m" * 64, CalibrationSet(cfg), cfg) == base  # stable: the control
     changed = {
         "model": cache_key("n" * 64, calib, cfg),
-        "settings": cache_key("m" * 64, calib, dataclasses.replace(
-            cfg, quantize=dataclasses.replace(cfg.quantize, method="percentile"))),
-        "preprocessing": cache_key("m" * 64, CalibrationSet(dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, mean=(0.5, 0.5, 0.5)))), cfg),
+        "settings": cache_key(
+            "m" * 64,
+            calib,
+            dataclasses.replace(cfg, quantize=dataclasses.replace(cfg.quantize, method="percentile")),
+        ),
+        "preprocessing": cache_key(
+            "m" * 64,
+            CalibrationSet(
+                dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mean=(0.5, 0.5, 0.5)))
+            ),
+            cfg,
+        ),
     }
     # one calibration image's bytes change (same path): a new key
     first = calib.images[0].path
@@ -152,4 +162,3 @@ def test_benchmark_is_redone_after_a_backend_upgrade(checked_run, tmp_path, monk
     _upgrade_backends(monkeypatch)
     with pytest.raises(_Remeasured):
         benchmark.run(cfg, run, **kwargs)
-

@@ -26,8 +26,13 @@ from tests.security.harness import OpenWatch, cli, refused, snapshot, tiny_sets
 # (a budget the 1-epoch model always meets: no sensitivity search, which is not what is tested here;
 # calibrated on 2 images, the int8 p6/p7 maps' cosine is noise around the tiny run's 0.95 gate, and
 # the gates are not what these tests hold either: which stages rerun is)
-CHEAP_QDQ = ("quantize.fp16=false", "quantize.openvino=false", "quantize.num_images=2", "quantize.max_map_drop=100",
-             "check.min_cosine.int8=0.5")
+CHEAP_QDQ = (
+    "quantize.fp16=false",
+    "quantize.openvino=false",
+    "quantize.num_images=2",
+    "quantize.max_map_drop=100",
+    "check.min_cosine.int8=0.5",
+)
 QDQ_ONLY = ("data.builtin=false", *CHEAP_QDQ, "build.targets=[]", "check.backends=[onnxruntime]")
 
 
@@ -44,8 +49,12 @@ def _first_image(data: Path, split: str) -> Path:
 
 
 # what each stage logs when it does its work ("up to date" lines are said once per process)
-WORK = {"train": "[train] fcos/", "export": "[export] exporting", "quantize": "[quantize] INT8 QDQ (",
-        "check": "[check] wrote"}
+WORK = {
+    "train": "[train] fcos/",
+    "export": "[export] exporting",
+    "quantize": "[quantize] INT8 QDQ (",
+    "check": "[check] wrote",
+}
 
 
 def _reran(output: str, stage: str) -> bool:
@@ -109,11 +118,21 @@ def test_engines_of_an_earlier_configuration_are_not_checked_or_packaged(checked
     run = copy_run(src, tmp_path / "run")
     onnx = read_manifest(run / "model.onnx")["sha256"]
     # an OpenVINO target no longer in build.targets (its IR still chains to the current model.onnx) ...
-    _plant(run / "openvino" / "fp32", IR, stage="build", inputs={"onnx": onnx},
-           source={"path": "model.onnx", "sha256": onnx})
+    _plant(
+        run / "openvino" / "fp32",
+        IR,
+        stage="build",
+        inputs={"onnx": onnx},
+        source={"path": "model.onnx", "sha256": onnx},
+    )
     # ... and a TensorRT engine built from an older model
-    _plant(run / "tensorrt" / "fp16" / "model.engine", {"model.engine": b"plan"}, stage="build",
-           inputs={"onnx": "0" * 64}, source={"path": "model.onnx", "sha256": "0" * 64})
+    _plant(
+        run / "tensorrt" / "fp16" / "model.engine",
+        {"model.engine": b"plan"},
+        stage="build",
+        inputs={"onnx": "0" * 64},
+        source={"path": "model.onnx", "sha256": "0" * 64},
+    )
     planted = {k: v for k, v in snapshot(run).items() if k.startswith(("openvino", "tensorrt"))}
     root = next(o for o in overrides if o.startswith("data.root=")).partition("=")[2]
     sets = tiny_sets(*CHECK_ONLY_ORT, "check.backends=[onnxruntime,openvino,tensorrt]", f"data.root={root}")
@@ -137,8 +156,12 @@ def test_engines_of_an_earlier_configuration_are_not_checked_or_packaged(checked
     bundle = snapshot(run)["bundle.tar"]
     res = cli("package", *sets, "--out", run, "--engines", "openvino-fp32", "--quiet")
     # refused before check runs: these settings never build it (the engine on disk is an earlier one's)
-    refused(res, names=["openvino-fp32"], problem=r"never built with these settings \(build\.targets does not "
-                                                  r"include openvino\)")
+    refused(
+        res,
+        names=["openvino-fp32"],
+        problem=r"never built with these settings \(build\.targets does not "
+        r"include openvino\)",
+    )
     assert snapshot(run)["bundle.tar"] == bundle
     assert {k: v for k, v in snapshot(run).items() if k.startswith(("openvino", "tensorrt"))} == planted
 
@@ -146,12 +169,24 @@ def test_engines_of_an_earlier_configuration_are_not_checked_or_packaged(checked
 def test_benchmark_times_only_engines_built_from_the_current_model(checked_run, tmp_path):
     overrides, src = checked_run
     run = copy_run(src, tmp_path / "run")
-    _plant(run / "openvino" / "fp32", IR, stage="build", inputs={"onnx": "0" * 64},  # an older model.onnx
-           source={"path": "model.onnx", "sha256": "0" * 64})
+    _plant(
+        run / "openvino" / "fp32",
+        IR,
+        stage="build",
+        inputs={"onnx": "0" * 64},  # an older model.onnx
+        source={"path": "model.onnx", "sha256": "0" * 64},
+    )
     root = next(o for o in overrides if o.startswith("data.root=")).partition("=")[2]
-    sets = tiny_sets("quantize.enabled=false", "build.targets=[openvino]", "build.precisions=[fp32]",
-                     "check.backends=[onnxruntime,openvino]", f"data.root={root}")
-    res = cli("benchmark", *sets, "--out", run, "--iters", "2", "--app-seconds", "0", "--throughput-seconds", "0.1")
+    sets = tiny_sets(
+        "quantize.enabled=false",
+        "build.targets=[openvino]",
+        "build.precisions=[fp32]",
+        "check.backends=[onnxruntime,openvino]",
+        f"data.root={root}",
+    )
+    res = cli(
+        "benchmark", *sets, "--out", run, "--iters", "2", "--app-seconds", "0", "--throughput-seconds", "0.1"
+    )
     assert res.exit_code == 0, res.output
     assert "[benchmark] ignored openvino-fp32 (openvino/fp32): made from another model.onnx" in res.output
     bench = json.loads((run / "benchmark.json").read_text())
@@ -164,10 +199,24 @@ def test_a_stale_nncf_ir_is_not_taken_as_the_openvino_int8_engine(tiny_run, data
     _, src = tiny_run
     run = copy_run(src, tmp_path / "run", ignore=shutil.ignore_patterns("openvino", "*.int8.*", "*.fp16.*"))
     # quantize once wrote its NNCF IR here, from an older model; quantize.openvino is now off
-    _plant(run / "openvino" / "int8", IR, stage="quantize", inputs={"model": "0" * 64, "int8_qdq": "1" * 64},
-           precision="int8", format="openvino-ir")
-    res = cli("build", *tiny_sets(*CHEAP_QDQ, data_root=data_root),
-              "--target", "openvino", "--precision", "int8", "--out", run)
+    _plant(
+        run / "openvino" / "int8",
+        IR,
+        stage="quantize",
+        inputs={"model": "0" * 64, "int8_qdq": "1" * 64},
+        precision="int8",
+        format="openvino-ir",
+    )
+    res = cli(
+        "build",
+        *tiny_sets(*CHEAP_QDQ, data_root=data_root),
+        "--target",
+        "openvino",
+        "--precision",
+        "int8",
+        "--out",
+        run,
+    )
     assert res.exit_code == 0, res.output
     assert "the NNCF IR in" in res.output and "is stale (quantize.openvino is off)" in res.output
     manifest = read_manifest(run / "openvino" / "int8")

@@ -35,19 +35,32 @@ def test_a_val_split_without_annotations_fails_check_and_quantize(checked_run, d
     data = copy_run(data_root, tmp_path / "data")
     val = _edit_annotations(data, "val", lambda coco: coco.update(annotations=[]))
     before = snapshot(tmp_path)
-    res = cli("check", *tiny_sets(*CHECK_ONLY_ORT, "data.builtin=false", data_root=data), "--out", run, "--quiet")
-    refused(res, names=[val], problem=r"no usable annotations on the 6 image\(s\) of split 'val'.*"
-                                      r"check's mAP gate has nothing to measure")
+    res = cli(
+        "check", *tiny_sets(*CHECK_ONLY_ORT, "data.builtin=false", data_root=data), "--out", run, "--quiet"
+    )
+    refused(
+        res,
+        names=[val],
+        problem=r"no usable annotations on the 6 image\(s\) of split 'val'.*"
+        r"check's mAP gate has nothing to measure",
+    )
     res = cli("quantize", *tiny_sets("data.builtin=false", data_root=data), "--out", run, "--quiet")
     refused(res, names=[val], problem=r"quantize's mAP-in-the-loop check has nothing to measure")
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize(("setting", "named", "problem"), [
-    ("train.batch_size=17", "train.batch_size", r"larger than the 16 training images of .*: .* no step"),
-    ("train.epochs=0", "train.epochs", r"train.epochs is 0: training would take no step"),
-    ("no-boxes", "instances_train.json", r"no usable annotations on the 16 training images.*nothing to learn"),
-])
+@pytest.mark.parametrize(
+    ("setting", "named", "problem"),
+    [
+        ("train.batch_size=17", "train.batch_size", r"larger than the 16 training images of .*: .* no step"),
+        ("train.epochs=0", "train.epochs", r"train.epochs is 0: training would take no step"),
+        (
+            "no-boxes",
+            "instances_train.json",
+            r"no usable annotations on the 16 training images.*nothing to learn",
+        ),
+    ],
+)
 def test_training_that_would_take_no_step_is_refused(data_root, tmp_path, setting, named, problem):
     data = copy_run(data_root, tmp_path / "data")
     sets = ["data.builtin=false"]
@@ -84,9 +97,12 @@ def test_coco_width_height_must_match_the_image(data_root, tmp_path):
     _edit_annotations(data, "train", lambda c: c["images"][0].update(width=real[0] // 2, height=real[1] // 2))
     before = snapshot(tmp_path)
     res = cli("data", *tiny_sets("data.builtin=false", data_root=data), "--out", tmp_path / "run", "--quiet")
-    refused(res, names=[data / "images" / first["file_name"], ann],
-            problem=rf"image is {real[0]}x{real[1]} pixels but .* records width x height "
-                    rf"{real[0] // 2}x{real[1] // 2}")
+    refused(
+        res,
+        names=[data / "images" / first["file_name"], ann],
+        problem=rf"image is {real[0]}x{real[1]} pixels but .* records width x height "
+        rf"{real[0] // 2}x{real[1] // 2}",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -103,11 +119,24 @@ def test_predict_says_what_it_skips_and_refuses_float_pixels(tiny_run, tmp_path)
     Image.new("P", (30, 20)).save(images / "b.gif")
     (images / "notes.txt").write_text("not an image")
     before = snapshot(images)
-    res = cli("predict", *tiny_sets(data_root=src.parent / "data"), "--out", run, "--images", images,
-              "--save", tmp_path / "dets.json", "--quiet")
+    res = cli(
+        "predict",
+        *tiny_sets(data_root=src.parent / "data"),
+        "--out",
+        run,
+        "--images",
+        images,
+        "--save",
+        tmp_path / "dets.json",
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     warning = next(line for line in res.output.splitlines() if line.startswith("warning:"))
-    assert f"{images}: skipped 2 of 3 entries" in warning and "b.gif (not jpg/" in warning and "notes.txt" in warning
+    assert (
+        f"{images}: skipped 2 of 3 entries" in warning
+        and "b.gif (not jpg/" in warning
+        and "notes.txt" in warning
+    )
 
     assert snapshot(images) == before
     floats = tmp_path / "floats"  # a float32 TIFF (0..1) decoded all black before: refused now
@@ -116,7 +145,16 @@ def test_predict_says_what_it_skips_and_refuses_float_pixels(tiny_run, tmp_path)
     tif = floats / "c.tif"
     Image.fromarray(np.random.default_rng(1).random((20, 30), dtype=np.float32), mode="F").save(tif)
     before = snapshot(tmp_path)
-    res = cli("predict", *tiny_sets(data_root=src.parent / "data"), "--out", run, "--images", floats,
-              "--save", tmp_path / "dets2.json", "--quiet")
+    res = cli(
+        "predict",
+        *tiny_sets(data_root=src.parent / "data"),
+        "--out",
+        run,
+        "--images",
+        floats,
+        "--save",
+        tmp_path / "dets2.json",
+        "--quiet",
+    )
     refused(res, names=[tif], problem=r"32-bit floating-point pixels \(mode F\) have no defined 0-255 range")
     assert snapshot(tmp_path) == before

@@ -28,7 +28,9 @@ def test_identical_zero_area_boxes_match():
     """Identical zero-area boxes match: a bit-exact engine once showed 0.928 matched because IoU is 0/0
     for a zero-area box (boxes clipped to the image edge, degenerate decodes): identical boxes match
     whatever their area."""
-    ref = _dets([[0, 0, 10, 10], [5, 5, 5, 9], [7, 3, 7, 3], [60, 0, 60, 0]], [0.9, 0.8, 0.7, 0.6], [0, 1, 2, 0])
+    ref = _dets(
+        [[0, 0, 10, 10], [5, 5, 5, 9], [7, 3, 7, 3], [60, 0, 60, 0]], [0.9, 0.8, 0.7, 0.6], [0, 1, 2, 0]
+    )
     agree = DetectionAgreement()
     agree.update(ref, ref)
     report = agree.compute()

@@ -56,7 +56,9 @@ def test_builder_rejects_keys_it_does_not_take() -> None:
     # another arch's setting or a misspelt one fails, naming the key, instead of being ignored
     with pytest.raises(TypeError, match="'head_convs'"):
         faster_rcnn(num_classes=3, head_convs=2)
-    with pytest.raises(ValueError, match="faster_rcnn takes no argument 'rpn_nms_tresh'; valid: backbone_name"):
+    with pytest.raises(
+        ValueError, match="faster_rcnn takes no argument 'rpn_nms_tresh'; valid: backbone_name"
+    ):
         build_model(arch="faster_rcnn", num_classes=3, rpn_nms_tresh=0.5)
     with pytest.raises(ValueError, match="fcos takes no argument 'representation_size'"):
         build_model(arch="fcos", num_classes=3, representation_size=64)
@@ -107,14 +109,19 @@ def test_padding_proposals_are_ignored() -> None:
     model = _tiny(rpn_post_nms_top_n=2000, rpn_nms_thresh=0.3)
     wrapper = FasterRCNNExportWrapper(model).eval()
     with torch.inference_mode():
-        outs = dict(zip(wrapper.output_names(), (t.numpy() for t in wrapper(torch.randn(1, 3, 64, 64))), strict=True))
+        outs = dict(
+            zip(wrapper.output_names(), (t.numpy() for t in wrapper(torch.randn(1, 3, 64, 64))), strict=True)
+        )
     valid = outs["proposal_scores"] >= 0
     assert 0 < valid.sum() < valid.size
     assert np.all(outs["proposals"][~valid] == 0)
     poisoned = {**outs, "roi_cls": np.where(valid[..., None], outs["roi_cls"], 1e4)}  # would win every class
     assert all(len(d) > 0 for d in faster_rcnn_decode(outs, PARAMS, image_size=(64, 64)))
-    for a, b in zip(faster_rcnn_decode(outs, PARAMS, image_size=(64, 64)),
-                    faster_rcnn_decode(poisoned, PARAMS, image_size=(64, 64)), strict=True):
+    for a, b in zip(
+        faster_rcnn_decode(outs, PARAMS, image_size=(64, 64)),
+        faster_rcnn_decode(poisoned, PARAMS, image_size=(64, 64)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a.boxes, b.boxes)
     none_valid = {**outs, "proposal_scores": np.full_like(outs["proposal_scores"], -1.0)}
     assert len(faster_rcnn_decode(none_valid, PARAMS, image_size=(64, 64))[0]) == 0
@@ -132,14 +139,22 @@ def test_level_rule_is_torchvisions() -> None:
 def test_decode_rejects_wrong_outputs() -> None:
     with pytest.raises(ValueError, match=r"outputs lack \['roi_box'\]"):
         faster_rcnn_decode(
-            {"proposals": np.zeros((1, 2, 4)), "proposal_scores": np.zeros((1, 2)), "roi_cls": np.zeros((1, 2, 3))},
+            {
+                "proposals": np.zeros((1, 2, 4)),
+                "proposal_scores": np.zeros((1, 2)),
+                "roi_cls": np.zeros((1, 2, 3)),
+            },
             PARAMS,
             image_size=(64, 64),
         )
     with pytest.raises(ValueError, match="expected proposals"):
         faster_rcnn_decode(
-            {"proposals": np.zeros((1, 2, 4)), "proposal_scores": np.zeros((1, 2)),
-             "roi_cls": np.zeros((1, 2, 3)), "roi_box": np.zeros((1, 2, 8))},
+            {
+                "proposals": np.zeros((1, 2, 4)),
+                "proposal_scores": np.zeros((1, 2)),
+                "roi_cls": np.zeros((1, 2, 3)),
+                "roi_box": np.zeros((1, 2, 8)),
+            },
             PARAMS,
             image_size=(64, 64),
         )
@@ -153,8 +168,15 @@ def test_static_onnx_runs_in_onnxruntime_and_openvino(tmp_path: Path) -> None:
     names = wrapper.output_names()
     images = torch.randn(1, 3, *SIZE)
     path = tmp_path / "frcnn.onnx"
-    torch.onnx.export(wrapper, (images,), str(path), input_names=["images"], output_names=names,
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        wrapper,
+        (images,),
+        str(path),
+        input_names=["images"],
+        output_names=names,
+        opset_version=17,
+        dynamo=False,
+    )
     graph = onnx.load(str(path)).graph
     shapes = {o.name: tuple(d.dim_value for d in o.type.tensor_type.shape.dim) for o in graph.output}
     assert shapes == wrapper.output_shapes(batch=1, input_size=SIZE)  # every dim static (0 would be dynamic)

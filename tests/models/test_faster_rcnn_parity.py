@@ -49,8 +49,16 @@ LAYOUTS = {
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("parity-data")
-    generate(root / "synth", num_train=1, num_val=2, num_calib=1, seed=3, min_side=240, max_side=400,
-             show_progress=False)
+    generate(
+        root / "synth",
+        num_train=1,
+        num_val=2,
+        num_calib=1,
+        seed=3,
+        min_side=240,
+        max_side=400,
+        show_progress=False,
+    )
     folder = root / "images"
     folder.mkdir()
     for path in sorted((root / "synth" / "images").rglob("*.jpg"))[:2]:
@@ -84,13 +92,27 @@ def test_predict_matches_torchvision(layout: str, images: Path, tmp_path: Path) 
     weights = tmp_path / "weights.pt"
     reference = _torchvision_model(layout, weights)
     config = CONFIGS / f"{layout}.yaml"
-    overrides = [f"model.weights={weights}", f"model.input_size=[{SIZE}, {SIZE}]",
-                 f"model.rpn.post_nms_top_n={PROPOSALS}", f"run.out={tmp_path / 'run'}",
-                 f"data.root={tmp_path / 'no-data'}", "data.builtin=false"]
+    overrides = [
+        f"model.weights={weights}",
+        f"model.input_size=[{SIZE}, {SIZE}]",
+        f"model.rpn.post_nms_top_n={PROPOSALS}",
+        f"run.out={tmp_path / 'run'}",
+        f"data.root={tmp_path / 'no-data'}",
+        "data.builtin=false",
+    ]
     cfg = load_config(config, overrides)
     out = tmp_path / "dets.json"
-    args = ["predict", "--config", str(config), "--backend", "onnxruntime", "--images", str(images),
-            "--save", str(out)]
+    args = [
+        "predict",
+        "--config",
+        str(config),
+        "--backend",
+        "onnxruntime",
+        "--images",
+        str(images),
+        "--save",
+        str(out),
+    ]
     for o in overrides:
         args += ["--set", o]
     result = CliRunner().invoke(main, args, catch_exceptions=False)

@@ -33,8 +33,16 @@ def _imagenet_file(tmp: Path, name: str, *, seed: int = 0) -> tuple[Path, dict[s
 
 
 def _model(arch: str, backbone: str, weights: Path):
-    cfg = load_config(None, [f"model.arch={arch}", f"model.backbone={backbone}", "model.backbone_width=64",
-                             f"model.backbone_weights={weights}", "model.fpn_channels=64"])
+    cfg = load_config(
+        None,
+        [
+            f"model.arch={arch}",
+            f"model.backbone={backbone}",
+            "model.backbone_width=64",
+            f"model.backbone_weights={weights}",
+            "model.fpn_channels=64",
+        ],
+    )
     return _build(cfg, 3)
 
 
@@ -51,7 +59,9 @@ def test_resnet18_file_loads_into_the_backbone(resnet18_file, arch):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.body.modules())
     load_backbone_weights(model, path, backbone="resnet18")
     body = model.backbone.body.state_dict()
-    expected = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    expected = {
+        k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
     assert set(body) == set(expected)
     for key, value in expected.items():
         assert torch.equal(body[key], value), key
@@ -71,7 +81,9 @@ def test_mobilenet_v3_large_file_loads(tmp_path):
 
 
 def _requires_grad(module: torch.nn.Module, prefix: str = "") -> dict[str, bool]:
-    return {k.removeprefix(prefix): p.requires_grad for k, p in module.named_parameters() if k.startswith(prefix)}
+    return {
+        k.removeprefix(prefix): p.requires_grad for k, p in module.named_parameters() if k.startswith(prefix)
+    }
 
 
 def test_trainable_layers_follow_torchvision(resnet18_file):
@@ -99,7 +111,9 @@ def test_mobilenet_trainable_layers_follow_torchvision():
         for p in model.parameters():
             p.requires_grad_(True)
         freeze_backbone(model, backbone="mobilenet_v3_large", trainable_layers=layers)
-        ref = _mobilenet_extractor(torchvision.models.mobilenet_v3_large(norm_layer=FrozenBatchNorm2d), True, layers)
+        ref = _mobilenet_extractor(
+            torchvision.models.mobilenet_v3_large(norm_layer=FrozenBatchNorm2d), True, layers
+        )
         assert _requires_grad(model.backbone.body) == _requires_grad(ref, "body."), layers
 
 
@@ -118,8 +132,11 @@ def test_wrong_file_names_the_first_problems(tmp_path, resnet18_file):
     del state["layer4.1.bn2.bias"]
     bad = tmp_path / "bad.pth"
     torch.save(state, bad)
-    with pytest.raises(CheckpointError, match=r"1 missing keys \(layer4\.1\.bn2\.bias\); 1 shape mismatches "
-                                              r"\(layer2\.0\.conv1\.weight: checkpoint \[128, 3, 3, 3\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 missing keys \(layer4\.1\.bn2\.bias\); 1 shape mismatches "
+        r"\(layer2\.0\.conv1\.weight: checkpoint \[128, 3, 3, 3\]",
+    ):
         load_backbone_weights(model, bad, backbone="resnet18")
 
 
@@ -130,8 +147,13 @@ def test_cli_mismatched_backbone_weights_exit_2(tmp_path, resnet18_file):
     state["conv1.weight"] = state["conv1.weight"][:32]
     torch.save(state, path)
     out = tmp_path / "run"
-    result = cli("train", *tiny_sets("model.backbone_width=64", f"model.backbone_weights={path}",
-                                     data_root=tmp_path / "data"), "--out", out, "--quiet")
+    result = cli(
+        "train",
+        *tiny_sets("model.backbone_width=64", f"model.backbone_weights={path}", data_root=tmp_path / "data"),
+        "--out",
+        out,
+        "--quiet",
+    )
     refused(result, names=[path, "conv1.weight"], problem=r"1 shape mismatches")
     assert not (out / "model.pt").exists()
 
@@ -157,14 +179,29 @@ def test_train_stage_with_pretrained_backbone_augmentation_and_bf16(tmp_path, re
     from tests.conftest import tiny_overrides
 
     path, state = resnet18_file
-    cfg = load_config(None, [*tiny_overrides(tmp_path), "model.backbone_width=64", f"model.backbone_weights={path}",
-                             "model.trainable_layers=2", "train.amp=bf16", "train.augment.scale_jitter=[0.5,1.5]",
-                             "train.augment.crop={prob: 1.0}", "train.augment.photometric={}"])
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides(tmp_path),
+            "model.backbone_width=64",
+            f"model.backbone_weights={path}",
+            "model.trainable_layers=2",
+            "train.amp=bf16",
+            "train.augment.scale_jitter=[0.5,1.5]",
+            "train.augment.crop={prob: 1.0}",
+            "train.augment.photometric={}",
+        ],
+    )
     train.run(cfg, tmp_path / "run", progress=False)
     ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
     sd = ckpt["state_dict"]
     assert ckpt["meta"]["build"]["norm"] == "frozen_bn"
-    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer2.1.conv2.weight", "layer2.0.bn1.running_mean"):
+    for key in (
+        "conv1.weight",
+        "layer1.0.conv1.weight",
+        "layer2.1.conv2.weight",
+        "layer2.0.bn1.running_mean",
+    ):
         assert torch.equal(sd[f"backbone.body.{key}"], state[key]), key  # frozen: as loaded
     for key in ("layer3.0.conv1.weight", "layer4.1.conv2.weight"):
         assert not torch.equal(sd[f"backbone.body.{key}"], state[key]), key  # trainable: trained

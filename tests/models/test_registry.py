@@ -25,7 +25,9 @@ def test_wrapper_outputs_match_what_it_advertises_and_decode(arch: str) -> None:
     spec = arch_spec(arch)
     cfg = ModelConfig(arch=arch, fpn_channels=32, head_convs=1)
     kwargs = spec.build_kwargs(cfg)
-    assert all(isinstance(v, str | int | float | bool | None) for v in kwargs.values()), kwargs  # checkpoint meta
+    assert all(isinstance(v, str | int | float | bool | None) for v in kwargs.values()), (
+        kwargs
+    )  # checkpoint meta
     torch.manual_seed(0)
     model = spec.builder(num_classes=3, **kwargs).eval()
     wrapper = export_wrapper(arch, model)
@@ -59,27 +61,39 @@ def test_unknown_arch_is_one_clear_error() -> None:
 
 @pytest.mark.parametrize(
     ("name", "split"),
-    [("cls_p3", ("cls", "p3")), ("rpn_box_p2", ("rpn_box", "p2")), ("proposals", ("proposals", None)),
-     ("roi_cls", ("roi_cls", None)), ("box_px", ("box_px", None))],
+    [
+        ("cls_p3", ("cls", "p3")),
+        ("rpn_box_p2", ("rpn_box", "p2")),
+        ("proposals", ("proposals", None)),
+        ("roi_cls", ("roi_cls", None)),
+        ("box_px", ("box_px", None)),
+    ],
 )
 def test_split_output_name(name: str, split: tuple) -> None:
     assert split_output_name(name) == split
 
 
-@pytest.mark.parametrize(("arch", "channels"), [
-    ("fcos", {"cls": 3, "box": 4, "ctr": 1}),
-    ("retinanet", {"cls": 9 * 3, "box": 9 * 4}),  # 9 anchors per location
-    ("retinanet_v2", {"cls": 9 * 3, "box": 9 * 4}),
-])
+@pytest.mark.parametrize(
+    ("arch", "channels"),
+    [
+        ("fcos", {"cls": 3, "box": 4, "ctr": 1}),
+        ("retinanet", {"cls": 9 * 3, "box": 9 * 4}),  # 9 anchors per location
+        ("retinanet_v2", {"cls": 9 * 3, "box": 9 * 4}),
+    ],
+)
 def test_one_stage_wrappers_share_the_per_level_base(arch: str, channels: dict[str, int]) -> None:
     from edgefpn.models.outputs import PerLevelExportWrapper
 
     spec = arch_spec(arch)
-    model = spec.builder(num_classes=3, **spec.build_kwargs(ModelConfig(arch=arch, fpn_channels=32, head_convs=1)))
+    model = spec.builder(
+        num_classes=3, **spec.build_kwargs(ModelConfig(arch=arch, fpn_channels=32, head_convs=1))
+    )
     wrapper = export_wrapper(arch, model)
     assert isinstance(wrapper, PerLevelExportWrapper)
     assert wrapper.levels == ("p3", "p4", "p5", "p6", "p7") and wrapper.num_classes == 3
     assert wrapper.branch_channels() == channels
     assert wrapper.output_names() == [f"{b}_{lvl}" for b in channels for lvl in wrapper.levels]
     # the wrapper holds the model's own backbone and head, nothing else
-    assert list(wrapper.state_dict()) == [k for k in model.state_dict() if k.startswith(("backbone.", "head."))]
+    assert list(wrapper.state_dict()) == [
+        k for k in model.state_dict() if k.startswith(("backbone.", "head."))
+    ]

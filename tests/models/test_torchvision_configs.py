@@ -37,15 +37,32 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "torchvision"
 # EDGEFPN_ALL_TORCHVISION_CONFIGS=1 runs the other five too: `make test-shipped`, which CI (.ci/run) runs
 # after `make test`, so every config we ship runs on every CI run.
 ALWAYS = ("fasterrcnn_resnet50_fpn",)
-ON_REQUEST = ("fcos_resnet50_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
-              "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn")
+ON_REQUEST = (
+    "fcos_resnet50_fpn",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+)
 _ALL = os.environ.get("EDGEFPN_ALL_TORCHVISION_CONFIGS") == "1"
 # all of them are marked `shipped`: `make test` leaves them to `make test-shipped` (42 s for the first
 # alone on an AVX2-only VM, where the suite ran past its 10 minutes)
-LAYOUTS = [*(pytest.param(name, marks=pytest.mark.shipped) for name in ALWAYS),
-           *(pytest.param(name, marks=[pytest.mark.shipped, pytest.mark.skipif(
-               not _ALL, reason="~30-60 CPU-s each at the shipped size; set EDGEFPN_ALL_TORCHVISION_CONFIGS=1")])
-             for name in ON_REQUEST)]
+LAYOUTS = [
+    *(pytest.param(name, marks=pytest.mark.shipped) for name in ALWAYS),
+    *(
+        pytest.param(
+            name,
+            marks=[
+                pytest.mark.shipped,
+                pytest.mark.skipif(
+                    not _ALL,
+                    reason="~30-60 CPU-s each at the shipped size; set EDGEFPN_ALL_TORCHVISION_CONFIGS=1",
+                ),
+            ],
+        )
+        for name in ON_REQUEST
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +86,22 @@ def test_shipped_config_runs_at_its_shipped_size(layout, one_image, tmp_path):
     torch.save(model.state_dict(), weights)
     del model
     run = tmp_path / "run"
-    res = cli("predict", "--config", config, "--set", f"model.weights={weights}",
-              "--set", f"data.root={tmp_path / 'no-dataset'}", "--out", run,
-              "--images", one_image, "--backend", "onnxruntime", "--quiet")
+    res = cli(
+        "predict",
+        "--config",
+        config,
+        "--set",
+        f"model.weights={weights}",
+        "--set",
+        f"data.root={tmp_path / 'no-dataset'}",
+        "--out",
+        run,
+        "--images",
+        one_image,
+        "--backend",
+        "onnxruntime",
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     records = json.loads(res.stdout)
     assert all(r["file_name"] == "a.png" and len(r["bbox"]) == 4 for r in records)

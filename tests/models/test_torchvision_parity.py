@@ -51,7 +51,9 @@ def images(tmp_path_factory) -> Path:
 
 
 def _prepared(folder: Path, mean, std) -> tuple[list[np.ndarray], list]:
-    out = [preprocess(load_image(p), size=(SIZE, SIZE), mean=mean, std=std) for p in sorted(folder.glob("*.png"))]
+    out = [
+        preprocess(load_image(p), size=(SIZE, SIZE), mean=mean, std=std) for p in sorted(folder.glob("*.png"))
+    ]
     return [chw for chw, _ in out], [lb for _, lb in out]
 
 
@@ -108,7 +110,9 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     per_axis = []
     for lo, hi in ((0, 2), (1, 3)):
-        inter = np.clip(np.minimum(a[:, None, hi], b[None, :, hi]) - np.maximum(a[:, None, lo], b[None, :, lo]), 0, None)
+        inter = np.clip(
+            np.minimum(a[:, None, hi], b[None, :, hi]) - np.maximum(a[:, None, lo], b[None, :, lo]), 0, None
+        )
         union = np.maximum(a[:, None, hi], b[None, :, hi]) - np.minimum(a[:, None, lo], b[None, :, lo])
         close = np.abs(a[:, None, lo] - b[None, :, lo]) + np.abs(a[:, None, hi] - b[None, :, hi]) <= 0.01
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -129,7 +133,10 @@ def test_predict_matches_torchvision(layout: str, images: Path, tmp_path: Path) 
     pp = cfg.postprocess
     # the shipped config carries torchvision's defaults for this model
     assert (model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates) == (
-        pp.score_thresh, pp.nms_thresh, pp.detections_per_img, pp.topk_candidates
+        pp.score_thresh,
+        pp.nms_thresh,
+        pp.detections_per_img,
+        pp.topk_candidates,
     )
     inputs, letterboxes = _prepared(images, cfg.model.mean, cfg.model.std)
     batch = torch.from_numpy(np.stack(inputs))  # [2, 3, SIZE, SIZE], normalised
@@ -146,8 +153,13 @@ def test_predict_matches_torchvision(layout: str, images: Path, tmp_path: Path) 
         expected = model([x * std + mean for x in batch])
 
     out = tmp_path / "dets.json"
-    sets = [f"model.weights={weights}", f"model.input_size=[{SIZE}, {SIZE}]", f"run.out={tmp_path / 'run'}",
-            f"data.root={tmp_path / 'no-data'}", "run.threads=2"]
+    sets = [
+        f"model.weights={weights}",
+        f"model.input_size=[{SIZE}, {SIZE}]",
+        f"run.out={tmp_path / 'run'}",
+        f"data.root={tmp_path / 'no-data'}",
+        "run.threads=2",
+    ]
     args = ["predict", "--config", str(config), "--images", str(images), "--save", str(out), "--quiet"]
     res = CliRunner().invoke(main, args + [a for s in sets for a in ("--set", s)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -156,7 +168,9 @@ def test_predict_matches_torchvision(layout: str, images: Path, tmp_path: Path) 
     # A score within float noise of the threshold may pass on one side only (ORT's convolutions are not
     # torch's): compare what clears the threshold by more than the score tolerance, 1e-3.
     clear = pp.score_thresh + 1e-3
-    for name, exp, lb in zip(sorted(p.name for p in images.glob("*.png")), expected, letterboxes, strict=True):
+    for name, exp, lb in zip(
+        sorted(p.name for p in images.glob("*.png")), expected, letterboxes, strict=True
+    ):
         exp = {k: v[exp["scores"] > clear] for k, v in exp.items()}
         mine = [d for d in got if d["file_name"] == name and d["score"] > clear]
         assert 10 <= len(exp["scores"]) == len(mine), (name, len(exp["scores"]), len(mine))

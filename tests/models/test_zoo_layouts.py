@@ -25,11 +25,18 @@ def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize(
     ("layout", "arch", "norm"),
-    [("retinanet_resnet50_fpn", "retinanet", "frozen_bn"), ("retinanet_resnet50_fpn_v2", "retinanet_v2", "bn")],
+    [
+        ("retinanet_resnet50_fpn", "retinanet", "frozen_bn"),
+        ("retinanet_resnet50_fpn_v2", "retinanet_v2", "bn"),
+    ],
 )
-def test_torchvision_retinanet_layouts_load_exactly(layout: str, arch: str, norm: str, tmp_path: Path) -> None:
+def test_torchvision_retinanet_layouts_load_exactly(
+    layout: str, arch: str, norm: str, tmp_path: Path
+) -> None:
     torch.manual_seed(0)
-    reference = getattr(torchvision.models.detection, layout)(weights=None, weights_backbone=None, num_classes=91)
+    reference = getattr(torchvision.models.detection, layout)(
+        weights=None, weights_backbone=None, num_classes=91
+    )
     path = tmp_path / f"{layout}.pth"
     torch.save(reference.state_dict(), path)
     model = build_model(arch=arch, num_classes=91, norm=norm, **RESNET50)
@@ -61,7 +68,10 @@ def test_v2_checkpoint_into_v1_model_names_the_first_keys(tmp_path: Path) -> Non
     # v1 heads have conv biases and no GroupNorm; v2's P6 reads C5 (2048 channels), v1's reads P5 (256)
     assert "missing keys (head.classification_head.conv.0.0.bias" in message
     assert "unexpected keys (head.classification_head.conv.0.1.weight" in message
-    assert "backbone.fpn.extra_blocks.p6.weight: checkpoint [256, 2048, 3, 3] vs model [256, 256, 3, 3]" in message
+    assert (
+        "backbone.fpn.extra_blocks.p6.weight: checkpoint [256, 2048, 3, 3] vs model [256, 256, 3, 3]"
+        in message
+    )
     assert "\n" not in message
 
 
@@ -70,7 +80,9 @@ def test_mobilenet_fpn_has_fasterrcnn_mobilenet_v3_large_fpn_layout() -> None:
     reference = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
         weights=None, weights_backbone=None
     ).backbone.eval()
-    ours = mobilenet_fpn(fpn_channels=256, return_layers={13: "0", 16: "1"}, extra="pool", extra_names=("pool",))
+    ours = mobilenet_fpn(
+        fpn_channels=256, return_layers={13: "0", 16: "1"}, extra="pool", extra_names=("pool",)
+    )
     assert _shapes(ours.state_dict()) == _shapes(reference.state_dict())
     ours.load_state_dict(reference.state_dict())
     ours.eval()
@@ -85,16 +97,22 @@ def test_mobilenet_fpn_has_fasterrcnn_mobilenet_v3_large_fpn_layout() -> None:
 
 @pytest.mark.parametrize("arch", ["fcos", "retinanet", "retinanet_v2"])
 def test_mobilenet_backbone_gives_p3_to_p7(arch: str) -> None:
-    model = build_model(arch=arch, num_classes=2, backbone_name="mobilenet_v3_large", fpn_channels=32, head_convs=1)
+    model = build_model(
+        arch=arch, num_classes=2, backbone_name="mobilenet_v3_large", fpn_channels=32, head_convs=1
+    )
     wrapper = export_wrapper(arch, model)
     assert wrapper.levels == ("p3", "p4", "p5", "p6", "p7")
     with torch.no_grad():
         outs = wrapper(torch.randn(1, 3, 128, 96))
-    assert [tuple(t.shape) for t in outs] == list(wrapper.output_shapes(batch=1, input_size=(128, 96)).values())
+    assert [tuple(t.shape) for t in outs] == list(
+        wrapper.output_shapes(batch=1, input_size=(128, 96)).values()
+    )
 
 
 def test_retinanet_head_convs_and_bad_arguments() -> None:
-    model = build_model(arch="retinanet", num_classes=2, backbone_name="resnet18", fpn_channels=32, head_convs=2)
+    model = build_model(
+        arch="retinanet", num_classes=2, backbone_name="resnet18", fpn_channels=32, head_convs=2
+    )
     assert len(model.head.classification_head.conv) == len(model.head.regression_head.conv) == 2
     with pytest.raises(ValueError, match=r"head_convs must be an int in \[0, 4\], got 5"):
         build_model(arch="retinanet", num_classes=2, head_convs=5)

@@ -19,7 +19,7 @@ def test_batch_runner_fills_and_cuts_a_static_batch(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
     with open_runner(EngineSpec("b1", "onnxruntime", "fp32", one), threads=1) as r1:
         assert r1.batch == 1
-        ref = [r1.infer({INPUT_NAME: x[i:i + 1]}) for i in range(3)]
+        ref = [r1.infer({INPUT_NAME: x[i : i + 1]}) for i in range(3)]
     with open_runner(EngineSpec("b2", "onnxruntime", "fp32", two), threads=1) as r2:
         assert r2.batch == 2 and r2.io_shapes()[INPUT_NAME] == (2, 3, 64, 64)
         for k in (1, 2, 3):  # fewer than, exactly, more than the engine batch
@@ -27,7 +27,9 @@ def test_batch_runner_fills_and_cuts_a_static_batch(tmp_path):
             for name, value in out.items():
                 assert value.shape[0] == k
                 for i in range(k):
-                    np.testing.assert_allclose(value[i:i + 1], ref[i][name], atol=1e-5, err_msg=f"{name} k={k} i={i}")
+                    np.testing.assert_allclose(
+                        value[i : i + 1], ref[i][name], atol=1e-5, err_msg=f"{name} k={k} i={i}"
+                    )
 
 
 @pytest.mark.slow
@@ -38,12 +40,21 @@ def test_export_batch_2_through_quantize_build_check(run_copy):
 
     overrides, run_dir = run_copy
     # QDQ int8 (calibrated and mAP-checked at batch 2) and OpenVINO fp32; NNCF and fp16 left out for time
-    cfg = load_config(None, [*overrides, "export.batch=2", "quantize.fp16=false", "quantize.openvino=false",
-                             "build.targets=[openvino]", "build.precisions=[fp32]",
-                             "check.backends=[onnxruntime,openvino]",
-                             # the one-epoch tiny model's int8 box cosine wanders around 0.95 with the
-                             # calibration order; batch-2 plumbing is what is under test here
-                             "check.min_cosine.int8=0.9"])
+    cfg = load_config(
+        None,
+        [
+            *overrides,
+            "export.batch=2",
+            "quantize.fp16=false",
+            "quantize.openvino=false",
+            "build.targets=[openvino]",
+            "build.precisions=[fp32]",
+            "check.backends=[onnxruntime,openvino]",
+            # the one-epoch tiny model's int8 box cosine wanders around 0.95 with the
+            # calibration order; batch-2 plumbing is what is under test here
+            "check.min_cosine.int8=0.9",
+        ],
+    )
     quantize.run(cfg, run_dir, progress=False)  # export first (batch 2), as make would
     check.run(cfg, run_dir, progress=False)  # builds openvino-fp32 first
 

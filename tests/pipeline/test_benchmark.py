@@ -25,8 +25,14 @@ APP_LOG = """
 
 
 def test_parse_benchmark_app():
-    assert parse_benchmark_app(APP_LOG) == {"median_ms": 47.11, "average_ms": 44.40, "min_ms": 14.10,
-                                            "max_ms": 151.09, "fps": 22.42, "count": 46.0}
+    assert parse_benchmark_app(APP_LOG) == {
+        "median_ms": 47.11,
+        "average_ms": 44.40,
+        "min_ms": 14.10,
+        "max_ms": 151.09,
+        "fps": 22.42,
+        "count": 46.0,
+    }
     assert parse_benchmark_app("[ ERROR ] nothing") == {}
 
 
@@ -64,15 +70,22 @@ def test_benchmark_every_engine_without_torch(run_copy, tmp_path):
         assert 0 < ss["model_only_ms"]["p50"] <= ss["model_only_ms"]["p99"] and ss["fps"] > 0
         assert "end_to_end_ms" not in ss  # no dataset on disk: model-only only
         # every FPS with its conditions: the run's knobs and the machine facts (None when unreadable)
-        assert (ss["conditions"]["batch"], ss["conditions"]["requests"], ss["conditions"]["threads"]) == (1, 1, 2)
-        assert {"cpu_model", "governor", "cpu_mhz", "nvpmodel", "jetson_clocks", "power_mw"} <= set(ss["conditions"])
+        assert (ss["conditions"]["batch"], ss["conditions"]["requests"], ss["conditions"]["threads"]) == (
+            1,
+            1,
+            2,
+        )
+        assert {"cpu_model", "governor", "cpu_mhz", "nvpmodel", "jetson_clocks", "power_mw"} <= set(
+            ss["conditions"]
+        )
         assert off["fps"] == max(p["fps"] for p in off["sweep"]) and off["conditions"]["requests"] >= 1
         assert all(p["conditions"]["batch"] == 1 and p["fps"] > 0 for p in off["sweep"])
         assert "skipped" in r["scenarios"]["streaming"]  # no val images to make the video from
     ov = rows["openvino-fp32"]
     # the OpenVINO sweep: the plugin's own choice, then explicit (streams, requests)
-    assert {(p["conditions"]["streams"], p["conditions"]["requests"]) for p in ov["scenarios"]["offline"]["sweep"]} \
-        >= {(1, 1), (1, 2), (2, 2), (2, 4)}
+    assert {
+        (p["conditions"]["streams"], p["conditions"]["requests"]) for p in ov["scenarios"]["offline"]["sweep"]
+    } >= {(1, 1), (1, 2), (2, 2), (2, 4)}
     app = ov["scenarios"]["single_stream"]["benchmark_app"]
     assert "skipped" not in app, app
     assert app["median_ms"] > 0 and app["ours_over_app_p50"] > 0
@@ -84,7 +97,9 @@ def test_benchmark_every_engine_without_torch(run_copy, tmp_path):
     ratios = sorted(r["ours_p50_ms"] / r["median_ms"] for r in app["rounds"])
     assert app["ours_over_app_p50"] == pytest.approx(sum(ratios) / 2, abs=1e-3)
     assert "-i INPUT.npy" in app["command"] and "-t 1" in app["command"]
-    assert "-infer_precision f32" in app["command"] and app["load_config"] == {"CPU": {"INFERENCE_NUM_THREADS": 2}}
+    assert "-infer_precision f32" in app["command"] and app["load_config"] == {
+        "CPU": {"INFERENCE_NUM_THREADS": 2}
+    }
     # offline against benchmark_app's async mode at our best point: same streams and requests
     best, asy = ov["scenarios"]["offline"]["conditions"], ov["scenarios"]["offline"]["benchmark_app"]
     assert "skipped" not in asy, asy

@@ -25,7 +25,11 @@ NO_TRT = unavailable_reason() is not None
 
 def test_engine_paths_agree_with_check():
     # the raw engines (an -e2e twin's path is the e2e stage's: tests/e2e)
-    rows = {(backend, precision): rel for name, backend, precision, rel in ENGINE_FILES if not name.endswith("-e2e")}
+    rows = {
+        (backend, precision): rel
+        for name, backend, precision, rel in ENGINE_FILES
+        if not name.endswith("-e2e")
+    }
     for target in ("openvino", "tensorrt"):
         for precision in ("fp32", "fp16", "int8"):
             if (target, precision) in rows:
@@ -44,8 +48,11 @@ def test_default_build_makes_openvino_and_records_skips(run_copy):
         assert m["sha256"] == sha256_path(art.path)  # the folder: model.xml and model.bin
         assert sorted(p.name for p in art.path.iterdir()) == ["model.bin", "model.xml"]
         assert m["source"] == {"path": "model.onnx", "sha256": onnx_sha} and m["inputs"] == {"onnx": onnx_sha}
-        assert m["precision"] == precision and m["input"] == {"name": "images", "shape": [1, 3, 160, 160],
-                                                              "dtype": "float32"}
+        assert m["precision"] == precision and m["input"] == {
+            "name": "images",
+            "shape": [1, 3, 160, 160],
+            "dtype": "float32",
+        }
         assert m["settings"]["compress_to_fp16"] is (precision == "fp16")
         assert m["settings"]["inference_precision_hint"] == "f32"
         assert m["backend_version"] and m["lint"] == [] and len(m["outputs"]) == 15
@@ -62,7 +69,10 @@ def test_default_build_makes_openvino_and_records_skips(run_copy):
 
     # check finds exactly these engines
     found = discover_engines(run_dir, ["openvino", "tensorrt"])
-    assert [(e.name, e.path) for e in found] == [("openvino-fp32", arts[0].path), ("openvino-fp16", arts[1].path)]
+    assert [(e.name, e.path) for e in found] == [
+        ("openvino-fp32", arts[0].path),
+        ("openvino-fp16", arts[1].path),
+    ]
 
     # up to date: nothing rewritten
     stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "openvino").rglob("*")}
@@ -76,8 +86,13 @@ def test_default_build_makes_openvino_and_records_skips(run_copy):
     proto.doc_string = "changed"
     onnx.save(proto, str(onnx_path))
     old = read_manifest(onnx_path)
-    write_manifest(onnx_path, stage="export", config_hash=old["config_hash"], inputs=old["inputs"],
-                   extra={k: v for k, v in old.items() if k in ("input", "outputs")})
+    write_manifest(
+        onnx_path,
+        stage="export",
+        config_hash=old["config_hash"],
+        inputs=old["inputs"],
+        extra={k: v for k, v in old.items() if k in ("input", "outputs")},
+    )
     (rebuilt,) = build.run(cfg, run_dir, targets=["openvino"], precisions=["fp32"], progress=False)
     assert rebuilt.manifest["inputs"]["onnx"] == sha256_path(onnx_path) != onnx_sha
 
@@ -109,9 +124,16 @@ def _fake_quantize(run_dir: Path, monkeypatch, *, nncf_ir: bool):
 
     def run(cfg, rd, *, force=False, progress=True):
         out = rd / "model.int8.onnx"
-        quantize_static(str(rd / "model.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+        quantize_static(
+            str(rd / "model.onnx"),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        )
         art = write_manifest(out, stage="quantize", config_hash="fake", inputs={})
         if nncf_ir:
             from edgefpn.backends.openvino import onnx_to_openvino
@@ -145,5 +167,8 @@ def test_int8_uses_the_quantize_stage_nncf_ir(run_copy, monkeypatch):
     cfg = load_config(None, overrides)
     (art,) = build.run(cfg, run_dir, targets=["openvino"], precisions=["int8"], progress=False)
     assert art.manifest["stage"] == "quantize"  # used as-is, not reconverted nor re-stamped
-    made_from = {"model": sha256_file(run_dir / "model.onnx"), "int8_qdq": sha256_file(run_dir / "model.int8.onnx")}
+    made_from = {
+        "model": sha256_file(run_dir / "model.onnx"),
+        "int8_qdq": sha256_file(run_dir / "model.int8.onnx"),
+    }
     assert up_to_date(art.path, config_hash="fake", inputs=made_from) is not None

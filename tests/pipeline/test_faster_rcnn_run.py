@@ -46,4 +46,6 @@ def test_faster_rcnn_tiny_run_completes_and_fp32_engines_agree(tmp_path: Path) -
         assert min(b["cosine"] for lvl in fp32["levels"].values() for b in lvl.values()) >= 0.99999
         assert fp32["outputs"]["roi_cls"]["cosine"] >= 0.9999  # same proposals in the same (anchor) order
         assert fp32["detections"]["matched_fraction"] >= 0.99
-    assert all(e["gates"]["passed"] for e in report["engines"]), [e["gates"]["failed"] for e in report["engines"]]
+    assert all(e["gates"]["passed"] for e in report["engines"]), [
+        e["gates"]["failed"] for e in report["engines"]
+    ]

@@ -98,7 +98,9 @@ def test_ort_flavour_is_u8s8_and_fuses_into_qlinear_ops(quantized) -> None:
     for conv in (n for n in model.graph.node if n.op_type == "Conv"):
         w_dq, b_dq = producer[conv.input[1]], producer[conv.input[2]]
         weight = numpy_helper.to_array(inits[w_dq.input[0]])
-        assert weight.dtype == np.int8 and numpy_helper.to_array(inits[w_dq.input[1]]).shape == (weight.shape[0],)
+        assert weight.dtype == np.int8 and numpy_helper.to_array(inits[w_dq.input[1]]).shape == (
+            weight.shape[0],
+        )
         assert np.abs(weight).max() <= 64  # 7-bit range: no int16 saturation in the AVX2 kernels
         assert inits[b_dq.input[0]].data_type == onnx.TensorProto.INT32, conv.name
     for out in model.graph.output:
@@ -145,15 +147,25 @@ def test_changed_weight_changes_the_key_and_recalibrates(quantized, tmp_path: Pa
     assert not new.reused and passes == [1] and new.cache.is_file()
 
 
-def test_sensitivity_records_each_candidate_and_what_stays_float(tiny_run, tmp_path: Path, monkeypatch) -> None:
+def test_sensitivity_records_each_candidate_and_what_stays_float(
+    tiny_run, tmp_path: Path, monkeypatch
+) -> None:
     from edgefpn.quantize import qdq
 
     # A negative budget can never be met: the whole search runs and the report says so honestly.
-    cfg, run_dir = _copy_run(tiny_run, tmp_path / "run", "quantize.max_map_drop=-1", "quantize.fp16=false",
-                             "quantize.openvino=false")
+    cfg, run_dir = _copy_run(
+        tiny_run,
+        tmp_path / "run",
+        "quantize.max_map_drop=-1",
+        "quantize.fp16=false",
+        "quantize.openvino=false",
+    )
     real = qdq.node_groups
-    monkeypatch.setattr(qdq, "node_groups", lambda m: {k: v for k, v in real(m).items()
-                                                       if k in ("head-cls/p3", "backbone/stem")})
+    monkeypatch.setattr(
+        qdq,
+        "node_groups",
+        lambda m: {k: v for k, v in real(m).items() if k in ("head-cls/p3", "backbone/stem")},
+    )
     art = stage.run(cfg, run_dir, progress=False)
     acc = art.manifest["accuracy"]
     assert acc["budget_met"] is False
@@ -202,12 +214,17 @@ def test_openvino_ranking_follows_the_measured_sensitivity():
     from edgefpn.pipeline.quantize import _openvino_ranking
 
     groups = {"backbone/layer1": ["a"], "fpn/p3": ["b"], "head-reg/p3": ["c"], "head-cls/p4": ["d"]}
-    accuracy = {"kept_float_groups": ["head-reg/p3"], "sensitivity": {"candidates": [
-        {"group": "backbone/layer1", "recovered": 0.16},
-        {"group": "fpn/p3", "recovered": 0.21},
-        {"group": "head-reg/p3", "recovered": 0.32},  # already kept in float by the QDQ loop
-        {"group": "head-cls/p4", "recovered": -0.05},  # measured no gain: never tried
-    ]}}
+    accuracy = {
+        "kept_float_groups": ["head-reg/p3"],
+        "sensitivity": {
+            "candidates": [
+                {"group": "backbone/layer1", "recovered": 0.16},
+                {"group": "fpn/p3", "recovered": 0.21},
+                {"group": "head-reg/p3", "recovered": 0.32},  # already kept in float by the QDQ loop
+                {"group": "head-cls/p4", "recovered": -0.05},  # measured no gain: never tried
+            ]
+        },
+    }
     assert _openvino_ranking(accuracy, groups) == ["fpn/p3", "backbone/layer1"]
     # no QDQ sensitivity run (QDQ was within budget at once): heads first, then FPN, then backbone
     assert _openvino_ranking({}, groups) == ["head-cls/p4", "head-reg/p3", "fpn/p3", "backbone/layer1"]

@@ -45,7 +45,10 @@ def test_up_to_date_stages_are_skipped_and_changes_rebuild(tiny_run, tmp_path):
     t_model = (copy / "model.pt").stat().st_mtime_ns
     export.run(cfg2, copy, progress=False)
     assert (copy / "model.pt").stat().st_mtime_ns == t_model
-    assert read_manifest(copy / "model.onnx")["config_hash"] != read_manifest(run_dir / "model.onnx")["config_hash"]
+    assert (
+        read_manifest(copy / "model.onnx")["config_hash"]
+        != read_manifest(run_dir / "model.onnx")["config_hash"]
+    )
 
 
 def test_check_writes_report_and_gates(run_copy):

@@ -11,14 +11,16 @@ from edgefpn.quantize.ort_cpu import check_qdq_ort, prune_float_qdq
 
 def _graph() -> onnx.ModelProto:
     """x -> Sigmoid (float, "island") -> t -> Q -> DQ -> {Tanh (float), Conv (quantized, DQ weight) -> Q -> DQ -> y}."""
-    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
-             numpy_helper.from_array(np.array(0, np.uint8), "zp"),
-             numpy_helper.from_array(np.ones((2, 2, 1, 1), np.int8), "w_q"),
-             numpy_helper.from_array(np.full((2,), 0.1, np.float32), "w_s"),
-             numpy_helper.from_array(np.zeros((2,), np.int8), "w_zp"),
-             numpy_helper.from_array(np.zeros((2,), np.int32), "b_q"),
-             numpy_helper.from_array(np.full((2,), 0.002, np.float32), "b_s"),
-             numpy_helper.from_array(np.zeros((2,), np.int32), "b_zp")]
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.uint8), "zp"),
+        numpy_helper.from_array(np.ones((2, 2, 1, 1), np.int8), "w_q"),
+        numpy_helper.from_array(np.full((2,), 0.1, np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros((2,), np.int8), "w_zp"),
+        numpy_helper.from_array(np.zeros((2,), np.int32), "b_q"),
+        numpy_helper.from_array(np.full((2,), 0.002, np.float32), "b_s"),
+        numpy_helper.from_array(np.zeros((2,), np.int32), "b_zp"),
+    ]
     nodes = [
         helper.make_node("Sigmoid", ["x"], ["t"], name="island"),
         helper.make_node("QuantizeLinear", ["t", "s", "zp"], ["t_q"], name="t_Q"),

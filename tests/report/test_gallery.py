@@ -17,8 +17,11 @@ from edgefpn.report.gallery import COLOURS, Gallery, disagreement, render
 
 
 def _det(boxes, scores, labels) -> Detections:
-    return Detections(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
-                      np.asarray(labels, np.int64))
+    return Detections(
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(scores, np.float32),
+        np.asarray(labels, np.int64),
+    )
 
 
 REF = _det([[10, 10, 60, 60], [100, 100, 180, 160]], [0.9, 0.8], [0, 1])
@@ -33,7 +36,10 @@ def test_disagreement_marks_missed_extra_and_matched() -> None:
     gallery.update("e", "img.png", 7, REF, TEST)
     (entry,) = gallery.compute(["e"])["engines"]["e"]
     assert (entry["missed"], entry["extra"], entry["flips"]) == (1, 1, 0)
-    assert [b[-1] for b in entry["ref"]] == ["matched", "missed"] and [b[-1] for b in entry["test"]] == ["matched", "extra"]
+    assert [b[-1] for b in entry["ref"]] == ["matched", "missed"] and [b[-1] for b in entry["test"]] == [
+        "matched",
+        "extra",
+    ]
 
 
 def test_gallery_keeps_the_worst_images_and_draws_them_inline(tmp_path) -> None:
@@ -57,19 +63,36 @@ def test_gallery_keeps_the_worst_images_and_draws_them_inline(tmp_path) -> None:
     assert render({}) == ""
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="chromium is not installed (apt-get install -y chromium); the page is checked without it")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="chromium is not installed (apt-get install -y chromium); the page is checked without it",
+)
 def test_gallery_renders_in_headless_chromium(tmp_path) -> None:
     img = tmp_path / "a.png"
     Image.new("RGB", (240, 200), (255, 255, 255)).save(img)
     gallery = Gallery(score_thresh=0.5)
     gallery.update("onnxruntime-int8", img, 0, REF, _det([], [], []))
     page = tmp_path / "g.html"
-    page.write_text(f"<!DOCTYPE html><html><body>{render({'gallery': gallery.compute(['onnxruntime-int8'])})}"
-                    "</body></html>", encoding="utf-8")
+    page.write_text(
+        f"<!DOCTYPE html><html><body>{render({'gallery': gallery.compute(['onnxruntime-int8'])})}"
+        "</body></html>",
+        encoding="utf-8",
+    )
     shot = tmp_path / "g.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=800,600",
-                    f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=800,600",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     with Image.open(shot) as s:
         pixels = np.asarray(s.convert("RGB"), np.int16)
     red = np.abs(pixels - np.asarray(COLOURS["missed"])).sum(axis=2) < 60

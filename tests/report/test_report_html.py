@@ -81,10 +81,13 @@ def _nan_box_p4(out):
     return out | {"box_p4": bad}
 
 
-@pytest.mark.parametrize(("perturb", "output", "needle"), [
-    (_scale_cls_p5, "cls_p5", "SNR"),  # scaling keeps cosine at 1: the SNR floor catches it
-    (_nan_box_p4, "box_p4", "NaN/Inf"),
-])
+@pytest.mark.parametrize(
+    ("perturb", "output", "needle"),
+    [
+        (_scale_cls_p5, "cls_p5", "SNR"),  # scaling keeps cosine at 1: the SNR floor catches it
+        (_nan_box_p4, "box_p4", "NaN/Inf"),
+    ],
+)
 def test_perturbed_engine_fails_and_names_the_level(checked, tmp_path, monkeypatch, perturb, output, needle):
     overrides, src, _ = checked
     run_dir = copy_run(src, tmp_path / "run")
@@ -121,8 +124,10 @@ def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
     overrides, run_dir, report = checked
     cfg = load_config(None, [*overrides, *FAST, "check.latency_iters=4", "check.min_int8_speedup=1"])
     records = data_stage.run(cfg, progress=False).split(cfg.data.val_split).images
-    specs = [EngineSpec("onnxruntime-fp32", "onnxruntime", "fp32", run_dir / "model.onnx"),
-             EngineSpec("onnxruntime-int8", "onnxruntime", "int8", run_dir / "model.int8.ort.onnx")]
+    specs = [
+        EngineSpec("onnxruntime-fp32", "onnxruntime", "fp32", run_dir / "model.onnx"),
+        EngineSpec("onnxruntime-int8", "onnxruntime", "int8", run_dir / "model.int8.ort.onnx"),
+    ]
     with contextlib.ExitStack() as stack:
         runners = {s.name: stack.enter_context(_RunsFourTimesWhenInt8(s, threads=1)) for s in specs}
         speed = check._int8_speedups(runners, specs, make_prepost(cfg), records, cfg)["onnxruntime-int8"]
@@ -130,12 +135,16 @@ def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
     entry = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8") | {"int8_speedup": speed}
     gates = check._gates(entry, cfg, is_reference=False)
     (line,) = gates["failed"]
-    assert re.fullmatch(r"INT8 is slower than onnxruntime-fp32: 0\.\d\dx its speed, model only \(.* over 4 "
-                        r"interleaved pairs; check.min_int8_speedup 1\)", line)
+    assert re.fullmatch(
+        r"INT8 is slower than onnxruntime-fp32: 0\.\d\dx its speed, model only \(.* over 4 "
+        r"interleaved pairs; check.min_int8_speedup 1\)",
+        line,
+    )
     with pytest.raises(CheckFailed, match="1 gate\\(s\\) failed: onnxruntime-int8: INT8 is slower than"):
         check._raise_on_failures([f"onnxruntime-int8: {g}" for g in gates["failed"]], run_dir / "report.json")
-    failing = report | {"engines": [e if e["name"] != entry["name"] else entry | {"gates": gates}
-                                    for e in report["engines"]]}
+    failing = report | {
+        "engines": [e if e["name"] != entry["name"] else entry | {"gates": gates} for e in report["engines"]]
+    }
     assert "| onnxruntime-int8 | onnxruntime-fp32 |" in render_markdown(failing)
     assert "FAIL (≥ 1×)" in render_html(failing)
 
@@ -159,14 +168,28 @@ def test_gallery_images_are_inline_in_the_page(checked):
         assert e["missed"] + e["extra"] + e["flips"] > 0 and f"image {e['image_id']}: " in page
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="chromium is not installed (apt-get install -y chromium); the page is checked without it")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="chromium is not installed (apt-get install -y chromium); the page is checked without it",
+)
 def test_screenshot_in_headless_chromium(checked, tmp_path):
     _, run_dir, _ = checked
     shot = tmp_path / "report.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1280,1800", f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,1800",
+            f"--screenshot={shot}",
+            (run_dir / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     from PIL import Image
 
     with Image.open(shot) as img:

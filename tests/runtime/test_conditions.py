@@ -24,16 +24,28 @@ def _cpu(root: Path, n: int, *, gov: str, cur: int, lo: int, hi: int) -> None:
 def test_empty_root_gives_none_not_guesses(tmp_path: Path) -> None:
     c = run_conditions(threads=2, streams=1, requests=4, batch=8, root=tmp_path)
     assert (c["threads"], c["streams"], c["requests"], c["batch"]) == (2, 1, 4, 8)
-    for key in ("cpu_model", "governor", "cpu_mhz", "cpu_max_mhz", "load_avg_1m", "nvpmodel",
-                "jetson_clocks", "power_mw"):
+    for key in (
+        "cpu_model",
+        "governor",
+        "cpu_mhz",
+        "cpu_max_mhz",
+        "load_avg_1m",
+        "nvpmodel",
+        "jetson_clocks",
+        "power_mw",
+    ):
         assert c[key] is None, key
     assert c["jetson"] is False
     assert "governor n/a" in format_conditions(c)
 
 
 def test_x86_vm_without_cpufreq_reads_cpuinfo(tmp_path: Path) -> None:
-    _w(tmp_path, "proc/cpuinfo", "processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2445.404\n"
-                                  "processor\t: 1\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2454.596\n")
+    _w(
+        tmp_path,
+        "proc/cpuinfo",
+        "processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2445.404\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2454.596\n",
+    )
     _w(tmp_path, "proc/loadavg", "2.66 0.93 0.33 3/200 1234\n")
     (tmp_path / "sys/devices/system/cpu/cpu0").mkdir(parents=True)
     c = run_conditions(threads=None, streams=2, requests=2, batch=1, root=tmp_path)
@@ -45,8 +57,12 @@ def test_jetson_orin_pinned_clocks_mode_and_power(tmp_path: Path) -> None:
     _w(tmp_path, "etc/nv_tegra_release", "# R36 (release), REVISION: 3.0\n")
     _w(tmp_path, "proc/device-tree/model", "NVIDIA Jetson AGX Orin Developer Kit\x00")
     _w(tmp_path, "var/lib/nvpmodel/status", "pmode:0002 fmode:quiet\n")
-    _w(tmp_path, "etc/nvpmodel.conf", "< POWER_MODEL ID=0 NAME=MAXN >\nCPU_ONLINE CORE_0 1\n"
-                                      "< POWER_MODEL ID=2 NAME=30W >\nCPU_ONLINE CORE_0 1\n")
+    _w(
+        tmp_path,
+        "etc/nvpmodel.conf",
+        "< POWER_MODEL ID=0 NAME=MAXN >\nCPU_ONLINE CORE_0 1\n"
+        "< POWER_MODEL ID=2 NAME=30W >\nCPU_ONLINE CORE_0 1\n",
+    )
     for n in range(2):
         _cpu(tmp_path, n, gov="schedutil", cur=2201600, lo=2201600, hi=2201600)
     _w(tmp_path, "sys/class/devfreq/17000000.gpu/min_freq", "1300500000\n")

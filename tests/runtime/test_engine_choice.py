@@ -12,8 +12,12 @@ pytest.importorskip("onnxruntime")
 
 KIND = "x86_64 Test CPU"
 ENGINES = ("onnxruntime-int8", "onnxruntime-fp32", "onnxruntime-fp16")
-MANIFEST = {"engines": [{"name": n, "backend": "onnxruntime", "precision": n.split("-")[1],
-                         "path": f"{n}.onnx"} for n in ENGINES]}
+MANIFEST = {
+    "engines": [
+        {"name": n, "backend": "onnxruntime", "precision": n.split("-")[1], "path": f"{n}.onnx"}
+        for n in ENGINES
+    ]
+}
 
 
 def _report(kind: str, e2e: dict[str, float], model_only: dict[str, float] | None = None) -> dict:
@@ -36,11 +40,15 @@ def _pick(latencies: dict[str, float]) -> tuple[str, str]:
 
 
 def test_ranked_by_recorded_latency_on_this_kind_of_device():
-    lat = recorded_latencies(_report(KIND, {"onnxruntime-int8": 30.0, "onnxruntime-fp32": 11.0,
-                                            "onnxruntime-fp16": 12.5}), KIND)
+    lat = recorded_latencies(
+        _report(KIND, {"onnxruntime-int8": 30.0, "onnxruntime-fp32": 11.0, "onnxruntime-fp16": 12.5}), KIND
+    )
     name, line = _pick(lat)
     assert name == "onnxruntime-fp32"  # not int8, which the fixed order puts first
-    assert "fastest recorded on this kind of device (x86_64 Test CPU)" in line and "onnxruntime-int8 30.00 ms" in line
+    assert (
+        "fastest recorded on this kind of device (x86_64 Test CPU)" in line
+        and "onnxruntime-int8 30.00 ms" in line
+    )
     assert rank_engines(list(ENGINES), lat) == ["onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
 
 
@@ -51,12 +59,15 @@ def test_model_only_when_no_end_to_end_and_unmeasured_engines_last():
     assert _pick(lat)[0] == "onnxruntime-fp16"
 
 
-@pytest.mark.parametrize("report", [
-    None,  # the bundle has no report
-    _report("aarch64 Another Board", {"onnxruntime-fp32": 5.0}),  # measured on another kind of device
-    {"engines": [{"name": "onnxruntime-fp32", "latency": {"end_to_end": {"p50": 5.0}}}]},  # an old report
-    {"machine": {"device_kind": KIND}, "engines": [{"name": 3, "latency": "x"}, "junk"]},  # malformed
-])
+@pytest.mark.parametrize(
+    "report",
+    [
+        None,  # the bundle has no report
+        _report("aarch64 Another Board", {"onnxruntime-fp32": 5.0}),  # measured on another kind of device
+        {"engines": [{"name": "onnxruntime-fp32", "latency": {"end_to_end": {"p50": 5.0}}}]},  # an old report
+        {"machine": {"device_kind": KIND}, "engines": [{"name": 3, "latency": "x"}, "junk"]},  # malformed
+    ],
+)
 def test_fixed_order_only_without_a_measurement(report):
     lat = recorded_latencies(report, KIND)
     assert lat == {}

@@ -40,8 +40,15 @@ def test_bundle_layout_and_manifest(packaged):
     names = [e["name"] for e in manifest["engines"]]
     assert names == ["onnxruntime-fp32", "openvino-fp32"]
     files = manifest["files"]
-    assert {"model.onnx", "openvino/fp32/model.xml", "openvino/fp32/model.bin", "report.json", "report.md",
-            "pipeline.json", "openvino/fp32.manifest.json"} <= set(files)
+    assert {
+        "model.onnx",
+        "openvino/fp32/model.xml",
+        "openvino/fp32/model.bin",
+        "report.json",
+        "report.md",
+        "pipeline.json",
+        "openvino/fp32.manifest.json",
+    } <= set(files)
     assert files["model.onnx"]["role"] == ["engine", "source"]
     assert files["openvino/fp32/model.bin"]["role"] == ["engine"]
     ov = manifest["engines"][1]
@@ -49,7 +56,10 @@ def test_bundle_layout_and_manifest(packaged):
     assert ov["built_with"]["openvino"]
     # engine bytes are stored as-is
     with tarfile.open(art.path) as tar:
-        assert tar.extractfile("openvino/fp32/model.bin").read() == (run_dir / "openvino/fp32/model.bin").read_bytes()
+        assert (
+            tar.extractfile("openvino/fp32/model.bin").read()
+            == (run_dir / "openvino/fp32/model.bin").read_bytes()
+        )
     onnx_manifest = json.loads((run_dir / "model.onnx.manifest.json").read_text())
     assert onnx_manifest["sha256"] == files["model.onnx"]["sha256"]
 
@@ -96,7 +106,9 @@ def _expected(cfg, run_dir: Path, art, images: Path, engine: str) -> list[tuple]
     with open_runner(EngineSpec(engine, backend, precision, run_dir / rel), threads=1) as runner:
         for path in sorted(images.iterdir()):
             det = detect_file(runner, pipe, path)
-            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
+            for box, score, label in zip(
+                det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True
+            ):
                 expected.append((path.name, int(category_ids[label]), box, score))
     return expected
 
@@ -143,8 +155,18 @@ def _refused(capsys, argv: list[str]) -> str:
 
 
 def _argv(bundle_path: Path, images: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return ["infer", "--bundle", str(bundle_path), "--images", str(images), "--out", str(tmp_path / "d.json"),
-            "--extract-to", str(tmp_path / "x" / "dest"), *extra]
+    return [
+        "infer",
+        "--bundle",
+        str(bundle_path),
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "d.json"),
+        "--extract-to",
+        str(tmp_path / "x" / "dest"),
+        *extra,
+    ]
 
 
 def test_tampered_engine_refused(packaged, tmp_path, capsys):
@@ -201,11 +223,26 @@ def test_dotdot_member_refused(packaged, tmp_path, capsys):
 
 
 def _trt_entry(cc: str) -> dict:
-    return {"name": "tensorrt-fp16", "backend": "tensorrt", "precision": "fp16",
-            "path": "tensorrt/fp16/model.engine", "files": ["tensorrt/fp16/model.engine"], "source": "model.onnx",
-            "target": {"backend": "tensorrt", "precision": "fp16", "version": "10.3.0",
-                       "tensorrt": {"version": "10.3.0", "compute_capability": cc, "device": "Tesla T4",
-                                    "hardware_compatibility": "none", "version_compatible": False}}}
+    return {
+        "name": "tensorrt-fp16",
+        "backend": "tensorrt",
+        "precision": "fp16",
+        "path": "tensorrt/fp16/model.engine",
+        "files": ["tensorrt/fp16/model.engine"],
+        "source": "model.onnx",
+        "target": {
+            "backend": "tensorrt",
+            "precision": "fp16",
+            "version": "10.3.0",
+            "tensorrt": {
+                "version": "10.3.0",
+                "compute_capability": cc,
+                "device": "Tesla T4",
+                "hardware_compatibility": "none",
+                "version_compatible": False,
+            },
+        },
+    }
 
 
 @pytest.mark.parametrize("only_trt", [False, True])
@@ -222,8 +259,15 @@ def test_tensorrt_engine_for_another_gpu_refused(packaged, tmp_path, capsys, mon
     # as `edgefpn package` ships it: the engine and the sidecar manifest its runner reads (a bundle
     # whose engine needs a file it does not ship is refused on that ground first)
     sidecar = json.dumps({"stage": "build", "tensorrt": _trt_entry("7.5")["target"]["tensorrt"]}).encode()
-    bad = _rewrite(art.path, tmp_path, edit, {"tensorrt/fp16/model.engine": b"\x00fake engine bytes",
-                                              "tensorrt/fp16/model.engine.manifest.json": sidecar})
+    bad = _rewrite(
+        art.path,
+        tmp_path,
+        edit,
+        {
+            "tensorrt/fp16/model.engine": b"\x00fake engine bytes",
+            "tensorrt/fp16/model.engine.manifest.json": sidecar,
+        },
+    )
     monkeypatch.setattr(device, "tensorrt_probe", lambda: ("10.3.0", DeviceInfo("Orin", "8.7", "12.6")))
     extra = () if only_trt else ("--engine", "tensorrt-fp16")
     line = _refused(capsys, _argv(bad, images, tmp_path, *extra))
@@ -233,8 +277,24 @@ def test_tensorrt_engine_for_another_gpu_refused(packaged, tmp_path, capsys, mon
 
 def test_bench_reports_startup_and_latency(packaged, capsys):
     _, _, art, images = packaged
-    assert runtime_main.main(["bench", "--bundle", str(art.path), "--iters", "3", "--warmup", "1",
-                              "--threads", "1", "--images", str(images)]) == 0
+    assert (
+        runtime_main.main(
+            [
+                "bench",
+                "--bundle",
+                str(art.path),
+                "--iters",
+                "3",
+                "--warmup",
+                "1",
+                "--threads",
+                "1",
+                "--images",
+                str(images),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     # the faster of the bundle's two engines by check's recorded latency (tests/runtime/test_engine_choice.py)
@@ -266,25 +326,63 @@ def test_runtime_in_a_fresh_venv_without_torch(packaged, tmp_path):
     reqs = tmp_path / "runtime-requirements.txt"
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     run = {"capture_output": True, "text": True, "timeout": 300, "env": env}
-    exported = subprocess.run([uv, "export", "--frozen", "--no-hashes", "--extra", "runtime", "--no-dev",
-                               "--no-emit-project", "--project", str(root)], check=True, **run).stdout
+    exported = subprocess.run(
+        [
+            uv,
+            "export",
+            "--frozen",
+            "--no-hashes",
+            "--extra",
+            "runtime",
+            "--no-dev",
+            "--no-emit-project",
+            "--project",
+            str(root),
+        ],
+        check=True,
+        **run,
+    ).stdout
     reqs.write_text(exported)
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, **run)
     py = str(venv / "bin" / "python")
     subprocess.run([uv, "pip", "install", "-q", "--python", py, "-r", str(reqs)], check=True, **run)
     subprocess.run([uv, "pip", "install", "-q", "--python", py, "--no-deps", str(root)], check=True, **run)
-    probe = subprocess.run([py, "-c", "import importlib.util as u; print([m for m in "
-                            "('torch', 'torchvision', 'click', 'yaml', 'tqdm') if u.find_spec(m)])"],
-                           check=True, **run)
+    probe = subprocess.run(
+        [
+            py,
+            "-c",
+            "import importlib.util as u; print([m for m in "
+            "('torch', 'torchvision', 'click', 'yaml', 'tqdm') if u.find_spec(m)])",
+        ],
+        check=True,
+        **run,
+    )
     assert probe.stdout.strip() == "[]"  # none of the pipeline's packages is there
 
     _, run_dir, art, images = packaged
     cfg = packaged[0]
     for engine in ("onnxruntime-fp32", "openvino-fp32"):
         out = tmp_path / f"{engine}.json"
-        proc = subprocess.run([py, "-m", "edgefpn.runtime", "infer", "--bundle", str(art.path), "--images",
-                               str(images), "--out", str(out), "--threads", "1", "--engine", engine],
-                              cwd=tmp_path, **run)
+        proc = subprocess.run(
+            [
+                py,
+                "-m",
+                "edgefpn.runtime",
+                "infer",
+                "--bundle",
+                str(art.path),
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+                "--engine",
+                engine,
+            ],
+            cwd=tmp_path,
+            **run,
+        )
         assert proc.returncode == 0, proc.stderr
         got = json.loads(out.read_text())
         expected = _expected(cfg, run_dir, art, images, engine)
@@ -308,11 +406,17 @@ def _follow(rule: dict, image: np.ndarray, size: tuple[int, int], mean, std) -> 
     new_w = eval(rule["new_w"], {"__builtins__": {}}, names)  # noqa: S307
     new_h = eval(rule["new_h"], {"__builtins__": {}}, names)  # noqa: S307
     assert rule["resize"]["library"] == "opencv" and rule["resize"]["function"] == "cv2.resize"
-    resized = image if (new_w, new_h) == (w, h) else cv2.resize(
-        image, (new_w, new_h), interpolation=getattr(cv2, rule["resize"]["interpolation"]))
+    resized = (
+        image
+        if (new_w, new_h) == (w, h)
+        else cv2.resize(image, (new_w, new_h), interpolation=getattr(cv2, rule["resize"]["interpolation"]))
+    )
     x = resized.astype(np.float64)
-    norm = eval(rule["normalise"], {"__builtins__": {}},  # noqa: S307
-                {"x": x, "mean": np.asarray(mean), "std": np.asarray(std)})
+    norm = eval(
+        rule["normalise"],
+        {"__builtins__": {}},  # noqa: S307
+        {"x": x, "mean": np.asarray(mean), "std": np.asarray(std)},
+    )
     assert rule["placement"] == "top-left" and rule["layout"] == "[1, 3, H, W] float32"
     out = np.full((3, H, W), rule["pad_value"], dtype=np.float64)
     out[:, :new_h, :new_w] = norm.transpose(2, 0, 1)
@@ -331,7 +435,14 @@ def test_shipped_preprocessing_rule_reproduces_preprocess(packaged):
     size, mean, std = tuple(pre["input_size"]), pre["mean"], pre["std"]
     assert "INTER_LINEAR" in pre["letterbox"] and "Pillow" not in pre["letterbox"].replace("not Pillow", "")
     rng = np.random.default_rng(0)
-    for h, w in [(37, 91), (301, 207), (size[0], size[1]), (1, 500), (95, 95), (size[0] * 3 + 1, size[1] // 2)]:
+    for h, w in [
+        (37, 91),
+        (301, 207),
+        (size[0], size[1]),
+        (1, 500),
+        (95, 95),
+        (size[0] * 3 + 1, size[1] // 2),
+    ]:
         image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         ours, _ = preprocess(image, size=size, mean=mean, std=std)
         followed = _follow(pre["rule"], image, size, mean, std)

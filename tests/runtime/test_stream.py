@@ -49,15 +49,20 @@ def video(packaged, tmp_path_factory):
 def _infer(art, images: Path, tmp_path: Path) -> list[list[dict]]:
     """`infer`'s detections, grouped per image in sorted order."""
     out = tmp_path / "infer.json"
-    assert runtime_main.main(["infer", "--bundle", str(art.path), "--images", str(images), "--out", str(out),
-                              "--threads", "1"]) == 0
+    assert (
+        runtime_main.main(
+            ["infer", "--bundle", str(art.path), "--images", str(images), "--out", str(out), "--threads", "1"]
+        )
+        == 0
+    )
     records = json.loads(out.read_text())
     return [[r for r in records if r["file_name"] == p.name] for p in sorted(images.iterdir())]
 
 
 def _stream(art, source: str, out: Path, *extra: str) -> tuple[int, list[dict]]:
-    rc = runtime_main.main(["stream", "--bundle", str(art.path), "--source", source, "--out", str(out),
-                            "--threads", "1", *extra])
+    rc = runtime_main.main(
+        ["stream", "--bundle", str(art.path), "--source", source, "--out", str(out), "--threads", "1", *extra]
+    )
     return rc, [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
 
@@ -66,8 +71,12 @@ def _same(got: list[list[dict]], want: list[list[dict]]) -> None:
     for g_frame, w_frame in zip(got, want, strict=True):
         assert [g["category_id"] for g in g_frame] == [w["category_id"] for w in w_frame]
         if w_frame:
-            np.testing.assert_allclose([g["bbox"] for g in g_frame], [w["bbox"] for w in w_frame], atol=1e-4, rtol=0)
-            np.testing.assert_allclose([g["score"] for g in g_frame], [w["score"] for w in w_frame], atol=1e-5)
+            np.testing.assert_allclose(
+                [g["bbox"] for g in g_frame], [w["bbox"] for w in w_frame], atol=1e-4, rtol=0
+            )
+            np.testing.assert_allclose(
+                [g["score"] for g in g_frame], [w["score"] for w in w_frame], atol=1e-5
+            )
 
 
 def test_stream_matches_infer_on_folder_video_and_camera(packaged, video, tmp_path):
@@ -90,10 +99,14 @@ def test_stream_matches_infer_on_folder_video_and_camera(packaged, video, tmp_pa
     rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(frames.iterdir())]
     got: dict[int, list] = {0: [], 1: []}
     with BundleSession(art.path, threads=1) as s:
-        stats = run_stream(s.stages, [ArraySource(rgb, name="cam0", pace_fps=200), ArraySource(rgb, name="cam1")],
-                           lambda r: got[r.frame.source].append(
-                               detections_to_records(r.detections, r.frame.name, s.category_ids)),
-                           requests=2)
+        stats = run_stream(
+            s.stages,
+            [ArraySource(rgb, name="cam0", pace_fps=200), ArraySource(rgb, name="cam1")],
+            lambda r: got[r.frame.source].append(
+                detections_to_records(r.detections, r.frame.name, s.category_ids)
+            ),
+            requests=2,
+        )
     assert stats.frames == 2 * len(rgb) and not stats.errors
     assert [st["frames"] for st in stats.summary()["streams"]] == [len(rgb)] * 2
     _same(got[0], want)
@@ -106,9 +119,27 @@ def test_sigint_flushes_what_was_processed(packaged, video, tmp_path):
     long = tmp_path / "long.avi"
     write_video(sorted(frames.iterdir()) * 40, long)  # 240 frames; paced at 20 FPS: 12 s unless stopped
     out = tmp_path / "dets.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "edgefpn.runtime", "stream", "--bundle", str(art.path),
-                             "--source", str(long), "--out", str(out), "--threads", "1", "--pace-fps", "20"],
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgefpn.runtime",
+            "stream",
+            "--bundle",
+            str(art.path),
+            "--source",
+            str(long),
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            "--pace-fps",
+            "20",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines = []
     for line in proc.stderr:  # wait until frames are coming out
         lines.append(line)
@@ -144,7 +175,9 @@ def test_truncated_video_keeps_earlier_frames(packaged, video, tmp_path, capsys)
     assert rc == 0 and 0 < len(got) < len(whole) == 24
     # every frame before the break as in the whole video; the frame the file breaks in comes as FFmpeg
     # decodes it (the missing part concealed), so it is not compared
-    assert got[:-1] == [dict(w, source=str(cut), latency_ms=g["latency_ms"]) for g, w in zip(got[:-1], whole, strict=False)]
+    assert got[:-1] == [
+        dict(w, source=str(cut), latency_ms=g["latency_ms"]) for g, w in zip(got[:-1], whole, strict=False)
+    ]
 
 
 def test_sources_refuse_what_they_cannot_open(tmp_path, capsys):
@@ -159,7 +192,9 @@ def test_sources_refuse_what_they_cannot_open(tmp_path, capsys):
         assert frames  # opened: then it must not produce frames silently
     out = tmp_path / "mine.jsonl"
     out.write_text("my notes\n")
-    assert runtime_main.main(["stream", "--bundle", "x.tar", "--source", str(tmp_path), "--out", str(out)]) == 2
+    assert (
+        runtime_main.main(["stream", "--bundle", "x.tar", "--source", str(tmp_path), "--out", str(out)]) == 2
+    )
     assert out.read_text() == "my notes\n" and "refusing" in capsys.readouterr().err
 
 
@@ -193,7 +228,9 @@ class _Stages:
         return {"x": batch.copy()}
 
     def decode(self, outputs, letterboxes):
-        assert len(outputs["x"]) == self.batch  # padding comes in; cut off by FrameStages.decode in the runtime
+        assert (
+            len(outputs["x"]) == self.batch
+        )  # padding comes in; cut off by FrameStages.decode in the runtime
         return [int(v) for v in outputs["x"][: len(letterboxes), 0, 0, 0]]
 
 
@@ -215,8 +252,9 @@ def test_frame_order_and_bounded_queues(batch):
         ahead.append(produced[0] - len(out))
         time.sleep(0.002)  # a slow consumer: the readers must wait for it
 
-    stats = run_stream(_Stages(batch=batch), [ArraySource(_frames(200, produced))], on_frame, requests=3,
-                       queue_size=4)
+    stats = run_stream(
+        _Stages(batch=batch), [ArraySource(_frames(200, produced))], on_frame, requests=3, queue_size=4
+    )
     assert out == [i % 256 for i in range(200)] and stats.frames == 200 and stats.summary()["dropped"] == 0
     # frames read but not yet written: the frame queue, the batches in the window, one in each hand
     window = 3 + 1 + 1
@@ -225,8 +263,14 @@ def test_frame_order_and_bounded_queues(batch):
 
 def test_drop_late_counts_what_it_drops():
     out: list[int] = []
-    stats = run_stream(_Stages(delay=0.02), [ArraySource(_frames(100), pace_fps=1000)],
-                       lambda r: out.append(r.detections), requests=1, queue_size=1, drop_late=True)
+    stats = run_stream(
+        _Stages(delay=0.02),
+        [ArraySource(_frames(100), pace_fps=1000)],
+        lambda r: out.append(r.detections),
+        requests=1,
+        queue_size=1,
+        drop_late=True,
+    )
     s = stats.summary()
     assert s["dropped"] > 0 and s["frames"] + s["dropped"] == 100 == len(out) + s["streams"][0]["dropped"]
     assert out == sorted(out)  # what is kept stays in order
@@ -258,8 +302,13 @@ def test_batch2_onnx_engine_matches_batch1(packaged, tmp_path):
     cfg, run_dir, _, images = packaged
     model, meta = model_from_checkpoint(run_dir / "model.pt")
     b2 = tmp_path / "model.b2.onnx"
-    export_onnx(export_wrapper(meta["arch"], model), b2, input_size=cfg.model.input_size, batch=2,
-                opset=cfg.export.opset)
+    export_onnx(
+        export_wrapper(meta["arch"], model),
+        b2,
+        input_size=cfg.model.input_size,
+        batch=2,
+        opset=cfg.export.opset,
+    )
     from edgefpn.data.preprocess import load_image
 
     rgb = [load_image(p) for p in sorted(images.iterdir())][:5]
@@ -296,7 +345,9 @@ def test_tensorrt_streams_match_sync_calls(packaged, tmp_path):
     engine = tmp_path / "model.engine"
     settings = TensorRTConfig(workspace_mb=256)
     result = build_engine(run_dir / "model.onnx", engine, precision="fp16", settings=settings, cache_dir=None)
-    write_manifest(engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)})
+    write_manifest(
+        engine, stage="build", config_hash="test", inputs={}, extra={"tensorrt": result.manifest(settings)}
+    )
     rgb = [load_image(p) for p in sorted(images.iterdir())]
     with TensorRTRunner(EngineSpec("t", "tensorrt", "fp16", engine), threads=1) as runner:
         stages = FrameStages(make_prepost(cfg, deploy=True), runner)

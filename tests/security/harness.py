@@ -66,12 +66,15 @@ def refused(result: Result, *, names: Iterable[str | Path], problem: str, code: 
     return line
 
 
-def refused_text(text: str, code: int, *, expected_code: int, names: Iterable[str | Path], problem: str) -> str:
+def refused_text(
+    text: str, code: int, *, expected_code: int, names: Iterable[str | Path], problem: str
+) -> str:
     """:func:`refused` for a command that is not click (``python -m edgefpn.runtime``)."""
     from types import SimpleNamespace
 
-    return refused(SimpleNamespace(output=text, exit_code=code), names=names, problem=problem,
-                   code=expected_code)  # type: ignore[arg-type]
+    return refused(
+        SimpleNamespace(output=text, exit_code=code), names=names, problem=problem, code=expected_code
+    )  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,7 +131,12 @@ class OpenWatch:
 
     @classmethod
     def _hook(cls, event: str, args: tuple) -> None:
-        if event != "open" or not cls._active or not args or not isinstance(args[0], str | bytes | os.PathLike):
+        if (
+            event != "open"
+            or not cls._active
+            or not args
+            or not isinstance(args[0], str | bytes | os.PathLike)
+        ):
             return
         try:
             path = os.path.realpath(os.fsdecode(args[0]))
@@ -176,9 +184,20 @@ def onnx_bundle(src: Path, onnx_bytes: bytes, pipeline: dict, out: Path) -> Path
     (src / "model.onnx").write_bytes(onnx_bytes)
     (src / "pipeline.json").write_text(json.dumps(pipeline))
     files = {n: src / n for n in ("model.onnx", "pipeline.json")}
-    manifest = {"schema": bundle_io.SCHEMA, "pipeline": "pipeline.json",
-                "files": {n: bundle_io.file_entry(p, ["engine"]) for n, p in files.items()},
-                "engines": [{"name": "onnxruntime-fp32", "backend": "onnxruntime", "precision": "fp32",
-                             "path": "model.onnx", "files": ["model.onnx"], "target": {}}]}
+    manifest = {
+        "schema": bundle_io.SCHEMA,
+        "pipeline": "pipeline.json",
+        "files": {n: bundle_io.file_entry(p, ["engine"]) for n, p in files.items()},
+        "engines": [
+            {
+                "name": "onnxruntime-fp32",
+                "backend": "onnxruntime",
+                "precision": "fp32",
+                "path": "model.onnx",
+                "files": ["model.onnx"],
+                "target": {},
+            }
+        ],
+    }
     bundle_io.write_tar(out, files, manifest)
     return out

@@ -17,14 +17,21 @@ from tests.security.harness import cli, refused, refused_text, snapshot, tiny_se
 from tests.security.test_hostile_bundles import valid  # noqa: F401  (fixture)
 
 
-@pytest.mark.parametrize(("command", "setting", "problem"), [
-    ("data", "data.synth.min_side=0", r"data\.synth\.min_side must be in \[32, 4096\], got 0"),
-    ("data", "data.synth.min_side=200", r"data\.synth\.min_side must be <= data\.synth\.max_side, got 200 > 192"),
-    ("data", "data.synth.num_train=-5", r"data\.synth\.num_train must be > 0, got -5"),
-    ("check", "check.latency_iters=0", r"check\.latency_iters must be > 0, got 0"),
-    ("train", "train.eval_images=0", r"train\.eval_images must be > 0, got 0"),
-    ("export", "export.opset=99", r"export\.opset must be in \[7, 20\], got 99"),
-])
+@pytest.mark.parametrize(
+    ("command", "setting", "problem"),
+    [
+        ("data", "data.synth.min_side=0", r"data\.synth\.min_side must be in \[32, 4096\], got 0"),
+        (
+            "data",
+            "data.synth.min_side=200",
+            r"data\.synth\.min_side must be <= data\.synth\.max_side, got 200 > 192",
+        ),
+        ("data", "data.synth.num_train=-5", r"data\.synth\.num_train must be > 0, got -5"),
+        ("check", "check.latency_iters=0", r"check\.latency_iters must be > 0, got 0"),
+        ("train", "train.eval_images=0", r"train\.eval_images must be > 0, got 0"),
+        ("export", "export.opset=99", r"export\.opset must be in \[7, 20\], got 99"),
+    ],
+)
 def test_bad_setting_refused_before_any_work(tmp_path, command, setting, problem):
     """A fresh data root and run dir: before the fix each of these generated data (or trained) first."""
     before = snapshot(tmp_path)
@@ -41,11 +48,14 @@ def _runtime(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("flags", "problem"), [
-    (["bench", "--iters", "0"], r"argument --iters: must be an integer >= 1, got 0"),
-    (["bench", "--warmup", "-1"], r"argument --warmup: must be an integer >= 0, got -1"),
-    (["infer", "--threads", "-3"], r"argument --threads: must be an integer >= 1, got -3"),
-])
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["bench", "--iters", "0"], r"argument --iters: must be an integer >= 1, got 0"),
+        (["bench", "--warmup", "-1"], r"argument --warmup: must be an integer >= 0, got -1"),
+        (["infer", "--threads", "-3"], r"argument --threads: must be an integer >= 1, got -3"),
+    ],
+)
 def test_runtime_flag_refused_before_the_bundle_is_opened(valid, capsys, flags, problem):  # noqa: F811
     argv = [*flags, "--bundle", str(valid["bundle"]), "--extract-to", str(valid["tmp"] / "dest")]
     if flags[0] == "infer":
@@ -74,7 +84,15 @@ def test_predict_images_given_a_file_says_so(tiny_run, tmp_path):
     Image.new("RGB", (40, 30)).save(image)
     root = next(o for o in overrides if o.startswith("data.root=")).partition("=")[2]
     before = snapshot(tmp_path)
-    res = cli("predict", *tiny_sets(*CHECK_ONLY_ORT, data_root=Path(root)), "--out", run, "--images", image, "--quiet")
+    res = cli(
+        "predict",
+        *tiny_sets(*CHECK_ONLY_ORT, data_root=Path(root)),
+        "--out",
+        run,
+        "--images",
+        image,
+        "--quiet",
+    )
     refused(res, names=[image], problem="is a file, not a folder")
     assert snapshot(tmp_path) == before
 
@@ -86,9 +104,19 @@ def test_package_an_engine_never_built_is_bad_input(tiny_run, tmp_path):
     run = copy_run(src, tmp_path / "run")
     root = next(o for o in overrides if o.startswith("data.root=")).partition("=")[2]
     before = snapshot(run)
-    res = cli("package", *tiny_sets(*CHECK_ONLY_ORT, data_root=Path(root)), "--out", run,
-              "--engines", "tensorrt-int8", "--quiet")
-    refused(res, names=["--engines tensorrt-int8"],
-            problem=r"never built with these settings \(check\.backends does not include tensorrt\); "
-                    r"available: onnxruntime-fp32$")
+    res = cli(
+        "package",
+        *tiny_sets(*CHECK_ONLY_ORT, data_root=Path(root)),
+        "--out",
+        run,
+        "--engines",
+        "tensorrt-int8",
+        "--quiet",
+    )
+    refused(
+        res,
+        names=["--engines tensorrt-int8"],
+        problem=r"never built with these settings \(check\.backends does not include tensorrt\); "
+        r"available: onnxruntime-fp32$",
+    )
     assert snapshot(run) == before

@@ -40,25 +40,40 @@ def _detector_onnx() -> bytes:
         for level in LEVELS:
             s = sizes[level]
             name = f"{kind}_{level}"
-            value = helper.make_tensor(name + "_v", TensorProto.FLOAT, [1, ch, s, s], np.full(ch * s * s, -4.0))
+            value = helper.make_tensor(
+                name + "_v", TensorProto.FLOAT, [1, ch, s, s], np.full(ch * s * s, -4.0)
+            )
             nodes.append(helper.make_node("Constant", [], [name + "_c"], value=value))
             nodes.append(helper.make_node("Add", [name + "_c", "zero"], [name]))
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, ch, s, s]))
     nodes.insert(0, helper.make_node("ReduceMin", ["images"], ["zero0"], keepdims=0))
     nodes.insert(1, helper.make_node("Mul", ["zero0", "k0"], ["zero"]))
     k0 = helper.make_tensor("k0", TensorProto.FLOAT, [], [0.0])
-    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
-                              outputs, [k0])
+    graph = helper.make_graph(
+        nodes,
+        "det",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        outputs,
+        [k0],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     return model.SerializeToString()
 
 
 @pytest.fixture
 def valid(tmp_path: Path) -> dict[str, Path]:
-    pipeline = {"classes": {"num_classes": NUM_CLASSES, "names": ["a", "b"], "category_ids": [1, 2]},
-                "preprocess": {"input_size": [64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-                "postprocess": {"score_thresh": 0.05, "nms_thresh": 0.6, "topk_candidates": 100,
-                                "detections_per_img": 10, "strides": [8, 16, 32, 64, 128], "levels": list(LEVELS)}}
+    pipeline = {
+        "classes": {"num_classes": NUM_CLASSES, "names": ["a", "b"], "category_ids": [1, 2]},
+        "preprocess": {"input_size": [64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "postprocess": {
+            "score_thresh": 0.05,
+            "nms_thresh": 0.6,
+            "topk_candidates": 100,
+            "detections_per_img": 10,
+            "strides": [8, 16, 32, 64, 128],
+            "levels": list(LEVELS),
+        },
+    }
     bundle = onnx_bundle(tmp_path / "src", _detector_onnx(), pipeline, tmp_path / "valid.tar")
     images = tmp_path / "images"
     images.mkdir()
@@ -71,8 +86,19 @@ def valid(tmp_path: Path) -> dict[str, Path]:
 
 
 def _infer(v: dict[str, Path], bundle: Path, capsys, name: str = "x") -> tuple[int, str]:
-    code = runtime_main.main(["infer", "--bundle", str(bundle), "--images", str(v["images"]),
-                              "--out", str(v["tmp"] / f"{name}.json"), "--extract-to", str(v["tmp"] / name / "dest")])
+    code = runtime_main.main(
+        [
+            "infer",
+            "--bundle",
+            str(bundle),
+            "--images",
+            str(v["images"]),
+            "--out",
+            str(v["tmp"] / f"{name}.json"),
+            "--extract-to",
+            str(v["tmp"] / name / "dest"),
+        ]
+    )
     return code, capsys.readouterr().err
 
 
@@ -89,7 +115,10 @@ def _with(valid_bundle: Path, out: Path, extra: list[tuple[tarfile.TarInfo, byte
 def _cases(v: dict[str, Path]) -> dict[str, tuple[list, str]]:
     outside = v["outside"]
     return {
-        "dotdot": ([tar_file("../outside/evil.txt", b"x")], r"'\.\./outside/evil\.txt' is a '\.\.' path component"),
+        "dotdot": (
+            [tar_file("../outside/evil.txt", b"x")],
+            r"'\.\./outside/evil\.txt' is a '\.\.' path component",
+        ),
         "dotdot-nested": ([tar_file("a/../../outside/evil.txt", b"x")], r"is a '\.\.' path component"),
         "absolute": ([tar_file(str(outside / "evil.txt"), b"x")], r"is an absolute path"),
         "symlink": ([tar_special("engine", tarfile.SYMTYPE, str(outside))], r"'engine' is a link"),
@@ -100,13 +129,27 @@ def _cases(v: dict[str, Path]) -> dict[str, tuple[list, str]]:
         "duplicate": ([tar_file("pipeline.json", b'{"evil": 1}')], r"'pipeline\.json' appears twice"),
         "file-under-file": ([tar_file("model.onnx/evil.txt", b"x")], r"sits under the file 'model\.onnx'"),
         "unlisted": ([tar_file("extra.so", b"\x7fELF")], r"'extra\.so' is not listed in manifest\.json"),
-        "absurd-count": ([tar_file(f"m/{i:05d}", b"") for i in range(bundle_io.DEFAULT_LIMITS.max_members)],
-                         r"\d+ members, more than the limit of 4096"),
+        "absurd-count": (
+            [tar_file(f"m/{i:05d}", b"") for i in range(bundle_io.DEFAULT_LIMITS.max_members)],
+            r"\d+ members, more than the limit of 4096",
+        ),
     }
 
 
-CASE_IDS = ["dotdot", "dotdot-nested", "absolute", "symlink", "hardlink", "chardev", "blockdev", "fifo",
-            "duplicate", "file-under-file", "unlisted", "absurd-count"]
+CASE_IDS = [
+    "dotdot",
+    "dotdot-nested",
+    "absolute",
+    "symlink",
+    "hardlink",
+    "chardev",
+    "blockdev",
+    "fifo",
+    "duplicate",
+    "file-under-file",
+    "unlisted",
+    "absurd-count",
+]
 
 
 def test_the_valid_bundle_runs(valid, capsys):
@@ -143,7 +186,9 @@ def test_member_of_absurd_size_is_refused_from_its_header(valid, capsys):
         f.write(info.tobuf(tarfile.PAX_FORMAT) + data + b"\0" * (-len(data) % 512) + b"\0" * 1024)
     assert bad.stat().st_blocks * 512 < 1 << 20
     code, err = _infer(valid, bad, capsys)
-    refused_text(err, code, expected_code=2, names=[bad], problem=r"'engine\.bin' is 5368709120 bytes, above the limit")
+    refused_text(
+        err, code, expected_code=2, names=[bad], problem=r"'engine\.bin' is 5368709120 bytes, above the limit"
+    )
     bad.unlink()
     assert snapshot(valid["tmp"]) == before
 
@@ -160,8 +205,14 @@ def test_compressed_bundle_is_refused(valid, capsys):
 def test_planted_link_then_write_through_it(valid, capsys):
     """Bundle 1 plants ``engine -> outside``; bundle 2 writes ``engine/payload``. Both are refused and
     extract to the same folder: nothing ever lands outside."""
-    plant = _with(valid["bundle"], valid["tmp"] / "plant.tar", [tar_special("engine", tarfile.SYMTYPE, str(valid["outside"]))])
-    through = _with(valid["bundle"], valid["tmp"] / "through.tar", [tar_file("engine/payload.sh", b"rm -rf ~\n")])
+    plant = _with(
+        valid["bundle"],
+        valid["tmp"] / "plant.tar",
+        [tar_special("engine", tarfile.SYMTYPE, str(valid["outside"]))],
+    )
+    through = _with(
+        valid["bundle"], valid["tmp"] / "through.tar", [tar_file("engine/payload.sh", b"rm -rf ~\n")]
+    )
     before = snapshot(valid["tmp"])
     code, err = _infer(valid, plant, capsys, name="same")
     refused_text(err, code, expected_code=2, names=[plant], problem="is a link")
@@ -174,8 +225,13 @@ def test_planted_link_then_write_through_it(valid, capsys):
 # case 13: TensorRT engine manifests, checked before deserializing (no tensorrt needed: a fake module)
 
 ORIN = DeviceInfo("Orin", "8.7", "12.6")
-BUILT = {"version": "10.3.0", "compute_capability": "8.7", "device": "Orin",
-         "hardware_compatibility": "none", "version_compatible": False}
+BUILT = {
+    "version": "10.3.0",
+    "compute_capability": "8.7",
+    "device": "Orin",
+    "hardware_compatibility": "none",
+    "version_compatible": False,
+}
 
 
 @pytest.fixture
@@ -215,16 +271,36 @@ def _engine(tmp: Path, built: dict | None) -> Path:
     return engine
 
 
-@pytest.mark.parametrize(("runtime_version", "device", "built", "problem"), [
-    ("10.4.0", ORIN, BUILT, r"built with TensorRT 10\.3\.0, this machine has TensorRT 10\.4\.0"),
-    ("10.3.0", DeviceInfo("H100", "9.0", "12.4"), BUILT, r"built for compute capability 8\.7 \(Orin\).*is 9\.0"),
-    ("11.0.0", ORIN, {**BUILT, "version_compatible": True}, r"built version-compatible with TensorRT 10\.3\.0"),
-    ("10.3.0", DeviceInfo("T4", "7.5", None), {**BUILT, "hardware_compatibility": "ampere_plus"}, r"Ampere\+"),
-    ("10.3.0", ORIN, {"device": "Orin"}, r"does not record the TensorRT version and compute capability"),
-    ("10.3.0", ORIN, None, r"no manifest beside the engine"),
-], ids=["other-version", "other-gpu", "other-major", "pre-ampere", "manifest-without-target", "no-manifest"])
-def test_foreign_engine_refused_before_deserializing(tmp_path, fake_trt, monkeypatch, runtime_version, device,
-                                                     built, problem):
+@pytest.mark.parametrize(
+    ("runtime_version", "device", "built", "problem"),
+    [
+        ("10.4.0", ORIN, BUILT, r"built with TensorRT 10\.3\.0, this machine has TensorRT 10\.4\.0"),
+        (
+            "10.3.0",
+            DeviceInfo("H100", "9.0", "12.4"),
+            BUILT,
+            r"built for compute capability 8\.7 \(Orin\).*is 9\.0",
+        ),
+        (
+            "11.0.0",
+            ORIN,
+            {**BUILT, "version_compatible": True},
+            r"built version-compatible with TensorRT 10\.3\.0",
+        ),
+        (
+            "10.3.0",
+            DeviceInfo("T4", "7.5", None),
+            {**BUILT, "hardware_compatibility": "ampere_plus"},
+            r"Ampere\+",
+        ),
+        ("10.3.0", ORIN, {"device": "Orin"}, r"does not record the TensorRT version and compute capability"),
+        ("10.3.0", ORIN, None, r"no manifest beside the engine"),
+    ],
+    ids=["other-version", "other-gpu", "other-major", "pre-ampere", "manifest-without-target", "no-manifest"],
+)
+def test_foreign_engine_refused_before_deserializing(
+    tmp_path, fake_trt, monkeypatch, runtime_version, device, built, problem
+):
     module, calls = fake_trt
     module.__version__ = runtime_version
     monkeypatch.setattr(trt_backend, "cuda_device", lambda index=0: device)

@@ -38,23 +38,25 @@ def _evil_zip(path: Path, canary: Path, state) -> None:
 
 
 def _evil_legacy(path: Path, canary: Path, state) -> None:
-    torch.save({"state_dict": state, "payload": canary_payload(canary)()}, path,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": state, "payload": canary_payload(canary)()}, path, _use_new_zipfile_serialization=False
+    )
 
 
 def _evil_plain_pickle(path: Path, canary: Path, state) -> None:
     path.write_bytes(pickle.dumps({"payload": canary_payload(canary)()}))
 
 
-@pytest.mark.parametrize("write", [_evil_zip, _evil_legacy, _evil_plain_pickle], ids=["zip", "legacy", "raw-pickle"])
+@pytest.mark.parametrize(
+    "write", [_evil_zip, _evil_legacy, _evil_plain_pickle], ids=["zip", "legacy", "raw-pickle"]
+)
 def test_code_running_checkpoint_is_refused(run_dir, data_root, tmp_path, write):
     canary = tmp_path / "canary"
     evil = tmp_path / "evil.pt"
     write(evil, canary, {"w": torch.ones(1)})
     assert not canary.exists()
     before = snapshot(run_dir)
-    res = cli("train", *tiny_sets(f"model.weights={evil}", data_root=data_root),
-              "--out", run_dir, "--quiet")
+    res = cli("train", *tiny_sets(f"model.weights={evil}", data_root=data_root), "--out", run_dir, "--quiet")
     refused(res, names=[evil], problem=r"refused to unpickle|not a torch checkpoint")
     assert not canary.exists(), "the pickle payload ran"
     assert snapshot(run_dir) == before
@@ -68,8 +70,12 @@ def _offences(source: str, where: str) -> list[str]:
         at = f"{where}:{getattr(node, 'lineno', 0)}"
         if isinstance(node, ast.Assign):
             for t in node.targets:
-                if isinstance(t, ast.Attribute) and t.attr in ("MAX_IMAGE_PIXELS", "LOAD_TRUNCATED_IMAGES") \
-                        and isinstance(node.value, ast.Constant) and node.value.value in (None, True):
+                if (
+                    isinstance(t, ast.Attribute)
+                    and t.attr in ("MAX_IMAGE_PIXELS", "LOAD_TRUNCATED_IMAGES")
+                    and isinstance(node.value, ast.Constant)
+                    and node.value.value in (None, True)
+                ):
                     offences.append(f"{at}: {t.attr} = {node.value.value}")
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
@@ -139,8 +145,10 @@ def _wrong_keys(run: Path, tmp: Path) -> Path:
 
 
 def _wrong_shapes(run: Path, tmp: Path) -> Path:
-    state = {k: (torch.zeros(*v.shape[:-1], v.shape[-1] + 1) if k.startswith("head.") and v.ndim == 4 else v)
-             for k, v in _state(run).items()}
+    state = {
+        k: (torch.zeros(*v.shape[:-1], v.shape[-1] + 1) if k.startswith("head.") and v.ndim == 4 else v)
+        for k, v in _state(run).items()
+    }
     out = tmp / "shapes.pt"
     torch.save(state, out)
     return out
@@ -160,8 +168,14 @@ def _not_a_checkpoint(run: Path, tmp: Path) -> Path:
 
 CORRUPT = {
     "truncated-zip": (_truncated, r"truncated or corrupt checkpoint"),
-    "wrong-keys": (_wrong_keys, r"\d+ missing keys \(head\.\S+, head\.\S+, head\.\S+, …\); \d+ unexpected keys \(heads\."),
-    "wrong-shapes": (_wrong_shapes, r"\d+ shape mismatches \(head\.\S+: checkpoint \[[\d, ]+\] vs model \[[\d, ]+\]"),
+    "wrong-keys": (
+        _wrong_keys,
+        r"\d+ missing keys \(head\.\S+, head\.\S+, head\.\S+, …\); \d+ unexpected keys \(heads\.",
+    ),
+    "wrong-shapes": (
+        _wrong_shapes,
+        r"\d+ shape mismatches \(head\.\S+: checkpoint \[[\d, ]+\] vs model \[[\d, ]+\]",
+    ),
     "no-state-dict": (_no_tensors, r"found no state dict"),
     "not-a-checkpoint": (_not_a_checkpoint, r"not a torch checkpoint \(neither a zip archive nor a pickle\)"),
 }
@@ -174,7 +188,12 @@ def test_corrupt_checkpoint_is_one_line(run_dir, data_root, tmp_path, case):
     # a bare state dict records no class count: give the tiny model's, so the keys are what fails
     num_classes = torch.load(run_dir / "model.pt", weights_only=True)["meta"]["num_classes"]
     before = snapshot(run_dir)
-    res = cli("train", *tiny_sets(f"model.weights={bad}", f"model.num_classes={num_classes}", data_root=data_root),
-              "--out", run_dir, "--quiet")
+    res = cli(
+        "train",
+        *tiny_sets(f"model.weights={bad}", f"model.num_classes={num_classes}", data_root=data_root),
+        "--out",
+        run_dir,
+        "--quiet",
+    )
     refused(res, names=[bad], problem=problem)
     assert snapshot(run_dir) == before

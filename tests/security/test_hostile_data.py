@@ -25,8 +25,11 @@ def _png(width: int = 8, height: int = 6) -> bytes:
 
 
 def _coco(images, annotations, categories=None) -> dict:
-    return {"images": images, "annotations": annotations,
-            "categories": categories if categories is not None else [{"id": 1, "name": "box"}]}
+    return {
+        "images": images,
+        "annotations": annotations,
+        "categories": categories if categories is not None else [{"id": 1, "name": "box"}],
+    }
 
 
 def _img(i: int, name: str) -> dict:
@@ -60,18 +63,32 @@ def _data(tmp: Path, root: Path, *extra: str):
 
 REFUSED = {
     "malformed-json": ('{"images": [', r"malformed JSON"),
-    "wrong-type": (json.dumps({"images": {}, "annotations": [], "categories": []}), r"'images' must be a list"),
-    "dotdot-file-name": (json.dumps(_coco([_img(1, "../secret.png")], [])),
-                         r"images\[0\]\.file_name '\.\./secret\.png' is not a relative path inside"),
-    "absolute-file-name": (lambda secret: json.dumps(_coco([_img(1, str(secret))], [])),
-                           r"images\[0\]\.file_name '/.*secret\.png' is not a relative path inside"),
-    "symlink-file-name": (json.dumps(_coco([_img(1, "escape.png")], [])),
-                          r"images\[0\]\.file_name 'escape\.png' is not a relative path inside"),
-    "bbox-not-numbers": (json.dumps(_coco([_img(1, "a.png")], [_ann(1, ["1", 2, 3, 4])])),
-                         r"annotations\[0\]\.bbox must be a list of 4 numbers"),
-    "too-many-on-one-image": (json.dumps(_coco([_img(1, "a.png")], [_ann(i, [1, 1, 2, 2])
-                                                                     for i in range(MAX_ANNOTATIONS_PER_IMAGE + 1)])),
-                              rf"image 1 has more than {MAX_ANNOTATIONS_PER_IMAGE} annotations"),
+    "wrong-type": (
+        json.dumps({"images": {}, "annotations": [], "categories": []}),
+        r"'images' must be a list",
+    ),
+    "dotdot-file-name": (
+        json.dumps(_coco([_img(1, "../secret.png")], [])),
+        r"images\[0\]\.file_name '\.\./secret\.png' is not a relative path inside",
+    ),
+    "absolute-file-name": (
+        lambda secret: json.dumps(_coco([_img(1, str(secret))], [])),
+        r"images\[0\]\.file_name '/.*secret\.png' is not a relative path inside",
+    ),
+    "symlink-file-name": (
+        json.dumps(_coco([_img(1, "escape.png")], [])),
+        r"images\[0\]\.file_name 'escape\.png' is not a relative path inside",
+    ),
+    "bbox-not-numbers": (
+        json.dumps(_coco([_img(1, "a.png")], [_ann(1, ["1", 2, 3, 4])])),
+        r"annotations\[0\]\.bbox must be a list of 4 numbers",
+    ),
+    "too-many-on-one-image": (
+        json.dumps(
+            _coco([_img(1, "a.png")], [_ann(i, [1, 1, 2, 2]) for i in range(MAX_ANNOTATIONS_PER_IMAGE + 1)])
+        ),
+        rf"image 1 has more than {MAX_ANNOTATIONS_PER_IMAGE} annotations",
+    ),
 }
 
 
@@ -88,16 +105,25 @@ def test_bad_annotation_file_is_one_line_and_reads_nothing_outside(tmp_path, dat
 
 
 def test_bad_boxes_and_categories_are_skipped_and_reported(tmp_path, dataset):
-    anns = [_ann(1, [1, 1, 4, 3]), _ann(2, [1, 1, -4, 3]), _ann(3, [1, 1, float("nan"), 3]),
-            _ann(4, [1, 1, 4, 0]), _ann(5, [1, 1, 2, 2], category_id=77), _ann(6, [1, 1, 2, 2], image_id=9)]
+    anns = [
+        _ann(1, [1, 1, 4, 3]),
+        _ann(2, [1, 1, -4, 3]),
+        _ann(3, [1, 1, float("nan"), 3]),
+        _ann(4, [1, 1, 4, 0]),
+        _ann(5, [1, 1, 2, 2], category_id=77),
+        _ann(6, [1, 1, 2, 2], image_id=9),
+    ]
     dataset["train"].write_text(json.dumps(_coco([_img(1, "a.png")], anns)))  # NaN is written as NaN
     res = _data(tmp_path, dataset["root"])
     assert res.exit_code == 0, res.output
     assert "train: 1 images, 5 annotations skipped" in res.output
     line = next(s for s in res.output.splitlines() if s.startswith("[data]") and "skipped 5" in s)
     assert str(dataset["train"]) in line
-    for reason in ("non-positive width or height [1.0, 1.0, -4.0, 3.0]", "non-finite bbox [1.0, 1.0, nan, 3.0]",
-                   "non-positive width or height [1.0, 1.0, 4.0, 0.0]"):
+    for reason in (
+        "non-positive width or height [1.0, 1.0, -4.0, 3.0]",
+        "non-finite bbox [1.0, 1.0, nan, 3.0]",
+        "non-positive width or height [1.0, 1.0, 4.0, 0.0]",
+    ):
         assert reason in line
     # --quiet still says how many were skipped
     quiet = _data(tmp_path, dataset["root"], "--quiet")
@@ -115,17 +141,30 @@ def _bomb_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 IMAGES = {
     "truncated": (lambda: _png(64, 64)[:60], r"cannot decode image"),
     "zero-byte": (lambda: b"", r"empty file \(0 bytes\)"),
-    "bomb-past-2x-limit": (lambda: _bomb_png(20_000, 20_000), r"cannot decode image \(DecompressionBombError|decompression bomb"),
+    "bomb-past-2x-limit": (
+        lambda: _bomb_png(20_000, 20_000),
+        r"cannot decode image \(DecompressionBombError|decompression bomb",
+    ),
     "bomb-past-limit": (lambda: _bomb_png(10_000, 10_000), r"decompression bomb|DecompressionBomb"),
-    "unsupported-svg": (lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
-                        r"not an image file Pillow can read"),
-    "unsupported-pdf": (lambda: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n", r"not an image file Pillow can read"),
+    "unsupported-svg": (
+        lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+        r"not an image file Pillow can read",
+    ),
+    "unsupported-pdf": (
+        lambda: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n",
+        r"not an image file Pillow can read",
+    ),
 }
 
 
@@ -140,8 +179,17 @@ def test_bad_image_is_one_line(tiny_run, tmp_path, case, monkeypatch):
     bad.write_bytes(make())
     save = tmp_path / "dets.json"
     before = snapshot(run_dir)
-    res = cli("predict", *tiny_sets(data_root=run_dir.parent / "data"), "--out", run_dir,
-              "--images", images, "--save", save, "--quiet")
+    res = cli(
+        "predict",
+        *tiny_sets(data_root=run_dir.parent / "data"),
+        "--out",
+        run_dir,
+        "--images",
+        images,
+        "--save",
+        save,
+        "--quiet",
+    )
     refused(res, names=[bad], problem=problem)
     assert not save.exists() and snapshot(run_dir) == before
 

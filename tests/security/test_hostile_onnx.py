@@ -26,11 +26,18 @@ from tests.security.harness import OpenWatch, cli, onnx_bundle, refused, refused
 WEIGHTS = np.arange(4, dtype=np.float32)
 
 
-def _model(weight: TensorProto | None = None, nodes=None, *, inputs=("x",), opset: int = 17) -> onnx.ModelProto:
+def _model(
+    weight: TensorProto | None = None, nodes=None, *, inputs=("x",), opset: int = 17
+) -> onnx.ModelProto:
     w = weight if weight is not None else numpy_helper.from_array(WEIGHTS, "w")
     nodes = nodes or [helper.make_node("Add", ["x", "w"], ["y"], name="add")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(i, TensorProto.FLOAT, [4]) for i in inputs],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(i, TensorProto.FLOAT, [4]) for i in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [w],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
 
@@ -68,8 +75,16 @@ def _escapes(layout) -> dict[str, tuple[str, str]]:
     }
 
 
-ESCAPE_IDS = ["dotdot", "dotdot-nested", "absolute", "windows-absolute", "symlink-file", "symlink-folder",
-              "missing", "past-the-end"]
+ESCAPE_IDS = [
+    "dotdot",
+    "dotdot-nested",
+    "absolute",
+    "windows-absolute",
+    "symlink-file",
+    "symlink-folder",
+    "missing",
+    "past-the-end",
+]
 
 
 @pytest.fixture
@@ -80,8 +95,9 @@ def spies(monkeypatch):
     calls: list[str] = []
     real_load, real_session = onnx.load, onnxruntime.InferenceSession
     monkeypatch.setattr(onnx, "load", lambda *a, **k: calls.append("onnx.load") or real_load(*a, **k))
-    monkeypatch.setattr(onnxruntime, "InferenceSession",
-                        lambda *a, **k: calls.append("ort") or real_session(*a, **k))
+    monkeypatch.setattr(
+        onnxruntime, "InferenceSession", lambda *a, **k: calls.append("ort") or real_session(*a, **k)
+    )
     return calls
 
 
@@ -129,10 +145,16 @@ def test_runner_refuses_before_onnxruntime_sees_it(layout, spies, case):
 def test_external_data_in_constants_and_subgraphs_is_found(layout):
     """Tensors hide in Constant attributes, If branches and sparse initializers too."""
     const = helper.make_node("Constant", [], ["c"], value=_external("../secret.bin"))
-    then = helper.make_graph([helper.make_node("Constant", [], ["t"], value=_external("/etc/passwd"))], "then", [],
-                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4])])
+    then = helper.make_graph(
+        [helper.make_node("Constant", [], ["t"], value=_external("/etc/passwd"))],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4])],
+    )
     cond = helper.make_node("If", ["b"], ["y"], then_branch=then, else_branch=then)
-    sparse = helper.make_sparse_tensor(_external("../../s.bin"), numpy_helper.from_array(np.array([0], np.int64)), [4])
+    sparse = helper.make_sparse_tensor(
+        _external("../../s.bin"), numpy_helper.from_array(np.array([0], np.int64)), [4]
+    )
     model = _model(nodes=[const, cond], inputs=("x", "b"))
     model.graph.sparse_initializer.append(sparse)
     found = {e["location"] for _, e in onnx_guard.external_data_entries(model.SerializeToString())}
@@ -146,8 +168,10 @@ def _bytes_not_onnx(tmp: Path) -> dict[str, tuple[bytes, str]]:
         "truncated": (good[: len(good) // 2], r"not a protobuf ONNX model \(.*runs past the end"),
         "empty": (b"", r"empty file \(0 bytes\)"),
         "text": (b"hello, I am not a model\n" * 8, r"not a protobuf ONNX model|not an ONNX model"),
-        "no-graph": (helper.make_model(helper.make_graph([], "g", [], [])).SerializeToString()[:6],
-                     r"not an ONNX model \(no graph\)|not a protobuf ONNX model"),
+        "no-graph": (
+            helper.make_model(helper.make_graph([], "g", [], [])).SerializeToString()[:6],
+            r"not an ONNX model \(no graph\)|not a protobuf ONNX model",
+        ),
     }
 
 
@@ -161,9 +185,11 @@ def test_lint_refuses_bytes_that_are_not_onnx(tmp_path, spies, case):
 
 
 def _cycle() -> onnx.ModelProto:
-    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="first"),
-             helper.make_node("Relu", ["a"], ["b"], name="second"),
-             helper.make_node("Add", ["a", "w"], ["y"], name="out")]
+    nodes = [
+        helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+        helper.make_node("Relu", ["a"], ["b"], name="second"),
+        helper.make_node("Add", ["a", "w"], ["y"], name="out"),
+    ]
     return _model(nodes=nodes)
 
 
@@ -175,11 +201,15 @@ def _orphan_output() -> onnx.ModelProto:
     return _model(nodes=[helper.make_node("Add", ["x", "w"], ["z"], name="add")])
 
 
-@pytest.mark.parametrize(("make", "problem"), [
-    (_cycle, r"node 'first' reads 'b' before anything defines it \(a cycle or unsorted nodes\)"),
-    (_dangling, r"node 'add' reads 'ghost' before anything defines it \(a dangling input\)"),
-    (_orphan_output, r"graph output 'y' is produced by no node"),
-], ids=["cycle", "dangling-input", "orphan-output"])
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (_cycle, r"node 'first' reads 'b' before anything defines it \(a cycle or unsorted nodes\)"),
+        (_dangling, r"node 'add' reads 'ghost' before anything defines it \(a dangling input\)"),
+        (_orphan_output, r"graph output 'y' is produced by no node"),
+    ],
+    ids=["cycle", "dangling-input", "orphan-output"],
+)
 def test_lint_refuses_broken_graphs(tmp_path, make, problem):
     path = tmp_path / "model.onnx"
     path.write_bytes(make().SerializeToString())
@@ -224,10 +254,18 @@ def test_save_onnx_writes_one_self_contained_file(layout, tmp_path, monkeypatch)
 
 
 def _bundle_with(tmp: Path, model: onnx.ModelProto) -> Path:
-    pipeline = {"classes": {"num_classes": 1, "names": ["a"], "category_ids": [1]},
-                "preprocess": {"input_size": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1]},
-                "postprocess": {"score_thresh": 0.1, "nms_thresh": 0.5, "topk_candidates": 10,
-                                "detections_per_img": 10, "strides": [8], "levels": ["p3"]}}
+    pipeline = {
+        "classes": {"num_classes": 1, "names": ["a"], "category_ids": [1]},
+        "preprocess": {"input_size": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1]},
+        "postprocess": {
+            "score_thresh": 0.1,
+            "nms_thresh": 0.5,
+            "topk_candidates": 10,
+            "detections_per_img": 10,
+            "strides": [8],
+            "levels": ["p3"],
+        },
+    }
     return onnx_bundle(tmp / "bundle-src", model.SerializeToString(), pipeline, tmp / "bundle.tar")
 
 
@@ -240,10 +278,26 @@ def test_runtime_refuses_a_bundled_onnx_with_external_data(layout, tmp_path, spi
     (images / "a.png").write_bytes(b"not read")
     dest = tmp_path / "x" / "dest"
     with OpenWatch([layout["secret"]]) as watch:
-        code = runtime_main.main(["infer", "--bundle", str(bundle), "--images", str(images),
-                                  "--out", str(tmp_path / "d.json"), "--extract-to", str(dest)])
+        code = runtime_main.main(
+            [
+                "infer",
+                "--bundle",
+                str(bundle),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "d.json"),
+                "--extract-to",
+                str(dest),
+            ]
+        )
     err = capsys.readouterr().err
-    refused_text(err, code, expected_code=2, names=[bundle, "model.onnx", "'w'"],
-                 problem=rf"external file '{location}'; a bundled ONNX must be self-contained")
+    refused_text(
+        err,
+        code,
+        expected_code=2,
+        names=[bundle, "model.onnx", "'w'"],
+        problem=rf"external file '{location}'; a bundled ONNX must be self-contained",
+    )
     assert watch.opened == [] and spies == []
     assert not (tmp_path / "x").exists() and not (tmp_path / "d.json").exists()

@@ -60,7 +60,9 @@ def test_runtime_extract_to_a_folder_of_user_files_is_refused(valid, capsys, mon
         (work / dest / "calibration-notes.txt").write_text("mine\n")
     before = snapshot(work)
     code, err = _infer(capsys, "--bundle", "bundle.tar", "--images", "images", "--extract-to", dest)
-    refused_text(err, code, expected_code=2, names=[f"{dest}: exists"], problem=r"refusing to replace it.*--extract-to")
+    refused_text(
+        err, code, expected_code=2, names=[f"{dest}: exists"], problem=r"refusing to replace it.*--extract-to"
+    )
     assert snapshot(work) == before
 
 
@@ -70,7 +72,9 @@ def test_runtime_out_over_a_user_file_is_refused(valid, capsys, monkeypatch, out
     monkeypatch.chdir(work)
     before = snapshot(work)
     code, err = _infer(capsys, "--bundle", "bundle.tar", "--images", "images", "--out", out)
-    refused_text(err, code, expected_code=2, names=[f"{out}: exists"], problem=r"not an edgefpn detections file.*--out")
+    refused_text(
+        err, code, expected_code=2, names=[f"{out}: exists"], problem=r"not an edgefpn detections file.*--out"
+    )
     assert snapshot(work) == before
 
 
@@ -98,8 +102,17 @@ def test_predict_save_over_a_user_file_is_refused(tiny_run, tmp_path):
     mine.write_text(json.dumps({"annotations": "hand-made"}))
     images = src.parent / "data" / "images"
     before = snapshot(tmp_path)
-    res = cli("predict", *tiny_sets(data_root=src.parent / "data"), "--out", run, "--images", images,
-              "--save", mine, "--quiet")
+    res = cli(
+        "predict",
+        *tiny_sets(data_root=src.parent / "data"),
+        "--out",
+        run,
+        "--images",
+        images,
+        "--save",
+        mine,
+        "--quiet",
+    )
     refused(res, names=[mine], problem=r"not an edgefpn detections file.*--save")
     assert snapshot(tmp_path) == before
 
@@ -111,8 +124,13 @@ def test_out_into_a_folder_that_is_not_a_run_directory_is_refused(tiny_run, tmp_
     (folder / "thesis.tex").write_text("\\section{Intro}\n")
     (folder / "model.pt").write_bytes(b"my own model, not edgefpn's")
     before = snapshot(folder)
-    res = cli("train", *tiny_sets(f"model.weights={src / 'model.pt'}", data_root=src.parent / "data"),
-              "--out", folder, "--quiet")
+    res = cli(
+        "train",
+        *tiny_sets(f"model.weights={src / 'model.pt'}", data_root=src.parent / "data"),
+        "--out",
+        folder,
+        "--quiet",
+    )
     refused(res, names=[folder], problem=r"not an edgefpn run directory .*refusing to write into it")
     assert snapshot(folder) == before
 
@@ -129,8 +147,14 @@ def test_commands_that_do_not_train_refuse_a_model_made_with_other_settings(tiny
     data = src.parent / "data"
     extra = ["--images", data / "images"] if command == "predict" else []
     before, data_before = snapshot(run), snapshot(data)
-    res = cli(command, *tiny_sets("train.epochs=3", "model.head_convs=2", data_root=data), "--out", run,
-              *extra, "--quiet")
+    res = cli(
+        command,
+        *tiny_sets("train.epochs=3", "model.head_convs=2", data_root=data),
+        "--out",
+        run,
+        *extra,
+        "--quiet",
+    )
     line = refused(res, names=[run / "model.pt"], problem=r"trained with other settings than these")
     assert "model.head_convs (trained 1, given 2)" in line and "train.epochs (trained 1, given 3)" in line
     assert f"`edgefpn {command}` never trains" in line and "edgefpn train" in line
@@ -151,7 +175,9 @@ def test_train_on_changed_settings_keeps_the_model_it_replaces(tiny_run, tmp_pat
     old = {n: (run / n).read_bytes() for n in ("model.pt", "model.pt.manifest.json")}
     stale = run / "train.last.pt"  # another run's partial training: not resumed, kept too
     stale.write_bytes(b"PK resume state of other settings")
-    stale.with_name("train.last.pt.manifest.json").write_text(json.dumps({"stage": "train-resume", "sha256": "x"}))
+    stale.with_name("train.last.pt.manifest.json").write_text(
+        json.dumps({"stage": "train-resume", "sha256": "x"})
+    )
     res = cli("train", *tiny_sets("train.lr=0.0123", data_root=src.parent / "data"), "--out", run)
     assert res.exit_code == 0, res.output
     assert re.search(r"train\.lr \(trained [0-9.e-]+, given 0\.0123\)", res.output)  # why it trains again
@@ -160,7 +186,10 @@ def test_train_on_changed_settings_keeps_the_model_it_replaces(tiny_run, tmp_pat
     assert kept[0].read_bytes() == old["model.pt"]
     assert manifest_path(kept[0]).read_bytes() == old["model.pt.manifest.json"]
     (kept_resume,) = run.glob("train.last.prev-*.pt")
-    assert kept_resume.read_bytes() == b"PK resume state of other settings" and f"kept as {kept_resume}" in res.output
+    assert (
+        kept_resume.read_bytes() == b"PK resume state of other settings"
+        and f"kept as {kept_resume}" in res.output
+    )
     assert manifest_path(kept_resume).is_file()
     assert read_manifest(run / "model.pt")["settings"]["train.lr"] == 0.0123
     require(run / "model.pt", "checkpoint")
@@ -183,7 +212,9 @@ def test_edited_builtin_dataset_is_not_regenerated(tiny_run, tmp_path, how):
     (data / "images" / "my_photo.jpg").write_bytes((data / "images" / "val_000000.jpg").read_bytes())
     before = snapshot(tmp_path)
     res = cli("data", *tiny_sets(data_root=data), "--quiet")
-    refused(res, names=[data], problem=r"(was changed|was added) since edgefpn generated it.*data\.builtin=false")
+    refused(
+        res, names=[data], problem=r"(was changed|was added) since edgefpn generated it.*data\.builtin=false"
+    )
     assert snapshot(tmp_path) == before
     res = cli("data", "synth", "--out", data, "--num-train", "2", "--num-val", "1", "--num-calib", "1")
     refused(res, names=[data], problem=r"since edgefpn generated it.*--out")
@@ -229,9 +260,24 @@ def test_two_processes_on_one_run_directory(tiny_run, tmp_path):
     run = copy_run(src, tmp_path / "run")
     started, go = tmp_path / "started", tmp_path / "go"
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
-    a = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_HOLD), started, go, "export",
-                          *map(str, tiny_sets(data_root=data)), "--out", run, "--quiet"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    a = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_HOLD),
+            started,
+            go,
+            "export",
+            *map(str, tiny_sets(data_root=data)),
+            "--out",
+            run,
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not started.exists():
@@ -241,7 +287,11 @@ def test_two_processes_on_one_run_directory(tiny_run, tmp_path):
         before = snapshot(run)
         for command, extra in (("train", []), ("predict", ["--images", data / "images"])):
             res = cli(command, *tiny_sets("train.epochs=0", data_root=data), "--out", run, *extra, "--quiet")
-            refused(res, names=[run, f"pid {a.pid}", "edgefpn export"], problem=r"in use by pid \d+ .*another --out")
+            refused(
+                res,
+                names=[run, f"pid {a.pid}", "edgefpn export"],
+                problem=r"in use by pid \d+ .*another --out",
+            )
         assert snapshot(run) == before
     finally:
         go.touch()
@@ -256,8 +306,15 @@ def test_two_processes_on_one_run_directory(tiny_run, tmp_path):
     assert model["config_hash"] == model_config_hash(cfg_a) and model["settings"] == model_settings(cfg_a)
     assert require(run / "model.onnx", "ONNX").manifest["inputs"] == {"model": model["sha256"]}
     assert not (run / ".edgefpn.lock").exists()
-    res = cli("predict", *tiny_sets("train.epochs=0", data_root=data), "--out", run, "--images", data / "images",
-              "--quiet")
+    res = cli(
+        "predict",
+        *tiny_sets("train.epochs=0", data_root=data),
+        "--out",
+        run,
+        "--images",
+        data / "images",
+        "--quiet",
+    )
     refused(res, names=[run / "model.pt"], problem=r"train\.epochs \(trained 1, given 0\)")
 
 

@@ -33,9 +33,19 @@ REPO = Path(__file__).resolve().parents[2]
 # lr 0.02 to 2e-3 in the loss after 6 steps; at 0.002, 8 steps stay under 5e-5). One process running
 # the ranks' two-pass BN arithmetic matches the 2-rank losses to 7e-7 (benchmarks/train_scaling.md).
 WEIGHTS = {"rtol": 1e-3, "atol": 1e-3}  # the same rounding in the weights and BN running statistics
-DDP = [*TINY, "data.synth.num_train=8", "model.backbone_width=32", "model.input_size=[128, 128]",
-       "model.norm=bn", "train.epochs=3", "train.batch_size=4", "train.lr=0.002", "train.eval_every=3",
-       "postprocess.score_thresh=0.0", "run.threads=1"]
+DDP = [
+    *TINY,
+    "data.synth.num_train=8",
+    "model.backbone_width=32",
+    "model.input_size=[128, 128]",
+    "model.norm=bn",
+    "train.epochs=3",
+    "train.batch_size=4",
+    "train.lr=0.002",
+    "train.eval_every=3",
+    "postprocess.score_thresh=0.0",
+    "run.threads=1",
+]
 
 
 def _sets(data: Path, *extra: str) -> list[str]:
@@ -47,9 +57,22 @@ def _sets(data: Path, *extra: str) -> list[str]:
 
 def _torchrun(nproc: int, cwd: Path, out: Path, data: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(nproc), "-m", "edgefpn",
-           "train", "--quiet", "--out", str(out), *_sets(data, *extra)]
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "edgefpn",
+        "train",
+        "--quiet",
+        "--out",
+        str(out),
+        *_sets(data, *extra),
+    ]
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _snapshot(*roots: Path) -> dict[str, str]:
@@ -139,14 +162,17 @@ def test_killed_rank_ends_the_job_and_resume_continues_on_one_process(reference,
     assert "rank      : 1" in log and "SIGKILL" in log, log
     assert "edgefpn/" not in log.partition("Traceback")[2].partition("torch/distributed/run.py")[0], log
     # the last complete resume state, nothing half-written, no model
-    assert sorted(p.name for p in out.iterdir()) == ["train.last.pt", "train.last.pt.manifest.json"], \
-        sorted(out.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == ["train.last.pt", "train.last.pt.manifest.json"], sorted(
+        out.iterdir()
+    )
     assert read_manifest(resume)["sha256"] == sha256_file(resume)
     epoch = torch.load(resume, weights_only=True)["epoch"]
     assert epoch in (1, 2)
     # resume on 1 process (world size 2 -> 1): the uninterrupted run's weights and losses
     got = _train_here(data, out)
-    np.testing.assert_allclose(got["meta"]["train"]["step_loss"], ref["meta"]["train"]["step_loss"], rtol=1e-4)
+    np.testing.assert_allclose(
+        got["meta"]["train"]["step_loss"], ref["meta"]["train"]["step_loss"], rtol=1e-4
+    )
     for k, v in ref["state_dict"].items():
         torch.testing.assert_close(got["state_dict"][k], v, **WEIGHTS, msg=k)
     assert not resume.exists()
@@ -158,6 +184,8 @@ def test_batch_that_does_not_divide_is_one_line(reference, tmp_path):
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     errors = [line for line in log.splitlines() if line.startswith("error:")]
-    assert errors == ["error: rank 0: train.batch_size: 4 is the global batch and must divide by the world size 3 "
-                      "(each rank takes batch_size / world_size)"], log
+    assert errors == [
+        "error: rank 0: train.batch_size: 4 is the global batch and must divide by the world size 3 "
+        "(each rank takes batch_size / world_size)"
+    ], log
     assert not (tmp_path / "run").exists()

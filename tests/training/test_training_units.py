@@ -40,7 +40,9 @@ def test_ranks_split_each_single_process_batch(world):
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     out = tmp_path_factory.mktemp("items") / "synth"
-    synth.generate(out, num_train=8, num_val=1, num_calib=1, seed=2, min_side=64, max_side=96, show_progress=False)
+    synth.generate(
+        out, num_train=8, num_val=1, num_calib=1, seed=2, min_side=64, max_side=96, show_progress=False
+    )
     return load_split(out, "train")
 
 
@@ -78,8 +80,11 @@ def test_batches_do_not_depend_on_the_worker_count(split):
 def test_train_settings_are_validated_and_hashed():
     from edgefpn.pipeline.train import train_config_hash
 
-    for key, value, says in (("device", "gpu", "must be auto, cpu, cuda or cuda:N"),
-                             ("amp", "fp8", "must be off, bf16, fp16 or auto"), ("workers", "-1", "workers >= 0")):
+    for key, value, says in (
+        ("device", "gpu", "must be auto, cpu, cuda or cuda:N"),
+        ("amp", "fp8", "must be off, bf16, fp16 or auto"),
+        ("workers", "-1", "workers >= 0"),
+    ):
         with pytest.raises(ConfigError, match=says):
             load_config(EMPTY_CONFIG, [f"train.{key}={value}"])
     base = train_config_hash(load_config(EMPTY_CONFIG))
@@ -127,21 +132,37 @@ def test_each_rank_prints_only_its_own_errors(monkeypatch, tmp_path):
     for rank, bad_config, said in ((0, True, True), (1, True, False), (1, False, True)):
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("RANK", str(rank))
-        args = ["--set", "train.amp=fp8"] if bad_config else ["--set", f"data.root={missing}",
-                                                                "--set", "data.builtin=false"]
+        args = (
+            ["--set", "train.amp=fp8"]
+            if bad_config
+            else ["--set", f"data.root={missing}", "--set", "data.builtin=false"]
+        )
         res = cli("data", "--config", str(EMPTY_CONFIG), *args)
         assert res.exit_code == 2
         lines = [ln for ln in res.output.splitlines() if ln]
-        assert (len(lines) == 1 and lines[0].startswith(f"error: rank {rank}: ")) if said else lines == [], lines
+        assert (len(lines) == 1 and lines[0].startswith(f"error: rank {rank}: ")) if said else lines == [], (
+            lines
+        )
 
 
 @pytest.mark.slow
 def test_bf16_on_cpu_trains_and_saves_float32(tmp_path):
     from edgefpn.pipeline import train
 
-    cfg = load_config(EMPTY_CONFIG, [*TINY, f"data.root={tmp_path / 'data'}", "data.synth.num_train=4",
-                                     "train.batch_size=2", "model.backbone_width=32", "model.input_size=[128, 128]",
-                                     "train.amp=bf16", "train.device=cpu", "run.threads=1"])
+    cfg = load_config(
+        EMPTY_CONFIG,
+        [
+            *TINY,
+            f"data.root={tmp_path / 'data'}",
+            "data.synth.num_train=4",
+            "train.batch_size=2",
+            "model.backbone_width=32",
+            "model.input_size=[128, 128]",
+            "train.amp=bf16",
+            "train.device=cpu",
+            "run.threads=1",
+        ],
+    )
     ckpt = torch.load(train.run(cfg, tmp_path / "run", progress=False).path, weights_only=True)
     assert ckpt["meta"]["train"]["config"]["amp"] == "bf16" and ckpt["meta"]["train"]["device"] == "cpu"
     assert all(v.device.type == "cpu" for v in ckpt["state_dict"].values())
