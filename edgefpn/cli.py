@@ -80,7 +80,6 @@ def _say_in_this_rank(exc: EdgefpnError) -> bool:
     another rank died (``PeerLost``) is a consequence (the failing rank says why, or torchrun's summary
     names the rank that was killed). Every other error is this rank's own and is said here.
     """
-
     if not _rank_prefix():
         return True
     if getattr(exc, "quiet_in_distributed", False):
