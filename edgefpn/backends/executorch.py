@@ -139,18 +139,20 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: b
     input spec the program must match)."""
     import torch
 
-    from edgefpn.artifacts import atomic_output, require, up_to_date, write_manifest
-    from edgefpn.config import config_hash
+    from edgefpn.artifacts import atomic_output, require
     from edgefpn.models.loading import wrapper_from_checkpoint
     from edgefpn.pipeline.common import log
+    from edgefpn.stages import BUILD_EXECUTORCH
 
     model = require(run_dir / "model.pt", "trained model")
     version = executorch_version() or "?"
     out = engine_path(run_dir, precision)
     settings = {"delegate": "xnnpack", "precision": precision, "torch": torch.__version__}
-    chash = config_hash({"target": "executorch", "executorch": version, **settings})
+    chash = BUILD_EXECUTORCH.config_hash(
+        cfg, settings={"target": "executorch", "executorch": version, **settings}
+    )
     inputs = {"model": model.sha256, "onnx": src.sha256}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    if art := BUILD_EXECUTORCH.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[build] up to date: {out}")
         return art
     wrapper, names = wrapper_from_checkpoint(model.path)
@@ -160,9 +162,8 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: b
     )
     with atomic_output(out) as tmp:
         to_executorch(wrapper, example, tmp)
-    return write_manifest(
+    return BUILD_EXECUTORCH.record(
         out,
-        stage="build",
         config_hash=chash,
         inputs=inputs,
         extra=engine_extra(

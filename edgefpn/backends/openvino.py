@@ -248,9 +248,9 @@ def build(
     """The OpenVINO engine at ``precision``. For int8 that is the quantize stage's NNCF IR, which
     shares ``openvino/int8`` with this stage's own conversion: taken only while ``quantize.openvino``
     is on and it was made from the current ``model.onnx`` and ``model.int8.onnx`` (else converted over)."""
-    from edgefpn.artifacts import atomic_output, read_manifest, require, up_to_date, write_manifest
-    from edgefpn.config import config_hash
+    from edgefpn.artifacts import atomic_output, read_manifest, require
     from edgefpn.pipeline.common import log
+    from edgefpn.stages import BUILD_OPENVINO
 
     nncf = cfg.quantize.openvino
     out = engine_path(run_dir, precision)
@@ -274,9 +274,10 @@ def build(
         "inference_precision_hint": INFERENCE_PRECISION,
     }
     version = openvino_version()
-    chash = config_hash({"target": "openvino", "precision": precision, "openvino": version, **settings})
+    key = {"target": "openvino", "precision": precision, "openvino": version, **settings}
+    chash = BUILD_OPENVINO.config_hash(cfg, settings=key)
     inputs = {"onnx": src.sha256}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    if art := BUILD_OPENVINO.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[build] up to date: {out}")
         return art
     log(
@@ -286,9 +287,8 @@ def build(
         outputs = onnx_to_openvino(
             src.path, tmp / IR_NAME, compress_to_fp16=bool(settings["compress_to_fp16"])
         )
-    return write_manifest(
+    return BUILD_OPENVINO.record(
         out,
-        stage="build",
         config_hash=chash,
         inputs=inputs,
         extra=engine_extra(

@@ -480,10 +480,10 @@ def build(
 ) -> Any:
     """The TensorRT engine at ``precision`` from ``src`` (fp16 from ``model.onnx``, int8 from the Q/DQ
     ``model.int8.onnx``); refused when the TensorRT lint found errors in ``src``."""
-    from edgefpn.artifacts import atomic_output, up_to_date, write_manifest
-    from edgefpn.config import config_hash
+    from edgefpn.artifacts import atomic_output
     from edgefpn.lint import errors
     from edgefpn.pipeline.common import log
+    from edgefpn.stages import BUILD_TENSORRT
 
     errs = errors(src.lint)
     if errs:
@@ -497,9 +497,9 @@ def build(
     if device is None or version is None:
         raise BackendUnavailable(f"tensorrt: {unavailable_reason() or 'not usable here'}")
     out = out or engine_path(run_dir, precision)
-    chash = config_hash(settings, {"precision": precision, "device": device.to_dict(), "tensorrt": version})
+    chash = BUILD_TENSORRT.config_hash(cfg, precision=precision, device=device.to_dict(), version=version)
     inputs = {"onnx": src.sha256}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    if art := BUILD_TENSORRT.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[build] up to date: {out}")
         return art
     with atomic_output(out) as tmp:
@@ -507,9 +507,8 @@ def build(
             src.path, tmp, precision=precision, settings=settings, cache_dir=run_dir / "tensorrt", log=log
         )
     info = result.manifest(settings)
-    return write_manifest(
+    return BUILD_TENSORRT.record(
         out,
-        stage="build",
         config_hash=chash,
         inputs=inputs,
         extra=engine_extra(

@@ -39,13 +39,11 @@ from edgefpn.artifacts import (
     atomic_write_text,
     backend_versions,
     sha256_path,
-    up_to_date,
     write_json,
-    write_manifest,
 )
 from edgefpn.backends import BACKENDS, RUNNERS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
-from edgefpn.config import Config, config_hash
+from edgefpn.config import Config
 from edgefpn.errors import ConfigError, ModelFileError
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline.benchmark_app import benchmark_app, parse_benchmark_app
@@ -56,6 +54,7 @@ from edgefpn.report.benchmark_md import render_markdown
 from edgefpn.report.check_md import system_info
 from edgefpn.runtime import scenarios as sc
 from edgefpn.runtime.scenario import streaming_scenario
+from edgefpn.stages import BENCHMARK
 
 __all__ = ["ARTIFACT", "batch_run", "parse_benchmark_app", "render_markdown", "run"]
 
@@ -114,28 +113,26 @@ def run(
     feed, source, paths = _feed(cfg)
     out = run_dir / ARTIFACT
     machine = system_info(threads)
-    settings = {
+    given = {
         "iters": iters,
-        "warmup": cfg.check.warmup,
-        "threads": threads,
         "app_seconds": app_seconds,
         "app_rounds": app_rounds,
         "throughput_seconds": throughput_seconds,
         "input": source,
         "batches": sweep,
         "end_to_end": bool(paths),
-        "scenarios": ["single_stream", "offline", "streaming"],
         "cpu": machine["cpu"],
-        "versions": backend_versions(),
+        "backend_versions": backend_versions(),
     }
-    chash = config_hash(settings)
+    (settings,) = BENCHMARK.resolve(cfg, **given)  # recorded in the report as hashed
+    chash = BENCHMARK.config_hash(cfg, **given)
     inputs = {
         (e.name if n == own else f"batch-{n}/{e.name}"): sha256_path(e.path)
         for n, specs in by_batch.items()
         for e in specs
     }
-    md = run_dir / "benchmark.md"
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs, outputs=[md])):
+    (md,) = BENCHMARK.side_paths(out)  # benchmark.md
+    if art := BENCHMARK.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[benchmark] up to date: {out} (--force re-measures)")
         return art
 
@@ -204,7 +201,7 @@ def run(
         report["flops"] = flops
     write_json(out, report)
     atomic_write_text(md, render_markdown(report))
-    art = write_manifest(out, stage="benchmark", config_hash=chash, inputs=inputs, outputs=[md])
+    art = BENCHMARK.record(out, config_hash=chash, inputs=inputs)
     log(f"[benchmark] wrote {out} and {md}")
     return art
 

@@ -22,9 +22,7 @@ from edgefpn.artifacts import (
     backend_versions,
     read_manifest,
     sha256_path,
-    up_to_date,
     write_json,
-    write_manifest,
 )
 from edgefpn.backend_names import CHECKED
 from edgefpn.backends import BACKENDS, EngineSpec, open_runner
@@ -46,6 +44,7 @@ from edgefpn.postprocess import decoder_for, split_output_name
 from edgefpn.report.check_html import render_html
 from edgefpn.report.check_md import render_markdown, system_info, with_compute
 from edgefpn.report.gallery import Gallery
+from edgefpn.stages import CHECK
 
 REPORT = "report.json"
 REFERENCE = EngineSpec("torch-fp32", "torch", "fp32", Path(train_stage.ARTIFACT))
@@ -96,11 +95,9 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
     inputs["val_images"] = data.images_hash(cfg.data.val_split)
     inputs["ignored_engines"] = config_hash([e.to_dict() for e in ignored])
-    chash = config_hash(
-        cfg.check, cfg.postprocess, cfg.deploy, cfg.model.input_size, cfg.run.threads, backend_versions()
-    )
-    pages = [run_dir / "report.md", run_dir / "report.html"]  # written beside report.json
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs, outputs=pages)):
+    chash = CHECK.config_hash(cfg, backend_versions=backend_versions())
+    pages = CHECK.side_paths(out)  # report.md and report.html, written beside report.json
+    if art := CHECK.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[check] up to date: {out}")
         _raise_on_failures(art.manifest.get("failures", []), out)
         return art
@@ -113,9 +110,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     atomic_write_text(md, render_markdown(report))
     atomic_write_text(html, render_html(report))
     failures = [f"{e['name']}: {g}" for e in report["engines"] for g in e["gates"]["failed"]]
-    art = write_manifest(
-        out, stage="check", config_hash=chash, inputs=inputs, outputs=pages, extra={"failures": failures}
-    )
+    art = CHECK.record(out, config_hash=chash, inputs=inputs, extra={"failures": failures})
     log(f"[check] wrote {out}, {md} and report.html")
     _raise_on_failures(failures, out)
     return art

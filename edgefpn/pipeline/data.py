@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefpn.artifacts import sha256_file, up_to_date, write_manifest
+from edgefpn.artifacts import sha256_file
 from edgefpn.config import Config, config_hash
 from edgefpn.data.coco import CocoSplit, ImageRecord, check_image_sizes, load_split
 from edgefpn.data.preprocess import image_size
@@ -15,6 +15,7 @@ from edgefpn.data.synth import generate
 from edgefpn.digests import cached_image_size
 from edgefpn.errors import DataError
 from edgefpn.pipeline.common import log
+from edgefpn.stages import DATA
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,8 @@ def _run(cfg: Config, *, force: bool, progress: bool) -> DatasetInfo:
     root = Path(cfg.data.root)
     splits = (cfg.data.train_split, cfg.data.val_split, cfg.data.calib_split)
     if cfg.data.builtin:
-        chash = config_hash(cfg.data.synth)
-        if force or up_to_date(root, config_hash=chash, inputs={}) is None:
+        chash = DATA.config_hash(cfg)
+        if DATA.fresh(root, config_hash=chash, inputs={}, force=force) is None:
             s = cfg.data.synth
             log(f"[data] generating the built-in dataset into {root}")
             generate(
@@ -114,7 +115,7 @@ def _run(cfg: Config, *, force: bool, progress: bool) -> DatasetInfo:
                 option="data.root",
                 advice=", or set data.builtin=false to use it as your own dataset",
             )
-            write_manifest(root, stage="data", config_hash=chash, inputs={}, extra={"synth": vars(s)})
+            DATA.record(root, config_hash=chash, inputs={}, extra={"synth": vars(s)})
         else:
             log(f"[data] up to date: {root}")
     elif not root.is_dir():

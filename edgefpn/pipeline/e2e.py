@@ -17,9 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgefpn.artifacts import Artifact, atomic_output, read_manifest, up_to_date, write_manifest
-from edgefpn.config import Config, config_hash
+from edgefpn.artifacts import Artifact, atomic_output, read_manifest
+from edgefpn.config import Config
 from edgefpn.pipeline.common import log, postprocess_params, recorded_arch
+from edgefpn.stages import E2E_ONNX, E2E_OPENVINO, StageKey
 
 __all__ = ["ENGINE_FILES", "ONNX_TWINS", "contract_of", "enabled", "make_onnx", "make_openvino", "raw_twin"]
 
@@ -75,16 +76,10 @@ def _spec(cfg: Config, run_dir: Path):
     )
 
 
-def _chash(cfg: Config, kind: str) -> str:
+def _chash(cfg: Config, key: StageKey) -> str:
     from edgefpn.e2e.graph import GRAPH_VERSION
 
-    return config_hash(
-        {"e2e": kind, "graph_version": GRAPH_VERSION, "input": cfg.export.input, "nms": cfg.export.nms},
-        cfg.postprocess,
-        cfg.model.input_size,
-        cfg.model.mean,
-        cfg.model.std,
-    )
+    return key.config_hash(cfg, graph_version=GRAPH_VERSION)
 
 
 def _source(run_dir: Path, rel: str) -> tuple[Path, dict[str, Any]] | None:
@@ -106,8 +101,8 @@ def make_onnx(cfg: Config, run_dir: Path, src_rel: str, *, force: bool = False) 
         return None
     path, manifest = src
     out = run_dir / ONNX_TWINS[src_rel]
-    chash, inputs = _chash(cfg, "onnx"), {"source": manifest["sha256"]}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    chash, inputs = _chash(cfg, E2E_ONNX), {"source": manifest["sha256"]}
+    if art := E2E_ONNX.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[e2e] up to date: {out}")
         return art
     spec = _spec(cfg, run_dir)
@@ -125,9 +120,8 @@ def make_onnx(cfg: Config, run_dir: Path, src_rel: str, *, force: bool = False) 
         f"[e2e] {out.name}: {src_rel} + {' + '.join(_parts(spec))}"
         + (f" (TensorRT lint: {len(errors(findings))} error(s))" if errors(findings) else "")
     )
-    return write_manifest(
+    return E2E_ONNX.record(
         out,
-        stage="e2e",
         config_hash=chash,
         inputs=inputs,
         extra={
@@ -159,8 +153,8 @@ def make_openvino(
         return None
     path, manifest = src
     out = run_dir / f"{src_rel}{SUFFIX}"
-    chash, inputs = _chash(cfg, "openvino"), {"source": manifest["sha256"]}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    chash, inputs = _chash(cfg, E2E_OPENVINO), {"source": manifest["sha256"]}
+    if art := E2E_OPENVINO.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[e2e] up to date: {out}")
         return art
     spec = _spec(cfg, run_dir)
@@ -169,9 +163,8 @@ def make_openvino(
         shutil.rmtree(tmp, ignore_errors=True)
         outputs = graft_openvino(path / IR_NAME, network, spec, tmp / IR_NAME)
     log(f"[e2e] openvino-{precision}{SUFFIX}: {src_rel} + {' + '.join(_parts(spec))}")
-    return write_manifest(
+    return E2E_OPENVINO.record(
         out,
-        stage="e2e",
         config_hash=chash,
         inputs=inputs,
         extra={

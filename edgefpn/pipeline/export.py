@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefpn.artifacts import Artifact, atomic_output, up_to_date, write_manifest
-from edgefpn.config import Config, config_hash, to_dict
+from edgefpn.artifacts import Artifact, atomic_output
+from edgefpn.config import Config
 from edgefpn.errors import ExportError
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_prepost
 from edgefpn.postprocess import decoder_for
+from edgefpn.stages import EXPORT
 
 ARTIFACT = "model.onnx"
 
@@ -22,10 +23,9 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     model_art = train_stage.run(cfg, run_dir, progress=progress)
     out = run_dir / ARTIFACT
     # export.input / export.nms shape only the e2e graph: model.onnx (and its hash) stays as it was
-    raw_settings = {k: v for k, v in to_dict(cfg.export).items() if k not in ("input", "nms")}
-    chash = config_hash(raw_settings, cfg.postprocess, cfg.model.input_size)
+    chash = EXPORT.config_hash(cfg)
     inputs = {"model": model_art.sha256}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    if art := EXPORT.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[export] up to date: {out}")
     else:
         art = _export(cfg, model_art, out, chash, inputs)
@@ -114,9 +114,8 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
         )
 
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model_proto.graph.output}
-    return write_manifest(
+    return EXPORT.record(
         out,
-        stage="export",
         config_hash=chash,
         inputs=inputs,
         extra={

@@ -30,10 +30,8 @@ from edgefpn.artifacts import (
     read_manifest,
     sha256_path,
     tool_versions,
-    up_to_date,
-    write_manifest,
 )
-from edgefpn.config import Config, config_hash
+from edgefpn.config import Config
 from edgefpn.data.preprocess import describe_preprocessing
 from edgefpn.errors import CheckFailed, ConfigError
 from edgefpn.pipeline import check as check_stage
@@ -41,6 +39,7 @@ from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, postprocess_params
 from edgefpn.pipeline.lineage import current_engines
+from edgefpn.stages import PACKAGE
 
 ARTIFACT = "bundle.tar"
 PIPELINE = "pipeline.json"
@@ -81,8 +80,8 @@ def run(
     out = run_dir / ARTIFACT
     inputs = {name: e["sha256"] for name, e in files.items()}
     inputs[PIPELINE] = _sha256_text(pipeline_json)
-    chash = config_hash({"schema": bundle.SCHEMA, "engines": sorted(chosen)})
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    chash = PACKAGE.config_hash(cfg, schema=bundle.SCHEMA, engines=sorted(chosen))
+    if art := PACKAGE.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[package] up to date: {out}")
         return art
 
@@ -107,9 +106,8 @@ def run(
         }
         bundle.write_tar(tmp, sources, manifest)
     log(f"[package] wrote {out}: {', '.join(e['name'] for e in entries)}")
-    return write_manifest(
+    return PACKAGE.record(
         out,
-        stage="package",
         config_hash=chash,
         inputs=inputs,
         extra={"engines": [e["name"] for e in entries]},

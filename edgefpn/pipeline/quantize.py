@@ -18,15 +18,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgefpn.artifacts import Artifact, atomic_output, up_to_date, write_manifest
+from edgefpn.artifacts import Artifact, atomic_output
 from edgefpn.backends import EngineSpec
 from edgefpn.calibration import CalibrationSet, cache_key, calibrate, nncf_dataset
 from edgefpn.calibration.dataset import IMAGE_SUFFIXES
-from edgefpn.config import Config, config_hash, to_dict
+from edgefpn.config import Config, to_dict
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_prepost, recorded_arch
 from edgefpn.pipeline.data import require_annotations
+from edgefpn.stages import QUANTIZE_FP16, QUANTIZE_INT8, QUANTIZE_OPENVINO, QUANTIZE_ORT_INT8, StageKey
 
 ARTIFACT = "model.int8.onnx"
 ORT_INT8 = "model.int8.ort.onnx"
@@ -57,7 +58,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         )
     key = cache_key(onnx_art.sha256, calib, cfg)
     q = cfg.quantize
-    chash = config_hash(q, cfg.model.input_size, cfg.model.mean, cfg.model.std, cfg.postprocess)
+    chash = QUANTIZE_INT8.config_hash(cfg)
     val = cfg.data.val_split
     # the mAP-in-the-loop reads the val images (calibration images are in `key`)
     inputs = {
@@ -74,6 +75,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         onnx_art,
         data,
         calib,
+        QUANTIZE_INT8,
         chash,
         inputs,
         "symmetric",
@@ -88,7 +90,8 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         onnx_art,
         data,
         calib,
-        config_hash(chash, q.onnxruntime),
+        QUANTIZE_ORT_INT8,
+        QUANTIZE_ORT_INT8.config_hash(cfg),
         inputs,
         q.onnxruntime,
         reference,
@@ -112,6 +115,7 @@ def _flavour(
     onnx_art: Artifact,
     data,
     calib: CalibrationSet,
+    key: StageKey,
     chash: str,
     inputs: dict[str, str],
     flavour: str,
@@ -121,12 +125,12 @@ def _flavour(
     progress: bool,
 ) -> Artifact:
     """The QDQ model ``out`` of ``flavour`` (symmetric: TensorRT's; u8s8: ORT CPU's), reused when up to date."""
-    art = None if force else up_to_date(out, config_hash=chash, inputs=inputs)
+    art = key.fresh(out, config_hash=chash, inputs=inputs, force=force)
     if art is not None:
         log(f"[quantize] up to date: {out}")
         return art
     return _int8_qdq(
-        cfg, out.parent, onnx_art, data, calib, chash, inputs, flavour, out, reference, progress=progress
+        cfg, out.parent, onnx_art, data, calib, key, chash, inputs, flavour, out, reference, progress=progress
     )
 
 
@@ -136,6 +140,7 @@ def _int8_qdq(
     onnx_art: Artifact,
     data,
     calib: CalibrationSet,
+    key: StageKey,
     chash: str,
     inputs: dict[str, str],
     flavour: str,
@@ -231,9 +236,8 @@ def _int8_qdq(
         "kept_float_groups": sensitivity.kept_float if sensitivity else [],
         "sensitivity": sensitivity.to_dict() if sensitivity else None,
     }
-    return write_manifest(
+    return key.record(
         out,
-        stage="quantize",
         config_hash=chash,
         inputs=inputs,
         extra={
@@ -278,9 +282,9 @@ def _fp16(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: CalibrationSet,
     from edgefpn.quantize.targets import fp16_onnx
 
     out = run_dir / FP16
-    chash = config_hash("fp16", "keep_io_types")
+    chash = QUANTIZE_FP16.config_hash(cfg)
     inputs = {"model": onnx_art.sha256}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    if art := QUANTIZE_FP16.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[quantize] up to date: {out}")
         return art
     sample = next(calib.iter_model_inputs(_batch(onnx_art), batch_size=cfg.quantize.batch_size))
@@ -292,9 +296,8 @@ def _fp16(cfg: Config, run_dir: Path, onnx_art: Artifact, calib: CalibrationSet,
         else f"ONNX Runtime CPU cannot run it: {info['ort_cpu_error']}"
     )
     log(f"[quantize] FP16 ONNX ({note}): {out}")
-    return write_manifest(
+    return QUANTIZE_FP16.record(
         out,
-        stage="quantize",
         config_hash=chash,
         inputs=inputs,
         extra={"precision": "fp16", "io_dtype": "float32", **info},
@@ -334,7 +337,7 @@ def _openvino(
     q = cfg.quantize
     kept = list(int8_art.manifest.get("exclude_nodes", []))
     accuracy = int8_art.manifest.get("accuracy", {})
-    chash = config_hash("nncf", "performance", sorted(kept), q.max_map_drop, cfg.postprocess)
+    chash = QUANTIZE_OPENVINO.config_hash(cfg, kept_float=sorted(kept))
     val = cfg.data.val_split  # its own accuracy loop reads val, like the QDQ one
     inputs = {
         "model": onnx_art.sha256,
@@ -343,7 +346,7 @@ def _openvino(
         "val_annotations": data.annotation_hashes[val],
         "val_images": data.images_hash(val),
     }
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    if art := QUANTIZE_OPENVINO.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[quantize] up to date: {out}")
         return art
 
@@ -383,9 +386,8 @@ def _openvino(
     if drop > q.max_map_drop:
         log(f"[quantize] WARNING: OpenVINO INT8 drop {drop:.2f} stays over budget; the check stage gates it")
     log(f"[quantize] OpenVINO INT8 ({info['fake_quantize_ops']} FakeQuantize ops): {out / 'model.xml'}")
-    return write_manifest(
+    return QUANTIZE_OPENVINO.record(
         out,
-        stage="quantize",
         config_hash=chash,
         inputs=inputs,
         extra={

@@ -18,14 +18,13 @@ from edgefpn.artifacts import (
     manifest_path,
     read_manifest,
     sha256_file,
-    up_to_date,
-    write_manifest,
 )
-from edgefpn.config import Config, config_hash, to_dict
+from edgefpn.config import Config, to_dict
 from edgefpn.errors import CheckpointError, ConfigError, DataError
 from edgefpn.pipeline import common
 from edgefpn.pipeline import data as data_stage
 from edgefpn.pipeline.common import log, seed_everything, training_refused_by
+from edgefpn.stages import DATA, TRAIN, TRAIN_FROM_WEIGHTS, TRAIN_NOT_SHAPING
 
 ARTIFACT = "model.pt"
 RESUME = "train.last.pt"
@@ -83,7 +82,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
             raise CheckpointError(f"{weights}: checkpoint not found (model.weights)")
         inputs = {"weights": sha256_file(weights)}
         chash = model_config_hash(cfg)
-        if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+        if art := TRAIN_FROM_WEIGHTS.fresh(out, config_hash=chash, inputs=inputs, force=force):
             log(f"[train] up to date: {out}")
             return art
         if _rank() != 0:  # nothing to train: rank 0 converts the checkpoint alone
@@ -118,18 +117,17 @@ def _rank() -> int:
     return world_from_env()[0]
 
 
-# What does not shape the trained weights: items draw their randomness per index, so the worker count
-# does not change the result (tested), and a collective timeout changes nothing once training runs.
-# The world size is not a setting at all (the same config is the same optimisation on any number of
-# ranks; tested). train.device and train.amp are in: a model trained on another device or precision
-# differs beyond float rounding.
-_NOT_SHAPING = ("workers", "timeout_s")
+# What does not shape the trained weights (edgefpn.stages.TRAIN_NOT_SHAPING). The world size is not a
+# setting at all (the same config is the same optimisation on any number of ranks; tested).
+# train.device and train.amp are in: a model trained on another device or precision differs beyond
+# float rounding.
+_NOT_SHAPING = TRAIN_NOT_SHAPING
 
 
 def train_config_hash(cfg: Config) -> str:
-    """What shapes the trained weights: model, train settings (but :data:`_NOT_SHAPING`), seed, split."""
-    train = {k: v for k, v in to_dict(cfg.train).items() if k not in _NOT_SHAPING}
-    return config_hash(cfg.model, train, cfg.run.seed, cfg.data.train_split)
+    """What shapes the trained weights (:data:`edgefpn.stages.TRAIN`): model, train settings (but
+    :data:`_NOT_SHAPING`), seed, split."""
+    return TRAIN.config_hash(cfg)
 
 
 def _run_training(
@@ -151,7 +149,7 @@ def _run_training(
         common.QUIET = True  # one log, rank 0's
         if (
             cfg.data.builtin
-            and up_to_date(Path(cfg.data.root), config_hash=config_hash(cfg.data.synth), inputs={}) is None
+            and DATA.fresh(Path(cfg.data.root), config_hash=DATA.config_hash(cfg), inputs={}) is None
         ):
             raise DataError(
                 f"{cfg.data.root}: the built-in dataset is missing on rank {dist.rank}'s machine; "
@@ -171,7 +169,7 @@ def _run_training(
     if cfg.train.eval_every:  # val is read only for the periodic mAP recorded with the model
         inputs["val_annotations"] = data.annotation_hashes[cfg.data.val_split]
         inputs["val_images"] = data.images_hash(cfg.data.val_split)
-    fresh = up_to_date(out, config_hash=chash, inputs=inputs) if dist.is_main and not force else None
+    fresh = TRAIN.fresh(out, config_hash=chash, inputs=inputs, force=force) if dist.is_main else None
     if dist.broadcast(fresh is not None):
         log(f"[train] up to date: {out}")
         return fresh or Artifact(path=out, manifest={})
@@ -198,9 +196,7 @@ def refused_settings(cfg: Config, run_dir: Path, command: str) -> None:
 
 def model_config_hash(cfg: Config) -> str:
     """The ``config_hash`` of ``model.pt``: the config sections that shape it."""
-    if cfg.model.weights:
-        return config_hash(cfg.model, cfg.data.root)
-    return train_config_hash(cfg)
+    return (TRAIN_FROM_WEIGHTS if cfg.model.weights else TRAIN).config_hash(cfg)
 
 
 def model_settings(cfg: Config) -> dict[str, Any]:
@@ -351,8 +347,8 @@ def _load_weights(
         save_checkpoint(tmp, model, meta=meta)
         _keep_previous(out, tmp)
     log(f"[train] loaded {weights} -> {out}")
-    return write_manifest(
-        out, stage="train", config_hash=chash, inputs=inputs, extra={"meta": meta, "settings": settings}
+    return TRAIN_FROM_WEIGHTS.record(
+        out, config_hash=chash, inputs=inputs, extra={"meta": meta, "settings": settings}
     )
 
 
@@ -449,9 +445,7 @@ def _train(
         with atomic_output(out) as tmp:
             save_checkpoint(tmp, module, meta=meta)
             _keep_previous(out, tmp)
-        art = write_manifest(
-            out, stage="train", config_hash=chash, inputs=inputs, extra={"meta": meta, "settings": settings}
-        )
+        art = TRAIN.record(out, config_hash=chash, inputs=inputs, extra={"meta": meta, "settings": settings})
         for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
             stale.unlink(missing_ok=True)
     dist.barrier()  # the job ends when model.pt is in place
