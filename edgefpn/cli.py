@@ -148,38 +148,39 @@ def stage_options(fn: Callable) -> Callable:
         from edgefpn.config import load_config
         from edgefpn.pipeline import common
 
-        common.QUIET = quiet
-        if config_path is None and Path("configs/default.yaml").is_file():
-            config_path = Path("configs/default.yaml")
-        cfg = load_config(config_path, overrides)
-        run_dir = common.run_dir(cfg, out)
-        call = functools.partial(
-            fn,
-            *args,
-            cfg=cfg,
-            run_dir=run_dir,
-            force=force,
-            progress=not quiet and sys.stderr.isatty(),
-            **kwargs,
-        )
-        command = click.get_current_context().info_name
-        if command == "data":  # writes data.root (edgefpn.data.synth guards it), nothing in the run dir
-            return call()
-        if _rank_prefix() not in ("", "rank 0: "):
-            # a torchrun rank other than 0 writes nothing (no lock, no digest cache): rank 0 holds the
-            # run directory for the whole job
-            return call()
-        from edgefpn.digests import persisted
-        from edgefpn.runlock import run_lock
+        # one context per command: --quiet, the lines already said, the datasets already checked
+        with common.run_context(common.RunContext(quiet=quiet)):
+            if config_path is None and Path("configs/default.yaml").is_file():
+                config_path = Path("configs/default.yaml")
+            cfg = load_config(config_path, overrides)
+            run_dir = common.run_dir(cfg, out)
+            call = functools.partial(
+                fn,
+                *args,
+                cfg=cfg,
+                run_dir=run_dir,
+                force=force,
+                progress=not quiet and sys.stderr.isatty(),
+                **kwargs,
+            )
+            command = click.get_current_context().info_name
+            if command == "data":  # writes data.root (edgefpn.data.synth guards it), nothing in the run dir
+                return call()
+            if _rank_prefix() not in ("", "rank 0: "):
+                # a torchrun rank other than 0 writes nothing (no lock, no digest cache): rank 0 holds the
+                # run directory for the whole job
+                return call()
+            from edgefpn.digests import persisted
+            from edgefpn.runlock import run_lock
 
-        # one command at a time per run directory; only `train` and `run` may start a training run;
-        # file digests by stat: a no-op rerun reads no image, no artifact
-        with (
-            run_lock(run_dir, f"edgefpn {command}", log=common.log),
-            common.training_allowed(f"edgefpn {command}", command in _MAY_TRAIN),
-            persisted(run_dir),
-        ):
-            return call()
+            # one command at a time per run directory; only `train` and `run` may start a training run;
+            # file digests by stat: a no-op rerun reads no image, no artifact
+            with (
+                run_lock(run_dir, f"edgefpn {command}", log=common.log),
+                common.training_allowed(f"edgefpn {command}", command in _MAY_TRAIN),
+                persisted(run_dir),
+            ):
+                return call()
 
     return wrapper
 

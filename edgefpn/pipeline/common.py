@@ -7,7 +7,9 @@ import random
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,21 +17,50 @@ from edgefpn.config import Config
 from edgefpn.inference import PrePost
 from edgefpn.postprocess import PostprocessParams, decoder_for
 
-QUIET = False
+
+@dataclass
+class RunContext:
+    """What one command remembers while its stages run, instead of module globals.
+
+    The CLI makes one per command (:func:`run_context`); code called without one (tests, a library
+    user) shares a default context for the process, as the module globals were shared before.
+    """
+
+    quiet: bool = False  # --quiet, and torchrun ranks other than 0 (one log, rank 0's)
+    said: set[str] = field(default_factory=set)  # "up to date" lines already printed
+    datasets: dict[Any, Any] = field(default_factory=dict)  # (data.root, settings) -> DatasetInfo checked
+    reported: set[Any] = field(default_factory=set)  # (annotation file, sha256) whose skips were said
 
 
-_SAID: set[str] = set()
+_DEFAULT_CONTEXT = RunContext()
+_CONTEXT: ContextVar[RunContext | None] = ContextVar("edgefpn_run_context", default=None)
+
+
+def current_context() -> RunContext:
+    """The context of the command running (a process-wide default outside :func:`run_context`)."""
+    return _CONTEXT.get() or _DEFAULT_CONTEXT
+
+
+@contextlib.contextmanager
+def run_context(ctx: RunContext) -> Iterator[RunContext]:
+    """Within the body, the stages log and cache through ``ctx``."""
+    token = _CONTEXT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CONTEXT.reset(token)
 
 
 def log(message: str) -> None:
     """Progress messages go to stderr so that stdout stays machine-readable.
 
     Stages bring their inputs up to date, so "up to date" lines would repeat once per dependent
-    stage; each is said once per process.
+    stage; each is said once per command (:class:`RunContext`).
     """
-    if QUIET or (message in _SAID and "up to date" in message):
+    ctx = current_context()
+    if ctx.quiet or (message in ctx.said and "up to date" in message):
         return
-    _SAID.add(message)
+    ctx.said.add(message)
     print(message, file=sys.stderr, flush=True)
 
 

@@ -14,7 +14,7 @@ from edgefpn.data.preprocess import image_size
 from edgefpn.data.synth import generate
 from edgefpn.digests import cached_image_size
 from edgefpn.errors import DataError
-from edgefpn.pipeline.common import log
+from edgefpn.pipeline.common import current_context, log
 from edgefpn.stages import DATA
 
 
@@ -34,11 +34,10 @@ class DatasetInfo:
             loaded = load_split(self.root, split)
             _PARSED[content] = loaded
         check_image_sizes(loaded, _image_size)  # every time: the images may change, their sizes are cached
-        if (
-            loaded.skipped
-            and (key := (str(loaded.ann_file), self.annotation_hashes.get(split))) not in _REPORTED
+        if loaded.skipped and (key := (str(loaded.ann_file), self.annotation_hashes.get(split))) not in (
+            reported := current_context().reported
         ):
-            _REPORTED.add(key)  # said once per file and content, however often a stage reloads it
+            reported.add(key)  # said once per file and content, however often a stage reloads it
             shown = "; ".join(loaded.skipped[:3]) + ("; ..." if len(loaded.skipped) > 3 else "")
             log(f"[data] {loaded.ann_file}: skipped {len(loaded.skipped)} annotation(s): {shown}")
         return loaded
@@ -80,18 +79,15 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 _PARSED: dict[tuple[str, str | None], CocoSplit] = {}  # (annotation file, its sha256) -> its split
-_REPORTED: set[tuple[str, str | None]] = set()
-
-
-_CHECKED: dict[tuple[str, str], DatasetInfo] = {}  # (root, settings) already brought up to date here
 
 
 def run(cfg: Config, *, force: bool = False, progress: bool = True) -> DatasetInfo:
     key = (str(Path(cfg.data.root).resolve()), config_hash(cfg.data))
-    if not force and key in _CHECKED:
-        return _CHECKED[key]
+    checked = current_context().datasets  # (root, settings) already brought up to date by this command
+    if not force and key in checked:
+        return checked[key]
     info = _run(cfg, force=force, progress=progress)
-    _CHECKED[key] = info
+    checked[key] = info
     return info
 
 

@@ -146,7 +146,7 @@ def _run_training(
         data = data_stage.run(cfg, progress=progress)
     dist.barrier()  # rank 0 made or checked the dataset; the others only read it
     if not dist.is_main:
-        common.QUIET = True  # one log, rank 0's
+        common.current_context().quiet = True  # one log, rank 0's
         if (
             cfg.data.builtin
             and DATA.fresh(Path(cfg.data.root), config_hash=DATA.config_hash(cfg), inputs={}) is None
