@@ -248,16 +248,17 @@ def build(
     """The OpenVINO engine at ``precision``. For int8 that is the quantize stage's NNCF IR, which
     shares ``openvino/int8`` with this stage's own conversion: taken only while ``quantize.openvino``
     is on and it was made from the current ``model.onnx`` and ``model.int8.onnx`` (else converted over)."""
-    from edgefpn.artifacts import atomic_output, read_manifest, require
+    from edgefpn.artifacts import atomic_output, require
+    from edgefpn.manifests import record
     from edgefpn.pipeline.common import log
     from edgefpn.stages import BUILD_OPENVINO
 
     nncf = cfg.quantize.openvino
     out = engine_path(run_dir, precision)
     if precision == "int8":
-        manifest = read_manifest(out)
-        if manifest is not None and manifest.get("stage") == "quantize":
-            made_from = manifest.get("inputs") or {}
+        made = record(out)
+        if made is not None and made.stage == "quantize":
+            made_from = made.inputs
             if nncf and made_from.get("model") == base.sha256 and made_from.get("int8_qdq") == src.sha256:
                 art = require(out, "OpenVINO INT8 IR from the quantize stage")
                 log(f"[build] openvino-int8: the quantize stage's NNCF IR {out}")

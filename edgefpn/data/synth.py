@@ -25,8 +25,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from edgefpn.artifacts import read_manifest, sha256_file, sha256_path
+from edgefpn.artifacts import sha256_file, sha256_path
 from edgefpn.errors import DataError
+from edgefpn.manifests import recorded_sha256
 from edgefpn.ownership import check_replaceable
 
 __all__ = ["CLASS_NAMES", "SPLITS", "generate"]
@@ -164,7 +165,7 @@ def changed_since_generated(out: Path) -> str | None:
 def _changed_since_legacy(out: Path) -> str | None:
     """A marker from before per-file digests: the folder's sha256 in the data stage's manifest beside
     it (``<root>.manifest.json``) must still match, else nothing shows the folder is unchanged."""
-    recorded = (read_manifest(out) or {}).get("sha256")
+    recorded = recorded_sha256(out)
     if recorded is not None and recorded == sha256_path(out):
         return None
     return (

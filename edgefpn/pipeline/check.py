@@ -31,6 +31,7 @@ from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.data.preprocess import load_image
 from edgefpn.errors import CheckFailed
 from edgefpn.inference import detect_file
+from edgefpn.manifests import check_failures
 from edgefpn.metrics.coco import coco_map, detections_to_coco
 from edgefpn.metrics.detections import DetectionAgreement
 from edgefpn.metrics.tensors import aggregate_agreement, tensor_agreement
@@ -99,7 +100,7 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
     pages = CHECK.side_paths(out)  # report.md and report.html, written beside report.json
     if art := CHECK.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[check] up to date: {out}")
-        _raise_on_failures(art.manifest.get("failures", []), out)
+        _raise_on_failures(check_failures(art), out)
         return art
 
     report = evaluate(cfg, data, reference, engines, progress=progress, arch=recorded_arch(cfg, run_dir))

@@ -104,10 +104,9 @@ def recorded_arch(cfg: Config, run_dir: Path) -> str:
 
     The decoder follows the model that produced the tensors, not the config that is asking.
     """
-    from edgefpn.artifacts import read_manifest
+    from edgefpn.manifests import model_meta
 
-    meta = (read_manifest(run_dir / "model.pt") or {}).get("meta") or {}
-    return str(meta.get("arch") or cfg.model.arch)
+    return str(model_meta(run_dir).arch or cfg.model.arch)
 
 
 def postprocess_params(cfg: Config, arch: str | None = None, *, deploy: bool = False) -> PostprocessParams:

@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgefpn.artifacts import Artifact, atomic_output, read_manifest
+from edgefpn.artifacts import Artifact, atomic_output
 from edgefpn.config import Config
+from edgefpn.manifests import Record, record
 from edgefpn.pipeline.common import log, postprocess_params, recorded_arch
 from edgefpn.stages import E2E_ONNX, E2E_OPENVINO, StageKey
 
@@ -82,10 +83,10 @@ def _chash(cfg: Config, key: StageKey) -> str:
     return key.config_hash(cfg, graph_version=GRAPH_VERSION)
 
 
-def _source(run_dir: Path, rel: str) -> tuple[Path, dict[str, Any]] | None:
+def _source(run_dir: Path, rel: str) -> tuple[Path, Record] | None:
     path = run_dir / rel
-    manifest = read_manifest(path)
-    return (path, manifest) if path.exists() and manifest is not None else None
+    made = record(path)
+    return (path, made) if path.exists() and made is not None else None
 
 
 def make_onnx(cfg: Config, run_dir: Path, src_rel: str, *, force: bool = False) -> Artifact | None:
@@ -99,9 +100,9 @@ def make_onnx(cfg: Config, run_dir: Path, src_rel: str, *, force: bool = False) 
     src = _source(run_dir, src_rel)
     if src is None:
         return None
-    path, manifest = src
+    path, made = src
     out = run_dir / ONNX_TWINS[src_rel]
-    chash, inputs = _chash(cfg, E2E_ONNX), {"source": manifest["sha256"]}
+    chash, inputs = _chash(cfg, E2E_ONNX), {"source": str(made.sha256)}
     if art := E2E_ONNX.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[e2e] up to date: {out}")
         return art
@@ -126,7 +127,7 @@ def make_onnx(cfg: Config, run_dir: Path, src_rel: str, *, force: bool = False) 
         inputs=inputs,
         extra={
             "e2e_source": src_rel,
-            "precision": manifest.get("precision", "fp32"),
+            "precision": made.precision or "fp32",
             **_describe(spec),
             "lint": [f.to_dict() for f in findings],
         },
@@ -151,9 +152,9 @@ def make_openvino(
     src = _source(run_dir, src_rel)
     if src is None or not (run_dir / network_onnx_rel).exists():
         return None
-    path, manifest = src
+    path, made = src
     out = run_dir / f"{src_rel}{SUFFIX}"
-    chash, inputs = _chash(cfg, E2E_OPENVINO), {"source": manifest["sha256"]}
+    chash, inputs = _chash(cfg, E2E_OPENVINO), {"source": str(made.sha256)}
     if art := E2E_OPENVINO.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[e2e] up to date: {out}")
         return art

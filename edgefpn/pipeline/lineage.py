@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefpn.artifacts import read_manifest, sha256_path
 from edgefpn.backends import EngineSpec
 from edgefpn.config import Config
+from edgefpn.manifests import Record, record, recorded_sha256
 
 __all__ = ["Ignored", "configured_engines", "current_engines"]
 
@@ -79,24 +79,20 @@ def current_engines(
     return found, ignored
 
 
-def _parents(rel: str, manifest: dict) -> dict[str, str] | None:
+def _parents(rel: str, made: Record) -> dict[str, str] | None:
     """Input key in ``rel``'s manifest -> the run-dir file whose sha256 it must equal."""
     if rel == "model.onnx":
         return {"model": MODEL}
-    if manifest.get("stage") == "e2e" and isinstance(manifest.get("e2e_source"), str):
-        return {"source": manifest["e2e_source"]}  # an -e2e engine: through its raw twin
+    if made.stage == "e2e" and made.e2e_source is not None:
+        return {"source": made.e2e_source}  # an -e2e engine: through its raw twin
     if rel in _ONNX_FILES:
         return {"model": "model.onnx"}
-    if manifest.get("stage") == "quantize":  # the NNCF IR (openvino/int8)
+    if made.stage == "quantize":  # the NNCF IR (openvino/int8)
         return {"model": "model.onnx", "int8_qdq": "model.int8.onnx"}
-    src = manifest.get("source")
-    if (
-        manifest.get("stage") == "build"
-        and isinstance(src, dict)
-        and src.get("path") in _ONNX_FILES + _E2E_ONNX
-    ):
-        return {"onnx": str(src["path"])}
-    if manifest.get("stage") == "build" and isinstance(src, dict) and src.get("path") == MODEL:
+    src = made.source_path
+    if made.stage == "build" and src in _ONNX_FILES + _E2E_ONNX:
+        return {"onnx": str(src)}
+    if made.stage == "build" and src == MODEL:
         return {"model": MODEL, "onnx": "model.onnx"}  # made from the checkpoint, at the ONNX's input spec
     return None
 
@@ -115,20 +111,19 @@ class _Chain:
 
     def _problem(self, rel: str) -> str | None:
         path = self.run_dir / rel
-        manifest = read_manifest(path)
-        if manifest is None or not path.exists():
+        made = record(path)
+        if made is None or not path.exists():
             return f"{rel} has no manifest (not made by edgefpn, or partly written)"
-        if manifest.get("sha256") != sha256_path(path):
+        if not made.intact():
             return f"{rel} no longer matches its manifest (modified after it was made)"
         if rel == MODEL:
             return None
-        parents = _parents(rel, manifest)
+        parents = _parents(rel, made)
         if parents is None:
             return f"{rel}: its manifest names no source model"
-        recorded = manifest.get("inputs") or {}
         for key, parent in parents.items():
             if (why := self.problem(parent)) is not None:
                 return why
-            if recorded.get(key) != (read_manifest(self.run_dir / parent) or {}).get("sha256"):
+            if made.inputs.get(key) != recorded_sha256(self.run_dir / parent):
                 return f"made from another {parent} than the current one (an older model or configuration)"
         return None

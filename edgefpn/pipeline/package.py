@@ -27,16 +27,14 @@ from edgefpn.artifacts import (
     Artifact,
     atomic_output,
     manifest_path,
-    read_manifest,
-    sha256_path,
     tool_versions,
 )
 from edgefpn.config import Config
 from edgefpn.data.preprocess import describe_preprocessing
 from edgefpn.errors import CheckFailed, ConfigError
+from edgefpn.manifests import Record, model_meta, record, recorded_sha256
 from edgefpn.pipeline import check as check_stage
 from edgefpn.pipeline import e2e as e2e_stage
-from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, postprocess_params
 from edgefpn.pipeline.lineage import current_engines
 from edgefpn.stages import PACKAGE
@@ -91,7 +89,7 @@ def run(
         pj.write_text(pipeline_json, encoding="utf-8")
         files[PIPELINE] = bundle.file_entry(pj, ["pipeline"])
         sources = {name: run_dir / name for name in files if name != PIPELINE} | {PIPELINE: pj}
-        report_manifest = read_manifest(run_dir / check_stage.REPORT) or {}
+        report_record = record(run_dir / check_stage.REPORT)
         manifest = {
             "schema": bundle.SCHEMA,
             "files": dict(sorted(files.items())),
@@ -100,7 +98,7 @@ def run(
             "report": {
                 "json": check_stage.REPORT,
                 "md": "report.md",
-                "check_report_created_unix": report_manifest.get("created_unix"),
+                "check_report_created_unix": report_record.created_unix if report_record else None,
             },
             "packaged_with": tool_versions(),
         }
@@ -192,32 +190,30 @@ def _engine_files(run_dir: Path, rel: str) -> list[str]:
     return [rel]
 
 
-def _source_onnx(run_dir: Path, rel: str, manifest: dict[str, Any]) -> str:
+def _source_onnx(run_dir: Path, rel: str, made: Record) -> str:
     """The ONNX an engine came from: named by its build manifest, else matched by input sha256."""
-    src = manifest.get("source")
-    if isinstance(src, dict) and src.get("path") in _ONNX_FILES:
-        return str(src["path"])
-    if manifest.get("stage") == "e2e":  # an e2e ONNX is its own source; an e2e IR's is the e2e ONNX
+    if made.source_path in _ONNX_FILES:
+        return str(made.source_path)
+    if made.stage == "e2e":  # an e2e ONNX is its own source; an e2e IR's is the e2e ONNX
         return rel if rel in _ONNX_FILES else e2e_stage.ONNX_TWINS["model.onnx"]
-    wanted = set((manifest.get("inputs") or {}).values())
+    wanted = set(made.inputs.values())
     for name in _ONNX_FILES:
-        m = read_manifest(run_dir / name)
-        if m is not None and m.get("sha256") in wanted:
+        if (sha := recorded_sha256(run_dir / name)) is not None and sha in wanted:
             return name
     return rel  # model.onnx is its own source
 
 
-def _target(backend: str, precision: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def _target(backend: str, precision: str, made: Record) -> dict[str, Any]:
     """The bundle's ``target`` of one engine: backend, precision, version, and its record's own fields."""
     from edgefpn.backends import backend as backend_record
 
-    versions = manifest.get("versions") or {}
     target: dict[str, Any] = {
         "backend": backend,
         "precision": precision,
-        "version": manifest.get("backend_version") or versions.get(backend),
+        "version": made.backend_version or made.versions.get(backend),
     }
-    return target | backend_record(backend).bundle_target(precision, manifest)
+    # the backend reads its own fields of its build manifest (TensorRT: the version it was built with)
+    return target | backend_record(backend).bundle_target(precision, made.fields)
 
 
 def _collect(
@@ -227,11 +223,11 @@ def _collect(
     entries = []
     for name in chosen:
         backend, precision, rel = _ENGINES[name]
-        manifest = read_manifest(run_dir / rel) or {}
-        if manifest.get("sha256") != sha256_path(run_dir / rel):
+        made = record(run_dir / rel)
+        if made is None or not made.intact():
             raise CheckFailed(f"{run_dir / rel}: does not match its manifest; rerun build and check")
         names = _engine_files(run_dir, rel)
-        source = _source_onnx(run_dir, rel, manifest)
+        source = _source_onnx(run_dir, rel, made)
         for n in names:
             roles.setdefault(n, set()).add("engine")
         # the engine's own sidecar manifest travels with it: the TensorRT runner reads it before loading
@@ -246,9 +242,9 @@ def _collect(
                 "files": names,
                 "manifest": manifest_path(Path(rel)).as_posix(),
                 "source": source,
-                "target": _target(backend, precision, manifest),
-                "built_with": manifest.get("versions", {}),
-                "stage": manifest.get("stage"),
+                "target": _target(backend, precision, made),
+                "built_with": dict(made.versions),
+                "stage": made.stage,
                 # what the engine is fed and returns (README "Engine contracts"); the runtime follows it
                 "input": contracts[name][0],
                 "contract": contracts[name][1],
@@ -259,9 +255,9 @@ def _collect(
 
 
 def _pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    meta = (read_manifest(run_dir / train_stage.ARTIFACT) or {}).get("meta", {})
-    num_classes = int(meta.get("num_classes") or 0)
-    arch = str(meta.get("arch") or cfg.model.arch)
+    meta = model_meta(run_dir)
+    num_classes = meta.num_classes
+    arch = meta.arch or cfg.model.arch
     pp = postprocess_params(cfg, arch, deploy=True)  # the device keeps what an application keeps
     m = cfg.model
     preprocessing = describe_preprocessing()
@@ -269,8 +265,8 @@ def _pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "arch": arch,
         "classes": {
             "num_classes": num_classes,
-            "names": meta.get("class_names") or [str(i) for i in range(num_classes)],
-            "category_ids": meta.get("category_ids") or list(range(num_classes)),
+            "names": meta.class_names or [str(i) for i in range(num_classes)],
+            "category_ids": meta.category_ids or list(range(num_classes)),
         },
         # generated from the code that preprocesses (one source of truth), never written by hand
         "preprocess": {

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgefpn.artifacts import atomic_write_text, read_manifest
+from edgefpn.artifacts import atomic_write_text
 from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.config import Config
 from edgefpn.inference import detect_file
+from edgefpn.manifests import model_meta
 from edgefpn.ownership import check_detections_file
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
@@ -28,10 +29,10 @@ def run(
         art = train_stage.run(cfg, run_dir, progress=progress)
     else:
         art = export_stage.run(cfg, run_dir, progress=progress)
-    meta = (read_manifest(run_dir / train_stage.ARTIFACT) or {}).get("meta", {})
+    meta = model_meta(run_dir)
     # category ids: the dataset's when trained here, else the model's label index (torchvision style)
-    category_ids = meta.get("category_ids") or list(range(int(meta.get("num_classes", 0))))
-    pipe = make_prepost(cfg, arch=str(meta.get("arch") or cfg.model.arch), deploy=True)
+    category_ids = meta.category_ids or list(range(meta.num_classes))
+    pipe = make_prepost(cfg, arch=meta.arch or cfg.model.arch, deploy=True)
     dets_out: list[dict] = []
     with open_runner(
         EngineSpec(f"{backend}-fp32", backend, "fp32", art.path), threads=cfg.run.threads

@@ -23,6 +23,7 @@ from edgefpn.backends import EngineSpec
 from edgefpn.calibration import CalibrationSet, cache_key, calibrate, nncf_dataset
 from edgefpn.calibration.dataset import IMAGE_SUFFIXES
 from edgefpn.config import Config, to_dict
+from edgefpn.manifests import int8_result, onnx_batch
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline import train as train_stage
 from edgefpn.pipeline.common import log, make_prepost, recorded_arch
@@ -335,8 +336,8 @@ def _openvino(
         _record_skip(run_dir / ARTIFACT, {"openvino_int8": {"skipped": reason}})
         return None
     q = cfg.quantize
-    kept = list(int8_art.manifest.get("exclude_nodes", []))
-    accuracy = int8_art.manifest.get("accuracy", {})
+    int8 = int8_result(int8_art)
+    kept, accuracy = int8.exclude_nodes, dict(int8.accuracy)
     chash = QUANTIZE_OPENVINO.config_hash(cfg, kept_float=sorted(kept))
     val = cfg.data.val_split  # its own accuracy loop reads val, like the QDQ one
     inputs = {
@@ -425,8 +426,7 @@ def _openvino_ranking(accuracy: dict[str, Any], groups: dict[str, list[str]]) ->
 
 
 def _batch(onnx_art: Artifact) -> int:
-    shape = onnx_art.manifest.get("input", {}).get("shape")
-    return int(shape[0]) if shape else 1
+    return onnx_batch(onnx_art)
 
 
 def _record_skip(path: Path, extra: dict[str, Any]) -> None:
