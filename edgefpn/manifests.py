@@ -95,6 +95,12 @@ def model_meta(run_dir: Path) -> ModelMeta:
     )
 
 
+def trained_settings(made: Record) -> Mapping[str, Any] | None:
+    """The dotted settings ``model.pt`` was made with (None from an edgefpn that recorded none)."""
+    settings = made.fields.get("settings")
+    return settings if isinstance(settings, Mapping) else None
+
+
 @dataclass(frozen=True)
 class Int8Result:
     """What the QDQ INT8 loop recorded: the nodes kept in float and its accuracy (see quantize)."""

@@ -20,7 +20,6 @@ from edgefpn.artifacts import (
     Artifact,
     atomic_write_text,
     backend_versions,
-    read_manifest,
     sha256_path,
     write_json,
 )
@@ -31,7 +30,7 @@ from edgefpn.config import Config, config_hash, to_dict
 from edgefpn.data.preprocess import load_image
 from edgefpn.errors import CheckFailed
 from edgefpn.inference import detect_file
-from edgefpn.manifests import check_failures
+from edgefpn.manifests import check_failures, record
 from edgefpn.metrics.coco import coco_map, detections_to_coco
 from edgefpn.metrics.detections import DetectionAgreement
 from edgefpn.metrics.tensors import aggregate_agreement, tensor_agreement
@@ -71,7 +70,7 @@ def discover_engines(run_dir: Path, backends: Sequence[str]) -> list[EngineSpec]
     found = []
     for name, backend, precision, rel in ENGINE_FILES:
         path = run_dir / rel
-        if backend in backends and path.exists() and read_manifest(path) is not None:
+        if backend in backends and path.exists() and record(path) is not None:
             found.append(EngineSpec(name, backend, precision, path))
     return found
 

@@ -16,11 +16,11 @@ from edgefpn.artifacts import (
     Artifact,
     atomic_output,
     manifest_path,
-    read_manifest,
     sha256_file,
 )
 from edgefpn.config import Config, to_dict
 from edgefpn.errors import CheckpointError, ConfigError, DataError
+from edgefpn.manifests import record, trained_settings
 from edgefpn.pipeline import common
 from edgefpn.pipeline import data as data_stage
 from edgefpn.pipeline.common import log, seed_everything, training_refused_by
@@ -255,28 +255,28 @@ def stale_reason(
     out: Path, chash: str, settings: Mapping[str, Any], inputs: Mapping[str, str] | None = None
 ) -> str | None:
     """Why ``out`` is not the model these settings (and ``inputs``, when given) make, or None."""
-    manifest = read_manifest(out)
+    made = record(out)
     if not out.exists():
         return "no trained model in this run directory"
-    if manifest is None:
+    if made is None:
         return "has no manifest (its training was interrupted, or it was not made by edgefpn)"
-    recorded = manifest.get("settings")
-    diffs = differences(recorded, settings) if isinstance(recorded, Mapping) else []
+    recorded = trained_settings(made)
+    diffs = differences(recorded, settings) if recorded is not None else []
     if diffs:
         shown = ", ".join(diffs[:_SHOWN_DIFFERENCES])
         rest = [d.split(" ", 1)[0] for d in diffs[_SHOWN_DIFFERENCES:]]
         more = f" and {len(rest)} more ({', '.join(rest)})" if rest else ""
         return f"trained with other settings than these: {shown}{more}"
-    if manifest.get("config_hash") != chash:
+    if made.config_hash != chash:
         return (
             "made with other settings than these (its manifest records no settings to compare: "
             "an older edgefpn made it)"
         )
     if inputs is not None:
-        changed = sorted(k for k, v in inputs.items() if (manifest.get("inputs") or {}).get(k) != v)
+        changed = sorted(k for k, v in inputs.items() if made.inputs.get(k) != v)
         if changed:
             return f"trained on other data ({', '.join(changed)} changed since)"
-        if manifest.get("sha256") != sha256_file(out):
+        if made.sha256 != sha256_file(out):
             return "does not match its manifest (modified or partly written)"
     return None
 
