@@ -32,7 +32,8 @@ from edgefpn.artifacts import (
 from edgefpn.config import Config
 from edgefpn.data.preprocess import describe_preprocessing
 from edgefpn.errors import CheckFailed, ConfigError
-from edgefpn.manifests import Record, model_meta, record, recorded_sha256
+from edgefpn.manifests import Record, model_meta, recorded_sha256
+from edgefpn.manifests import record as manifest_record
 from edgefpn.pipeline import check as check_stage
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline.common import log, postprocess_params
@@ -89,7 +90,7 @@ def run(
         pj.write_text(pipeline_json, encoding="utf-8")
         files[PIPELINE] = bundle.file_entry(pj, ["pipeline"])
         sources = {name: run_dir / name for name in files if name != PIPELINE} | {PIPELINE: pj}
-        report_record = record(run_dir / check_stage.REPORT)
+        report_record = manifest_record(run_dir / check_stage.REPORT)
         manifest = {
             "schema": bundle.SCHEMA,
             "files": dict(sorted(files.items())),
@@ -223,7 +224,7 @@ def _collect(
     entries = []
     for name in chosen:
         backend, precision, rel = _ENGINES[name]
-        made = record(run_dir / rel)
+        made = manifest_record(run_dir / rel)
         if made is None or not made.intact():
             raise CheckFailed(f"{run_dir / rel}: does not match its manifest; rerun build and check")
         names = _engine_files(run_dir, rel)
