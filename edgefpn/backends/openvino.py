@@ -275,8 +275,8 @@ def build(
         "inference_precision_hint": INFERENCE_PRECISION,
     }
     version = openvino_version()
-    key = {"target": "openvino", "precision": precision, "openvino": version, **settings}
-    chash = BUILD_OPENVINO.config_hash(cfg, settings=key)
+    hashed = {"target": "openvino", "precision": precision, "openvino": version, **settings}
+    chash = BUILD_OPENVINO.config_hash(cfg, settings=hashed)
     inputs = {"onnx": src.sha256}
     if art := BUILD_OPENVINO.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[build] up to date: {out}")
