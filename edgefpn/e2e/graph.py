@@ -43,7 +43,7 @@ __all__ = ["DET_OUTPUTS", "GRAPH_VERSION", "U8_INPUTS", "detection_tail", "uint8
 
 # Part of every e2e artifact's config hash: bump it whenever the graph this module emits changes, so
 # that e2e files made by an older edgefpn are rebuilt rather than found up to date.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3  # 3: the head masks the padding before its Transpose
 
 DET_OUTPUTS = ("det_boxes", "det_scores", "det_labels", "num_dets")
 U8_INPUTS = ("images_u8", "valid_hw")
@@ -132,12 +132,15 @@ def uint8_head(
     x = b.op("Cast", ["images_u8"], to=TensorProto.FLOAT)
     x = b.op("Mul", [x, b.const(coef[0].reshape(1, 1, 1, 3), hint="scale")])
     x = b.op("Add", [x, b.const(coef[1].reshape(1, 1, 1, 3), hint="offset")])
-    x = b.op("Transpose", [x], perm=[0, 3, 1, 2])  # [N, 3, H, W]
     vh = b.reshape(b.slice("valid_hw", 0, 1, 1), [batch, 1, 1, 1])
     vw = b.reshape(b.slice("valid_hw", 1, 2, 1), [batch, 1, 1, 1])
-    rows = b.op("Less", [b.const(np.arange(h).reshape(1, 1, h, 1), np.int32, "rows"), vh])
-    cols = b.op("Less", [b.const(np.arange(w).reshape(1, 1, 1, w), np.int32, "cols"), vw])
-    b.op("Where", [b.op("And", [rows, cols]), x, b.const(0.0, hint="zero")], out=out)
+    rows = b.op("Less", [b.const(np.arange(h).reshape(1, h, 1, 1), np.int32, "rows"), vh])
+    cols = b.op("Less", [b.const(np.arange(w).reshape(1, 1, w, 1), np.int32, "cols"), vw])
+    x = b.op("Where", [b.op("And", [rows, cols]), x, b.const(0.0, hint="zero")])  # [N, H, W, 3]
+    # The layout change last, right before the network: OpenVINO then merges it with the reorder its
+    # first convolution does anyway (measured on the default INT8 IR: the head's Transpose went from
+    # ~0.11 ms to under 0.01 ms); with the mask after it, both ran as separate passes.
+    b.op("Transpose", [x], perm=[0, 3, 1, 2], out=out)  # [N, 3, H, W]
     graph = helper.make_graph(
         b.nodes,
         "edgefpn_uint8_head",

@@ -168,7 +168,6 @@ def _stats(ms: list[float]) -> dict[str, float]:
 def _bench(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from edgefpn.backends.base import INPUT_NAME
     from edgefpn.runtime import BundleSession, list_images, open_runner, scenarios
 
     t0 = time.perf_counter()
@@ -216,10 +215,10 @@ def _bench(args: argparse.Namespace) -> None:
                 end_to_end_ms=e2e if args.images is not None else None,
             )
         }
-        if args.offline_seconds > 0 and INPUT_NAME in feed:  # the sweep feeds one float array
+        if args.offline_seconds > 0:  # fed in the engine's contract (float or uint8)
             result["scenarios"]["offline"] = scenarios.offline(
                 [s.spec],
-                feed[INPUT_NAME],
+                feed,
                 threads=args.threads,
                 seconds=args.offline_seconds,
                 open_runner=open_runner,

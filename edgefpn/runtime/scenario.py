@@ -79,7 +79,7 @@ def measure_streaming(
     """
     h, w = stages.prepost.input_size
     warm, _ = stages.prepare(np.zeros((h, w, 3), np.uint8))
-    stages.infer(np.repeat(warm, stages.batch, axis=0))  # warm: first-call costs are not streaming
+    stages.infer(stages.stack([warm] * stages.batch))  # warm: first-call costs are not streaming
     stats = run_stream(
         stages, [CaptureSource(str(video))], lambda _: None, requests=requests, queue_size=queue_size
     )
@@ -136,5 +136,6 @@ def streaming_scenario(
 def _input_batch(runner: Any) -> int:
     from edgefpn.backends.base import INPUT_NAME
 
-    shape = runner.io_shapes().get(INPUT_NAME) if hasattr(runner, "io_shapes") else None
+    shapes = runner.io_shapes() if hasattr(runner, "io_shapes") else {}
+    shape = shapes.get(INPUT_NAME) or shapes.get("images_u8")  # the float or the uint8 contract
     return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] >= 1 else 1

@@ -2,8 +2,8 @@
 
 Threads and queues (every queue bounded, so a slow stage holds the ones before it back)::
 
-    reader per source (decode + prepare) -> [frames, queue_size] -> submitter (batches of the
-    engine's N) -> engine, ``requests`` in flight -> decode workers (decode + NMS) -> writer (the
+    reader per source (decode + prepare: the engine's feed, float or uint8) -> [frames, queue_size]
+    -> submitter (batches of the engine's N) -> engine, ``requests`` in flight -> decode workers (decode + NMS) -> writer (the
     calling thread: frame order)
 
 - Frame order: the submitter numbers frames as it takes them; the writer hands them to ``on_frame``
@@ -217,14 +217,9 @@ def run_stream(
                 seq += len(items)
                 with cond:
                     submitted[0] = seq
-                if n == 1:
-                    array = items[0][1]
-                else:  # stacked, zero-padded to N (padding is decoded by nobody: FrameStages.decode)
-                    array = np.zeros((n, *items[0][1].shape[1:]), dtype=items[0][1].dtype)
-                    for k, (_, x, _) in enumerate(items):
-                        array[k] = x[0]
+                feed = stages.stack([x for _, x, _ in items])  # the engine's N, zero-padded
                 window.acquire()  # blocks while `window` batches are not yet written out
-                engine.submit(array, lambda res, b=batch: deliver(b, res))
+                engine.submit(feed, lambda res, b=batch: deliver(b, res))
                 batches += 1
             engine.drain()
             with cond:  # every result handed over before the decode workers are told to stop
