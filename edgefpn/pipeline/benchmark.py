@@ -75,6 +75,7 @@ def run(
     app_rounds: int = 3,
     throughput_seconds: float = 5.0,
     batches: Sequence[int] = (),
+    stream_frames: int = 1000,
 ) -> Artifact:
     """Benchmark every engine in ``run_dir``; write ``benchmark.json`` and ``benchmark.md``.
 
@@ -86,6 +87,9 @@ def run(
         app_rounds: interleaved (ours, benchmark_app) rounds per OpenVINO engine and mode.
         throughput_seconds: duration of each offline sweep point.
         batches: engine batches to sweep besides the run's own ``export.batch`` (built in ``batch-N/``).
+        stream_frames: the ``streaming`` scenario's video is as many whole passes over the val images
+            as reach this many frames (a steady state: filling and draining the pipeline then weigh
+            little; 1: one pass).
 
     Raises:
         ModelFileError: the run directory holds no engine.
@@ -123,6 +127,7 @@ def run(
         "app_seconds": app_seconds,
         "app_rounds": app_rounds,
         "throughput_seconds": throughput_seconds,
+        "stream_frames": stream_frames,
         "input": source,
         "batches": sweep,
         "end_to_end": bool(paths),
@@ -144,7 +149,7 @@ def run(
     rows, sweep_rows = [], []
     deploy = make_prepost(cfg, deploy=True) if paths else None
     video_dir = tempfile.TemporaryDirectory(prefix="edgefpn-val-video-")
-    video = _val_video(cfg, Path(video_dir.name))
+    video = _val_video(cfg, Path(video_dir.name), stream_frames)
     for spec in engines:
         if not RUNNERS[spec.backend].is_available():
             rows.append(
@@ -290,7 +295,7 @@ def _repeat(feed: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     return {k: np.repeat(v[:1], n, axis=0) for k, v in feed.items()}
 
 
-def _val_video(cfg: Config, folder: Path) -> Path | None:
+def _val_video(cfg: Config, folder: Path, min_frames: int) -> Path | None:
     """The val images as a video (the ``streaming`` scenario's source), or None without a dataset."""
     from edgefpn.data.coco import load_split
     from edgefpn.runtime.scenario import write_video
@@ -301,7 +306,7 @@ def _val_video(cfg: Config, folder: Path) -> Path | None:
     paths = [Path(im.path) for im in load_split(root, cfg.data.val_split).images]
     if not paths:
         return None
-    write_video(paths, folder / "val.avi")
+    write_video(paths, folder / "val.avi", min_frames=min_frames)
     return folder / "val.avi"
 
 

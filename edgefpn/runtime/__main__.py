@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also stream at this score threshold (the evaluation one; the bundle's is the deploy one)",
     )
     bench.add_argument(
+        "--stream-frames",
+        type=_int_at_least(1),
+        default=1000,
+        help="frames of the streamed video: whole passes over --images, at least this many",
+    )
+    bench.add_argument(
         "--offline-seconds",
         type=float,
         default=3.0,
@@ -203,7 +209,12 @@ def _bench(args: argparse.Namespace) -> None:
             from edgefpn.runtime.scenario import bench_streaming
 
             streaming = bench_streaming(
-                s.spec, s.prepost, paths, threads=args.threads, eval_score_thresh=args.eval_score_thresh
+                s.spec,
+                s.prepost,
+                paths,
+                threads=args.threads,
+                eval_score_thresh=args.eval_score_thresh,
+                min_frames=args.stream_frames,
             )
         # the named scenarios of `edgefpn benchmark`, each with the conditions it ran under
         batch = s.runner.batch or 1

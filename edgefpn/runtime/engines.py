@@ -163,12 +163,13 @@ class _TensorRTEngine:
 
 
 def default_requests(stages: Any) -> int:
-    """Requests in flight when the caller names none: what an OpenVINO compiled model asks for
-    (``OPTIMAL_NUMBER_OF_INFER_REQUESTS``: one per stream under the THROUGHPUT hint), at least 2 so
-    that host work overlaps the engine; 2 elsewhere."""
+    """Requests in flight when the caller names none. OpenVINO: twice what the compiled model asks for
+    (``OPTIMAL_NUMBER_OF_INFER_REQUESTS``: one per stream under the THROUGHPUT hint), so that each
+    stream has a request queued behind the running one and never waits on the host (trtexec's "one
+    batch queued ahead"; on the default model 4 requests streamed ~5% more frames than 2). 2 elsewhere."""
     compiled = getattr(stages.runner, "compiled", None)
     if compiled is not None:
-        return max(2, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        return max(2, 2 * int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
     return 2
 
 

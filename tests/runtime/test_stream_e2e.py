@@ -105,7 +105,10 @@ def test_benchmark_runs_every_scenario_on_in_graph_engines(packaged_e2e, tmp_pat
 
     cfg, src, _ = packaged_e2e
     run_dir = copy_run(src, tmp_path / "run")
-    benchmark.run(cfg, run_dir, progress=False, iters=2, app_seconds=0, throughput_seconds=0.1)
+    # 10 frames asked: two whole passes over the 6 val images
+    benchmark.run(
+        cfg, run_dir, progress=False, iters=2, app_seconds=0, throughput_seconds=0.1, stream_frames=10
+    )
     rows = {r["name"]: r for r in json.loads((run_dir / "benchmark.json").read_text())["engines"]}
     for name in ENGINES:
         row = rows[name]
@@ -114,7 +117,7 @@ def test_benchmark_runs_every_scenario_on_in_graph_engines(packaged_e2e, tmp_pat
         assert sc["single_stream"]["end_to_end_ms"]["p50"] > 0 and sc["offline"]["fps"] > 0
         for thresh in ("deploy", "eval"):
             assert (
-                sc["streaming"][thresh]["frames"] == cfg.data.synth.num_val
+                sc["streaming"][thresh]["frames"] == 2 * cfg.data.synth.num_val
                 and sc["streaming"][thresh]["fps"] > 0
             )
         assert "benchmark_app" not in sc["offline"]  # raw engines only: it feeds one float input
