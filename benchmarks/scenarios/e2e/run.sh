@@ -7,7 +7,7 @@ set -u
 cd "$(dirname "$0")/../../.."
 RUN=${1:?RUN_DIR}
 OUT=benchmarks/scenarios/e2e
-SETS=(--set export.input=uint8 --set export.nms=true --set "check.backends=[openvino]")
+SETS=(--set export.input=uint8 --set export.nms=true --set "build.targets=[openvino]" --set "check.backends=[openvino]")
 .venv/bin/edgefpn build --config configs/default.yaml --out "$RUN" "${SETS[@]}" --quiet || exit $?
 { echo "start $(date -u +%FT%TZ) $(git rev-parse --short HEAD)"; uptime; } > "$OUT/load.txt"
 .venv/bin/edgefpn benchmark --config configs/default.yaml --out "$RUN" "${SETS[@]}" --force \
