@@ -411,6 +411,13 @@ def package(cfg, run_dir: Path, force: bool, progress: bool, engines: tuple[str,
     help="Engine batches to sweep, e.g. 1,2,4,8: batch-N engines are exported and built in "
     "RUN_DIR/batch-N/ (needs PyTorch); default: the run's export.batch only.",
 )
+@click.option(
+    "--stream-frames",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Frames of the streaming scenario's video: whole passes over the val images, at least this many.",
+)
 def benchmark(
     cfg,
     run_dir: Path,
@@ -421,6 +428,7 @@ def benchmark(
     app_rounds: int,
     throughput_seconds: float,
     batches: str,
+    stream_frames: int,
 ) -> None:
     """Named FPS scenarios (single_stream, offline) of every engine in RUN_DIR, with their conditions
     (no PyTorch, no dataset needed unless --batch asks for engines the run does not have)."""
@@ -444,6 +452,7 @@ def benchmark(
         app_rounds=app_rounds,
         throughput_seconds=throughput_seconds,
         batches=sweep,
+        stream_frames=stream_frames,
     )
     click.echo(art.path)
     click.echo((art.path.parent / "benchmark.md").read_text(encoding="utf-8"))

@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 
 from edgefpn.backends.base import INPUT_NAME
-from edgefpn.e2e.graph import _MIN_OPSET, DET_OUTPUTS, detection_tail, uint8_head
+from edgefpn.e2e.builder import _MIN_OPSET
+from edgefpn.e2e.graph import DET_OUTPUTS, detection_tail, uint8_head
 from edgefpn.postprocess import PostprocessParams
 
 __all__ = ["E2ESpec", "e2e_parts", "graft_onnx", "graft_openvino", "metadata"]

@@ -45,6 +45,7 @@ from edgefpn.backends import BACKENDS, RUNNERS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.config import Config
 from edgefpn.errors import ConfigError, ModelFileError
+from edgefpn.inference import PrePost
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline.benchmark_app import benchmark_app, parse_benchmark_app
 from edgefpn.pipeline.check import ENGINE_FILES
@@ -73,6 +74,7 @@ def run(
     app_rounds: int = 3,
     throughput_seconds: float = 5.0,
     batches: Sequence[int] = (),
+    stream_frames: int = 1000,
 ) -> Artifact:
     """Benchmark every engine in ``run_dir``; write ``benchmark.json`` and ``benchmark.md``.
 
@@ -84,6 +86,9 @@ def run(
         app_rounds: interleaved (ours, benchmark_app) rounds per OpenVINO engine and mode.
         throughput_seconds: duration of each offline sweep point.
         batches: engine batches to sweep besides the run's own ``export.batch`` (built in ``batch-N/``).
+        stream_frames: the ``streaming`` scenario's video is as many whole passes over the val images
+            as reach this many frames (a steady state: filling and draining the pipeline then weigh
+            little; 1: one pass).
 
     Raises:
         ModelFileError: the run directory holds no engine.
@@ -110,7 +115,8 @@ def run(
     by_batch = {own: engines} | {n: _batch_engines(cfg, run_dir, n, progress) for n in sweep if n != own}
     iters = iters or cfg.check.latency_iters
     threads = cfg.run.threads
-    feed, source, paths = _feed(cfg)
+    image, source, paths = _image(cfg)
+    feed = _engine_feed(cfg, "", image)  # the float contract's: the report's input shape
     out = run_dir / ARTIFACT
     machine = system_info(threads)
     given = {
@@ -118,6 +124,7 @@ def run(
         "app_seconds": app_seconds,
         "app_rounds": app_rounds,
         "throughput_seconds": throughput_seconds,
+        "stream_frames": stream_frames,
         "input": source,
         "batches": sweep,
         "end_to_end": bool(paths),
@@ -139,7 +146,7 @@ def run(
     rows, sweep_rows = [], []
     deploy = make_prepost(cfg, deploy=True) if paths else None
     video_dir = tempfile.TemporaryDirectory(prefix="edgefpn-val-video-")
-    video = _val_video(cfg, Path(video_dir.name))
+    video = _val_video(cfg, Path(video_dir.name), stream_frames)
     for spec in engines:
         if not RUNNERS[spec.backend].is_available():
             rows.append(
@@ -147,45 +154,47 @@ def run(
             )
             log(f"[benchmark] skipped {spec.name}: {spec.backend} not installed")
             continue
-        if spec.name.endswith(e2e_stage.SUFFIX):
-            # the scenarios feed one float [N, 3, H, W] array; check's report times the in-graph
-            # contract (end to end, image file -> detections) beside its raw twin
-            rows.append(
-                _row(spec) | {"skipped": "in-graph (-e2e) engine: timed by check beside its raw twin"}
-            )
-            log(f"[benchmark] skipped {spec.name}: in-graph engines are timed by check (report.md)")
-            continue
+        # an in-graph (-e2e) engine is fed and read in its own contract (uint8 image in, detections
+        # out); benchmark_app cross-checks the raw engines only (it feeds one float input here)
+        in_graph = spec.name.endswith(e2e_stage.SUFFIX)
+        efeed = _engine_feed(cfg, spec.name, image)
+        app = 0.0 if in_graph else app_seconds
         family = {n: s for n, specs in by_batch.items() for s in specs if s.name == spec.name}
-        ss = _single_stream(spec, feed, cfg, iters, app_seconds, app_rounds, own)
+        ss = _single_stream(spec, efeed, cfg, iters, app, app_rounds, own)
         if deploy is not None:
-            e2e = _end_to_end(spec, deploy, paths, threads, cfg.check.warmup, iters)
+            e2e = _end_to_end(
+                spec, _contract(deploy, cfg, spec.name), paths, threads, cfg.check.warmup, iters
+            )
             ss = sc.single_stream(ss.pop("_samples"), threads=threads, batch=own, end_to_end_ms=e2e, **ss)
         else:
             ss = sc.single_stream(ss.pop("_samples"), threads=threads, batch=own, **ss)
         log(f"[benchmark] {spec.name}: offline sweep over batch {', '.join(map(str, family))}")
         off = sc.offline(
             list(family.values()),
-            feed[INPUT_NAME],
+            efeed,
             threads=threads,
             seconds=throughput_seconds,
             open_runner=open_runner,
             log=log,
         )
-        if BACKENDS[spec.backend].benchmark_app and app_seconds > 0:
-            off["benchmark_app"] = _offline_cross_check(family, off, feed, threads, app_seconds, app_rounds)
+        if BACKENDS[spec.backend].benchmark_app and app > 0:
+            off["benchmark_app"] = _offline_cross_check(family, off, efeed, threads, app, app_rounds)
         scenarios = {"single_stream": ss, "offline": off}
         if video is not None:
             log(f"[benchmark] {spec.name}: streaming the val video at the deploy and eval thresholds")
         scenarios["streaming"] = streaming_scenario(  # {"skipped": why} without val images on disk
             spec,
-            {"deploy": make_prepost(cfg, deploy=True), "eval": make_prepost(cfg)},
+            {
+                "deploy": _contract(make_prepost(cfg, deploy=True), cfg, spec.name),
+                "eval": _contract(make_prepost(cfg), cfg, spec.name),
+            },
             video,
             threads=threads,
         )
         rows.append(
             _row(spec) | {"latency_ms": ss["model_only_ms"], "fps": ss["fps"], "scenarios": scenarios}
         )
-        sweep_rows += _batch_sweep(family, off["sweep"], feed, threads, cfg.check.warmup, iters)
+        sweep_rows += _batch_sweep(family, off["sweep"], efeed, threads, cfg.check.warmup, iters)
     video_dir.cleanup()
 
     report = {
@@ -245,9 +254,9 @@ def _row(spec: EngineSpec) -> dict[str, Any]:
     return {"name": spec.name, "backend": spec.backend, "precision": spec.precision}
 
 
-def _feed(cfg: Config) -> tuple[dict[str, np.ndarray], str, list[Path]]:
-    """The first val image, preprocessed, and the val image files (end to end) when the dataset is on
-    disk; else a fixed synthetic input and no files."""
+def _image(cfg: Config) -> tuple[np.ndarray | None, str, list[Path]]:
+    """The first val image (decoded RGB) and the val image files (end to end) when the dataset is on
+    disk; else no image (a fixed synthetic input: :func:`_engine_feed`) and no files."""
     from edgefpn.data.coco import load_split
     from edgefpn.data.preprocess import load_image
 
@@ -255,18 +264,35 @@ def _feed(cfg: Config) -> tuple[dict[str, np.ndarray], str, list[Path]]:
     if (root / "annotations" / f"instances_{cfg.data.val_split}.json").is_file():
         split = load_split(root, cfg.data.val_split)
         if split.images:
-            batch, _ = make_prepost(cfg).prepare(load_image(split.images[0].path))
-            return (
-                {INPUT_NAME: batch},
-                f"val image {split.images[0].path.name}",
-                [r.path for r in split.images],
-            )
+            path = split.images[0].path
+            return load_image(path), f"val image {path.name}", [r.path for r in split.images]
+    return None, "synthetic N(0, 1), seed 0 (uint8 engines: uniform pixels, seed 0)", []
+
+
+def _engine_feed(cfg: Config, name: str, image: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Engine ``name``'s batch-1 feed of ``image`` in its contract (float ``images`` or uint8
+    ``images_u8`` + ``valid_hw``); without an image a fixed synthetic input."""
+    pipe = _contract(make_prepost(cfg), cfg, name)
+    if image is not None:
+        return pipe.feed_image(image)[0]
     h, w = cfg.model.input_size
-    batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
-    return {INPUT_NAME: batch}, "synthetic N(0, 1), seed 0", []
+    rng = np.random.default_rng(0)
+    if pipe.input == "uint8":
+        return pipe.feed_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[0]
+    return {INPUT_NAME: rng.standard_normal((1, 3, h, w)).astype(np.float32)}
 
 
-def _val_video(cfg: Config, folder: Path) -> Path | None:
+def _contract(pipe: PrePost, cfg: Config, name: str) -> PrePost:
+    """``pipe`` fed and read as engine ``name``'s contract (``e2e_stage.contract_of``)."""
+    input_type, contract = e2e_stage.contract_of(cfg, name)
+    return dataclasses.replace(pipe, input=input_type, contract=contract)
+
+
+def _repeat(feed: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    return {k: np.repeat(v[:1], n, axis=0) for k, v in feed.items()}
+
+
+def _val_video(cfg: Config, folder: Path, min_frames: int) -> Path | None:
     """The val images as a video (the ``streaming`` scenario's source), or None without a dataset."""
     from edgefpn.data.coco import load_split
     from edgefpn.runtime.scenario import write_video
@@ -277,7 +303,7 @@ def _val_video(cfg: Config, folder: Path) -> Path | None:
     paths = [Path(im.path) for im in load_split(root, cfg.data.val_split).images]
     if not paths:
         return None
-    write_video(paths, folder / "val.avi")
+    write_video(paths, folder / "val.avi", min_frames=min_frames)
     return folder / "val.avi"
 
 
@@ -317,7 +343,7 @@ def _single_stream(
 ) -> dict[str, Any]:
     """Model-only samples (``_samples``) and, for OpenVINO, benchmark_app's latency mode interleaved."""
     threads, warmup = cfg.run.threads, cfg.check.warmup
-    full = {INPUT_NAME: np.repeat(feed[INPUT_NAME], batch, axis=0)}
+    full = _repeat(feed, batch)
     if not BACKENDS[spec.backend].benchmark_app or app_seconds <= 0:
         log(f"[benchmark] {spec.name}: {iters} x single stream")
         return {"_samples": _latency(spec, full, threads, warmup, iters)}
@@ -380,7 +406,7 @@ def _offline_cross_check(
         for _ in range(rounds):
             ours = sc.offline_point(
                 spec,
-                feed[INPUT_NAME],
+                feed,
                 threads=threads,
                 seconds=secs,
                 streams=c["streams"],
@@ -418,7 +444,7 @@ def _batch_sweep(
     rows = []
     for n, spec in sorted(family.items()):
         calls = max(10, iters // n)
-        samples = _latency(spec, {INPUT_NAME: np.repeat(feed[INPUT_NAME], n, axis=0)}, threads, warmup, calls)
+        samples = _latency(spec, _repeat(feed, n), threads, warmup, calls)
         stats = sc.latency_stats(samples)
         best = max(
             (p for p in points if p["conditions"]["batch"] == n and p["engine_path"] == str(spec.path)),

@@ -242,23 +242,35 @@ def _backend_runner(spec: EngineSpec, *, threads: int, hint: str = "latency") ->
 @dataclass(frozen=True)
 class FrameStages:
     """:func:`edgefpn.inference.detect_file`'s path split into its stages, so that the streaming runtime
-    (:mod:`edgefpn.runtime.stream`) can run them on different threads: ``prepare`` (image -> model
-    input), ``infer`` (one engine call) and ``decode`` (outputs -> detections). Nothing is
-    re-implemented here: each stage is the one call the single-image path makes."""
+    (:mod:`edgefpn.runtime.stream`) can run them on different threads: ``prepare`` (image -> the
+    engine's feed), ``infer`` (one engine call) and ``decode`` (outputs -> detections). Nothing is
+    re-implemented here: each stage is the one call the single-image path makes, in the engine's
+    contract (a float or a uint8 feed; a numpy decode only for raw outputs)."""
 
     prepost: PrePost
     runner: Runner
-    batch: int = 1  # the engine's static N of its [N, 3, H, W] input
+    batch: int = 1  # the engine's static N (of ``images`` [N, 3, H, W] or ``images_u8`` [N, H, W, 3])
 
-    def prepare(self, image: Any) -> tuple[Any, Any]:
-        """``uint8 [h, w, 3]`` RGB -> (``[1, 3, H, W]`` model input, its letterbox)."""
-        return self.prepost.prepare(image)
+    def prepare(self, image: Any) -> tuple[dict[str, Any], Any]:
+        """``uint8 [h, w, 3]`` RGB -> (the engine's batch-1 feed, its letterbox)."""
+        return self.prepost.feed_image(image)
 
-    def infer(self, batch: Any) -> dict[str, Any]:
-        """One engine call on a ``[N, 3, H, W]`` input (N = :attr:`batch`)."""
-        from edgefpn.backends.base import INPUT_NAME
+    def stack(self, feeds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Batch-1 feeds -> one feed of the engine's N, zero-padded past ``len(feeds)`` (padding items
+        are decoded by nobody: :meth:`decode` cuts them off)."""
+        if self.batch == 1 and len(feeds) == 1:
+            return dict(feeds[0])
+        out = {}
+        for name, first in feeds[0].items():
+            array = np.zeros((self.batch, *first.shape[1:]), dtype=first.dtype)
+            for k, feed in enumerate(feeds):
+                array[k] = feed[name][0]
+            out[name] = array
+        return out
 
-        return self.runner.infer({INPUT_NAME: batch})
+    def infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        """One engine call on a feed of the engine's batch (:meth:`stack`)."""
+        return self.runner.infer(dict(feed))
 
     def decode(self, outputs: Mapping[str, Any], letterboxes: Sequence[Any]) -> list[Detections]:
         """Engine outputs -> detections in original pixels, one per letterbox; batch items beyond
@@ -386,12 +398,6 @@ class BundleSession:
     @property
     def stages(self) -> FrameStages:
         """This session's per-frame path split into its stages (for :mod:`edgefpn.runtime.stream`)."""
-        if self.prepost.input != "float":
-            # the streaming engines batch one float [N, 3, H, W] array; a uint8 engine takes two inputs
-            raise ModelFileError(
-                f"{self.bundle}: engine {self.spec.name!r} takes a uint8 image; the streaming "
-                "runtime feeds float-input engines only for now: pick one with --engine"
-            )
         return FrameStages(self.prepost, self.runner, batch=int(getattr(self, "_batch", 1)))
 
 

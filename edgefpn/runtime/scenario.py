@@ -25,8 +25,9 @@ from edgefpn.runtime.stream import run_stream
 __all__ = ["bench_streaming", "measure_streaming", "with_score_thresh", "write_video"]
 
 
-def write_video(images: Sequence[Path], path: Path, *, fps: float = 30.0) -> int:
-    """Write ``images`` as an MJPG AVI at ``path``; returns the frame count (checked by reading it back)."""
+def write_video(images: Sequence[Path], path: Path, *, fps: float = 30.0, min_frames: int = 1) -> int:
+    """Write ``images`` as an MJPG AVI at ``path``, as many whole passes over them as it takes to reach
+    ``min_frames``; returns the frame count (checked by reading it back)."""
     import cv2
 
     from edgefpn.data.preprocess import load_image
@@ -34,6 +35,7 @@ def write_video(images: Sequence[Path], path: Path, *, fps: float = 30.0) -> int
     if not images:
         raise DataError(f"{path}: no images to make a video of")
     frames = [load_image(p) for p in images]
+    passes = max(1, -(-int(min_frames) // len(frames)))
     h = max(f.shape[0] for f in frames)
     w = max(f.shape[1] for f in frames)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
@@ -41,7 +43,7 @@ def write_video(images: Sequence[Path], path: Path, *, fps: float = 30.0) -> int
         raise DataError(f"{path}: this OpenCV build cannot write MJPG video")
     canvas = np.zeros((h, w, 3), np.uint8)
     try:
-        for f in frames:
+        for f in frames * passes:
             canvas[:] = 0
             canvas[: f.shape[0], : f.shape[1]] = f[:, :, ::-1]  # RGB -> BGR
             writer.write(canvas)
@@ -50,8 +52,8 @@ def write_video(images: Sequence[Path], path: Path, *, fps: float = 30.0) -> int
     cap = cv2.VideoCapture(str(path))
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
-    if count != len(frames):
-        raise DataError(f"{path}: wrote {len(frames)} frames but OpenCV reads back {count}")
+    if count != len(frames) * passes:
+        raise DataError(f"{path}: wrote {len(frames) * passes} frames but OpenCV reads back {count}")
     return count
 
 
@@ -79,7 +81,7 @@ def measure_streaming(
     """
     h, w = stages.prepost.input_size
     warm, _ = stages.prepare(np.zeros((h, w, 3), np.uint8))
-    stages.infer(np.repeat(warm, stages.batch, axis=0))  # warm: first-call costs are not streaming
+    stages.infer(stages.stack([warm] * stages.batch))  # warm: first-call costs are not streaming
     stats = run_stream(
         stages, [CaptureSource(str(video))], lambda _: None, requests=requests, queue_size=queue_size
     )
@@ -99,16 +101,23 @@ def measure_streaming(
 
 
 def bench_streaming(
-    spec: Any, prepost: Any, images: Sequence[Path], *, threads: int, eval_score_thresh: float | None = None
+    spec: Any,
+    prepost: Any,
+    images: Sequence[Path],
+    *,
+    threads: int,
+    eval_score_thresh: float | None = None,
+    min_frames: int = 1,
 ) -> dict[str, Any]:
     """``python -m edgefpn.runtime bench``'s streaming scenario: ``{"deploy": record[, "eval": record]}`` on
-    a video made from ``images``; ``prepost`` decodes at the deploy threshold (the bundle's)."""
+    a video made from ``images`` (whole passes, at least ``min_frames``); ``prepost`` decodes at the
+    deploy threshold (the bundle's)."""
     preposts = {"deploy": prepost}
     if eval_score_thresh is not None:
         preposts["eval"] = replace(prepost, post=replace(prepost.post, score_thresh=float(eval_score_thresh)))
     with tempfile.TemporaryDirectory(prefix="edgefpn-video-") as tmp:
         video = Path(tmp) / "val.avi"
-        write_video(images, video)
+        write_video(images, video, min_frames=min_frames)
         return streaming_scenario(spec, preposts, video, threads=threads)
 
 
@@ -136,5 +145,6 @@ def streaming_scenario(
 def _input_batch(runner: Any) -> int:
     from edgefpn.backends.base import INPUT_NAME
 
-    shape = runner.io_shapes().get(INPUT_NAME) if hasattr(runner, "io_shapes") else None
+    shapes = runner.io_shapes() if hasattr(runner, "io_shapes") else {}
+    shape = shapes.get(INPUT_NAME) or shapes.get("images_u8")  # the float or the uint8 contract
     return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] >= 1 else 1

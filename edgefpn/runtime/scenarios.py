@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefpn.backends.base import INPUT_NAME, EngineSpec
+from edgefpn.backends.base import EngineSpec
 from edgefpn.runtime.conditions import run_conditions
 
 __all__ = ["FPS_DEFINITIONS", "latency_stats", "offline", "offline_point", "single_stream", "time_calls"]
@@ -82,13 +82,14 @@ def single_stream(
     return row
 
 
-def _batched(image: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    return {INPUT_NAME: np.ascontiguousarray(np.repeat(image[:1], batch, axis=0), dtype=np.float32)}
+def _batched(feed: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """A batch-1 feed (float ``images`` or uint8 ``images_u8`` + ``valid_hw``) repeated to ``batch``."""
+    return {k: np.ascontiguousarray(np.repeat(v[:1], batch, axis=0)) for k, v in feed.items()}
 
 
 def _openvino_point(
     spec: EngineSpec,
-    image: np.ndarray,
+    feed: Mapping[str, np.ndarray],
     *,
     threads: int,
     seconds: float,
@@ -110,14 +111,14 @@ def _openvino_point(
     compiled = ov.Core().compile_model(str(ir_xml(spec.path)), "CPU", config)
     nireq = requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     batch = int(compiled.input(0).get_partial_shape()[0].get_length())
-    feed = _batched(image, batch)
+    batched = _batched(feed, batch)
     queue = ov.AsyncInferQueue(compiled, nireq)
     for _ in range(nireq):  # warm every request once
-        queue.start_async(feed, share_inputs=True)
+        queue.start_async(batched, share_inputs=True)
     queue.wait_all()
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        queue.start_async(feed, share_inputs=True)  # blocks while every request is busy
+        queue.start_async(batched, share_inputs=True)  # blocks while every request is busy
         done += 1
     queue.wait_all()
     elapsed = time.perf_counter() - t0
@@ -133,7 +134,7 @@ def _openvino_point(
 
 def _threaded_point(
     spec: EngineSpec,
-    image: np.ndarray,
+    feed: Mapping[str, np.ndarray],
     *,
     threads: int,
     seconds: float,
@@ -148,9 +149,9 @@ def _threaded_point(
         for r in runners:
             entered.append(r.__enter__())
         batch = getattr(entered[0], "batch", None) or 1
-        feed = _batched(image, batch)
+        batched = _batched(feed, batch)
         for r in entered:
-            r.infer(feed)
+            r.infer(batched)
         counts = [0] * requests
         start = threading.Barrier(requests + 1)
         deadline: list[float] = []
@@ -161,7 +162,7 @@ def _threaded_point(
             try:
                 start.wait()
                 while time.perf_counter() < deadline[0]:
-                    entered[i].infer(feed)
+                    entered[i].infer(batched)
                     counts[i] += 1
             except BaseException as exc:  # re-raised in the caller's thread below
                 errors.append(exc)
@@ -195,7 +196,7 @@ def _threaded_point(
 
 def offline_point(
     spec: EngineSpec,
-    image: np.ndarray,
+    feed: Mapping[str, np.ndarray],
     *,
     threads: int,
     seconds: float,
@@ -207,10 +208,10 @@ def offline_point(
     (the backend's own async requests where its throughput mode is ``requests``, else runners on threads)."""
     if _throughput(spec.backend) == "requests":
         return _openvino_point(
-            spec, image, threads=threads, seconds=seconds, streams=streams, requests=requests
+            spec, feed, threads=threads, seconds=seconds, streams=streams, requests=requests
         )
     return _threaded_point(
-        spec, image, threads=threads, seconds=seconds, requests=requests or 1, open_runner=open_runner
+        spec, feed, threads=threads, seconds=seconds, requests=requests or 1, open_runner=open_runner
     )
 
 
@@ -237,7 +238,7 @@ def sweep_points(backend: str, threads: int) -> list[tuple[int | None, int | Non
 
 def offline(
     specs: Sequence[EngineSpec],
-    image: np.ndarray,
+    feed: Mapping[str, np.ndarray],
     *,
     threads: int,
     seconds: float,
@@ -253,7 +254,7 @@ def offline(
         for streams, requests in sweep_points(spec.backend, threads):
             point = offline_point(
                 spec,
-                image,
+                feed,
                 threads=threads,
                 seconds=seconds,
                 streams=streams,

@@ -227,5 +227,7 @@ def test_batch_2_engine_runs_any_number_of_images_and_offline(trt, tmp_path):
                     np.testing.assert_allclose(
                         value[i : i + 1], ref[i][name], atol=2e-2, rtol=2e-2, err_msg=name
                     )
-    point = offline_point(spec, x[:1], threads=2, seconds=0.5, streams=2, requests=2, open_runner=open_runner)
+    point = offline_point(
+        spec, {"images": x[:1]}, threads=2, seconds=0.5, streams=2, requests=2, open_runner=open_runner
+    )
     assert point["fps"] > 0 and point["conditions"]["batch"] == 2 and point["conditions"]["requests"] == 2

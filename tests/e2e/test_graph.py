@@ -70,13 +70,21 @@ def _run_openvino(model: onnx.ModelProto, feed: dict[str, np.ndarray], tmp: Path
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-@pytest.mark.parametrize("arch", ["fcos", "retinanet", "faster_rcnn"])
-def test_in_graph_decode_and_nms_equal_the_numpy_decoder(arch: str, backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("arch", "topk"),
+    [("fcos", 40), ("fcos", 400), ("retinanet", 40), ("retinanet", 4000), ("faster_rcnn", 40)],
+)
+def test_in_graph_decode_and_nms_equal_the_numpy_decoder(
+    arch: str, topk: int, backend: str, tmp_path: Path
+) -> None:
+    """The in-graph tail equals the numpy decoder where every part binds: threshold, NMS, the detection
+    cap, and the per-level top-k both where it cuts (k=40) and where the graph skips it because no
+    level has more than k passing scores (the larger k; p3 still has more than k scores in all)."""
     d = decoder_for(arch)
     params = PostprocessParams(
         score_thresh=0.3,
         nms_thresh=0.5,
-        topk_candidates=40,
+        topk_candidates=topk,
         detections_per_img=25,
         strides=d.strides,
         levels=d.levels,
@@ -86,7 +94,9 @@ def test_in_graph_decode_and_nms_equal_the_numpy_decoder(arch: str, backend: str
     )
     assert [o.name for o in tail.graph.output] == list(DET_OUTPUTS)
     assert not lint_onnx(tail), [str(f) for f in lint_onnx(tail)]  # the TensorRT lint passes it: no finding
-    bound = {"cap": 0, "nms": 0}
+    bound = {"cap": 0, "nms": 0, "topk": 0}
+    if arch != "faster_rcnn":  # the cut is conditional (If) on the levels where it can bind
+        assert any(node.op_type == "If" for node in tail.graph.node)
     for seed in range(3):
         raw = _raw(arch, np.random.default_rng(seed))
         ref = decode(arch, raw, params, image_size=SIZE)[0]
@@ -98,6 +108,7 @@ def test_in_graph_decode_and_nms_equal_the_numpy_decoder(arch: str, backend: str
         )[0]
         bound["cap"] += len(ref) == params.detections_per_img
         bound["nms"] += len(loose) > len(ref)
+        bound["topk"] += arch != "faster_rcnn" and max(_passing(arch, raw, params)) > topk
         out = _run_onnx(tail, raw) if backend == "onnxruntime" else _run_openvino(tail, raw, tmp_path)
         n = int(out["num_dets"][0])
         assert n == len(ref) > 0
@@ -106,9 +117,20 @@ def test_in_graph_decode_and_nms_equal_the_numpy_decoder(arch: str, backend: str
         np.testing.assert_allclose(out["det_boxes"][0, :n], ref.boxes, rtol=0, atol=2e-3)
         # past num_dets: zeros and label -1, a fixed shape for the device
         assert (out["det_labels"][0, n:] == -1).all() and not out["det_scores"][0, n:].any()
-    assert bound["nms"] == 3 and (arch == "faster_rcnn" or bound["cap"] >= 1), (
-        bound
-    )  # each part was exercised
+    assert bound["nms"] == 3 and (arch == "faster_rcnn" or bound["cap"] >= 1), bound  # each part ran
+    if arch != "faster_rcnn":  # k=40: the cut runs on every seed; the larger k: the graph skips it
+        assert bound["topk"] == (3 if topk == 40 else 0), bound
+
+
+def _passing(arch: str, raw: dict[str, np.ndarray], params: PostprocessParams) -> list[int]:
+    """Per level, how many (position, class) scores pass the threshold (what the top-k cut sees)."""
+    counts = []
+    for lvl in params.levels:
+        score = 1 / (1 + np.exp(-raw[f"cls_{lvl}"].astype(np.float64)))
+        if arch == "fcos":
+            score = np.sqrt(score / (1 + np.exp(-raw[f"ctr_{lvl}"].astype(np.float64))))
+        counts.append(int((score > params.score_thresh).sum()))
+    return counts
 
 
 def test_uint8_head_equals_the_float_preprocessing_bit_for_bit() -> None:

@@ -43,7 +43,7 @@ from edgefpn.config import load_config
 from edgefpn.pipeline import benchmark
 cfg = load_config(None, json.loads(sys.argv[1]))
 benchmark.run(cfg, Path(sys.argv[2]), progress=False, iters=3, app_seconds=2, app_rounds=2,
-              throughput_seconds=0.2)
+              throughput_seconds=0.2, stream_frames=1)
 assert "torch" not in sys.modules, "the benchmark path imported torch"
 """
 
@@ -120,7 +120,9 @@ def test_benchmark_rewrites_a_deleted_markdown(run_copy):
     cfg = load_config(None, [*overrides, "check.backends=[onnxruntime]"])
 
     def bench():
-        return benchmark.run(cfg, run_dir, progress=False, iters=2, app_seconds=0, throughput_seconds=0.1)
+        return benchmark.run(
+            cfg, run_dir, progress=False, iters=2, app_seconds=0, throughput_seconds=0.1, stream_frames=1
+        )
 
     bench()
     # the streaming scenario on the val video (6 tiny val images), at the deploy and eval thresholds

@@ -28,3 +28,25 @@ def packaged(tiny_run, tmp_path_factory):
     for rec in split.images:
         shutil.copy(rec.path, images / Path(rec.path).name)
     return cfg, run_dir, art, images
+
+
+@pytest.fixture(scope="session")
+def packaged_e2e(tiny_run, tmp_path_factory):
+    """The tiny run with in-graph engines (uint8 input, decode + NMS in the graph) for ONNX Runtime and
+    OpenVINO fp32, beside their raw twins, packaged: (cfg, run_dir, bundle artifact)."""
+    overrides, src = tiny_run
+    tmp = tmp_path_factory.mktemp("package-e2e")
+    run_dir = copy_run(src, tmp / "run")
+    cfg = load_config(
+        None,
+        [
+            *overrides,
+            "export.input=uint8",
+            "export.nms=true",
+            "quantize.enabled=false",
+            "build.precisions=[fp32]",
+            "check.max_images=3",
+        ],
+    )
+    build.run(cfg, run_dir, targets=["openvino"], precisions=["fp32"], progress=False)
+    return cfg, run_dir, package.run(cfg, run_dir, progress=False)

@@ -289,6 +289,8 @@ def test_bench_reports_startup_and_latency(packaged, capsys):
                 "1",
                 "--threads",
                 "1",
+                "--stream-frames",
+                "1",
                 "--images",
                 str(images),
             ]

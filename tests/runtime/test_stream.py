@@ -221,11 +221,13 @@ class _Stages:
     delay: float = 0.004
 
     def prepare(self, image):
-        return image[:1, :1, :1].astype(np.float32).reshape(1, 1, 1, 1), int(image[0, 0, 0])
+        return {"x": image[:1, :1, :1].astype(np.float32).reshape(1, 1, 1, 1)}, int(image[0, 0, 0])
 
-    def infer(self, batch):
+    stack = FrameStages.stack  # the runtime's own batching (zero-padded to `batch`)
+
+    def infer(self, feed):
         time.sleep(random.uniform(0, self.delay))
-        return {"x": batch.copy()}
+        return {"x": feed["x"].copy()}
 
     def decode(self, outputs, letterboxes):
         assert (
