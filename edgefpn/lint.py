@@ -476,7 +476,8 @@ def _lint_qdq_node(node, consts, consumers) -> Iterator[Finding]:
     if weight is None:
         if per_channel and x not in consts:
             yield bad(
-                f"per-channel scale ({scale.size} values) on an activation; TensorRT quantizes activations per-tensor"
+                f"per-channel scale ({scale.size} values) on an activation; TensorRT quantizes "
+                "activations per-tensor"
             )
         return
     w, consumer = weight
@@ -486,8 +487,8 @@ def _lint_qdq_node(node, consts, consumers) -> Iterator[Finding]:
     rank_axis = axis % w.ndim
     if not per_channel and w.shape[expected] > 1:
         yield bad(
-            f"weight of {consumer.name or consumer.op_type} quantized per-tensor; per-channel (axis {expected}) "
-            "keeps INT8 accuracy",
+            f"weight of {consumer.name or consumer.op_type} quantized per-tensor; per-channel (axis "
+            f"{expected}) keeps INT8 accuracy",
             "warning",
         )
     elif per_channel and rank_axis != expected:

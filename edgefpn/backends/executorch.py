@@ -156,7 +156,8 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: b
     wrapper, names = wrapper_from_checkpoint(model.path)
     example = torch.zeros(src.input["shape"], dtype=torch.float32)
     log(
-        f"[build] executorch-{precision}: torch.export + XNNPACK of {model.path.name} at {list(example.shape)}"
+        f"[build] executorch-{precision}: torch.export + XNNPACK of {model.path.name} at "
+        f"{list(example.shape)}"
     )
     with atomic_output(out) as tmp:
         to_executorch(wrapper, example, tmp)

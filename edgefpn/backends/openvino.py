@@ -165,7 +165,8 @@ class OpenVinoRunner(BaseRunner):
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         if got != getattr(ov.Type, self.inference_precision):
             raise ModelFileError(
-                f"{xml}: compiled with inference precision {got}, not the requested {self.inference_precision}"
+                f"{xml}: compiled with inference precision {got}, not the requested "
+                f"{self.inference_precision}"
             )
         self._outputs = [(port, port.get_any_name()) for port in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
@@ -280,7 +281,8 @@ def build(
         log(f"[build] up to date: {out}")
         return art
     log(
-        f"[build] openvino-{precision}: converting {src.path.name} (compress_to_fp16={settings['compress_to_fp16']})"
+        f"[build] openvino-{precision}: converting {src.path.name} "
+        f"(compress_to_fp16={settings['compress_to_fp16']})"
     )
     with atomic_output(out) as tmp:
         outputs = onnx_to_openvino(

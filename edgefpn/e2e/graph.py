@@ -152,7 +152,8 @@ def uint8_head(
 
 
 def _model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
-    # the lowest IR version the opset needs (make_model's default, the newest, is more than ONNX Runtime reads)
+    # the lowest IR version the opset needs (make_model's default, the newest, is more than ONNX Runtime
+    # reads)
     opsets = [helper.make_opsetid("", max(opset, _MIN_OPSET))]
     return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
@@ -206,7 +207,8 @@ def _num_classes(arch: str, raw: dict[str, list[int]], params: PostprocessParams
 def _threshold_topk(
     b: _Builder, scores: str, n: int, count: int, params: PostprocessParams
 ) -> tuple[str, str, int]:
-    """Per level: ``score > thresh`` then the top ``topk_candidates`` of [N, count] -> (scores, flat idx, k)."""
+    """Per level: ``score > thresh`` then the top ``topk_candidates`` of [N, count] -> (scores, flat idx,
+    k)."""
     masked = b.op(
         "Where",
         [b.op("Greater", [scores, b.const(_float32_below(params.score_thresh))]), scores, b.const(_EMPTY)],

@@ -133,7 +133,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: refused to unpickle (only tensors and plain containers are allowed): {_refusal_reason(exc)}"
+            f"{path}: refused to unpickle (only tensors and plain containers are allowed): "
+            f"{_refusal_reason(exc)}"
         ) from exc
     except RuntimeError as exc:  # the zip reader: truncated or not a zip archive
         raise CheckpointError(

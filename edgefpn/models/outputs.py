@@ -110,7 +110,8 @@ class PerLevelExportWrapper(nn.Module):
 
 def level_size(size: int, stride: int) -> int:
     """The side of a stride-``stride`` feature map for an input side ``size``: ``size`` halved, rounding up,
-    once per factor of 2 (each stride-2 conv (k3 p1, k7 p3, k1 p0) and the stem max-pool maps n -> ceil(n / 2))."""
+    once per factor of 2 (each stride-2 conv (k3 p1, k7 p3, k1 p0) and the stem max-pool maps
+    n -> ceil(n / 2))."""
     for _ in range(stride.bit_length() - 1):
         size = -(-size // 2)
     return size

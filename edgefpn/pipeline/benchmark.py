@@ -235,7 +235,8 @@ def _batch_engines(cfg: Config, run_dir: Path, batch: int, progress: bool) -> li
         )
     derived, sub = batch_run(cfg, run_dir, batch)
     log(
-        f"[benchmark] batch {batch}: engines in {sub} (export.batch={batch}; each stage skipped when up to date)"
+        f"[benchmark] batch {batch}: engines in {sub} (export.batch={batch}; each stage skipped when "
+        "up to date)"
     )
     build_stage.run(derived, sub, progress=progress)  # export and quantize first, as make would
     specs, ignored = current_engines(derived, sub, cfg.check.backends, ENGINE_FILES)

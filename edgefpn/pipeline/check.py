@@ -427,7 +427,8 @@ def _engine_entry(spec: EngineSpec, m: dict, ref: dict, latency: dict, run_dir: 
 
 
 def _gates(entry: dict, cfg: Config, *, is_reference: bool, selected: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The engine's gate results; ``selected`` outputs (see ``Decoder.selected_outputs``) only fail on NaN/Inf."""
+    """The engine's gate results; ``selected`` outputs (see ``Decoder.selected_outputs``) only fail on
+    NaN/Inf."""
     precision = entry["precision"]
     max_drop = cfg.check.max_map_drop.get(precision)
     min_cos = cfg.check.min_cosine.get(precision)

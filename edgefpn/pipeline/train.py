@@ -1,4 +1,5 @@
-"""Stage `train`: train the detector (one process or under torchrun) or load `model.weights`; write `model.pt`.
+"""Stage `train`: train the detector (one process or under torchrun) or load `model.weights`; write
+`model.pt`.
 
 The loop, sampler and distributed plumbing live in :mod:`edgefpn.training`."""
 

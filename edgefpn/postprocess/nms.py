@@ -1,4 +1,5 @@
-"""Greedy NMS with torchvision's semantics, bit for bit, in numpy (no torch: the device runtime imports it)."""
+"""Greedy NMS with torchvision's semantics, bit for bit, in numpy (no torch: the device runtime imports
+it)."""
 
 from __future__ import annotations
 

@@ -445,7 +445,8 @@ def _check_engine_io(
     if got is None or tuple(got) != want:
         raise ModelFileError(
             f"{bundle}: pipeline.json preprocess.input_size [{h}, {w}] disagrees with engine "
-            f"{name!r}: its input {'images_u8' if uint8 else INPUT_NAME!r} is {list(got) if got is not None else 'missing'}, "
+            f"{name!r}: its input {'images_u8' if uint8 else INPUT_NAME!r} is "
+            f"{list(got) if got is not None else 'missing'}, "
             f"expected {list(want)}; refusing the bundle"
         )
     num_classes = params["classes"]["num_classes"]

@@ -235,7 +235,8 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
 
 class _AllReduceSum(torch.autograd.Function):
     """A differentiable sum over ranks: every rank's result depends on every rank's input, so the
-    gradient of the sum of all ranks' losses w.r.t. one input is the sum over ranks of the incoming gradients."""
+    gradient of the sum of all ranks' losses w.r.t. one input is the sum over ranks of the incoming
+    gradients."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:

@@ -150,7 +150,8 @@ def run_epochs(
     progress: bool,
     scaler: torch.amp.GradScaler,
 ) -> TrainState:
-    """Train from ``state`` to ``cfg.train.epochs``; rank 0 writes the resume state after each epoch but the last.
+    """Train from ``state`` to ``cfg.train.epochs``; rank 0 writes the resume state after each epoch but
+    the last.
 
     ``model`` is what runs the step (DDP-wrapped under torchrun); ``module`` the plain model.
     """
@@ -241,7 +242,8 @@ def run_epochs(
                 dist.barrier()  # the resume state is complete before any rank stops
                 if dist.is_main:
                     log(
-                        f"[train] stopping after epoch {state.epoch} ({STOP_AFTER_EPOCH_ENV}); resume state: {resume}"
+                        f"[train] stopping after epoch {state.epoch} ({STOP_AFTER_EPOCH_ENV}); resume state: "
+                        f"{resume}"
                     )
                 raise KeyboardInterrupt
     finally:
