@@ -332,6 +332,7 @@ def _dims(value) -> list[int | str] | None:
 
 def _lint_shapes(graph) -> Iterator[Finding]:
     initializers = {i.name for i in graph.initializer}
+    severity: Literal["error", "warning"]
     for kind, values, severity in (
         ("input", graph.input, "error"),
         ("output", graph.output, "error"),

@@ -211,7 +211,7 @@ class BatchedRunner:
     def __exit__(self, *exc: object) -> None:
         self.inner.__exit__(*exc)
 
-    def __getattr__(self, name: str) -> object:  # compiled, io_shapes, hint...: the engine's own
+    def __getattr__(self, name: str) -> Any:  # compiled, io_shapes, hint...: the engine's own
         if name == "inner":  # not set yet (copy, pickle): no recursion
             raise AttributeError(name)
         return getattr(self.inner, name)

@@ -41,7 +41,7 @@ class ExecuTorchRunner(BaseRunner):
 
     def __init__(self, spec: EngineSpec, *, threads: int) -> None:
         super().__init__(spec, threads=threads)
-        self._method = None
+        self._method: Any = None  # the loaded ``forward`` method (untyped package)
         self._names: list[str] = []
         self._shapes: dict[str, tuple] = {}
 

@@ -130,8 +130,8 @@ class OpenVinoRunner(BaseRunner):
         self.cache_root = cache_root
         self.use_cache = use_cache
         self.cache_dir: Path | None = None
-        self.compiled = None
-        self._request = None
+        self.compiled: Any = None  # ov.CompiledModel and its InferRequest once loaded (untyped package)
+        self._request: Any = None
         self._outputs: list[tuple[Any, str]] = []
 
     @classmethod
@@ -277,9 +277,9 @@ def build(
     version = openvino_version()
     chash = config_hash({"target": "openvino", "precision": precision, "openvino": version, **settings})
     inputs = {"onnx": src.sha256}
-    if not force and (art := up_to_date(out, config_hash=chash, inputs=inputs)):
+    if not force and (fresh := up_to_date(out, config_hash=chash, inputs=inputs)):
         log(f"[build] up to date: {out}")
-        return art
+        return fresh
     log(
         f"[build] openvino-{precision}: converting {src.path.name} "
         f"(compress_to_fp16={settings['compress_to_fp16']})"

@@ -377,9 +377,10 @@ class TensorRTRunner(BaseRunner):
 
     def __init__(self, spec: EngineSpec, *, threads: int) -> None:
         super().__init__(spec, threads=threads)  # host threads are irrelevant to TensorRT
-        self._engine = None
-        self._context = None
-        self._stream = None
+        # the engine, its execution context and CUDA stream once loaded (untyped packages)
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
         self._inputs: dict[str, Any] = {}
         self._outputs: dict[str, Any] = {}
 

@@ -78,22 +78,20 @@ class _Builder:
         return name
 
     def op(
-        self,
-        op_type: str,
-        inputs: Sequence[str],
-        hint: str | None = None,
-        *,
-        outputs: int = 1,
-        out: str | Sequence[str] | None = None,
-        **attrs,
-    ) -> str | list[str]:
-        names = (
-            ([out] if isinstance(out, str) else list(out))
-            if out is not None
-            else [self.name(hint or op_type.lower()) for _ in range(outputs)]
-        )
+        self, op_type: str, inputs: Sequence[str], hint: str | None = None, *, out: str | None = None, **attrs
+    ) -> str:
+        """A one-output node; its output is ``out``, else a fresh name from ``hint``."""
+        names = [out] if out is not None else [self.name(hint or op_type.lower())]
+        return self._node(op_type, inputs, names, attrs)[0]
+
+    def multi_op(self, op_type: str, inputs: Sequence[str], outputs: int, **attrs) -> list[str]:
+        """A node with ``outputs`` outputs, freshly named (``op`` types its one output as ``str``)."""
+        names = [self.name(op_type.lower()) for _ in range(outputs)]
+        return self._node(op_type, inputs, names, attrs)
+
+    def _node(self, op_type: str, inputs: Sequence[str], names: list[str], attrs: dict) -> list[str]:
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.name(op_type), **attrs))
-        return names[0] if outputs == 1 and out is None or isinstance(out, str) else names
+        return names
 
     def reshape(self, x: str, shape: Sequence[int]) -> str:
         return self.op("Reshape", [x, self.const(shape, np.int64, "shape")])
@@ -214,7 +212,7 @@ def _threshold_topk(
         [b.op("Greater", [scores, b.const(_float32_below(params.score_thresh))]), scores, b.const(_EMPTY)],
     )
     k = min(params.topk_candidates, count)
-    vals, idx = b.op("TopK", [masked, b.const([k], np.int64, "k")], outputs=2, axis=1, largest=1, sorted=1)
+    vals, idx = b.multi_op("TopK", [masked, b.const([k], np.int64, "k")], 2, axis=1, largest=1, sorted=1)
     return vals, b.op("Cast", [idx], to=TensorProto.INT32), k
 
 
@@ -367,7 +365,7 @@ def _nms_and_top(
     bm = b.op("Gather", [selected, b.const([0, 2], np.int64, "bm")], axis=1)  # [S, 2]
     kept_scores = b.op("GatherND", [scores, bm])  # [S]
     kept = b.op("ScatterND", [b.const(np.full((n, m), _EMPTY), hint="none"), bm, kept_scores])  # [N, M]
-    top, idx = b.op("TopK", [kept, b.const([k], np.int64, "kfinal")], outputs=2, axis=1, largest=1, sorted=1)
+    top, idx = b.multi_op("TopK", [kept, b.const([k], np.int64, "kfinal")], 2, axis=1, largest=1, sorted=1)
     idx = b.op("Cast", [idx], to=TensorProto.INT32)
     valid = b.op("Greater", [top, b.const(_NMS_SCORE_FLOOR)])  # [N, K]
     det_boxes = b.gather_rows(boxes, idx, n, m, 4)

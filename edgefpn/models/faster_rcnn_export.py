@@ -149,6 +149,7 @@ class MultiLevelRoIAlign(nn.Module):
             )  # [R, C, S, S]
             masked = per_level * (level == i).to(per_level.dtype)
             pooled = masked if pooled is None else pooled + masked
+        assert pooled is not None  # __init__ refuses empty levels
         return pooled
 
 

@@ -376,7 +376,7 @@ def _offline_cross_check(
         f"[benchmark] {spec.name}: {rounds} rounds of offline (batch {c['batch']}, {c['streams']} streams, "
         f"{c['requests']} requests) then benchmark_app async -t {secs}"
     )
-    app_rounds: list[dict[str, float]] = []
+    app_rounds: list[dict[str, Any]] = []  # "count" is None where benchmark_app printed none
     record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "input.npy"

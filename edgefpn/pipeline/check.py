@@ -384,7 +384,8 @@ def _int8_speedups(
         for _ in range(c.warmup):
             a.infer(feed)
             b.infer(feed)
-        t_int8, t_fp32 = [], []
+        t_int8: list[float] = []
+        t_fp32: list[float] = []
         for i in range(max(c.latency_iters, 1)):
             for runner, times in ((a, t_int8), (b, t_fp32)) if i % 2 == 0 else ((b, t_fp32), (a, t_int8)):
                 t0 = time.perf_counter()

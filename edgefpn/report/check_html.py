@@ -218,8 +218,8 @@ def _engine_table(report: dict[str, Any]) -> str:
             if not failed
             else f"✗ {len(failed)} failed" + (f" ({', '.join(levels)})" if levels else "")
         )
-        cells = "".join(f"<td>{escape(c)}</td>" for c in [*cells, gate])
-        rows.append(f"<tr class='{cls}'>{cells}</tr>")
+        tds = "".join(f"<td>{escape(c)}</td>" for c in [*cells, gate])
+        rows.append(f"<tr class='{cls}'>{tds}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 

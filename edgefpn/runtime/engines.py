@@ -44,6 +44,7 @@ class _ThreadedEngine:
         self._pool.submit(self._run, batch, done)
 
     def _run(self, batch: np.ndarray, done: Done) -> None:
+        out: dict[str, np.ndarray] | BaseException
         try:
             out = self._infer(batch)
         except BaseException as exc:  # noqa: BLE001 - handed to `done`, re-raised by the stream
@@ -174,7 +175,8 @@ def open_engine(stages: Any, *, requests: int) -> Any:
     """The in-flight engine for ``stages.runner`` (:class:`edgefpn.runtime.FrameStages`)."""
     from edgefpn.backends import BACKENDS
 
-    record = BACKENDS.get(getattr(getattr(stages.runner, "spec", None), "backend", None))
+    name = getattr(getattr(stages.runner, "spec", None), "backend", None)
+    record = BACKENDS.get(name) if isinstance(name, str) else None
     mode = "serial" if record is None else record.throughput  # unknown runner: not assumed thread-safe
     if mode == "requests" and getattr(stages.runner, "compiled", None) is not None:
         return _OpenVinoEngine(stages.runner, requests)

@@ -61,6 +61,12 @@ class _Stream:
     last: float | None = None
     error: str | None = None
 
+    def fps(self) -> float:
+        """Frames out over first capture to last detection; 0 below two frames."""
+        if self.frames < 2 or self.first is None or self.last is None:
+            return 0.0
+        return round(self.frames / max(self.last - self.first, 1e-9), 2)
+
 
 @dataclass
 class StreamStats:
@@ -98,7 +104,7 @@ class StreamStats:
                     "source": s.name,
                     "frames": s.frames,
                     "dropped": s.dropped,
-                    "fps": round(s.frames / max(s.last - s.first, 1e-9), 2) if s.frames > 1 else 0.0,
+                    "fps": s.fps(),
                 }
                 | ({"error": s.error} if s.error else {})
                 for s in self.streams

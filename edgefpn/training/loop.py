@@ -123,7 +123,7 @@ def resolve_amp(setting: str, device: torch.device) -> str:
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    amp = resolve_amp(cfg.train.amp, device)
+    amp = resolve_amp(str(cfg.train.amp), device)  # a str once loaded (see TrainConfig)
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(
             f"train.amp: fp16 needs CUDA (its GradScaler is for GPUs); this run is on {device}, "
