@@ -68,9 +68,10 @@ test-shipped: setup ## torchvision's full-size layouts: parity and every shipped
 bench-zoo: setup ## FPN vs AugFPN per detector, one training budget -> benchmarks/zoo.{md,json} (~20 min)
 	.venv/bin/python benchmarks/zoo.py $(ARGS)
 
-lint: setup ## ruff check and ruff format --check on edgefpn, tests and benchmarks
+lint: setup ## ruff check and ruff format --check on edgefpn, tests and benchmarks; mypy on edgefpn
 	.venv/bin/ruff check edgefpn tests benchmarks
 	.venv/bin/ruff format --check edgefpn tests benchmarks
+	.venv/bin/mypy
 
 clean: ## remove runs/, the built-in dataset and pytest caches
 	rm -rf runs data/synth .pytest_cache

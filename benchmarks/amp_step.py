@@ -2,7 +2,8 @@
 
 Tells in a minute whether this CPU should train with ``train.amp=bf16``: on an AVX2-only CPU bf16 autocast
 falls back to ``slow_conv2d`` (benchmarks/train_speed.md, 2026-12-02: fp32 13.1 s, bf16 164.2 s per step
-under load 15). ``train.amp=auto`` makes the same decision from ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``.
+under load 15). ``train.amp=auto`` makes the same decision from
+``torch.ops.mkldnn._is_mkldnn_bf16_supported()``.
 
     .venv/bin/python benchmarks/amp_step.py --rounds 3
 """

@@ -175,7 +175,8 @@ def _markdown(r: dict) -> str:
         f"Model: {r['model']}; threads: {r['threads']}; "
         f"machine: {r['machine']['cpu']}, {r['machine']['cores']} cores.",
         "",
-        "Each row is a fresh process (peak RSS is `VmHWM` of that process, which includes the ~50 MB of imports).",
+        "Each row is a fresh process (peak RSS is `VmHWM` of that process, which includes the "
+        "~50 MB of imports).",
         "",
         "| method | images | seconds | images/s | peak RSS MB |",
         "|---|---:|---:|---:|---:|",

@@ -155,12 +155,13 @@ def render(r: dict) -> str:
     lines = [
         "# Device runtime footprint",
         "",
-        f"Made by `benchmarks/runtime_footprint.py` on {r['machine']['platform']}, {r['machine']['cpus']} CPUs, "
-        f"Python {r['machine']['python']}; medians of repeated cold processes, 1 inference thread; "
+        f"Made by `benchmarks/runtime_footprint.py` on {r['machine']['platform']}, {r['machine']['cpus']} "
+        f"CPUs, Python {r['machine']['python']}; medians of repeated cold processes, 1 inference thread; "
         f"bundle {r['bundle_bytes'] / 2**20:.2f} MiB.",
         "",
         f"Installed size (site-packages): runtime venv **{sp['runtime']} MiB** vs full `.venv` "
-        f"**{sp['full']} MiB**. Packages of the full stack present in the runtime venv: {r['runtime_venv_has']}.",
+        f"**{sp['full']} MiB**. Packages of the full stack present in the runtime venv: "
+        f"{r['runtime_venv_has']}.",
         "",
         "| engine | venv | import runtime + backend (s) | verify (s) | extract (s) | load (s) | "
         "start-up to 1st inference (s) | whole process (s) | model-only p50 (ms) |",

@@ -99,7 +99,8 @@ def _run_row(args: argparse.Namespace, arch: str, neck: str) -> dict[str, Any]:
     (run_dir / "zoo.log").write_text(proc.stdout + proc.stderr)
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
     print(
-        f"[zoo] {arch}/{neck}: exit {proc.returncode} in {seconds:.0f} s {tail[0] if proc.returncode else ''}",
+        f"[zoo] {arch}/{neck}: exit {proc.returncode} in {seconds:.0f} s "
+        f"{tail[0] if proc.returncode else ''}",
         flush=True,
     )
     return {
@@ -192,8 +193,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"One training budget for every row: {s['epochs']} epochs on {s['num_train']} images at "
         f"{s['input_size']} px, seed {s['seed']}, `{s['config']}` plus the overrides below; mAP on "
-        f"{s['num_val']} val images. Latency: ONNX Runtime FP32, model only, batch 1, {s['threads']} threads, "
-        f"all rows interleaved in one process ({s['latency_rounds']} rounds x {s['latency_iters']} calls per row).",
+        f"{s['num_val']} val images. Latency: ONNX Runtime FP32, model only, batch 1, {s['threads']} "
+        f"threads, all rows interleaved in one process ({s['latency_rounds']} rounds x "
+        f"{s['latency_iters']} calls per row).",
         "",
         "| arch | neck | mAP (PyTorch) | mAP (ORT FP32) | ORT delta | params (M) | GFLOPs | ORT p50 ms | "
         "latency vs FPN | train s* | `edgefpn run` |",
@@ -207,8 +209,10 @@ def render_markdown(result: dict[str, Any]) -> str:
             ratio = r["latency_ms"]["p50"] / base["latency_ms"]["p50"]
         status = "ok" if r["exit_code"] == 0 else f"exit {r['exit_code']}"
         lines.append(
-            f"| {r['arch']} | {r['neck']} | {_fmt(r.get('map_torch'), '.2f')} | {_fmt(r.get('map_ort'), '.2f')} | "
-            f"{_fmt(r.get('map_delta'), '+.3f')} | {_fmt(r.get('params_m'), '.3f')} | {_fmt(r.get('gflops'), '.3f')} | "
+            f"| {r['arch']} | {r['neck']} | {_fmt(r.get('map_torch'), '.2f')} | "
+            f"{_fmt(r.get('map_ort'), '.2f')} | "
+            f"{_fmt(r.get('map_delta'), '+.3f')} | {_fmt(r.get('params_m'), '.3f')} | "
+            f"{_fmt(r.get('gflops'), '.3f')} | "
             f"{_fmt((r.get('latency_ms') or {}).get('p50'), '.2f')} | {_fmt(ratio, '.2f')}x | "
             f"{_fmt(r.get('train_seconds'), '.0f')} | {status} |"
         )
@@ -226,8 +230,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "a rough cost indication; the latency columns are the side-by-side measurement).",
         "",
         "The AugFPN paper reports +0.9 to +2.3 AP on COCO with ImageNet-pretrained ResNets and 12+ epoch "
-        "schedules; this table is a few from-scratch epochs of a slim ResNet-18 on synthetic shapes, with one "
-        "seed per row, so differences of about one AP point are within run-to-run noise.",
+        "schedules; this table is a few from-scratch epochs of a slim ResNet-18 on synthetic shapes, with "
+        "one seed per row, so differences of about one AP point are within run-to-run noise.",
         "",
         f"Overrides: `{' '.join(result['settings']['overrides'])}`",
         *(

@@ -1,4 +1,5 @@
-"""``python -m edgefpn``: the ``edgefpn`` command line (what ``torchrun -m edgefpn train ...`` runs on each rank)."""
+"""``python -m edgefpn``: the ``edgefpn`` command line (what ``torchrun -m edgefpn train ...`` runs on each
+rank)."""
 
 from edgefpn.cli import main
 

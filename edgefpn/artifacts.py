@@ -29,7 +29,7 @@ from edgefpn.digests import cached_sha256
 from edgefpn.errors import EdgefpnError
 
 MANIFEST_SUFFIX = ".manifest.json"
-_TRACKED_PACKAGES = (
+_TRACKED_PACKAGES: tuple[str, ...] = (
     "edgefpn",
     "torch",
     "torchvision",

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = ["RACY_SECONDS", "STORE", "cached_image_size", "cached_sha256", "persisted"]
 
@@ -43,7 +44,10 @@ def _racy(st: os.stat_result) -> bool:
     return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_SECONDS * 1e9
 
 
-def _cached(path: Path, slot: int, compute: Callable[[Path], object]) -> object:
+_T = TypeVar("_T")
+
+
+def _cached(path: Path, slot: int, compute: Callable[[Path], _T]) -> _T:
     global _dirty
     name = os.path.abspath(path)
     st = os.stat(name)
@@ -77,7 +81,7 @@ def cached_sha256(path: Path) -> str:
 
 def cached_image_size(path: Path, read: Callable[[Path], tuple[int, int]]) -> tuple[int, int]:
     """``read(path)`` (the image header's ``(width, height)``), reused while the file's stat is unchanged."""
-    w, h = _cached(path, 6, lambda p: list(read(p)))  # type: ignore[misc]
+    w, h = _cached(path, 6, lambda p: list(read(p)))
     return int(w), int(h)
 
 

@@ -62,7 +62,8 @@ class PrePost:
         return chw[None], lb  # [1, 3, H, W]
 
     def feed_image(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], Letterbox]:
-        """A decoded ``uint8 [h, w, 3]`` RGB image -> the engine's feed in this ``PrePost``'s ``input`` type."""
+        """A decoded ``uint8 [h, w, 3]`` RGB image -> the engine's feed in this ``PrePost``'s ``input``
+        type."""
         if self.input == "uint8":
             u8, valid_hw, lb = letterbox_u8(image, size=self.input_size)
             return {"images_u8": u8, "valid_hw": valid_hw}, lb

@@ -332,6 +332,7 @@ def _dims(value) -> list[int | str] | None:
 
 def _lint_shapes(graph) -> Iterator[Finding]:
     initializers = {i.name for i in graph.initializer}
+    severity: Literal["error", "warning"]
     for kind, values, severity in (
         ("input", graph.input, "error"),
         ("output", graph.output, "error"),
@@ -476,7 +477,8 @@ def _lint_qdq_node(node, consts, consumers) -> Iterator[Finding]:
     if weight is None:
         if per_channel and x not in consts:
             yield bad(
-                f"per-channel scale ({scale.size} values) on an activation; TensorRT quantizes activations per-tensor"
+                f"per-channel scale ({scale.size} values) on an activation; TensorRT quantizes "
+                "activations per-tensor"
             )
         return
     w, consumer = weight
@@ -486,8 +488,8 @@ def _lint_qdq_node(node, consts, consumers) -> Iterator[Finding]:
     rank_axis = axis % w.ndim
     if not per_channel and w.shape[expected] > 1:
         yield bad(
-            f"weight of {consumer.name or consumer.op_type} quantized per-tensor; per-channel (axis {expected}) "
-            "keeps INT8 accuracy",
+            f"weight of {consumer.name or consumer.op_type} quantized per-tensor; per-channel (axis "
+            f"{expected}) keeps INT8 accuracy",
             "warning",
         )
     elif per_channel and rank_axis != expected:

@@ -73,6 +73,7 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
 def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) of one message; value is an int or (start, end) of the bytes."""
     pos = start
+    value: Any  # an int, (start, end) or None, by wire type
     while pos < end:
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7

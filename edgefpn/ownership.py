@@ -66,7 +66,7 @@ def check_replaceable(
     if not os.path.lexists(path):
         return
     if path.is_symlink():
-        why = "a symbolic link"
+        why: str | None = "a symbolic link"
     elif folder and not path.is_dir():
         why = "not a folder"
     elif not folder and path.is_dir():

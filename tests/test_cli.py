@@ -126,7 +126,8 @@ def _val_images(overrides: list[str], tmp_path: Path, n: int = 3):
 
 
 def _predict(run_copy, images: Path, backend: str, out: Path, *sets_: str) -> list[dict]:
-    """``edgefpn predict`` on a copy of the tiny run (a postprocess setting re-exports it); its saved detections."""
+    """``edgefpn predict`` on a copy of the tiny run (a postprocess setting re-exports it); its saved
+    detections."""
     import json
 
     overrides, run_dir = run_copy

@@ -1,4 +1,5 @@
-"""The TensorRT lint names each broken node; a clean exported model passes; `edgefpn trt-lint` exits 1 on errors."""
+"""The TensorRT lint names each broken node; a clean exported model passes; `edgefpn trt-lint` exits 1 on
+errors."""
 
 from __future__ import annotations
 

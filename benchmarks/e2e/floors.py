@@ -67,8 +67,8 @@ def main(path: str) -> int:
         floor(
             e2e <= 1.2 * model,
             f"fastest in-graph engine {fastest['name']}: end-to-end p50 {e2e:.2f} ms = "
-            f"{e2e / model:.2f}x the model-only p50 {model:.2f} ms of {raw['name']} (<= 1.2x; deploy threshold "
-            f"{fastest['latency']['end_to_end'].get('score_thresh')})",
+            f"{e2e / model:.2f}x the model-only p50 {model:.2f} ms of {raw['name']} (<= 1.2x; deploy "
+            f"threshold {fastest['latency']['end_to_end'].get('score_thresh')})",
         )
         fastest_raw = min(
             (engines[e["twin"]["engine"]] for e in in_graph), key=lambda e: e["latency"]["end_to_end"]["p50"]

@@ -59,7 +59,8 @@ def main(run_dir: Path, raw: str, pairs: int, block: int = 1) -> None:
                     samples.append((time.perf_counter() - t0) * 1e3)
     mo, ee = statistics.median(model_only), statistics.median(end_to_end)
     print(
-        f"{pairs} interleaved pairs (blocks of {block}): {raw} model-only p50 {mo:.2f} ms; {raw}-e2e end-to-end p50 {ee:.2f} ms "
+        f"{pairs} interleaved pairs (blocks of {block}): {raw} model-only p50 {mo:.2f} ms; "
+        f"{raw}-e2e end-to-end p50 {ee:.2f} ms "
         f"(image file -> detections, score > {pipe.post.score_thresh}); ratio {ee / mo:.2f}x; raw contract "
         f"end to end {statistics.median(raw_e2e):.2f} ms ({statistics.median(raw_e2e) / mo:.2f}x)"
     )

@@ -46,7 +46,8 @@ def main(argv: list[str]) -> None:
         exclude=sym["exclude_nodes"],
     )
     print(
-        f"quantized in {time.perf_counter() - t0:.1f} s; problems: {check_qdq_ort(onnx.load(str(out)), sym['exclude_nodes'])}"
+        f"quantized in {time.perf_counter() - t0:.1f} s; problems: "
+        f"{check_qdq_ort(onnx.load(str(out)), sym['exclude_nodes'])}"
     )
     data = data_stage.run(cfg, progress=False)
     split = data.split(cfg.data.val_split)
@@ -60,7 +61,8 @@ def main(argv: list[str]) -> None:
     ref = sym["accuracy"]["reference_map"]
     m = ev.map_of(ev.detect(EngineSpec("onnxruntime-int8", "onnxruntime", "int8", out)))
     print(
-        f"mAP on {len(split.images)} val images: PyTorch {ref:.3f}, symmetric QDQ {sym['accuracy']['int8_map']:.3f}, "
+        f"mAP on {len(split.images)} val images: PyTorch {ref:.3f}, symmetric QDQ "
+        f"{sym['accuracy']['int8_map']:.3f}, "
         f"u8s8 QDQ {m:.3f} (drop {ref - m:.3f}, budget {cfg.quantize.max_map_drop})"
     )
     fp32 = EngineSpec("onnxruntime-fp32", "onnxruntime", "fp32", run_dir / "model.onnx")
@@ -78,7 +80,8 @@ def main(argv: list[str]) -> None:
             ]
         print(
             f"{name:30s} int8 p50 {s['p50_ms']:6.2f} ms  fp32 p50 {s['vs_p50_ms']:6.2f} ms  "
-            f"speedup {s['speedup']:.2f}x (median of {s['pairs']} interleaved pairs)  load {os.getloadavg()[0]:.1f}"
+            f"speedup {s['speedup']:.2f}x (median of {s['pairs']} interleaved pairs)  load "
+            f"{os.getloadavg()[0]:.1f}"
         )
 
 

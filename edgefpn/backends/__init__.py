@@ -48,7 +48,7 @@ class Capability:
 
 
 # Views of BACKENDS. RUNNERS is a plain dict so that a test may swap one runner in for a run.
-RUNNERS: dict[str, type] = {name: b.runner for name, b in BACKENDS.items()}
+RUNNERS: dict[str, type[BaseRunner]] = {name: b.runner for name, b in BACKENDS.items()}
 CAPABILITIES: Mapping[str, Capability] = {
     name: Capability(b.precisions, needs_gpu=b.needs_gpu, file_kind=b.file_kind)
     for name, b in BACKENDS.items()

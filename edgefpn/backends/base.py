@@ -150,12 +150,15 @@ class Backend:
     # the bundle manifest's ``target`` for one engine: (precision, its build manifest) -> dict
     bundle_target: Callable[[str, Mapping[str, Any]], dict[str, Any]]
     throughput: str  # one of THROUGHPUT_MODES
-    # (cfg, run_dir, precision, source, *, force) -> Artifact; None: the export / quantize stages make its engines
+    # (cfg, run_dir, precision, source, *, force) -> Artifact; None: the export / quantize stages make its
+    # engines
     build: Callable[..., Any] | None = None
-    # for a backend the export / quantize stages make: (cfg, precision) -> why the config does not make it, or None
+    # for a backend the export / quantize stages make: (cfg, precision) -> why the config does not make it,
+    # or None
     not_made: Callable[[Any, str], str | None] | None = None
     # its ``-e2e`` twin (edgefpn.pipeline.e2e) of the engine at a precision:
-    # (cfg, run_dir, precision, e2e ONNX twins by precision, *, source, force) -> Artifact or None; None: no twins
+    # (cfg, run_dir, precision, e2e ONNX twins by precision, *, source, force) -> Artifact or None; None: no
+    # twins
     e2e: Callable[..., Any] | None = None
     # files build writes whatever the availability (cfg, run_dir, precision, source) -> path or None
     # (TensorRT's trtexec.sh: the same build on the target device)
@@ -176,7 +179,8 @@ class Backend:
 
 
 def engine_batch(runner: object) -> int | None:
-    """The static batch of a loaded engine's input (``io_shapes()[images][0]``), None when dynamic or unknown."""
+    """The static batch of a loaded engine's input (``io_shapes()[images][0]``), None when dynamic or
+    unknown."""
     shapes = runner.io_shapes() if hasattr(runner, "io_shapes") else {}
     shape = shapes.get(INPUT_NAME, shapes.get("images_u8"))  # float input, or an in-graph twin's uint8 image
     if shape and isinstance(shape[0], int) and shape[0] > 0:
@@ -207,7 +211,7 @@ class BatchedRunner:
     def __exit__(self, *exc: object) -> None:
         self.inner.__exit__(*exc)
 
-    def __getattr__(self, name: str) -> object:  # compiled, io_shapes, hint...: the engine's own
+    def __getattr__(self, name: str) -> Any:  # compiled, io_shapes, hint...: the engine's own
         if name == "inner":  # not set yet (copy, pickle): no recursion
             raise AttributeError(name)
         return getattr(self.inner, name)

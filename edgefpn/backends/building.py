@@ -12,7 +12,8 @@ __all__ = ["BuildSource", "engine_extra"]
 
 @dataclass(frozen=True)
 class BuildSource:
-    """An ONNX the build reads: its file, sha256 (from its manifest), input spec and TensorRT lint findings."""
+    """An ONNX the build reads: its file, sha256 (from its manifest), input spec and TensorRT lint
+    findings."""
 
     path: Path
     sha256: str

@@ -41,7 +41,7 @@ class ExecuTorchRunner(BaseRunner):
 
     def __init__(self, spec: EngineSpec, *, threads: int) -> None:
         super().__init__(spec, threads=threads)
-        self._method = None
+        self._method: Any = None  # the loaded ``forward`` method (untyped package)
         self._names: list[str] = []
         self._shapes: dict[str, tuple] = {}
 
@@ -158,7 +158,8 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: b
     wrapper, names = wrapper_from_checkpoint(model.path)
     example = torch.zeros(src.input["shape"], dtype=torch.float32)
     log(
-        f"[build] executorch-{precision}: torch.export + XNNPACK of {model.path.name} at {list(example.shape)}"
+        f"[build] executorch-{precision}: torch.export + XNNPACK of {model.path.name} at "
+        f"{list(example.shape)}"
     )
     with atomic_output(out) as tmp:
         to_executorch(wrapper, example, tmp)

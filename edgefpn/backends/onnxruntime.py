@@ -30,7 +30,7 @@ class OnnxRuntimeRunner(BaseRunner):
 
     def __init__(self, spec, *, threads: int) -> None:
         super().__init__(spec, threads=threads)
-        self._session = None
+        self._session: Any = None  # an onnxruntime.InferenceSession once loaded (untyped package)
         self._output_names: list[str] = []
 
     def _load(self) -> None:

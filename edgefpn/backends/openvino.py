@@ -130,8 +130,8 @@ class OpenVinoRunner(BaseRunner):
         self.cache_root = cache_root
         self.use_cache = use_cache
         self.cache_dir: Path | None = None
-        self.compiled = None
-        self._request = None
+        self.compiled: Any = None  # ov.CompiledModel and its InferRequest once loaded (untyped package)
+        self._request: Any = None
         self._outputs: list[tuple[Any, str]] = []
 
     @classmethod
@@ -165,7 +165,8 @@ class OpenVinoRunner(BaseRunner):
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         if got != getattr(ov.Type, self.inference_precision):
             raise ModelFileError(
-                f"{xml}: compiled with inference precision {got}, not the requested {self.inference_precision}"
+                f"{xml}: compiled with inference precision {got}, not the requested "
+                f"{self.inference_precision}"
             )
         self._outputs = [(port, port.get_any_name()) for port in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
@@ -278,11 +279,12 @@ def build(
     hashed = {"target": "openvino", "precision": precision, "openvino": version, **settings}
     chash = BUILD_OPENVINO.config_hash(cfg, settings=hashed)
     inputs = {"onnx": src.sha256}
-    if art := BUILD_OPENVINO.fresh(out, config_hash=chash, inputs=inputs, force=force):
+    if fresh := BUILD_OPENVINO.fresh(out, config_hash=chash, inputs=inputs, force=force):
         log(f"[build] up to date: {out}")
-        return art
+        return fresh
     log(
-        f"[build] openvino-{precision}: converting {src.path.name} (compress_to_fp16={settings['compress_to_fp16']})"
+        f"[build] openvino-{precision}: converting {src.path.name} "
+        f"(compress_to_fp16={settings['compress_to_fp16']})"
     )
     with atomic_output(out) as tmp:
         outputs = onnx_to_openvino(

@@ -52,7 +52,8 @@ __all__ = [
 
 INSTALL_HINT = (
     "the `tensorrt` Python package is not installed; install it with `pip install tensorrt` on an x86-64 "
-    "Linux machine with an NVIDIA GPU and driver, or `sudo apt install python3-libnvinfer` (JetPack) on a Jetson"
+    "Linux machine with an NVIDIA GPU and driver, or `sudo apt install python3-libnvinfer` (JetPack) "
+    "on a Jetson"
 )
 _DIST_NAMES = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11", "tensorrt-lean")
 
@@ -133,7 +134,10 @@ def compat_problem(
         return f"built with TensorRT {b_ver}, this machine has TensorRT {version}"
     if built.get("hardware_compatibility") == "ampere_plus":
         if _vtuple(device.compute_capability) < (8, 0):
-            return f"built Ampere+ hardware-compatible, this GPU ({device.name}) is compute capability {device.compute_capability}"
+            return (
+                f"built Ampere+ hardware-compatible, this GPU ({device.name}) is compute capability "
+                f"{device.compute_capability}"
+            )
     elif device.compute_capability != b_cc:
         return (
             f"built for compute capability {b_cc} ({built.get('device', '?')}), this GPU ({device.name}) "
@@ -373,9 +377,10 @@ class TensorRTRunner(BaseRunner):
 
     def __init__(self, spec: EngineSpec, *, threads: int) -> None:
         super().__init__(spec, threads=threads)  # host threads are irrelevant to TensorRT
-        self._engine = None
-        self._context = None
-        self._stream = None
+        # the engine, its execution context and CUDA stream once loaded (untyped packages)
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
         self._inputs: dict[str, Any] = {}
         self._outputs: dict[str, Any] = {}
 

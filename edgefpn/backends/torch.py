@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgefpn.backends.base import Backend, BaseRunner, EngineSpec
+
+if TYPE_CHECKING:  # torch is imported lazily: the device runtime has none
+    from edgefpn.models.outputs import ExportModule
 
 
 class TorchRunner(BaseRunner):
@@ -22,7 +25,7 @@ class TorchRunner(BaseRunner):
 
     def __init__(self, spec: EngineSpec, *, threads: int) -> None:
         super().__init__(spec, threads=threads)
-        self._wrapper = None
+        self._wrapper: ExportModule | None = None
         self._names: list[str] = []
 
     def _load(self) -> None:
@@ -40,6 +43,7 @@ class TorchRunner(BaseRunner):
         import torch
 
         (images,) = feed.values()
+        assert self._wrapper is not None  # BaseRunner calls _infer only between _load and _unload
         with torch.inference_mode():
             outs = self._wrapper(torch.from_numpy(np.ascontiguousarray(images)))
         return {name: t.numpy() for name, t in zip(self._names, outs, strict=True)}

@@ -44,7 +44,7 @@ class CalibrationSet:
 
     def __init__(self, cfg: Config) -> None:
         q, m = cfg.quantize, cfg.model
-        self.input_size: tuple[int, int] = tuple(m.input_size)  # type: ignore[assignment]
+        self.input_size: tuple[int, int] = (m.input_size[0], m.input_size[1])
         self.mean: tuple[float, ...] = tuple(m.mean)
         self.std: tuple[float, ...] = tuple(m.std)
         self.source = q.calib_folder or f"{cfg.data.root} (split {cfg.data.calib_split!r})"
@@ -152,7 +152,7 @@ def _refuse_val_overlap(images: Sequence[_Image], cfg: Config) -> None:
                 f"{im.path}: calibration image is in the val split {cfg.data.val_split!r}; "
                 "calibrating on val images inflates the measured accuracy"
             )
-    val_hashes = {}
+    val_hashes: dict[str, Path] = {}
     for rec in val.images:
         if rec.path.is_file():
             val_hashes.setdefault(sha256_file(rec.path), rec.path)

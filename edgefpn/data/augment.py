@@ -15,6 +15,8 @@ to an image and tiny ones dropped (the training dataset uses it after letterboxi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -153,7 +155,7 @@ def augment(
     *,
     rng: np.random.Generator,
     cfg: AugmentConfig,
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Crop, then photometric jitter, then scale jitter, each where ``cfg`` turns it on.
 

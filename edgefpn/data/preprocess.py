@@ -363,8 +363,8 @@ def describe_preprocessing() -> dict[str, object]:
     }
     text = (
         f"keep aspect ratio: scale = {_SCALE}, new_w = {_NEW_W}, new_h = {_NEW_H} (Python round: halves to "
-        f"even); resize with OpenCV {resize['call']} (not Pillow; skipped when the size is unchanged); image at "
-        f"the top-left (pad_x = pad_y = 0); normalise {_NORMALISE} per RGB channel; padding 0.0 after "
+        f"even); resize with OpenCV {resize['call']} (not Pillow; skipped when the size is unchanged); image "
+        f"at the top-left (pad_x = pad_y = 0); normalise {_NORMALISE} per RGB channel; padding 0.0 after "
         "normalisation; layout [1, 3, H, W] float32"
     )
     return {

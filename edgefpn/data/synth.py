@@ -84,7 +84,8 @@ def generate(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not (isinstance(min_side, int) and isinstance(max_side, int) and 32 <= min_side <= max_side <= 4096):
         raise ValueError(
-            f"need 32 <= min_side <= max_side <= 4096 (integers), got min_side={min_side!r}, max_side={max_side!r}"
+            f"need 32 <= min_side <= max_side <= 4096 (integers), got min_side={min_side!r}, "
+            f"max_side={max_side!r}"
         )
 
     out = Path(out)

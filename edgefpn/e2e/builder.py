@@ -43,22 +43,20 @@ class _Builder:
         return name
 
     def op(
-        self,
-        op_type: str,
-        inputs: Sequence[str],
-        hint: str | None = None,
-        *,
-        outputs: int = 1,
-        out: str | Sequence[str] | None = None,
-        **attrs,
-    ) -> str | list[str]:
-        names = (
-            ([out] if isinstance(out, str) else list(out))
-            if out is not None
-            else [self.name(hint or op_type.lower()) for _ in range(outputs)]
-        )
+        self, op_type: str, inputs: Sequence[str], hint: str | None = None, *, out: str | None = None, **attrs
+    ) -> str:
+        """A one-output node; its output is ``out``, else a fresh name from ``hint``."""
+        names = [out] if out is not None else [self.name(hint or op_type.lower())]
+        return self._node(op_type, inputs, names, attrs)[0]
+
+    def multi_op(self, op_type: str, inputs: Sequence[str], outputs: int, **attrs) -> list[str]:
+        """A node with ``outputs`` outputs, freshly named (``op`` types its one output as ``str``)."""
+        names = [self.name(op_type.lower()) for _ in range(outputs)]
+        return self._node(op_type, inputs, names, attrs)
+
+    def _node(self, op_type: str, inputs: Sequence[str], names: list[str], attrs: dict) -> list[str]:
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.name(op_type), **attrs))
-        return names[0] if outputs == 1 and out is None or isinstance(out, str) else names
+        return names
 
     def op_if(
         self, cond: str, then: Callable[[], str], otherwise: str, elem: int, shape: Sequence[int]
@@ -107,7 +105,8 @@ def _vi(name: str, elem: int, shape: Sequence[int]) -> onnx.ValueInfoProto:
 
 
 def _model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
-    # the lowest IR version the opset needs (make_model's default, the newest, is more than ONNX Runtime reads)
+    # the lowest IR version the opset needs (make_model's default, the newest, is more than ONNX
+    # Runtime reads)
     opsets = [helper.make_opsetid("", max(opset, _MIN_OPSET))]
     return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 

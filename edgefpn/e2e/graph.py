@@ -205,7 +205,7 @@ def _one_stage(b: _Builder, arch: str, raw: dict[str, list[int]], params: Postpr
     k = params.detections_per_img
     if p * c < k:  # pad with empty candidates so that TopK can take K
         flat = b.op("Concat", [flat, b.const(np.full((n, k - p * c), _EMPTY), hint="pad")], axis=1)
-    top, idx = b.op("TopK", [flat, b.const([k], np.int64, "kfinal")], outputs=2, axis=1, largest=1, sorted=1)
+    top, idx = b.multi_op("TopK", [flat, b.const([k], np.int64, "kfinal")], 2, axis=1, largest=1, sorted=1)
     idx = b.op("Cast", [idx], to=TensorProto.INT32)
     cc = b.const([c], np.int32, "C")
     pos = b.op("Min", [b.op("Div", [idx, cc]), b.const([p - 1], np.int32, "last")])  # padding -> any box
@@ -228,8 +228,8 @@ def _level_topk(b: _Builder, masked: str, n: int, c: int, spans: list[int], para
 
         def cut(level: str = level, span: int = span) -> str:
             flat = b.reshape(b.op("Transpose", [level], perm=[0, 2, 1]), [n, span * c])
-            vals, idx = b.op(
-                "TopK", [flat, b.const([k], np.int64, "k")], outputs=2, axis=1, largest=1, sorted=1
+            vals, idx = b.multi_op(
+                "TopK", [flat, b.const([k], np.int64, "k")], 2, axis=1, largest=1, sorted=1
             )
             empty = b.const(np.full((n, span * c), _EMPTY), hint="empty")
             kept = b.op("ScatterElements", [empty, idx, vals], axis=1)  # [N, span*C]: the top k, _EMPTY else

@@ -85,6 +85,6 @@ def _nms_and_top(
     bm = b.op("Gather", [selected, b.const([0, 2], np.int64, "bm")], axis=1)  # [S, 2]
     kept_scores = b.op("GatherND", [scores, bm])  # [S]
     kept = b.op("ScatterND", [b.const(np.full((n, m), _EMPTY), hint="none"), bm, kept_scores])  # [N, M]
-    top, idx = b.op("TopK", [kept, b.const([k], np.int64, "kfinal")], outputs=2, axis=1, largest=1, sorted=1)
+    top, idx = b.multi_op("TopK", [kept, b.const([k], np.int64, "kfinal")], 2, axis=1, largest=1, sorted=1)
     idx = b.op("Cast", [idx], to=TensorProto.INT32)
     _outputs(b, top, b.gather_rows(boxes, idx, n, m, 4), b.gather_rows(labels, idx, n, m, None))

@@ -27,7 +27,8 @@ def detections_to_coco(dets: Detections, image_id: int, category_ids: Sequence[i
     labels = np.asarray(dets.labels)
     if labels.size and (labels.min() < 0 or labels.max() >= len(category_ids)):
         raise ValueError(
-            f"labels must be in [0, {len(category_ids)}) to index category_ids, got {labels.min()}..{labels.max()}"
+            f"labels must be in [0, {len(category_ids)}) to index category_ids, got "
+            f"{labels.min()}..{labels.max()}"
         )
     boxes = np.asarray(dets.boxes, dtype=np.float64)  # [K, 4] xyxy
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)  # [K, 4]

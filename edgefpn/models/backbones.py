@@ -276,10 +276,9 @@ class MobileNetFPN(BackboneWithFPN):
             raise ValueError(f"p6_from must be 'p5' or 'c5', got {p6_from!r}")
         indices = list(return_layers)
         in_channels_list = [features[i].out_channels for i in indices]
+        block: ExtraFPNBlock | None
         if extra == "p6p7":
-            block: ExtraFPNBlock | None = LastLevelP6P7(
-                in_channels_list[-1] if p6_from == "c5" else out_channels, out_channels
-            )
+            block = LastLevelP6P7(in_channels_list[-1] if p6_from == "c5" else out_channels, out_channels)
             block.use_P5 = p6_from == "p5"
         elif extra == "pool":
             block = LastLevelMaxPoolNamed(extra_names[0])

@@ -16,7 +16,7 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeGuard, cast
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +75,7 @@ def save_state(path: str | os.PathLike[str], obj: Any) -> None:
         with os.fdopen(fd, "wb") as f:
             writer = _RecordingWriter(f)
             try:
-                torch.save(obj, writer)
+                torch.save(obj, cast(IO[bytes], writer))  # a RawIOBase: what torch.save writes to
             except RuntimeError as exc:
                 if writer.error is not None:
                     raise writer.error from exc
@@ -133,7 +133,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: refused to unpickle (only tensors and plain containers are allowed): {_refusal_reason(exc)}"
+            f"{path}: refused to unpickle (only tensors and plain containers are allowed): "
+            f"{_refusal_reason(exc)}"
         ) from exc
     except RuntimeError as exc:  # the zip reader: truncated or not a zip archive
         raise CheckpointError(
@@ -213,7 +214,7 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, Tensor], *, where: s
     model.load_state_dict(to_load, strict=True)
 
 
-def _is_state_dict(obj: object) -> bool:
+def _is_state_dict(obj: object) -> TypeGuard[Mapping[str, Tensor]]:
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0

@@ -10,6 +10,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import cast
 
 import onnx
 import torch
@@ -71,7 +72,7 @@ def export_onnx(
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             try:
                 torch.onnx.export(
-                    wrapper,
+                    cast(torch.nn.Module, wrapper),  # every wrapper is one; ExportModule types its API
                     (dummy,),
                     tmp_name,
                     input_names=[INPUT_NAME],

@@ -17,11 +17,13 @@ detections down by one in eval, so callers only ever see ``0..K-1``. torchvision
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
@@ -57,7 +59,7 @@ class EdgeFasterRCNN(FasterRCNN):
     roi_levels: tuple[str, ...]
     level_strides: dict[str, int]
 
-    def forward(self, images, targets=None):  # type: ignore[override]
+    def forward(self, images, targets=None):
         if targets is not None:
             targets = [{**t, "labels": t["labels"] + 1} for t in targets]
         result = super().forward(images, targets)
@@ -149,7 +151,7 @@ def faster_rcnn(
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     v2 = variant == "v2"
-    box_settings = {
+    box_settings: dict[str, Any] = {
         "num_classes": num_classes,
         "rpn_conv_depth": 2 if v2 else 1,
         "conv_fc_head": v2,
@@ -210,7 +212,7 @@ def faster_rcnn(
 
 
 def _assemble(
-    backbone: nn.Module,
+    backbone: BackboneWithFPN,
     *,
     levels: Sequence[str],
     strides: Sequence[int],

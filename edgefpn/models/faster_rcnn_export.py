@@ -52,7 +52,8 @@ _PADDING_KEY = 2**24
 
 
 def faster_rcnn_output_names(levels: Sequence[str]) -> list[str]:
-    """``rpn_obj_<l>``..., ``rpn_box_<l>``..., ``proposals``, ``proposal_scores``, ``roi_cls``, ``roi_box``."""
+    """``rpn_obj_<l>``..., ``rpn_box_<l>``..., ``proposals``, ``proposal_scores``, ``roi_cls``,
+    ``roi_box``."""
     return [
         *(f"rpn_obj_{level}" for level in levels),
         *(f"rpn_box_{level}" for level in levels),
@@ -148,6 +149,7 @@ class MultiLevelRoIAlign(nn.Module):
             )  # [R, C, S, S]
             masked = per_level * (level == i).to(per_level.dtype)
             pooled = masked if pooled is None else pooled + masked
+        assert pooled is not None  # __init__ refuses empty levels
         return pooled
 
 

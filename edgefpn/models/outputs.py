@@ -7,8 +7,8 @@ static shapes), and ``export_onnx`` checks the exported graph against them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,11 @@ class ExportModule(Protocol):
         ...
 
     def __call__(self, images: Tensor) -> tuple[Tensor, ...]: ...
+
+    # the nn.Module methods edgefpn calls on a wrapper
+    def eval(self) -> ExportModule: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
 
 def per_level_output_names(branches: Sequence[str], levels: Sequence[str]) -> list[str]:
@@ -88,10 +93,11 @@ class PerLevelExportWrapper(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.backbone = model.backbone
-        self.head = model.head
-        self.levels: tuple[str, ...] = tuple(model.backbone.output_shape())
-        self.num_classes: int = model.head.classification_head.num_classes
+        # Any: nn.Module types its attributes as Tensor | Module, and torchvision's heads are untyped
+        self.backbone: Any = cast(Any, model.backbone)
+        self.head: Any = cast(Any, model.head)
+        self.levels: tuple[str, ...] = tuple(self.backbone.output_shape())
+        self.num_classes: int = self.head.classification_head.num_classes
 
     def branch_channels(self) -> dict[str, int]:
         """Each branch's output channels, in ``branches`` order."""
@@ -110,7 +116,8 @@ class PerLevelExportWrapper(nn.Module):
 
 def level_size(size: int, stride: int) -> int:
     """The side of a stride-``stride`` feature map for an input side ``size``: ``size`` halved, rounding up,
-    once per factor of 2 (each stride-2 conv (k3 p1, k7 p3, k1 p0) and the stem max-pool maps n -> ceil(n / 2))."""
+    once per factor of 2 (each stride-2 conv (k3 p1, k7 p3, k1 p0) and the stem max-pool maps
+    n -> ceil(n / 2))."""
     for _ in range(stride.bit_length() - 1):
         size = -(-size // 2)
     return size

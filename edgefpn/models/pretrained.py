@@ -16,6 +16,7 @@ BatchNorm is ``FrozenBatchNorm2d`` (``edgefpn.models.registry`` builds it so).
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from torch import Tensor, nn
 
@@ -31,13 +32,21 @@ __all__ = [
 ]
 
 DEFAULT_TRAINABLE_LAYERS = 3  # torchvision's default for pretrained detection backbones
-# Per family: the classifier keys ignored, and the prefix stripped to reach the detector's body keys.
-_RESNET = {"ignore": ("fc.",), "strip": ""}
-_MOBILENET = {"ignore": ("classifier.",), "strip": "features."}
+
+
+class _Family(NamedTuple):
+    """Per family: the classifier keys ignored, and the prefix stripped to reach the detector's body keys."""
+
+    ignore: tuple[str, ...]
+    strip: str
+
+
+_RESNET = _Family(ignore=("fc.",), strip="")
+_MOBILENET = _Family(ignore=("classifier.",), strip="features.")
 _RESNET_STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
-def _family(backbone: str) -> dict[str, object]:
+def _family(backbone: str) -> _Family:
     if backbone.startswith("resnet"):
         return _RESNET
     if backbone.startswith("mobilenet"):
@@ -59,9 +68,9 @@ def imagenet_to_body(state_dict: dict[str, Tensor], *, backbone: str) -> dict[st
     fam = _family(backbone)
     out = {}
     for key, value in state_dict.items():
-        if key.startswith(fam["ignore"]):  # type: ignore[arg-type]
+        if key.startswith(fam.ignore):
             continue
-        strip = str(fam["strip"])
+        strip = fam.strip
         out[key.removeprefix(strip) if strip and key.startswith(strip) else key] = value
     return out
 
@@ -94,7 +103,7 @@ def freeze_backbone(model: nn.Module, *, backbone: str, trainable_layers: int) -
     top = max_trainable_layers(backbone)
     if isinstance(trainable_layers, bool) or not 0 <= trainable_layers <= top:
         raise ValueError(f"trainable_layers must be in 0..{top} for {backbone}, got {trainable_layers!r}")
-    body = model.backbone.body
+    body = model.get_submodule("backbone.body")
     if _family(backbone) is _RESNET:
         train = list(_RESNET_STAGES[:trainable_layers])
         if trainable_layers == 5:

@@ -38,7 +38,7 @@ class ArchSpec:
     """
 
     builder: Callable[..., nn.Module]
-    wrapper: Callable[[nn.Module], ExportModule]
+    wrapper: Callable[[Any], ExportModule]  # takes the model its builder makes
     build_kwargs: Callable[[ModelConfig], dict[str, Any]]
     qdq_op_types: tuple[str, ...] | None = None
     label_offset: int = 0

@@ -3,7 +3,8 @@
 ``retinanet(backbone_name="resnet50", num_classes=91, fpn_channels=256, head_convs=4, norm="frozen_bn")``
 has exactly the keys and shapes of ``torchvision.models.detection.retinanet_resnet50_fpn``, and
 ``retinanet_v2(..., norm="bn")`` those of ``retinanet_resnet50_fpn_v2`` (GroupNorm in the heads, P6/P7
-from C5, GIoU box loss). As in ``fcos.py`` the only swap is ``model.transform`` (``transform.IdentityTransform``).
+from C5, GIoU box loss). As in ``fcos.py`` the only swap is ``model.transform``
+(``transform.IdentityTransform``).
 Anchors are torchvision's defaults (``edgefpn.postprocess.retinanet``: the numpy decoder uses the same).
 """
 

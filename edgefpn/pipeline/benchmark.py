@@ -241,7 +241,8 @@ def _batch_engines(cfg: Config, run_dir: Path, batch: int, progress: bool) -> li
         )
     derived, sub = batch_run(cfg, run_dir, batch)
     log(
-        f"[benchmark] batch {batch}: engines in {sub} (export.batch={batch}; each stage skipped when up to date)"
+        f"[benchmark] batch {batch}: engines in {sub} (export.batch={batch}; each stage skipped when "
+        "up to date)"
     )
     build_stage.run(derived, sub, progress=progress)  # export and quantize first, as make would
     specs, ignored = current_engines(derived, sub, cfg.check.backends, ENGINE_FILES)
@@ -398,7 +399,7 @@ def _offline_cross_check(
         f"[benchmark] {spec.name}: {rounds} rounds of offline (batch {c['batch']}, {c['streams']} streams, "
         f"{c['requests']} requests) then benchmark_app async -t {secs}"
     )
-    app_rounds: list[dict[str, float]] = []
+    app_rounds: list[dict[str, Any]] = []  # "count" is None where benchmark_app printed none
     record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "input.npy"

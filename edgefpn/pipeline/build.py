@@ -73,6 +73,8 @@ def run(
     scripts: list[str] = []
     for target in targets:
         record = backend(target)
+        if record.build is None:  # TARGETS (BUILD_TARGETS) lists only the records that have a build
+            raise RuntimeError(f"{target}: its backend record has no build")
         for precision in precisions:
             name = f"{target}-{precision}"
             reason = _skip_reason(target, precision, sources.get(precision), int8_reason)

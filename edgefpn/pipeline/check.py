@@ -379,7 +379,8 @@ def _int8_speedups(
         for _ in range(c.warmup):
             a.infer(feed)
             b.infer(feed)
-        t_int8, t_fp32 = [], []
+        t_int8: list[float] = []
+        t_fp32: list[float] = []
         for i in range(max(c.latency_iters, 1)):
             for runner, times in ((a, t_int8), (b, t_fp32)) if i % 2 == 0 else ((b, t_fp32), (a, t_int8)):
                 t0 = time.perf_counter()
@@ -422,7 +423,8 @@ def _engine_entry(spec: EngineSpec, m: dict, ref: dict, latency: dict, run_dir: 
 
 
 def _gates(entry: dict, cfg: Config, *, is_reference: bool, selected: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The engine's gate results; ``selected`` outputs (see ``Decoder.selected_outputs``) only fail on NaN/Inf."""
+    """The engine's gate results; ``selected`` outputs (see ``Decoder.selected_outputs``) only fail on
+    NaN/Inf."""
     precision = entry["precision"]
     max_drop = cfg.check.max_map_drop.get(precision)
     min_cos = cfg.check.min_cosine.get(precision)

@@ -4,7 +4,8 @@ Each is its raw twin with ``edgefpn.e2e``'s head and/or tail grafted on, so the 
 raw engine's own (INT8 scales and float islands included) and the in-graph decode and NMS stay float:
 
 * ``model.e2e.onnx`` from ``model.onnx`` (made by the export stage);
-* ``model.int8.e2e.onnx`` / ``model.int8.ort.e2e.onnx`` / ``model.fp16.e2e.onnx`` from the quantize stage's files;
+* ``model.int8.e2e.onnx`` / ``model.int8.ort.e2e.onnx`` / ``model.fp16.e2e.onnx`` from the quantize
+  stage's files;
 * ``openvino/<precision>-e2e/`` from ``openvino/<precision>/`` (the NNCF IR for int8);
 * ``tensorrt/<precision>-e2e/model.engine`` built from the e2e ONNX of that precision.
 

@@ -110,7 +110,8 @@ def _export(cfg: Config, model_art: Artifact, out: Path, chash: str, inputs: dic
                 f"{errors[worst]:.3g} > {tolerance[worst]:.3g} (export.atol {cfg.export.atol:g})"
             )
         log(
-            f"[export] ONNX Runtime vs PyTorch: max abs error {errors[worst]:.2e} ({worst}) <= {tolerance[worst]:.3g}"
+            f"[export] ONNX Runtime vs PyTorch: max abs error {errors[worst]:.2e} ({worst}) <= "
+            f"{tolerance[worst]:.3g}"
         )
 
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model_proto.graph.output}

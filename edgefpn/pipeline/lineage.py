@@ -69,7 +69,7 @@ def current_engines(
         if backend not in backends or not path.exists():
             continue
         if name not in wanted:
-            why = "not made by the current configuration (left from an earlier one)"
+            why: str | None = "not made by the current configuration (left from an earlier one)"
         else:
             why = chain.problem(rel)
         if why is None:

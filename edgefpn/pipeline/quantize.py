@@ -125,7 +125,8 @@ def _flavour(
     force: bool,
     progress: bool,
 ) -> Artifact:
-    """The QDQ model ``out`` of ``flavour`` (symmetric: TensorRT's; u8s8: ORT CPU's), reused when up to date."""
+    """The QDQ model ``out`` of ``flavour`` (symmetric: TensorRT's; u8s8: ORT CPU's), reused when up to
+    date."""
     art = key.fresh(out, config_hash=chash, inputs=inputs, force=force)
     if art is not None:
         log(f"[quantize] up to date: {out}")
@@ -225,7 +226,8 @@ def _int8_qdq(
     else:
         log(
             f"[quantize] WARNING: INT8 mAP drop {drop:.2f} exceeds quantize.max_map_drop {q.max_map_drop:g} "
-            f"even with {sensitivity.kept_float if sensitivity else []} kept in float; the check stage gates it"
+            f"even with {sensitivity.kept_float if sensitivity else []} kept in float; the check stage "
+            "gates it"
         )
     accuracy = {
         "reference_map": round(ref_map, 3),

@@ -1,4 +1,5 @@
-"""Stage `train`: train the detector (one process or under torchrun) or load `model.weights`; write `model.pt`.
+"""Stage `train`: train the detector (one process or under torchrun) or load `model.weights`; write
+`model.pt`.
 
 The loop, sampler and distributed plumbing live in :mod:`edgefpn.training`."""
 
@@ -242,7 +243,8 @@ def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list
     both_synth = any(k.startswith(_SYNTH) for k in recorded) and any(k.startswith(_SYNTH) for k in current)
     keys = [k for k in sorted(set(recorded) | set(current)) if both_synth or not k.startswith(_SYNTH)]
     unset = object()
-    shared, one_sided = [], []
+    shared: list[str] = []
+    one_sided: list[str] = []
     for key in keys:
         a, b = recorded.get(key, unset), current.get(key, unset)
         if a != b:
@@ -432,14 +434,16 @@ def _train(
     )
     art = None
     if dist.is_main:
-        module = module.to("cpu", memory_format=torch.contiguous_format).float().eval()  # one model.pt format
+        # Module.to takes memory_format (documented), which torch's typed overloads of it leave out
+        module = module.to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+        module = module.float().eval()  # one model.pt format
         meta["train"] = {
             "history": state.history,
             "seconds": round(time.perf_counter() - t_start, 1),
             "config": to_dict(cfg.train),
             "world_size": dist.world_size,
             "device": str(dist.device),
-            "amp": loop.resolve_amp(cfg.train.amp, dist.device),
+            "amp": loop.resolve_amp(str(cfg.train.amp), dist.device),  # a str once loaded (see TrainConfig)
             "step_loss": [float(f"{v:.7g}") for v in state.step_losses],
         }
         with atomic_output(out) as tmp:
@@ -516,6 +520,8 @@ def _load_backbone(cfg: Config, model) -> None:
     from edgefpn.models.pretrained import DEFAULT_TRAINABLE_LAYERS, freeze_backbone, load_backbone_weights
 
     m = cfg.model
+    if not m.backbone_weights:  # the caller loads only when it is set
+        return
     load_backbone_weights(model, m.backbone_weights, backbone=m.backbone)
     layers = DEFAULT_TRAINABLE_LAYERS if m.trainable_layers is None else m.trainable_layers
     freeze_backbone(model, backbone=m.backbone, trainable_layers=layers)

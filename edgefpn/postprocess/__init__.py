@@ -87,5 +87,6 @@ def decoder_for(arch: str) -> Decoder:
 def decode(
     arch: str, outputs: Mapping[str, np.ndarray], params: PostprocessParams, *, image_size: tuple[int, int]
 ) -> list[Detections]:
-    """Decode ``outputs`` of an ``arch`` engine: ``decoder_for(arch).decode(outputs, params, image_size=...)``."""
+    """Decode ``outputs`` of an ``arch`` engine: ``decoder_for(arch).decode(outputs, params,
+    image_size=...)``."""
     return decoder_for(arch).decode(outputs, params, image_size=image_size)

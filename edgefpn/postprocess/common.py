@@ -50,7 +50,8 @@ class PostprocessParams:
             raise ValueError(f"detections_per_img must be positive, got {self.detections_per_img}")
         if len(self.strides) != len(self.levels) or not self.levels:
             raise ValueError(
-                f"strides and levels must be non-empty and of equal length, got {self.strides} and {self.levels}"
+                f"strides and levels must be non-empty and of equal length, got {self.strides} and "
+                f"{self.levels}"
             )
         if any(s <= 0 for s in self.strides):
             raise ValueError(f"strides must be positive, got {self.strides}")

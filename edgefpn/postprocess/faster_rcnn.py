@@ -1,11 +1,11 @@
 """Faster R-CNN's second-stage postprocess in numpy (no torch: the device runtime imports it).
 
 ``faster_rcnn_decode`` reproduces torchvision's ``RoIHeads.postprocess_detections`` on the static graph
-outputs of ``edgefpn.models.faster_rcnn_export`` (docs/ARCHITECTURE.md): only the proposals whose ``proposal_scores`` are
->= 0 are real (the rest pad the static count), then softmax over ``C + 1`` classes, the box decode
-(``BoxCoder`` weights 10, 10, 5, 5, ``dw``/``dh`` clamped at ``log(1000 / 16)``), clipping, background
-column dropped, ``score > score_thresh``, boxes of side < 1e-2 dropped, class-wise NMS, the detection cap.
-Labels come out as ``0..C-1`` (torchvision's label minus one: class 0 is its background).
+outputs of ``edgefpn.models.faster_rcnn_export`` (docs/ARCHITECTURE.md): only the proposals whose
+``proposal_scores`` are >= 0 are real (the rest pad the static count), then softmax over ``C + 1``
+classes, the box decode (``BoxCoder`` weights 10, 10, 5, 5, ``dw``/``dh`` clamped at ``log(1000 / 16)``),
+clipping, background column dropped, ``score > score_thresh``, boxes of side < 1e-2 dropped, class-wise NMS,
+the detection cap. Labels come out as ``0..C-1`` (torchvision's label minus one: class 0 is its background).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Greedy NMS with torchvision's semantics, bit for bit, in numpy (no torch: the device runtime imports it)."""
+"""Greedy NMS with torchvision's semantics, bit for bit, in numpy (no torch: the device runtime imports
+it)."""
 
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ def _resolve_greedy(over: np.ndarray) -> np.ndarray:
     ``keep[j] = not any(keep[i] and over[i, j] for i < j)`` has one solution; iterating it from
     all-kept fixes at least one more leading entry per pass and usually settles in two or three.
     """
-    keep = np.ones(over.shape[0], dtype=bool)
+    keep: np.ndarray = np.ones(over.shape[0], dtype=bool)
     while True:
         new = ~over[keep].any(axis=0)
         if np.array_equal(new, keep):

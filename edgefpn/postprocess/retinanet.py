@@ -98,7 +98,8 @@ def _level_shapes(outputs: Mapping[str, np.ndarray], params: PostprocessParams) 
             raise ValueError(f"cls_{lvl}: expected [{n}, {NUM_ANCHORS * c}, H, W], got {list(cls.shape)}")
         if box.shape != (n, NUM_ANCHORS * 4, *cls.shape[2:]):
             raise ValueError(
-                f"box_{lvl}: expected [{n}, {NUM_ANCHORS * 4}, {cls.shape[2]}, {cls.shape[3]}], got {list(box.shape)}"
+                f"box_{lvl}: expected [{n}, {NUM_ANCHORS * 4}, {cls.shape[2]}, {cls.shape[3]}], got "
+                f"{list(box.shape)}"
             )
     return n, c
 

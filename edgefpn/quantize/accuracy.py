@@ -139,7 +139,8 @@ def greedy_keep_float(
         base = subset_map(base_exclude, "all")
         result = SensitivityResult(budget, len(evaluator.subset_records), ref, base)
         log(
-            f"[quantize] sensitivity on {result.subset_images} val images: reference {ref:.2f}, int8 {base:.2f} mAP"
+            f"[quantize] sensitivity on {result.subset_images} val images: reference {ref:.2f}, int8 "
+            f"{base:.2f} mAP"
         )
         for i, (name, nodes) in enumerate(groups.items()):
             value = subset_map([*base_exclude, *nodes], f"g{i}")

@@ -1,4 +1,5 @@
-"""benchmark.md from benchmark.json: the scenarios table, FPS definitions, batch sweep, benchmark_app agreement.
+"""benchmark.md from benchmark.json: the scenarios table, FPS definitions, batch sweep, benchmark_app
+agreement.
 
 Every FPS is printed beside its conditions (threads, streams, requests, batch; the machine line below
 each table names the CPU, governor, clock and, on a Jetson, the power mode, clocks and power).
@@ -33,8 +34,8 @@ def _ratio(x: float | None) -> str:
 
 def _scenario_rows(report: dict[str, Any]) -> list[str]:
     lines = [
-        "| engine | single_stream FPS | p50 / p90 / p99 ms | e2e p50 ms | e2e FPS | conditions | offline FPS | "
-        "conditions | streaming FPS (deploy / eval) | conditions |",
+        "| engine | single_stream FPS | p50 / p90 / p99 ms | e2e p50 ms | e2e FPS | conditions | offline FPS "
+        "| conditions | streaming FPS (deploy / eval) | conditions |",
         "|---|---:|---|---:|---:|---|---:|---|---|---|",
     ]
     for r in report["engines"]:
@@ -134,7 +135,8 @@ def _agreement_rows(report: dict[str, Any]) -> list[str]:
         if off_app:
             if "fps" in off_app:
                 lines.append(
-                    f"| {r['name']} | offline vs async mode ({_knobs(r['scenarios']['offline']['conditions'])}) "
+                    f"| {r['name']} | offline vs async mode "
+                    f"({_knobs(r['scenarios']['offline']['conditions'])}) "
                     f"| {off_app['ours_fps']:.1f} FPS | {off_app['fps']:.1f} FPS | "
                     f"{_ratio(off_app['ours_over_app_fps'])} |"
                 )
@@ -153,8 +155,8 @@ def _agreement_rows(report: dict[str, Any]) -> list[str]:
         "",
         "## Agreement with OpenVINO benchmark_app",
         "",
-        f"Same engine, input tensor, threads, streams, requests and batch; ours and benchmark_app interleaved "
-        f"in {rounds} round(s); the ratio is the median of the rounds' ratios (✓: within "
+        "Same engine, input tensor, threads, streams, requests and batch; ours and benchmark_app "
+        f"interleaved in {rounds} round(s); the ratio is the median of the rounds' ratios (✓: within "
         f"{_WITHIN:.0%}). Latency ratio: our p50 / its median; throughput ratio: our FPS / its FPS.",
         "",
         "| engine | scenario | ours | benchmark_app | ours / benchmark_app |",

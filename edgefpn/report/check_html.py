@@ -32,7 +32,8 @@ _PASS, _FAIL, _REF = "#2e7d32", "#c62828", "#455a64"
 _FLOOR = 1e-12  # log-scale floor for errors that are exactly zero
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2329}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;\
+background:#f5f6f8;color:#1d2329}
 main{max-width:1180px;margin:0 auto;padding:24px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .sub{color:#5f6b76;margin-bottom:16px}
@@ -51,12 +52,14 @@ tr.pass td:first-child{border-left:4px solid #2e7d32}tr.fail td:first-child{bord
 tr.fail{background:#fdecea}tr.ref{background:#f1f3f5}
 .wide{overflow-x:auto}.fails li{color:#c62828}code{background:#eef1f4;padding:1px 4px;border-radius:3px}
 img{max-width:100%;height:auto;display:block;margin:auto}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}@media(max-width:900px){.grid{grid-template-columns:1fr}}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}\
+@media(max-width:900px){.grid{grid-template-columns:1fr}}
 details summary{cursor:pointer;font-weight:600;margin:6px 0}
 .note{color:#5f6b76;font-size:12px}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;max-width:320px}
 figure img{border-radius:4px;margin:0}figcaption{color:#5f6b76;font-size:12px;margin-top:4px}
-h3{font-size:14px;margin:14px 0 6px}.sw{display:inline-block;width:12px;height:9px;border:3px solid;margin:0 4px 0 10px;vertical-align:middle}
+h3{font-size:14px;margin:14px 0 6px}\
+.sw{display:inline-block;width:12px;height:9px;border:3px solid;margin:0 4px 0 10px;vertical-align:middle}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}dt{color:#5f6b76}dd{margin:0}
 """
 
@@ -110,7 +113,8 @@ def render_html(report: dict[str, Any]) -> str:
         (
             "Per-level error vs the reference",
             _plot_levels(report),
-            "Worst branch (cls/box/ctr) per level, over the split; dashed: the cosine gate of each precision.",
+            "Worst branch (cls/box/ctr) per level, over the split; dashed: the cosine gate of each "
+            "precision.",
         ),
         (
             "Latency distribution (model only, batch 1)",
@@ -214,8 +218,8 @@ def _engine_table(report: dict[str, Any]) -> str:
             if not failed
             else f"✗ {len(failed)} failed" + (f" ({', '.join(levels)})" if levels else "")
         )
-        cells = "".join(f"<td>{escape(c)}</td>" for c in [*cells, gate])
-        rows.append(f"<tr class='{cls}'>{cells}</tr>")
+        tds = "".join(f"<td>{escape(c)}</td>" for c in [*cells, gate])
+        rows.append(f"<tr class='{cls}'>{tds}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 

@@ -36,8 +36,8 @@ COLOURS = {
 
 def disagreement(ref: Detections, test: Detections, iou_thresh: float = 0.5) -> dict[str, Any]:
     """Greedy matching by IoU (as ``metrics.detections.match_detections``, same-class boxes preferred),
-    keeping which boxes matched. Returns ``ref_status`` / ``test_status`` (``matched``, ``flip``, ``missed`` / ``extra``) and
-    the counts ``missed``, ``extra``, ``flips``."""
+    keeping which boxes matched. Returns ``ref_status`` / ``test_status`` (``matched``, ``flip``,
+    ``missed`` / ``extra``) and the counts ``missed``, ``extra``, ``flips``."""
     ref_status = ["missed"] * len(ref)
     test_status = ["extra"] * len(test)
     if len(ref) and len(test):
@@ -168,7 +168,8 @@ def render(report: dict[str, Any]) -> str:
     parts = [
         "<h2>Where engines disagree with the reference</h2><div class='card wide'>",
         f"<p class='note'>Per engine, the {gallery['per_engine']} val images with the most missed, extra "
-        f"or relabelled detections (score ≥ {gallery['score_thresh']:.2f}, IoU ≥ 0.5, same class preferred). {legend}</p>",
+        f"or relabelled detections (score ≥ {gallery['score_thresh']:.2f}, IoU ≥ 0.5, same class preferred). "
+        f"{legend}</p>",
     ]
     for engine, entries in gallery["engines"].items():
         if not entries:

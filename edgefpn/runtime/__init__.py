@@ -42,7 +42,7 @@ import numpy as np
 from edgefpn import bundle as bundle_io
 from edgefpn.backend_names import BUNDLED
 from edgefpn.backends import BACKENDS
-from edgefpn.backends.base import EngineSpec, Runner
+from edgefpn.backends.base import BatchedRunner, EngineSpec, Runner
 from edgefpn.errors import BackendUnavailable, ModelFileError
 from edgefpn.inference import PrePost, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
@@ -223,12 +223,10 @@ def prepost_from(params: Mapping[str, Any]) -> PrePost:
     )
 
 
-def open_runner(spec: EngineSpec, *, threads: int, hint: str = "latency") -> Runner:
+def open_runner(spec: EngineSpec, *, threads: int, hint: str = "latency") -> BatchedRunner:
     """The backend's runner, imported by module (never the torch runner), taking any number of images
     per call whatever the engine's static batch (:class:`edgefpn.backends.base.BatchedRunner`).
     ``hint``: OpenVINO's performance hint (``throughput`` for the streaming runtime)."""
-    from edgefpn.backends.base import BatchedRunner
-
     return BatchedRunner(_backend_runner(spec, threads=threads, hint=hint))
 
 
@@ -381,9 +379,9 @@ class BundleSession:
         runner = getattr(self, "runner", None)
         if runner is not None:
             runner.__exit__(*exc)
-            self.runner = None
-        if getattr(self, "_tmp", None) is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            del self.runner
+        if (tmp := getattr(self, "_tmp", None)) is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def detect(self, path: str | Path) -> Detections:
         """Image file -> detections in original pixels (``detect_image`` of the decoded file)."""
@@ -451,7 +449,8 @@ def _check_engine_io(
     if got is None or tuple(got) != want:
         raise ModelFileError(
             f"{bundle}: pipeline.json preprocess.input_size [{h}, {w}] disagrees with engine "
-            f"{name!r}: its input {'images_u8' if uint8 else INPUT_NAME!r} is {list(got) if got is not None else 'missing'}, "
+            f"{name!r}: its input {'images_u8' if uint8 else INPUT_NAME!r} is "
+            f"{list(got) if got is not None else 'missing'}, "
             f"expected {list(want)}; refusing the bundle"
         )
     num_classes = params["classes"]["num_classes"]

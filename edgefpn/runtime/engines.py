@@ -1,8 +1,9 @@
 """Engine calls with several requests in flight, for the streaming runtime (:mod:`.stream`).
 
 One small interface per backend: ``submit(feed, done)`` starts one call on a feed (input name -> array
-of the engine's batch: ``images`` float or ``images_u8`` + ``valid_hw``) and returns at once unless all ``requests`` are busy (then it blocks: backpressure); ``done`` is later called,
-on some worker thread, with the output dict (the runner's names and arrays) or the exception.
+of the engine's batch: ``images`` float or ``images_u8`` + ``valid_hw``) and returns at once unless all
+``requests`` are busy (then it blocks: backpressure); ``done`` is later called, on some worker thread,
+with the output dict (the runner's names and arrays) or the exception.
 
 - OpenVINO: one InferRequest per worker thread on the runner's compiled model (sync calls; see
   :class:`_OpenVinoEngine` for why not ``AsyncInferQueue``).
@@ -43,6 +44,7 @@ class _ThreadedEngine:
         self._pool.submit(self._run, feed, done)
 
     def _run(self, feed: Feed, done: Done) -> None:
+        out: dict[str, np.ndarray] | BaseException
         try:
             out = self._infer(feed)
         except BaseException as exc:  # noqa: BLE001 - handed to `done`, re-raised by the stream
@@ -177,7 +179,8 @@ def open_engine(stages: Any, *, requests: int) -> Any:
     """The in-flight engine for ``stages.runner`` (:class:`edgefpn.runtime.FrameStages`)."""
     from edgefpn.backends import BACKENDS
 
-    record = BACKENDS.get(getattr(getattr(stages.runner, "spec", None), "backend", None))
+    name = getattr(getattr(stages.runner, "spec", None), "backend", None)
+    record = BACKENDS.get(name) if isinstance(name, str) else None
     mode = "serial" if record is None else record.throughput  # unknown runner: not assumed thread-safe
     if mode == "requests" and getattr(stages.runner, "compiled", None) is not None:
         return _OpenVinoEngine(stages.runner, requests)

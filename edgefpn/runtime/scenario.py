@@ -38,7 +38,7 @@ def write_video(images: Sequence[Path], path: Path, *, fps: float = 30.0, min_fr
     passes = max(1, -(-int(min_frames) // len(frames)))
     h = max(f.shape[0] for f in frames)
     w = max(f.shape[1] for f in frames)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
     if not writer.isOpened():
         raise DataError(f"{path}: this OpenCV build cannot write MJPG video")
     canvas = np.zeros((h, w, 3), np.uint8)

@@ -96,7 +96,8 @@ def _openvino_point(
     streams: int | None,
     requests: int | None,
 ) -> dict[str, Any]:
-    """OpenVINO: THROUGHPUT hint, ``streams`` (None: the plugin's choice), ``requests`` in an AsyncInferQueue."""
+    """OpenVINO: THROUGHPUT hint, ``streams`` (None: the plugin's choice), ``requests`` in an
+    AsyncInferQueue."""
     import openvino as ov
 
     from edgefpn.backends.openvino import ir_xml

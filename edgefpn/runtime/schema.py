@@ -131,7 +131,7 @@ def _check_engine(p: _Problems, i: int, e: Any, listed: Mapping[str, Any], names
     problem = _member_name_problem(path)
     if problem is not None:
         p.add(f"{where}.path", problem)
-    elif e.get("backend") in BACKENDS:
+    elif isinstance(path, str) and e.get("backend") in BACKENDS:  # a str: no problem above
         if NAMES[e["backend"]].reads == "ir" and not (path.endswith(".xml") or f"{path}/{IR_XML}" in listed):
             p.add(
                 f"{where}.path",

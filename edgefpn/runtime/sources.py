@@ -46,7 +46,7 @@ class Frame:
     source: int
     index: int
     name: str
-    image: np.ndarray  # uint8 [h, w, 3] RGB
+    image: np.ndarray | None  # uint8 [h, w, 3] RGB; None once the stream no longer needs it
     captured: float
 
 
@@ -121,7 +121,7 @@ class CaptureSource(Source):
         super().__init__(pace_fps=pace_fps)
         self.name = str(spec)
         self.live = isinstance(spec, int) or _is_url(str(spec))
-        if not self.live and not Path(spec).is_file():
+        if not self.live and not Path(str(spec)).is_file():  # not live: a str
             raise SourceError(
                 f"{spec}: no such video file (a source is an image folder, a video file, "
                 "a camera index or an rtsp:// / http(s):// URL)"
@@ -161,7 +161,7 @@ class CaptureSource(Source):
     def close(self) -> None:
         if getattr(self, "_cap", None) is not None:
             self._cap.release()
-            self._cap = None
+            del self._cap
 
 
 class ArraySource(Source):

@@ -3,8 +3,8 @@
 Threads and queues (every queue bounded, so a slow stage holds the ones before it back)::
 
     reader per source (decode + prepare: the engine's feed, float or uint8) -> [frames, queue_size]
-    -> submitter (batches of the engine's N) -> engine, ``requests`` in flight -> decode workers (decode + NMS) -> writer (the
-    calling thread: frame order)
+    -> submitter (batches of the engine's N) -> engine, ``requests`` in flight -> decode workers
+    (decode + NMS) -> writer (the calling thread: frame order)
 
 - Frame order: the submitter numbers frames as it takes them; the writer hands them to ``on_frame``
   strictly in that order (one source: capture order).
@@ -62,6 +62,12 @@ class _Stream:
     last: float | None = None
     error: str | None = None
 
+    def fps(self) -> float:
+        """Frames out over first capture to last detection; 0 below two frames."""
+        if self.frames < 2 or self.first is None or self.last is None:
+            return 0.0
+        return round(self.frames / max(self.last - self.first, 1e-9), 2)
+
 
 @dataclass
 class StreamStats:
@@ -99,7 +105,7 @@ class StreamStats:
                     "source": s.name,
                     "frames": s.frames,
                     "dropped": s.dropped,
-                    "fps": round(s.frames / max(s.last - s.first, 1e-9), 2) if s.frames > 1 else 0.0,
+                    "fps": s.fps(),
                 }
                 | ({"error": s.error} if s.error else {})
                 for s in self.streams

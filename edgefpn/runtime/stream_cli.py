@@ -116,8 +116,8 @@ def stream_command(args: argparse.Namespace) -> int:
         tmp.unlink(missing_ok=True)
     summary = stats.summary()
     print(
-        f"[stream] {summary['frames']} frames from {len(sources)} stream(s) -> {args.out}: {summary['fps']} FPS, "
-        f"latency p50 {summary['latency_ms']['p50']} ms p99 {summary['latency_ms']['p99']} ms, "
+        f"[stream] {summary['frames']} frames from {len(sources)} stream(s) -> {args.out}: {summary['fps']} "
+        f"FPS, latency p50 {summary['latency_ms']['p50']} ms p99 {summary['latency_ms']['p99']} ms, "
         f"{summary['dropped']} dropped; per stream {json.dumps(summary['streams'])}",
         file=sys.stderr,
     )

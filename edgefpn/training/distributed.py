@@ -13,7 +13,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -161,7 +161,7 @@ def setup(cfg: Config) -> Dist:
         torch.distributed.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(seconds=cfg.train.timeout_s),
-            **({"device_id": device} if device.type == "cuda" else {}),
+            device_id=device if device.type == "cuda" else None,
         )
     # torchrun's agent stops the surviving ranks with SIGTERM when one fails: exit quietly, but through
     # the normal unwinding, so a half-written artifact's temporary folder is removed.
@@ -224,7 +224,12 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+        if (
+            self.track_running_stats
+            and self.running_mean is not None
+            and self.running_var is not None
+            and self.num_batches_tracked is not None
+        ):
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -235,7 +240,8 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
 
 class _AllReduceSum(torch.autograd.Function):
     """A differentiable sum over ranks: every rank's result depends on every rank's input, so the
-    gradient of the sum of all ranks' losses w.r.t. one input is the sum over ranks of the incoming gradients."""
+    gradient of the sum of all ranks' losses w.r.t. one input is the sum over ranks of the incoming
+    gradients."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
@@ -298,7 +304,7 @@ def globalise_fcos_loss(model: nn.Module, world_size: int) -> None:
     the same number of images. Faster R-CNN samples its RPN/RoI anchors from torch's RNG, so its
     ranks are statistically, not bitwise, equivalent to one process.)
     """
-    head = model.head
+    head = cast(Any, model.head)  # torchvision's FCOSHead: untyped
     original: Callable[..., dict[str, torch.Tensor]] = head.compute_loss
 
     def compute_loss(targets, head_outputs, anchors, matched_idxs):  # noqa: ANN001, ANN202 (torchvision's)

@@ -123,7 +123,7 @@ def resolve_amp(setting: str, device: torch.device) -> str:
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    amp = resolve_amp(cfg.train.amp, device)
+    amp = resolve_amp(str(cfg.train.amp), device)  # a str once loaded (see TrainConfig)
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(
             f"train.amp: fp16 needs CUDA (its GradScaler is for GPUs); this run is on {device}, "
@@ -150,7 +150,8 @@ def run_epochs(
     progress: bool,
     scaler: torch.amp.GradScaler,
 ) -> TrainState:
-    """Train from ``state`` to ``cfg.train.epochs``; rank 0 writes the resume state after each epoch but the last.
+    """Train from ``state`` to ``cfg.train.epochs``; rank 0 writes the resume state after each epoch but
+    the last.
 
     ``model`` is what runs the step (DDP-wrapped under torchrun); ``module`` the plain model.
     """
@@ -241,7 +242,8 @@ def run_epochs(
                 dist.barrier()  # the resume state is complete before any rank stops
                 if dist.is_main:
                     log(
-                        f"[train] stopping after epoch {state.epoch} ({STOP_AFTER_EPOCH_ENV}); resume state: {resume}"
+                        f"[train] stopping after epoch {state.epoch} ({STOP_AFTER_EPOCH_ENV}); resume state: "
+                        f"{resume}"
                     )
                 raise KeyboardInterrupt
     finally:

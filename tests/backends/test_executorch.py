@@ -1,4 +1,5 @@
-"""ExecuTorch (XNNPACK) on the tiny run: a .pte from model.pt, its own row in check's report, in the bundle."""
+"""ExecuTorch (XNNPACK) on the tiny run: a .pte from model.pt, its own row in check's report, in the
+bundle."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The end-to-end contract through the stages: export -> build -> check -> package -> runtime, on the tiny run."""
+"""The end-to-end contract through the stages: export -> build -> check -> package -> runtime, on the tiny
+run."""
 
 from __future__ import annotations
 

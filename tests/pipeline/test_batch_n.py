@@ -1,4 +1,5 @@
-"""export.batch = 2 through export, quantize, build and check on the tiny run; BatchedRunner on a tiny ONNX."""
+"""export.batch = 2 through export, quantize, build and check on the tiny run; BatchedRunner on a tiny
+ONNX."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`edgefpn run` for Faster R-CNN on the tiny config: data -> train -> export -> quantize -> build -> check."""
+"""`edgefpn run` for Faster R-CNN on the tiny config: data -> train -> export -> quantize -> build ->
+check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`edgefpn run` end to end for RetinaNet on the tiny config: every stage, ONNX Runtime FP32 within 0.05 AP."""
+"""`edgefpn run` end to end for RetinaNet on the tiny config: every stage, ONNX Runtime FP32 within 0.05
+AP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""prune_float_qdq on a hand-built graph: which Q -> DQ pairs are conversions only, and which make a fusion."""
+"""prune_float_qdq on a hand-built graph: which Q -> DQ pairs are conversions only, and which make a
+fusion."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from edgefpn.quantize.ort_cpu import check_qdq_ort, prune_float_qdq
 
 
 def _graph() -> onnx.ModelProto:
-    """x -> Sigmoid (float, "island") -> t -> Q -> DQ -> {Tanh (float), Conv (quantized, DQ weight) -> Q -> DQ -> y}."""
+    """x -> Sigmoid (float, "island") -> t -> Q -> DQ -> {Tanh (float), Conv (quantized, DQ weight) -> Q ->
+    DQ -> y}."""
     inits = [
         numpy_helper.from_array(np.array(0.02, np.float32), "s"),
         numpy_helper.from_array(np.array(0, np.uint8), "zp"),

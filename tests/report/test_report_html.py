@@ -104,7 +104,8 @@ def test_perturbed_engine_fails_and_names_the_level(checked, tmp_path, monkeypat
 
 
 class _RunsFourTimesWhenInt8(OnnxRuntimeRunner):
-    """An INT8 engine that really computes its model four times per call: honestly slower, not a faked timing."""
+    """An INT8 engine that really computes its model four times per call: honestly slower, not a faked
+    timing."""
 
     def infer(self, feed):
         for _ in range(3 if self.spec.precision == "int8" else 0):

@@ -1,4 +1,5 @@
-"""The conditions reader on fake /sys, /proc and Jetson trees (root injected, nothing faked in product code)."""
+"""The conditions reader on fake /sys, /proc and Jetson trees (root injected, nothing faked in product
+code)."""
 
 from __future__ import annotations
 

@@ -251,7 +251,8 @@ def _pipeline_files(
             "input-size-disagrees",
             _pipeline_files(lambda p: p["preprocess"].update(input_size=[96, 96])),
             lambda m: None,
-            r"input_size \[96, 96\] disagrees with engine 'onnxruntime-fp32': its input 'images' is \[1, 3, 64, 64\]",
+            r"input_size \[96, 96\] disagrees with engine 'onnxruntime-fp32': its input 'images' is \[1, 3, "
+            r"64, 64\]",
         ),
         (
             "classes-disagree",

@@ -84,4 +84,4 @@ def detector_class(base: type[_M], *, neck: str) -> type[_M]:
         raise ValueError(
             f"no AugFPN variant of {base.__name__}; known: {', '.join(c.__name__ for c in _SUPERVISED)}"
         )
-    return _SUPERVISED[base]  # type: ignore[return-value]
+    return _SUPERVISED[base]  # type: ignore[return-value]  # each value subclasses its key

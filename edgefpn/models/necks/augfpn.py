@@ -189,7 +189,8 @@ class ResidualFeatureAugmentation(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_uniform_(module.weight, a=1)  # torchvision's FPN initialisation
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, c5: Tensor) -> Tensor:  # c5: [N, C5, H, W]
         size = _static_size(c5)

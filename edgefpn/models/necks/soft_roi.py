@@ -52,7 +52,8 @@ class SoftRoISelection(nn.Module):
         for module in self.fuse.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_uniform_(module.weight, a=1)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, features: Sequence[Tensor], rois: Tensor) -> Tensor:
         """``features`` one ``[N, C, H_l, W_l]`` per level; ``rois`` ``[R, 5]`` (batch index, x1, y1, x2,

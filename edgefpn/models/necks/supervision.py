@@ -19,7 +19,7 @@ Weight: 0.25 (:data:`AUX_LOSS_WEIGHT`). The paper weights the auxiliary terms be
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, RetinaNet
@@ -43,13 +43,22 @@ class _Replay(nn.Module):
         return self.pyramid
 
 
-class ConsistentSupervision:
+# for the type checker the mixin is a Module (its super() is the detector's); at run time a plain mixin
+if TYPE_CHECKING:
+    _MixinBase = nn.Module
+else:
+    _MixinBase = object
+
+
+class ConsistentSupervision(_MixinBase):
     """Mixin placed before a torchvision detector class: adds the auxiliary losses in training.
 
     Args:
         aux_loss_weight: weight of the auxiliary losses; 0 turns Consistent Supervision off.
         *args, **kwargs: the detector's own constructor arguments.
     """
+
+    backbone: Any  # the detector's (torchvision's detectors are untyped)
 
     def __init__(self, *args: Any, aux_loss_weight: float = AUX_LOSS_WEIGHT, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
