@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BuildSource", "engine_extra"]
+__all__ = ["BuildSource", "engine_extra", "engine_record"]
 
 
 @dataclass(frozen=True)
@@ -43,4 +43,25 @@ def engine_extra(
         "settings": settings,
         "lint": [f.to_dict() for f in src.lint],
         **more,
+    }
+
+
+def engine_record(
+    target: str,
+    precision: str,
+    src: BuildSource,
+    backend_version: str,
+    settings: dict[str, Any],
+    *,
+    config_hash: str,
+    inputs: dict[str, str],
+    **more: Any,
+) -> dict[str, Any]:
+    """``write_manifest``'s keyword arguments for an engine a backend's ``build`` made: every build
+    records the same stage, key and :func:`engine_extra` fields."""
+    return {
+        "stage": "build",
+        "config_hash": config_hash,
+        "inputs": inputs,
+        "extra": engine_extra(target, precision, src, backend_version, settings, **more),
     }

@@ -24,7 +24,7 @@ import numpy as np
 
 from edgefpn.artifacts import read_manifest
 from edgefpn.backends.base import Backend, BaseRunner, EngineSpec
-from edgefpn.backends.building import BuildSource, engine_extra
+from edgefpn.backends.building import BuildSource, engine_record
 from edgefpn.errors import ExportError, ModelFileError
 
 __all__ = ["BACKEND", "ExecuTorchRunner", "build", "engine_path", "to_executorch"]
@@ -162,15 +162,14 @@ def build(cfg: Any, run_dir: Path, precision: str, src: BuildSource, *, force: b
         to_executorch(wrapper, example, tmp)
     return write_manifest(
         out,
-        stage="build",
-        config_hash=chash,
-        inputs=inputs,
-        extra=engine_extra(
+        **engine_record(
             "executorch",
             precision,
             src,
             version,
             settings,
+            config_hash=chash,
+            inputs=inputs,
             outputs=list(names),
             source={"path": model.path.name, "sha256": model.sha256},
         ),

@@ -33,7 +33,7 @@ import numpy as np
 
 from edgefpn.artifacts import sha256_file
 from edgefpn.backends.base import Backend, BaseRunner, EngineSpec
-from edgefpn.backends.building import BuildSource, engine_extra
+from edgefpn.backends.building import BuildSource, engine_record
 from edgefpn.errors import ModelFileError
 
 __all__ = ["BACKEND", "IR_NAME", "OpenVinoRunner", "ir_xml", "onnx_to_openvino", "openvino_version"]
@@ -288,15 +288,14 @@ def build(
         )
     return write_manifest(
         out,
-        stage="build",
-        config_hash=chash,
-        inputs=inputs,
-        extra=engine_extra(
+        **engine_record(
             "openvino",
             precision,
             src,
             version,
             settings,
+            config_hash=chash,
+            inputs=inputs,
             outputs=outputs,
             files=[IR_NAME, Path(IR_NAME).with_suffix(".bin").name],
         ),

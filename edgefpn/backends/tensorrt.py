@@ -29,7 +29,7 @@ import numpy as np
 
 from edgefpn.artifacts import atomic_write_bytes, read_manifest
 from edgefpn.backends.base import Backend, BaseRunner, EngineSpec
-from edgefpn.backends.building import BuildSource, engine_extra
+from edgefpn.backends.building import BuildSource, engine_record
 from edgefpn.errors import BackendUnavailable, ExportError, ModelFileError
 
 if TYPE_CHECKING:  # the config module needs pyyaml, which a runtime-only install may lack
@@ -509,10 +509,7 @@ def build(
     info = result.manifest(settings)
     return write_manifest(
         out,
-        stage="build",
-        config_hash=chash,
-        inputs=inputs,
-        extra=engine_extra(
+        **engine_record(
             "tensorrt",
             precision,
             src,
@@ -528,6 +525,8 @@ def build(
                     "timing_cache",
                 )
             },
+            config_hash=chash,
+            inputs=inputs,
             tensorrt=info,
             device=result.device.to_dict(),
             build_flags=result.flags,
