@@ -127,15 +127,14 @@ def make_onnx(cfg: Config, run_dir: Path, src_rel: str, *, force: bool = False) 
     )
     return write_manifest(
         out,
-        stage="e2e",
-        config_hash=chash,
-        inputs=inputs,
-        extra={
-            "e2e_source": src_rel,
-            "precision": manifest.get("precision", "fp32"),
-            **_describe(spec),
-            "lint": [f.to_dict() for f in findings],
-        },
+        **_record(
+            chash,
+            inputs,
+            src_rel,
+            manifest.get("precision", "fp32"),
+            spec,
+            lint=[f.to_dict() for f in findings],
+        ),
     )
 
 
@@ -171,18 +170,39 @@ def make_openvino(
     log(f"[e2e] openvino-{precision}{SUFFIX}: {src_rel} + {' + '.join(_parts(spec))}")
     return write_manifest(
         out,
-        stage="e2e",
-        config_hash=chash,
-        inputs=inputs,
-        extra={
-            "e2e_source": src_rel,
-            "precision": precision,
-            "target": "openvino",
-            **_describe(spec),
-            "outputs": outputs,
-            "files": [IR_NAME, Path(IR_NAME).with_suffix(".bin").name],
-        },
+        **_record(
+            chash,
+            inputs,
+            src_rel,
+            precision,
+            spec,
+            target="openvino",
+            outputs=outputs,
+            files=[IR_NAME, Path(IR_NAME).with_suffix(".bin").name],
+        ),
     )
+
+
+def _record(
+    chash: str,
+    inputs: dict[str, str],
+    src_rel: str,
+    precision: str,
+    spec,
+    *,
+    target: str | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """``write_manifest``'s keyword arguments for an e2e engine grafted onto ``src_rel``."""
+    extra: dict[str, Any] = {"e2e_source": src_rel, "precision": precision}
+    if target is not None:
+        extra["target"] = target
+    return {
+        "stage": "e2e",
+        "config_hash": chash,
+        "inputs": inputs,
+        "extra": {**extra, **_describe(spec), **more},
+    }
 
 
 def _parts(spec) -> list[str]:
