@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from edgefpn.artifacts import Artifact, atomic_output, read_manifest, up_to_date, write_manifest
+from edgefpn.backend_names import CHECKED
+from edgefpn.backends import BACKENDS
 from edgefpn.config import Config, config_hash
 from edgefpn.pipeline.common import log, postprocess_params, recorded_arch
 
@@ -30,16 +32,23 @@ ONNX_TWINS = {
     "model.int8.onnx": "model.int8.e2e.onnx",  # TensorRT's symmetric QDQ: tensorrt-int8-e2e
     "model.int8.ort.onnx": "model.int8.ort.e2e.onnx",
 }  # ONNX Runtime's CPU flavour
-# (name, backend, precision, file in the run dir), as check.ENGINE_FILES
-ENGINE_FILES: tuple[tuple[str, str, str, str], ...] = (
-    ("onnxruntime-fp32-e2e", "onnxruntime", "fp32", "model.e2e.onnx"),
-    ("onnxruntime-fp16-e2e", "onnxruntime", "fp16", "model.fp16.e2e.onnx"),
-    ("onnxruntime-int8-e2e", "onnxruntime", "int8", "model.int8.ort.e2e.onnx"),
-    ("openvino-fp32-e2e", "openvino", "fp32", "openvino/fp32-e2e"),
-    ("openvino-fp16-e2e", "openvino", "fp16", "openvino/fp16-e2e"),
-    ("openvino-int8-e2e", "openvino", "int8", "openvino/int8-e2e"),
-    ("tensorrt-fp16-e2e", "tensorrt", "fp16", "tensorrt/fp16-e2e/model.engine"),
-    ("tensorrt-int8-e2e", "tensorrt", "int8", "tensorrt/int8-e2e/model.engine"),
+
+
+def _twin_path(rel: str, precision: str) -> str:
+    """Where the twin of the engine at ``rel`` lives: its ONNX twin, else the same path with the
+    precision folder renamed ``<precision>-e2e`` (``openvino/int8-e2e``, ``tensorrt/fp16-e2e/model.engine``)."""
+    if rel in ONNX_TWINS:
+        return ONNX_TWINS[rel]
+    return "/".join(f"{part}{SUFFIX}" if part == precision else part for part in rel.split("/"))
+
+
+# (name, backend, precision, file in the run dir), as check.ENGINE_FILES: a twin of every engine of a
+# checked backend that runs ONNX (the twins of ONNX_TWINS) or grafts its own (its record's e2e)
+ENGINE_FILES: tuple[tuple[str, str, str, str], ...] = tuple(
+    (f"{name}{SUFFIX}", backend, precision, _twin_path(rel, precision))
+    for backend in CHECKED
+    if BACKENDS[backend].reads_onnx or BACKENDS[backend].e2e is not None
+    for name, _, precision, rel in BACKENDS[backend].engines(Path("."))
 )
 
 
