@@ -298,7 +298,7 @@ def test_two_processes_on_one_run_directory(tiny_run, tmp_path):
         out, _ = a.communicate(timeout=120)
     assert a.returncode == 0, out
     from edgefpn.config import load_config
-    from edgefpn.pipeline.train import model_config_hash, model_settings
+    from edgefpn.training.settings import model_config_hash, model_settings
     from tests.security.harness import EMPTY_CONFIG
 
     cfg_a = load_config(EMPTY_CONFIG, [*TINY, f"data.root={data}"])
