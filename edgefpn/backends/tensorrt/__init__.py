@@ -10,7 +10,7 @@ flags) lives in the sidecar manifest, and :class:`TensorRTRunner` reads it *befo
 TensorRT engines are specific to the TensorRT version and GPU architecture that built them.
 
 Here the backend record (engine paths, ``build``, the trtexec script beside each engine); the device
-checks in ``device.py``, the builder in ``builder.py``, the runner in ``runner.py``.
+checks in ``machine.py``, the builder in ``builder.py``, the runner in ``runner.py``.
 
 Device buffers are torch CUDA tensors (torch is already a dependency and owns a CUDA context and
 streams); no ``cuda-python`` / ``pycuda``.
@@ -24,6 +24,7 @@ from typing import Any
 
 from edgefpn.backends.base import Backend
 from edgefpn.backends.building import BuildSource, engine_record
+from edgefpn.backends.tensorrt import machine
 from edgefpn.backends.tensorrt.builder import (
     BuildResult,
     build_engine,
@@ -32,7 +33,7 @@ from edgefpn.backends.tensorrt.builder import (
     trtexec_command,
     trtexec_script,
 )
-from edgefpn.backends.tensorrt.device import (
+from edgefpn.backends.tensorrt.machine import (
     INSTALL_HINT,
     DeviceInfo,
     compat_problem,
@@ -93,10 +94,10 @@ def build(
             f"(all: edgefpn trt-lint {src.path})"
         )
     settings = cfg.build.tensorrt
-    device = cuda_device()
-    version = tensorrt_version()
+    device = machine.cuda_device()
+    version = machine.tensorrt_version()
     if device is None or version is None:
-        raise BackendUnavailable(f"tensorrt: {unavailable_reason() or 'not usable here'}")
+        raise BackendUnavailable(f"tensorrt: {machine.unavailable_reason() or 'not usable here'}")
     out = out or engine_path(run_dir, precision)
     chash = config_hash(settings, {"precision": precision, "device": device.to_dict(), "tensorrt": version})
     inputs = {"onnx": src.sha256}
@@ -198,7 +199,7 @@ BACKEND = Backend(
     needs_gpu=True,
     file_kind="TensorRT engine (.engine)",
     engine_path=engine_path,
-    unavailable=lambda: unavailable_reason(),
+    unavailable=lambda: machine.unavailable_reason(),
     target_problem=target_problem,
     # version, compute capability, compat flags: what the runtime checks before deserializing
     bundle_target=lambda precision, manifest: {"tensorrt": manifest.get("tensorrt")},

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefpn.artifacts import atomic_write_bytes
-from edgefpn.backends.tensorrt.device import DeviceInfo, cuda_device, unavailable_reason
+from edgefpn.backends.tensorrt import machine
+from edgefpn.backends.tensorrt.machine import DeviceInfo
 from edgefpn.errors import BackendUnavailable, ExportError
 
 if TYPE_CHECKING:  # the config module needs pyyaml, which a runtime-only install may lack
@@ -140,12 +141,12 @@ def build_engine(
         BackendUnavailable: tensorrt or a GPU is missing.
         ExportError: the ONNX parser rejected nodes (each named) or the build failed.
     """
-    reason = unavailable_reason()
+    reason = machine.unavailable_reason()
     if reason is not None:
         raise BackendUnavailable(f"tensorrt: {reason}")
     import tensorrt as trt
 
-    device = cuda_device()
+    device = machine.cuda_device()
     if device is None:  # unavailable_reason checked it; a GPU lost in between
         raise BackendUnavailable("tensorrt: no CUDA GPU is visible")
     flags = build_flags(precision, settings)

@@ -9,7 +9,8 @@ import numpy as np
 
 from edgefpn.artifacts import read_manifest
 from edgefpn.backends.base import BaseRunner, EngineSpec
-from edgefpn.backends.tensorrt.device import INSTALL_HINT, compat_problem, cuda_device, unavailable_reason
+from edgefpn.backends.tensorrt import machine
+from edgefpn.backends.tensorrt.machine import INSTALL_HINT, compat_problem
 from edgefpn.errors import ModelFileError
 
 
@@ -33,7 +34,7 @@ class TensorRTRunner(BaseRunner):
 
     @classmethod
     def unavailable(cls) -> str | None:
-        reason = unavailable_reason()
+        reason = machine.unavailable_reason()
         return None if reason is None else f"tensorrt: {reason}"
 
     def _load(self) -> None:
@@ -47,7 +48,7 @@ class TensorRTRunner(BaseRunner):
         import torch
 
         # the version of the module that will deserialize, not of whichever pip metadata is around
-        problem = compat_problem(manifest, version=str(trt.__version__), device=cuda_device())
+        problem = compat_problem(manifest, version=str(trt.__version__), device=machine.cuda_device())
         if problem is not None:
             raise ModelFileError(
                 f"{self.spec.path}: {problem}; rebuild it here (edgefpn build --target tensorrt "
