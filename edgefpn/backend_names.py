@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_CHECKED",
     "DEFAULT_TARGETS",
     "NAMES",
+    "PREDICT_BACKENDS",
     "Names",
     "backend_packages",
 ]
@@ -52,6 +53,8 @@ DEFAULT_TARGETS = tuple(n for n, b in NAMES.items() if b.built and b.default)
 CHECKED = tuple(n for n, b in NAMES.items() if b.checked)  # check.backends choices
 DEFAULT_CHECKED = tuple(n for n, b in NAMES.items() if b.checked and b.default)
 BUNDLED = CHECKED  # a bundle holds checked engines only
+# `edgefpn predict --backend` choices: the backends whose fp32 engine train / export make (no build)
+PREDICT_BACKENDS = tuple(n for n, b in NAMES.items() if not b.built)
 
 
 def backend_packages() -> tuple[str, ...]:

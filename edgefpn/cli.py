@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from edgefpn.backend_names import BUILD_TARGETS
+from edgefpn.backend_names import BUILD_TARGETS, PREDICT_BACKENDS
 from edgefpn.errors import ConfigError, EdgefpnError
 
 _DEBUG = False
@@ -470,9 +470,7 @@ def run_cmd(cfg, run_dir: Path, force: bool, progress: bool) -> None:
 
 @main.command()
 @stage_options
-@click.option(
-    "--backend", type=click.Choice(["torch", "onnxruntime"]), default="onnxruntime", show_default=True
-)
+@click.option("--backend", type=click.Choice(PREDICT_BACKENDS), default="onnxruntime", show_default=True)
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images.")
 @click.option(
     "--save",

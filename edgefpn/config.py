@@ -229,7 +229,8 @@ class CheckConfig:
     warmup: int = 5
     latency_iters: int = 50
     # An INT8 engine must be at least this many times faster (model only) than the FP32 engine of the
-    # same backend, timed in interleaved pairs (see check._int8_speedups); 1.0: never slower.
+    # same backend, timed in interleaved pairs (see edgefpn.checking.latency.int8_speedups); 1.0: never
+    # slower.
     min_int8_speedup: float = 1.0
 
     def __post_init__(self) -> None:

@@ -30,6 +30,21 @@ __all__ = ["Finding", "TENSORRT_OPS", "TENSORRT_OPSET_RANGE", "errors", "lint_on
 TENSORRT_OPSET_RANGE = (9, 20)
 _TENSORRT_OPSET_NEWEST = 24
 
+# ONNX's Reduce* ops: all in the matrix below, all taking their axes as input 1 (ReduceSum from opset 13,
+# the others from 18)
+_REDUCE_OPS = (
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+)
+
 # The ops marked "Y" in the ONNX-TensorRT operator support matrix for TensorRT 10.x
 # (https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md). A literal set on purpose:
 # reviewable, greppable, and updated deliberately when the matrix changes. Per-op restrictions (e.g.
@@ -139,16 +154,7 @@ TENSORRT_OPS: frozenset[str] = frozenset(
         "RandomUniformLike",
         "Range",
         "Reciprocal",
-        "ReduceL1",
-        "ReduceL2",
-        "ReduceLogSum",
-        "ReduceLogSumExp",
-        "ReduceMax",
-        "ReduceMean",
-        "ReduceMin",
-        "ReduceProd",
-        "ReduceSum",
-        "ReduceSumSquare",
+        *_REDUCE_OPS,
         "Relu",
         "Reshape",
         "Resize",
@@ -222,21 +228,7 @@ _SHAPE_INPUTS: Mapping[str, frozenset[int]] = {
     "Trilu": frozenset({1}),
     # the in-graph NMS of the end-to-end graphs (edgefpn.e2e): max_output_boxes_per_class is a count
     "NonMaxSuppression": frozenset({2}),
-    **{
-        op: frozenset({1})
-        for op in (
-            "ReduceL1",
-            "ReduceL2",
-            "ReduceLogSum",
-            "ReduceLogSumExp",
-            "ReduceMax",
-            "ReduceMean",
-            "ReduceMin",
-            "ReduceProd",
-            "ReduceSum",
-            "ReduceSumSquare",
-        )
-    },
+    **{op: frozenset({1}) for op in _REDUCE_OPS},
 }
 
 # Which input of a weighted op is the weight, and which axis of that weight is the output channel.

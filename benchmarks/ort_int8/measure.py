@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from edgefpn.backends import EngineSpec, open_runner
+from edgefpn.checking.latency import int8_speedups
 from edgefpn.config import load_config
-from edgefpn.pipeline import check
 from edgefpn.pipeline import data as data_stage
 from edgefpn.pipeline.common import make_prepost
 from edgefpn.quantize.accuracy import Evaluator
@@ -75,9 +75,7 @@ def main(argv: list[str]) -> None:
             runners = {
                 s.name: stack.enter_context(open_runner(s, threads=cfg.run.threads)) for s in (fp32, int8)
             }
-            s = check._int8_speedups(runners, [fp32, int8], make_prepost(cfg), split.images, cfg)[
-                "onnxruntime-int8"
-            ]
+            s = int8_speedups(runners, [fp32, int8], make_prepost(cfg), split.images, cfg)["onnxruntime-int8"]
         print(
             f"{name:30s} int8 p50 {s['p50_ms']:6.2f} ms  fp32 p50 {s['vs_p50_ms']:6.2f} ms  "
             f"speedup {s['speedup']:.2f}x (median of {s['pairs']} interleaved pairs)  load "

@@ -30,9 +30,8 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from edgefpn.models.backbones import LastLevelMaxPoolNamed, ResNetFPN, level_stride, mobilenet_fpn, resnet_fpn
-from edgefpn.models.necks import AUX_LOSS_WEIGHT, ConsistentSupervision, attach_neck
+from edgefpn.models.necks import AUX_LOSS_WEIGHT, ConsistentSupervision, attach_neck, build_detector
 from edgefpn.models.necks.soft_roi import SoftRoISelection, StaticRoIPool
-from edgefpn.models.transform import IdentityTransform
 
 __all__ = ["FASTER_RCNN_LEVELS", "VARIANTS", "AugEdgeFasterRCNN", "EdgeFasterRCNN", "faster_rcnn"]
 
@@ -245,10 +244,12 @@ def _assemble(
         )
     else:
         box_head = TwoMLPHead(channels * _ROI_SIZE**2, representation_size)
-    detector = AugEdgeFasterRCNN if neck == "augfpn" else EdgeFasterRCNN
-    extra = {"aux_loss_weight": aux_loss_weight} if neck == "augfpn" else {}
-    model = detector(
+    model = build_detector(
+        EdgeFasterRCNN,
         backbone,
+        neck=neck,
+        aux_loss_weight=aux_loss_weight,
+        augmented=AugEdgeFasterRCNN,
         num_classes=None,
         rpn_anchor_generator=anchor_generator,
         rpn_head=rpn_head,
@@ -264,7 +265,6 @@ def _assemble(
         box_score_thresh=score_thresh,
         box_nms_thresh=nms_thresh,
         box_detections_per_img=detections_per_img,
-        **extra,
     )
     if neck == "augfpn":
         # FasterRCNN's constructor accepts only MultiScaleRoIAlign; RoIHeads itself takes any pooler with
@@ -273,7 +273,6 @@ def _assemble(
             model.roi_heads.box_roi_pool = StaticRoIPool(
                 SoftRoISelection(roi_levels, channels, output_size=_ROI_SIZE, sampling_ratio=_ROI_SAMPLING)
             )
-    model.transform = IdentityTransform()
     model.levels = tuple(levels)
     model.roi_levels = tuple(roi_levels)
     model.level_strides = dict(zip(levels, strides, strict=True))

@@ -19,14 +19,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 
 from edgefpn.models.backbones import backbone_fpn
-from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
+from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, build_detector
 from edgefpn.models.outputs import (
     PerLevelExportWrapper,
     per_level_output_names,
     per_level_output_shapes,
     run_tower,
 )
-from edgefpn.models.transform import IdentityTransform
 
 __all__ = [
     "FCOS_LEVELS",
@@ -98,10 +97,12 @@ def fcos(
     # One square anchor per location whose side equals the level's stride: FCOS's "points".
     anchor_generator = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
     head = FCOSHead(backbone.out_channels, 1, num_classes, num_convs=head_convs)
-    extra = {"aux_loss_weight": aux_loss_weight} if neck == "augfpn" else {}
-    model = detector_class(FCOS, neck=neck)(
+    return build_detector(
+        FCOS,
         backbone,
         num_classes,
+        neck=neck,
+        aux_loss_weight=aux_loss_weight,
         anchor_generator=anchor_generator,
         head=head,
         center_sampling_radius=center_sampling_radius,
@@ -109,10 +110,7 @@ def fcos(
         nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
         topk_candidates=topk_candidates,
-        **extra,
     )
-    model.transform = IdentityTransform()
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------

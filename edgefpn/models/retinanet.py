@@ -19,14 +19,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 
 from edgefpn.models.backbones import backbone_fpn
-from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, detector_class
+from edgefpn.models.necks import AUX_LOSS_WEIGHT, attach_neck, build_detector
 from edgefpn.models.outputs import (
     PerLevelExportWrapper,
     per_level_output_names,
     per_level_output_shapes,
     run_tower,
 )
-from edgefpn.models.transform import IdentityTransform
 from edgefpn.postprocess.retinanet import ANCHOR_RATIOS, NUM_ANCHORS, anchor_sizes
 
 __all__ = [
@@ -113,20 +112,19 @@ def retinanet(
             tower.conv = nn.Sequential(*list(tower.conv)[:head_convs])
     if variant == "v2":
         head.regression_head._loss_type = "giou"  # as retinanet_resnet50_fpn_v2
-    extra = {"aux_loss_weight": aux_loss_weight} if neck == "augfpn" else {}
-    model = detector_class(RetinaNet, neck=neck)(
+    return build_detector(
+        RetinaNet,
         backbone,
         num_classes,
+        neck=neck,
+        aux_loss_weight=aux_loss_weight,
         anchor_generator=anchor_generator,
         head=head,
         score_thresh=score_thresh,
         nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
         topk_candidates=topk_candidates,
-        **extra,
     )
-    model.transform = IdentityTransform()
-    return model
 
 
 def retinanet_v2(**kwargs) -> RetinaNet:

@@ -14,7 +14,7 @@ that batch. ``--batch 1,2,4,8`` makes the batch-N engines it needs in ``RUN_DIR/
 run directory of its own, loading this run's ``model.pt`` as ``model.weights``, with ``export.batch=N``,
 fp32 and int8 only): each artifact there keeps its manifest and is skipped when up to date.
 
-Cross-check with OpenVINO's ``benchmark_app`` (:mod:`edgefpn.pipeline.benchmark_app`), interleaved round
+Cross-check with OpenVINO's ``benchmark_app`` (:mod:`edgefpn.benchmarking.benchmark_app`), interleaved round
 by round so both see the same machine (``app_rounds`` rounds of ours then theirs, ``app_seconds`` in
 all per mode): ``single_stream`` against its latency mode (same threads, f32, sync API, same input);
 ``offline`` against its async mode at our best point (same streams, requests, threads, batch). The
@@ -43,11 +43,13 @@ from edgefpn.artifacts import (
 )
 from edgefpn.backends import BACKENDS, RUNNERS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
+from edgefpn.benchmarking.benchmark_app import parse_benchmark_app
+from edgefpn.benchmarking.cross_check import offline_cross_check, single_stream
+from edgefpn.benchmarking.timing import batch_sweep, end_to_end
 from edgefpn.config import Config
 from edgefpn.errors import ConfigError, ModelFileError
 from edgefpn.inference import PrePost
 from edgefpn.pipeline import e2e as e2e_stage
-from edgefpn.pipeline.benchmark_app import benchmark_app, parse_benchmark_app
 from edgefpn.pipeline.check import ENGINE_FILES
 from edgefpn.pipeline.common import log, make_prepost
 from edgefpn.pipeline.lineage import current_engines
@@ -160,11 +162,9 @@ def run(
         efeed = _engine_feed(cfg, spec.name, image)
         app = 0.0 if in_graph else app_seconds
         family = {n: s for n, specs in by_batch.items() for s in specs if s.name == spec.name}
-        ss = _single_stream(spec, efeed, cfg, iters, app, app_rounds, own)
+        ss = single_stream(spec, efeed, cfg, iters, app, app_rounds, own)
         if deploy is not None:
-            e2e = _end_to_end(
-                spec, _contract(deploy, cfg, spec.name), paths, threads, cfg.check.warmup, iters
-            )
+            e2e = end_to_end(spec, _contract(deploy, cfg, spec.name), paths, threads, cfg.check.warmup, iters)
             ss = sc.single_stream(ss.pop("_samples"), threads=threads, batch=own, end_to_end_ms=e2e, **ss)
         else:
             ss = sc.single_stream(ss.pop("_samples"), threads=threads, batch=own, **ss)
@@ -178,7 +178,7 @@ def run(
             log=log,
         )
         if BACKENDS[spec.backend].benchmark_app and app > 0:
-            off["benchmark_app"] = _offline_cross_check(family, off, efeed, threads, app, app_rounds)
+            off["benchmark_app"] = offline_cross_check(family, off, efeed, threads, app, app_rounds)
         scenarios = {"single_stream": ss, "offline": off}
         if video is not None:
             log(f"[benchmark] {spec.name}: streaming the val video at the deploy and eval thresholds")
@@ -194,7 +194,7 @@ def run(
         rows.append(
             _row(spec) | {"latency_ms": ss["model_only_ms"], "fps": ss["fps"], "scenarios": scenarios}
         )
-        sweep_rows += _batch_sweep(family, off["sweep"], efeed, threads, cfg.check.warmup, iters)
+        sweep_rows += batch_sweep(family, off["sweep"], efeed, threads, cfg.check.warmup, iters)
     video_dir.cleanup()
 
     report = {
@@ -289,10 +289,6 @@ def _contract(pipe: PrePost, cfg: Config, name: str) -> PrePost:
     return dataclasses.replace(pipe, input=input_type, contract=contract)
 
 
-def _repeat(feed: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    return {k: np.repeat(v[:1], n, axis=0) for k, v in feed.items()}
-
-
 def _val_video(cfg: Config, folder: Path, min_frames: int) -> Path | None:
     """The val images as a video (the ``streaming`` scenario's source), or None without a dataset."""
     from edgefpn.data.coco import load_split
@@ -306,164 +302,6 @@ def _val_video(cfg: Config, folder: Path, min_frames: int) -> Path | None:
         return None
     write_video(paths, folder / "val.avi", min_frames=min_frames)
     return folder / "val.avi"
-
-
-def _latency(
-    spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup: int, iters: int
-) -> list[float]:
-    """``iters`` timed engine calls (ms) after ``warmup`` untimed ones, on a freshly opened runner."""
-    with open_runner(spec, threads=threads) as runner:
-        return sc.time_calls(lambda _: runner.infer(feed), warmup=warmup, iters=iters)
-
-
-def _end_to_end(
-    spec: EngineSpec, pipe, paths: list[Path], threads: int, warmup: int, iters: int
-) -> list[float]:
-    """Image file -> detections at the deploy threshold, cycling through the val images."""
-    from edgefpn.inference import detect_file
-
-    with open_runner(spec, threads=threads) as runner:
-        return sc.time_calls(
-            lambda i: detect_file(runner, pipe, paths[i % len(paths)]), warmup=warmup, iters=iters
-        )
-
-
-def _round_seconds(total: float, rounds: int) -> int:
-    """benchmark_app's ``-t`` per round: whole seconds (it accepts nothing else), at least 1."""
-    return max(1, round(total / rounds))
-
-
-def _single_stream(
-    spec: EngineSpec,
-    feed: dict[str, np.ndarray],
-    cfg: Config,
-    iters: int,
-    app_seconds: float,
-    rounds: int,
-    batch: int,
-) -> dict[str, Any]:
-    """Model-only samples (``_samples``) and, for OpenVINO, benchmark_app's latency mode interleaved."""
-    threads, warmup = cfg.run.threads, cfg.check.warmup
-    full = _repeat(feed, batch)
-    if not BACKENDS[spec.backend].benchmark_app or app_seconds <= 0:
-        log(f"[benchmark] {spec.name}: {iters} x single stream")
-        return {"_samples": _latency(spec, full, threads, warmup, iters)}
-    secs = _round_seconds(app_seconds, rounds)
-    log(f"[benchmark] {spec.name}: {rounds} rounds of {iters} x single stream, then benchmark_app -t {secs}")
-    samples: list[float] = []
-    app_rounds: list[dict[str, float]] = []
-    record: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        npy = Path(tmp) / "input.npy"
-        np.save(npy, np.ascontiguousarray(full[INPUT_NAME], dtype=np.float32))
-        for _ in range(rounds):
-            ours = _latency(spec, full, threads, warmup, iters)
-            samples.extend(ours)
-            record = benchmark_app(spec, threads, secs, npy, mode="latency")
-            if "median_ms" not in record:
-                return {"_samples": samples, "benchmark_app": record}
-            app_rounds.append(
-                {k: record[k] for k in ("median_ms", "average_ms", "fps", "count") if k in record}
-                | {"ours_p50_ms": round(float(np.median(ours)), 3)}
-            )
-    # each round's pair ran back to back; the median of the pairs' ratios ignores a round that another
-    # process disturbed, which a ratio of pooled figures would not
-    ratios = [r["ours_p50_ms"] / r["median_ms"] for r in app_rounds]
-    return {
-        "_samples": samples,
-        "benchmark_app": {
-            "mode": "latency",
-            "command": record["command"],
-            "load_config": record["load_config"],
-            "rounds": app_rounds,
-            "median_ms": round(float(np.median([r["median_ms"] for r in app_rounds])), 3),
-            "ours_over_app_p50": round(float(np.median(ratios)), 3),
-        },
-    }
-
-
-def _offline_cross_check(
-    family: dict[int, EngineSpec],
-    off: dict[str, Any],
-    feed: dict[str, np.ndarray],
-    threads: int,
-    app_seconds: float,
-    rounds: int,
-) -> dict[str, Any]:
-    """Our best offline point against benchmark_app's async mode with the same streams, requests,
-    threads and batch, interleaved round by round."""
-    c = off["conditions"]
-    spec = family[c["batch"]]
-    secs = _round_seconds(app_seconds, rounds)
-    log(
-        f"[benchmark] {spec.name}: {rounds} rounds of offline (batch {c['batch']}, {c['streams']} streams, "
-        f"{c['requests']} requests) then benchmark_app async -t {secs}"
-    )
-    app_rounds: list[dict[str, Any]] = []  # "count" is None where benchmark_app printed none
-    record: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        npy = Path(tmp) / "input.npy"
-        np.save(npy, np.ascontiguousarray(np.repeat(feed[INPUT_NAME], c["batch"], axis=0), dtype=np.float32))
-        for _ in range(rounds):
-            ours = sc.offline_point(
-                spec,
-                feed,
-                threads=threads,
-                seconds=secs,
-                streams=c["streams"],
-                requests=c["requests"],
-                open_runner=open_runner,
-            )
-            record = benchmark_app(
-                spec, threads, secs, npy, mode="async", streams=c["streams"], requests=c["requests"]
-            )
-            if "fps" not in record:
-                return record
-            app_rounds.append({"fps": record["fps"], "count": record.get("count"), "ours_fps": ours["fps"]})
-    return {
-        "mode": "async",
-        "command": record["command"],
-        "load_config": record["load_config"],
-        "rounds": app_rounds,
-        "fps": round(float(np.median([r["fps"] for r in app_rounds])), 2),
-        "ours_fps": round(float(np.median([r["ours_fps"] for r in app_rounds])), 2),
-        "ours_over_app_fps": round(float(np.median([r["ours_fps"] / r["fps"] for r in app_rounds])), 3),
-    }
-
-
-def _batch_sweep(
-    family: dict[int, EngineSpec],
-    points: list[dict[str, Any]],
-    feed: dict[str, np.ndarray],
-    threads: int,
-    warmup: int,
-    iters: int,
-) -> list[dict[str, Any]]:
-    """Per batch: the latency of one batch-N call (one request), and the best offline point at that batch."""
-    from edgefpn.runtime.conditions import run_conditions
-
-    rows = []
-    for n, spec in sorted(family.items()):
-        calls = max(10, iters // n)
-        samples = _latency(spec, _repeat(feed, n), threads, warmup, calls)
-        stats = sc.latency_stats(samples)
-        best = max(
-            (p for p in points if p["conditions"]["batch"] == n and p["engine_path"] == str(spec.path)),
-            key=lambda p: p["fps"],
-            default=None,
-        )
-        rows.append(
-            {
-                "engine": spec.name,
-                "batch": n,
-                "latency_ms": stats,
-                "ms_per_image": round(stats["mean"] / n, 3),
-                "fps": round(1000.0 * n / stats["mean"], 2),
-                "conditions": run_conditions(threads=threads, streams=1, requests=1, batch=n),
-                "offline": None if best is None else {"fps": best["fps"], "conditions": best["conditions"]},
-            }
-        )
-    return rows
 
 
 def _flops(onnx_path: Path, rows: list[dict[str, Any]], threads: int) -> dict[str, Any] | None:

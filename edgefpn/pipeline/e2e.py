@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from edgefpn.artifacts import Artifact, atomic_output
+from edgefpn.backend_names import CHECKED
+from edgefpn.backends import BACKENDS
 from edgefpn.config import Config
 from edgefpn.manifests import Record, record
 from edgefpn.pipeline.common import log, postprocess_params, recorded_arch
@@ -33,16 +35,24 @@ ONNX_TWINS = {
     "model.int8.onnx": "model.int8.e2e.onnx",  # TensorRT's symmetric QDQ: tensorrt-int8-e2e
     "model.int8.ort.onnx": "model.int8.ort.e2e.onnx",
 }  # ONNX Runtime's CPU flavour
-# (name, backend, precision, file in the run dir), as check.ENGINE_FILES
-ENGINE_FILES: tuple[tuple[str, str, str, str], ...] = (
-    ("onnxruntime-fp32-e2e", "onnxruntime", "fp32", "model.e2e.onnx"),
-    ("onnxruntime-fp16-e2e", "onnxruntime", "fp16", "model.fp16.e2e.onnx"),
-    ("onnxruntime-int8-e2e", "onnxruntime", "int8", "model.int8.ort.e2e.onnx"),
-    ("openvino-fp32-e2e", "openvino", "fp32", "openvino/fp32-e2e"),
-    ("openvino-fp16-e2e", "openvino", "fp16", "openvino/fp16-e2e"),
-    ("openvino-int8-e2e", "openvino", "int8", "openvino/int8-e2e"),
-    ("tensorrt-fp16-e2e", "tensorrt", "fp16", "tensorrt/fp16-e2e/model.engine"),
-    ("tensorrt-int8-e2e", "tensorrt", "int8", "tensorrt/int8-e2e/model.engine"),
+
+
+def _twin_path(rel: str, precision: str) -> str:
+    """Where the twin of the engine at ``rel`` lives: its ONNX twin, else the same path with the
+    precision folder renamed ``<precision>-e2e`` (``openvino/int8-e2e``,
+    ``tensorrt/fp16-e2e/model.engine``)."""
+    if rel in ONNX_TWINS:
+        return ONNX_TWINS[rel]
+    return "/".join(f"{part}{SUFFIX}" if part == precision else part for part in rel.split("/"))
+
+
+# (name, backend, precision, file in the run dir), as check.ENGINE_FILES: a twin of every engine of a
+# checked backend that runs ONNX (the twins of ONNX_TWINS) or grafts its own (its record's e2e)
+ENGINE_FILES: tuple[tuple[str, str, str, str], ...] = tuple(
+    (f"{name}{SUFFIX}", backend, precision, _twin_path(rel, precision))
+    for backend in CHECKED
+    if BACKENDS[backend].reads_onnx or BACKENDS[backend].e2e is not None
+    for name, _, precision, rel in BACKENDS[backend].engines(Path("."))
 )
 
 
@@ -126,12 +136,7 @@ def make_onnx(cfg: Config, run_dir: Path, src_rel: str, *, force: bool = False) 
         out,
         config_hash=chash,
         inputs=inputs,
-        extra={
-            "e2e_source": src_rel,
-            "precision": made.precision or "fp32",
-            **_describe(spec),
-            "lint": [f.to_dict() for f in findings],
-        },
+        extra=_extra(src_rel, made.precision or "fp32", spec, lint=[f.to_dict() for f in findings]),
     )
 
 
@@ -169,15 +174,23 @@ def make_openvino(
         out,
         config_hash=chash,
         inputs=inputs,
-        extra={
-            "e2e_source": src_rel,
-            "precision": precision,
-            "target": "openvino",
-            **_describe(spec),
-            "outputs": outputs,
-            "files": [IR_NAME, Path(IR_NAME).with_suffix(".bin").name],
-        },
+        extra=_extra(
+            src_rel,
+            precision,
+            spec,
+            target="openvino",
+            outputs=outputs,
+            files=[IR_NAME, Path(IR_NAME).with_suffix(".bin").name],
+        ),
     )
+
+
+def _extra(src_rel: str, precision: str, spec, *, target: str | None = None, **more: Any) -> dict[str, Any]:
+    """The manifest fields of an e2e file grafted onto ``src_rel`` (key order as before the helper)."""
+    extra: dict[str, Any] = {"e2e_source": src_rel, "precision": precision}
+    if target is not None:
+        extra["target"] = target
+    return {**extra, **_describe(spec), **more}
 
 
 def _parts(spec) -> list[str]:

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefpn.backends import EngineSpec
+from edgefpn.backend_names import CHECKED
+from edgefpn.backends import BACKENDS, EngineSpec
 from edgefpn.config import Config
 from edgefpn.manifests import Record, record, recorded_sha256
 
@@ -41,13 +42,16 @@ def configured_engines(cfg: Config) -> set[str]:
     """Engine names the config makes: the exported ONNX, the quantize stage's models (the NNCF IR is
     ``openvino-int8``) and ``build.targets`` x ``build.precisions`` (int8 only with quantize on)."""
     q = cfg.quantize
-    names = {"onnxruntime-fp32"}
-    if q.enabled:
-        names.add("onnxruntime-int8")
-        if q.fp16:
-            names.add("onnxruntime-fp16")
-        if q.openvino:
-            names.add("openvino-int8")
+    # the engines export / quantize make (a record without build): each record says when cfg makes none
+    names = {
+        f"{name}-{p}"
+        for name in CHECKED
+        if (record := BACKENDS[name]).build is None
+        for p in record.precisions
+        if record.not_made is None or record.not_made(cfg, p) is None
+    }
+    if q.enabled and q.openvino:
+        names.add("openvino-int8")  # the quantize stage's NNCF IR
     names |= {f"{t}-{p}" for t in cfg.build.targets for p in cfg.build.precisions if p != "int8" or q.enabled}
     if cfg.export.nms or cfg.export.input == "uint8":  # edgefpn.pipeline.e2e: a twin of every engine
         names |= {f"{n}-e2e" for n in names}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgefpn.artifacts import atomic_write_text
 from edgefpn.backends import EngineSpec, open_runner
+from edgefpn.backends import backend as backend_record
 from edgefpn.config import Config
 from edgefpn.inference import detect_file
 from edgefpn.manifests import model_meta
@@ -25,10 +26,9 @@ def run(
     if save is not None:  # before any work: --save replaces only a detections file edgefpn wrote
         check_detections_file(save, "--save")
     paths = list_images(images)  # names what it skips on stderr, --quiet or not
-    if backend == "torch":
-        art = train_stage.run(cfg, run_dir, progress=progress)
-    else:
-        art = export_stage.run(cfg, run_dir, progress=progress)
+    # an ONNX runtime runs the exported model.onnx; the reference (torch) the trained model.pt itself
+    stage = export_stage if backend_record(backend).reads_onnx else train_stage
+    art = stage.run(cfg, run_dir, progress=progress)
     meta = model_meta(run_dir)
     # category ids: the dataset's when trained here, else the model's label index (torchvision style)
     category_ids = meta.category_ids or list(range(meta.num_classes))

@@ -18,16 +18,13 @@ math (measured 0.89x of FP32 on the default model). This flavour, from the same 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
 
 from edgefpn.onnx_guard import save_onnx
-from edgefpn.quantize.qdq import strip_output_qdq
+from edgefpn.quantize.qdq import quantize_static_qdq, strip_output_qdq
 
 __all__ = ["SCHEME", "check_qdq_ort", "prune_float_qdq", "quantize_qdq_ort"]
 
@@ -53,45 +50,32 @@ def quantize_qdq_ort(
 
     Same arguments as ``qdq.quantize_qdq``; ``exclude`` nodes stay in float.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    from edgefpn.calibration.ranges import calibration_method
+    from onnxruntime.quantization import QuantType
 
     exclude = sorted(set(exclude))
-    quiet = logging.getLogger()
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(
-                str(model_path),
-                str(out),
-                None,
-                quant_format=QuantFormat.QDQ,  # ORT fuses QDQ groups into QLinear* ops at load time
-                per_channel=True,
-                # 7-bit weights: without VNNI, the x86 U8S8 kernels sum u8 x s8 pairs into int16
-                # (vpmaddubsw), which saturates with 8-bit weights; measured on the tiny FCOS's box_p7:
-                # cosine 0.93 fused vs 0.99 unfused at 8 bits, 0.99 / 0.99 at 7 bits.
-                reduce_range=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude,
-                op_types_to_quantize=sorted(op_types) if op_types is not None else None,
-                calibrate_method=calibration_method(method),
-                calibration_cache_path=cache,
-                # ORT drops a Relu whose uint8 Q starts at 0 (the Q clips), but strip_output_qdq then
-                # removes that Q on a graph output (FCOS's box_pN = Relu(conv)) and the Relu with it.
-                # Kept here, ORT's own Relu + Q fusion still removes it at load time.
-                extra_options={
-                    "ActivationSymmetric": False,
-                    "WeightSymmetric": True,
-                    "QuantizeBias": True,
-                    "QDQKeepRemovableActivations": True,
-                },
-            )
-    finally:
-        quiet.setLevel(level)
-    model = onnx.load(str(out))
+    model = quantize_static_qdq(
+        model_path,
+        out,
+        cache,
+        method,
+        exclude=exclude,
+        op_types=op_types,
+        # 7-bit weights: without VNNI, the x86 U8S8 kernels sum u8 x s8 pairs into int16
+        # (vpmaddubsw), which saturates with 8-bit weights; measured on the tiny FCOS's box_p7:
+        # cosine 0.93 fused vs 0.99 unfused at 8 bits, 0.99 / 0.99 at 7 bits.
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        # ORT drops a Relu whose uint8 Q starts at 0 (the Q clips), but strip_output_qdq then
+        # removes that Q on a graph output (FCOS's box_pN = Relu(conv)) and the Relu with it.
+        # Kept here, ORT's own Relu + Q fusion still removes it at load time.
+        extra_options={
+            "ActivationSymmetric": False,
+            "WeightSymmetric": True,
+            "QuantizeBias": True,
+            "QDQKeepRemovableActivations": True,
+        },
+    )
     strip_output_qdq(model)
     prune_float_qdq(model, exclude, op_types)
     save_onnx(model, out)

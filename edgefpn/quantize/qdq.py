@@ -13,13 +13,14 @@ import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from edgefpn.onnx_guard import save_onnx
 from edgefpn.postprocess import split_output_name
 
-__all__ = ["check_qdq", "node_groups", "quantize_qdq", "strip_output_qdq"]
+__all__ = ["check_qdq", "node_groups", "quantize_qdq", "quantize_static_qdq", "strip_output_qdq"]
 
 
 def quantize_qdq(
@@ -35,7 +36,39 @@ def quantize_qdq(
 
     ``op_types`` limits the quantized op types (None: ONNX Runtime's default, every op it can quantize).
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantType
+
+    model = quantize_static_qdq(
+        model_path,
+        out,
+        cache,
+        method,
+        exclude=exclude,
+        op_types=op_types,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
+    strip_output_qdq(model)
+    save_onnx(model, out)
+
+
+def quantize_static_qdq(
+    model_path: Path,
+    out: Path,
+    cache: Path,
+    method: str,
+    *,
+    exclude: Iterable[str],
+    op_types: Iterable[str] | None,
+    **options: Any,
+) -> onnx.ModelProto:
+    """ORT's ``quantize_static`` to per-channel QDQ from the ranges in ``cache``, quietly; returns ``out``.
+
+    The part both INT8 flavours share (this module's and ``ort_cpu``'s); ``options`` (types, range,
+    ``extra_options``) are what makes each flavour.
+    """
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
     from edgefpn.calibration.ranges import calibration_method
 
@@ -48,21 +81,17 @@ def quantize_qdq(
                 str(model_path),
                 str(out),
                 None,
-                quant_format=QuantFormat.QDQ,
+                quant_format=QuantFormat.QDQ,  # ORT CPU fuses QDQ groups into QLinear* ops at load time
                 per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
                 nodes_to_exclude=sorted(set(exclude)),
                 op_types_to_quantize=sorted(op_types) if op_types is not None else None,
                 calibrate_method=calibration_method(method),
                 calibration_cache_path=cache,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+                **options,
             )
     finally:
         quiet.setLevel(level)
-    model = onnx.load(str(out))
-    strip_output_qdq(model)
-    save_onnx(model, out)
+    return onnx.load(str(out))
 
 
 def strip_output_qdq(model: onnx.ModelProto) -> int:

@@ -124,13 +124,13 @@ def _openvino_point(
     queue.wait_all()
     elapsed = time.perf_counter() - t0
     used = int(compiled.get_property("NUM_STREAMS"))
-    return {
-        "fps": round(done * batch / elapsed, 2),
-        "inferences": done,
-        "seconds": round(elapsed, 3),
-        "mode": "openvino THROUGHPUT hint, AsyncInferQueue" + ("" if streams else " (plugin's streams)"),
-        "conditions": run_conditions(threads=threads, streams=used, requests=nireq, batch=batch),
-    }
+    return _point(
+        done,
+        batch,
+        elapsed,
+        "openvino THROUGHPUT hint, AsyncInferQueue" + ("" if streams else " (plugin's streams)"),
+        run_conditions(threads=threads, streams=used, requests=nireq, batch=batch),
+    )
 
 
 def _threaded_point(
@@ -183,15 +183,23 @@ def _threaded_point(
     finally:
         for r in entered:
             r.__exit__(None, None, None)
-    done = sum(counts)
+    return _point(
+        sum(counts),
+        batch,
+        elapsed,
+        f"{requests} {spec.backend} runner(s) on {requests} thread(s)",
+        run_conditions(threads=per * requests, streams=requests, requests=requests, batch=batch),
+    )
+
+
+def _point(done: int, batch: int, elapsed: float, mode: str, conditions: dict[str, Any]) -> dict[str, Any]:
+    """One offline point: ``done`` inferences of ``batch`` images in ``elapsed`` seconds."""
     return {
         "fps": round(done * batch / elapsed, 2),
         "inferences": done,
         "seconds": round(elapsed, 3),
-        "mode": f"{requests} {spec.backend} runner(s) on {requests} thread(s)",
-        "conditions": run_conditions(
-            threads=per * requests, streams=requests, requests=requests, batch=batch
-        ),
+        "mode": mode,
+        "conditions": conditions,
     }
 
 

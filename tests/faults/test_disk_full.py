@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import copy_run
 from tests.faults.conftest import CHECK_ONLY_ORT
-from tests.security.harness import cli, leftovers, refused, snapshot, tiny_sets
+from tests.security.harness import build_args, cli, leftovers, refused, snapshot, tiny_sets
 
 NO_SPACE = r"not written: No space left on device.*; nothing partial was kept"
 
@@ -112,17 +112,7 @@ def test_openvino_ir_on_a_full_disk(tiny_run, data_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(openvino, "save_model", full_save)
     before = snapshot(run)
-    res = cli(
-        "build",
-        *tiny_sets("quantize.enabled=false", data_root=data_root),
-        "--target",
-        "openvino",
-        "--precision",
-        "fp32",
-        "--out",
-        run,
-        "--quiet",
-    )
+    res = cli(*build_args(run, data_root=data_root))
     refused(res, names=[run / "openvino" / "fp32"], problem=NO_SPACE)
     assert {k: v for k, v in snapshot(run).items() if k != "openvino"} == before
     assert list((run / "openvino").iterdir()) == []
@@ -209,17 +199,7 @@ def test_real_full_tmpfs(tiny_run, data_root, tmp_path):
             shutil.copy(src / "model.onnx.manifest.json", run)
             _fill(disk, 8)
             before = snapshot(run)
-            res = cli(
-                "build",
-                *tiny_sets("quantize.enabled=false", data_root=data_root),
-                "--target",
-                "openvino",
-                "--precision",
-                "fp32",
-                "--out",
-                run,
-                "--quiet",
-            )
+            res = cli(*build_args(run, data_root=data_root))
             refused(res, names=[run / "openvino" / "fp32"], problem=NO_SPACE)
             assert {k: v for k, v in snapshot(run).items() if k != "openvino"} == before
 

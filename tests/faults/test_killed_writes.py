@@ -22,7 +22,7 @@ import pytest
 from edgefpn.artifacts import manifest_path, require
 from edgefpn.ownership import LOCK_NAME
 from tests.conftest import TINY, copy_run
-from tests.security.harness import EMPTY_CONFIG, cli, leftovers, snapshot, tiny_sets
+from tests.security.harness import EMPTY_CONFIG, build_args, cli, leftovers, snapshot, tiny_sets
 
 PRELUDE = """
 import os, signal, sys
@@ -148,17 +148,7 @@ def test_killed_while_writing_openvino_ir(tiny_run, data_root, tmp_path):
     pytest.importorskip("openvino", reason="needs the openvino extra")
     _, src = tiny_run
     run = copy_run(src, tmp_path / "run")
-    args = [
-        "build",
-        *tiny_sets("quantize.enabled=false", data_root=data_root),
-        "--target",
-        "openvino",
-        "--precision",
-        "fp32",
-        "--out",
-        run,
-        "--quiet",
-    ]
+    args = build_args(run, data_root=data_root)
     kill_mid_write_then_rerun(
         tmp_path,
         run,

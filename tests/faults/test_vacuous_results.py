@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.conftest import copy_run
 from tests.faults.conftest import CHECK_ONLY_ORT
-from tests.security.harness import cli, refused, snapshot, tiny_sets
+from tests.security.harness import cli, predict_args, refused, snapshot, tiny_sets
 
 
 def _ann_file(data: Path, split: str) -> Path:
@@ -119,17 +119,7 @@ def test_predict_says_what_it_skips_and_refuses_float_pixels(tiny_run, tmp_path)
     Image.new("P", (30, 20)).save(images / "b.gif")
     (images / "notes.txt").write_text("not an image")
     before = snapshot(images)
-    res = cli(
-        "predict",
-        *tiny_sets(data_root=src.parent / "data"),
-        "--out",
-        run,
-        "--images",
-        images,
-        "--save",
-        tmp_path / "dets.json",
-        "--quiet",
-    )
+    res = cli(*predict_args(run, images, data_root=src.parent / "data", save=tmp_path / "dets.json"))
     assert res.exit_code == 0, res.output
     warning = next(line for line in res.output.splitlines() if line.startswith("warning:"))
     assert (
@@ -145,16 +135,6 @@ def test_predict_says_what_it_skips_and_refuses_float_pixels(tiny_run, tmp_path)
     tif = floats / "c.tif"
     Image.fromarray(np.random.default_rng(1).random((20, 30), dtype=np.float32), mode="F").save(tif)
     before = snapshot(tmp_path)
-    res = cli(
-        "predict",
-        *tiny_sets(data_root=src.parent / "data"),
-        "--out",
-        run,
-        "--images",
-        floats,
-        "--save",
-        tmp_path / "dets2.json",
-        "--quiet",
-    )
+    res = cli(*predict_args(run, floats, data_root=src.parent / "data", save=tmp_path / "dets2.json"))
     refused(res, names=[tif], problem=r"32-bit floating-point pixels \(mode F\) have no defined 0-255 range")
     assert snapshot(tmp_path) == before

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgefpn.pipeline.benchmark_app import parse_benchmark_app
+from edgefpn.benchmarking.benchmark_app import parse_benchmark_app
 
 APP_LOG = """
 [Step 11/11] Dumping statistics report

@@ -211,7 +211,7 @@ def test_bad_calibration_input_is_one_line_and_writes_nothing(tiny_run, tmp_path
 
 
 def test_openvino_ranking_follows_the_measured_sensitivity():
-    from edgefpn.pipeline.quantize import _openvino_ranking
+    from edgefpn.quantize.nncf_loop import openvino_ranking
 
     groups = {"backbone/layer1": ["a"], "fpn/p3": ["b"], "head-reg/p3": ["c"], "head-cls/p4": ["d"]}
     accuracy = {
@@ -225,6 +225,6 @@ def test_openvino_ranking_follows_the_measured_sensitivity():
             ]
         },
     }
-    assert _openvino_ranking(accuracy, groups) == ["fpn/p3", "backbone/layer1"]
+    assert openvino_ranking(accuracy, groups) == ["fpn/p3", "backbone/layer1"]
     # no QDQ sensitivity run (QDQ was within budget at once): heads first, then FPN, then backbone
-    assert _openvino_ranking({}, groups) == ["head-cls/p4", "head-reg/p3", "fpn/p3", "backbone/layer1"]
+    assert openvino_ranking({}, groups) == ["head-cls/p4", "head-reg/p3", "fpn/p3", "backbone/layer1"]

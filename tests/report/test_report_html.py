@@ -13,6 +13,8 @@ import pytest
 
 import edgefpn.backends
 from edgefpn.backends.onnxruntime import OnnxRuntimeRunner
+from edgefpn.checking.gates import gates, raise_on_failures
+from edgefpn.checking.latency import int8_speedups
 from edgefpn.config import load_config
 from edgefpn.errors import CheckFailed
 from edgefpn.pipeline import check
@@ -131,20 +133,20 @@ def test_int8_engine_slower_than_fp32_fails_with_one_line(checked):
     ]
     with contextlib.ExitStack() as stack:
         runners = {s.name: stack.enter_context(_RunsFourTimesWhenInt8(s, threads=1)) for s in specs}
-        speed = check._int8_speedups(runners, specs, make_prepost(cfg), records, cfg)["onnxruntime-int8"]
+        speed = int8_speedups(runners, specs, make_prepost(cfg), records, cfg)["onnxruntime-int8"]
     assert speed["vs"] == "onnxruntime-fp32" and speed["pairs"] == 4 and speed["speedup"] < 1
     entry = next(e for e in report["engines"] if e["name"] == "onnxruntime-int8") | {"int8_speedup": speed}
-    gates = check._gates(entry, cfg, is_reference=False)
-    (line,) = gates["failed"]
+    result = gates(entry, cfg, is_reference=False)
+    (line,) = result["failed"]
     assert re.fullmatch(
         r"INT8 is slower than onnxruntime-fp32: 0\.\d\dx its speed, model only \(.* over 4 "
         r"interleaved pairs; check.min_int8_speedup 1\)",
         line,
     )
     with pytest.raises(CheckFailed, match="1 gate\\(s\\) failed: onnxruntime-int8: INT8 is slower than"):
-        check._raise_on_failures([f"onnxruntime-int8: {g}" for g in gates["failed"]], run_dir / "report.json")
+        raise_on_failures([f"onnxruntime-int8: {g}" for g in result["failed"]], run_dir / "report.json")
     failing = report | {
-        "engines": [e if e["name"] != entry["name"] else entry | {"gates": gates} for e in report["engines"]]
+        "engines": [e if e["name"] != entry["name"] else entry | {"gates": result} for e in report["engines"]]
     }
     assert "| onnxruntime-int8 | onnxruntime-fp32 |" in render_markdown(failing)
     assert "FAIL (≥ 1×)" in render_html(failing)

@@ -41,6 +41,33 @@ def tiny_sets(*extra: str, data_root: Path | None = None) -> list[str]:
     return out
 
 
+def build_args(
+    run: Path, *extra: str, data_root: Path, target: str = "openvino", precision: str = "fp32"
+) -> list[object]:
+    """``build --target <target> --precision <precision>`` of ``run`` on the tiny settings with quantize
+    off (``extra``: more ``--set`` items), quietly: the arguments for :func:`cli`."""
+    sets = tiny_sets("quantize.enabled=false", *extra, data_root=data_root)
+    return ["build", *sets, "--target", target, "--precision", precision, "--out", run, "--quiet"]
+
+
+def predict_args(
+    run: Path, images: Path, *extra: str, data_root: Path, save: Path | None = None
+) -> list[object]:
+    """``predict`` of the images in ``images`` with ``run`` on the tiny settings (``extra``: more
+    ``--set`` items), quietly, ``--save``-ing to ``save`` where given: the arguments for :func:`cli`."""
+    saving = ["--save", save] if save is not None else []
+    return [
+        "predict",
+        *tiny_sets(*extra, data_root=data_root),
+        "--out",
+        run,
+        "--images",
+        images,
+        *saving,
+        "--quiet",
+    ]
+
+
 def cli(*args: str) -> Result:
     """``edgefpn *args`` in this process; exceptions are the CLI's to handle (a leak is a failure)."""
     from edgefpn.cli import main

@@ -13,7 +13,7 @@ import pytest
 from edgefpn.runtime import __main__ as runtime_main
 from tests.conftest import copy_run
 from tests.faults.conftest import CHECK_ONLY_ORT
-from tests.security.harness import cli, refused, refused_text, snapshot, tiny_sets
+from tests.security.harness import cli, predict_args, refused, refused_text, snapshot, tiny_sets
 from tests.security.test_hostile_bundles import valid  # noqa: F401  (fixture)
 
 
@@ -84,15 +84,7 @@ def test_predict_images_given_a_file_says_so(tiny_run, tmp_path):
     Image.new("RGB", (40, 30)).save(image)
     root = next(o for o in overrides if o.startswith("data.root=")).partition("=")[2]
     before = snapshot(tmp_path)
-    res = cli(
-        "predict",
-        *tiny_sets(*CHECK_ONLY_ORT, data_root=Path(root)),
-        "--out",
-        run,
-        "--images",
-        image,
-        "--quiet",
-    )
+    res = cli(*predict_args(run, image, *CHECK_ONLY_ORT, data_root=Path(root)))
     refused(res, names=[image], problem="is a file, not a folder")
     assert snapshot(tmp_path) == before
 

@@ -257,8 +257,8 @@ def fake_trt(monkeypatch):
 
     module.Logger, module.Runtime = Logger, Runtime
     monkeypatch.setitem(sys.modules, "tensorrt", module)
-    monkeypatch.setattr(trt_backend, "unavailable_reason", lambda: None)
-    monkeypatch.setattr(trt_backend, "cuda_device", lambda index=0: ORIN)
+    monkeypatch.setattr(trt_backend.machine, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(trt_backend.machine, "cuda_device", lambda index=0: ORIN)
     return module, calls
 
 
@@ -303,7 +303,7 @@ def test_foreign_engine_refused_before_deserializing(
 ):
     module, calls = fake_trt
     module.__version__ = runtime_version
-    monkeypatch.setattr(trt_backend, "cuda_device", lambda index=0: device)
+    monkeypatch.setattr(trt_backend.machine, "cuda_device", lambda index=0: device)
     engine = _engine(tmp_path, built)
     with OpenWatch([engine]) as watch, pytest.raises(ModelFileError, match=problem) as err:
         TensorRTRunner(EngineSpec("tensorrt-fp16", "tensorrt", "fp16", engine), threads=1).__enter__()

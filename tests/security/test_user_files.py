@@ -25,7 +25,7 @@ import pytest
 from edgefpn.artifacts import manifest_path, read_manifest, require
 from edgefpn.runtime import __main__ as runtime_main
 from tests.conftest import TINY, copy_run
-from tests.security.harness import cli, refused, refused_text, snapshot, tiny_sets
+from tests.security.harness import cli, predict_args, refused, refused_text, snapshot, tiny_sets
 from tests.security.test_hostile_bundles import valid  # noqa: F401  (the fixture: a runnable bundle)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,17 +102,7 @@ def test_predict_save_over_a_user_file_is_refused(tiny_run, tmp_path):
     mine.write_text(json.dumps({"annotations": "hand-made"}))
     images = src.parent / "data" / "images"
     before = snapshot(tmp_path)
-    res = cli(
-        "predict",
-        *tiny_sets(data_root=src.parent / "data"),
-        "--out",
-        run,
-        "--images",
-        images,
-        "--save",
-        mine,
-        "--quiet",
-    )
+    res = cli(*predict_args(run, images, data_root=src.parent / "data", save=mine))
     refused(res, names=[mine], problem=r"not an edgefpn detections file.*--save")
     assert snapshot(tmp_path) == before
 
@@ -298,7 +288,7 @@ def test_two_processes_on_one_run_directory(tiny_run, tmp_path):
         out, _ = a.communicate(timeout=120)
     assert a.returncode == 0, out
     from edgefpn.config import load_config
-    from edgefpn.pipeline.train import model_config_hash, model_settings
+    from edgefpn.training.settings import model_config_hash, model_settings
     from tests.security.harness import EMPTY_CONFIG
 
     cfg_a = load_config(EMPTY_CONFIG, [*TINY, f"data.root={data}"])

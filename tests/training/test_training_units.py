@@ -78,7 +78,7 @@ def test_batches_do_not_depend_on_the_worker_count(split):
 
 
 def test_train_settings_are_validated_and_hashed():
-    from edgefpn.pipeline.train import train_config_hash
+    from edgefpn.training.settings import train_config_hash
 
     for key, value, says in (
         ("device", "gpu", "must be auto, cpu, cuda or cuda:N"),

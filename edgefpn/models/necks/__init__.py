@@ -1,7 +1,8 @@
 """Necks: torchvision's FPN (``fpn``, the default) and AugFPN (``augfpn``), chosen by ``model.neck``.
 
 A detector builder builds its ``BackboneWithFPN`` as usual, then calls :func:`attach_neck` and
-instantiates :func:`detector_class` of its torchvision class; with ``neck="fpn"`` both are no-ops.
+instantiates :func:`detector_class` of its torchvision class (:func:`build_detector` does that and the
+rest every builder repeats); with ``neck="fpn"`` both are no-ops.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from edgefpn.models.necks.supervision import (
     AugRetinaNet,
     ConsistentSupervision,
 )
+from edgefpn.models.transform import IdentityTransform
 
 __all__ = [
     "AUX_LOSS_WEIGHT",
@@ -43,6 +45,7 @@ __all__ = [
     "StaticRoIPool",
     "adaptive_pool_matrix",
     "attach_neck",
+    "build_detector",
     "detector_class",
 ]
 
@@ -85,3 +88,28 @@ def detector_class(base: type[_M], *, neck: str) -> type[_M]:
             f"no AugFPN variant of {base.__name__}; known: {', '.join(c.__name__ for c in _SUPERVISED)}"
         )
     return _SUPERVISED[base]  # type: ignore[return-value]  # each value subclasses its key
+
+
+def build_detector(
+    base: type[_M],
+    *args: object,
+    neck: str,
+    aux_loss_weight: float,
+    augmented: type[_M] | None = None,
+    **kwargs: object,
+) -> _M:
+    """``base(*args, **kwargs)``, or its AugFPN variant, with ``IdentityTransform`` swapped in.
+
+    The tail every detector builder shares: the class for ``neck`` (``augmented`` where the builder
+    brings its own, else :func:`detector_class`), the Consistent Supervision weight where that class
+    takes one, and a transform that only batches (our preprocessing runs before the model).
+    """
+    _check(neck)
+    if neck == "augfpn":
+        cls = augmented if augmented is not None else detector_class(base, neck=neck)
+        kwargs = {**kwargs, "aux_loss_weight": aux_loss_weight}
+    else:
+        cls = base
+    model = cls(*args, **kwargs)
+    model.transform = IdentityTransform()
+    return model
