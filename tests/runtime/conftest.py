@@ -13,6 +13,26 @@ from edgefpn.pipeline import data as data_stage
 from tests.conftest import copy_run
 
 
+def video_and_frames(images: list[Path], tmp: Path) -> tuple[Path, Path]:
+    """``images`` as an MJPG video in ``tmp``, and that video's frames as decoded, saved losslessly as
+    PNG (what `infer` on the same frames reads)."""
+    import cv2
+
+    from edgefpn.runtime.scenario import write_video
+
+    path = tmp / "val.avi"
+    n = write_video(images, path)
+    frames = tmp / "frames"
+    frames.mkdir()
+    cap = cv2.VideoCapture(str(path))
+    for i in range(n):
+        ok, bgr = cap.read()
+        assert ok
+        cv2.imwrite(str(frames / f"{i:06d}.png"), bgr)
+    cap.release()
+    return path, frames
+
+
 @pytest.fixture(scope="session")
 def packaged(tiny_run, tmp_path_factory):
     overrides, src = tiny_run

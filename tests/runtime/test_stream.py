@@ -22,6 +22,7 @@ from edgefpn.runtime import __main__ as runtime_main
 from edgefpn.runtime.scenario import write_video
 from edgefpn.runtime.sources import ArraySource, CaptureSource, open_source
 from edgefpn.runtime.stream import run_stream
+from tests.runtime.conftest import video_and_frames
 
 pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
 
@@ -29,21 +30,8 @@ pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'e
 @pytest.fixture(scope="module")
 def video(packaged, tmp_path_factory):
     """The val images as an MJPG video, and its frames as decoded, saved losslessly as PNG."""
-    import cv2
-
     _, _, _, images = packaged
-    tmp = tmp_path_factory.mktemp("video")
-    path = tmp / "val.avi"
-    n = write_video(sorted(images.iterdir()), path)
-    frames = tmp / "frames"
-    frames.mkdir()
-    cap = cv2.VideoCapture(str(path))
-    for i in range(n):
-        ok, bgr = cap.read()
-        assert ok
-        cv2.imwrite(str(frames / f"{i:06d}.png"), bgr)
-    cap.release()
-    return path, frames
+    return video_and_frames(sorted(images.iterdir()), tmp_path_factory.mktemp("video"))
 
 
 def _infer(art, images: Path, tmp_path: Path) -> list[list[dict]]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgefpn.runtime import __main__ as runtime_main
+from tests.runtime.conftest import video_and_frames
 
 pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
 
@@ -20,25 +21,11 @@ ENGINES = ("openvino-fp32-e2e", "onnxruntime-fp32-e2e")
 @pytest.fixture(scope="module")
 def frames(packaged_e2e, tmp_path_factory):
     """The val images as an MJPG video, and that video's frames as decoded, saved losslessly as PNG."""
-    import cv2
-
     from edgefpn.data.coco import load_split
-    from edgefpn.runtime.scenario import write_video
 
     cfg, _, _ = packaged_e2e
-    tmp = tmp_path_factory.mktemp("e2e-video")
     images = [Path(r.path) for r in load_split(Path(cfg.data.root), cfg.data.val_split).images]
-    video = tmp / "val.avi"
-    n = write_video(images, video)
-    folder = tmp / "frames"
-    folder.mkdir()
-    cap = cv2.VideoCapture(str(video))
-    for i in range(n):
-        ok, bgr = cap.read()
-        assert ok
-        cv2.imwrite(str(folder / f"{i:06d}.png"), bgr)
-    cap.release()
-    return video, folder
+    return video_and_frames(images, tmp_path_factory.mktemp("e2e-video"))
 
 
 def _run(*argv: str) -> None:
