@@ -35,7 +35,7 @@ def _weights(run: Path) -> str:
     import torch
 
     ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    state = ckpt["state_dict"]  # {"format", "version", "state_dict", "meta"}: meta holds timings
     h = hashlib.sha256()
     for k in sorted(state):
         v = state[k]
