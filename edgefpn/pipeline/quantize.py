@@ -15,6 +15,7 @@ Writes, each with its own manifest:
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from edgefpn.artifacts import Artifact, atomic_output
@@ -24,13 +25,12 @@ from edgefpn.config import Config
 from edgefpn.pipeline import export as export_stage
 from edgefpn.pipeline.common import log
 from edgefpn.pipeline.data import require_annotations
-from edgefpn.stages import QUANTIZE_FP16, QUANTIZE_INT8, QUANTIZE_ORT_INT8, StageKey
+from edgefpn.stages import QUANTIZE_FP16, QUANTIZE_INT8, QUANTIZE_ORT_INT8
 
 ARTIFACT = "model.int8.onnx"
 ORT_INT8 = "model.int8.ort.onnx"
 FP16 = "model.fp16.onnx"
 OPENVINO_INT8 = Path("openvino") / "int8"
-CACHE_DIR = "cache"
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact | None:
@@ -65,36 +65,23 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
         "val_images": data.images_hash(val),
     }
 
+    from edgefpn.quantize.qdq_loop import qdq_with_accuracy
+
     reference: dict[str, list] = {}  # PyTorch's val detections, run once for both flavours
-    art = _flavour(
+    flavour = partial(
+        qdq_with_accuracy,
         cfg,
-        run_dir / ARTIFACT,
         onnx_art,
-        data,
-        calib,
-        QUANTIZE_INT8,
-        chash,
-        inputs,
-        "symmetric",
-        reference,
+        data=data,
+        calib=calib,
+        inputs=inputs,
+        reference=reference,
         force=force,
         progress=progress,
     )
+    art = flavour(run_dir / ARTIFACT, QUANTIZE_INT8, chash, "symmetric")
     # the onnxruntime-int8 engine: U8S8 unless quantize.onnxruntime asks for the symmetric model
-    _flavour(
-        cfg,
-        run_dir / ORT_INT8,
-        onnx_art,
-        data,
-        calib,
-        QUANTIZE_ORT_INT8,
-        QUANTIZE_ORT_INT8.config_hash(cfg),
-        inputs,
-        q.onnxruntime,
-        reference,
-        force=force,
-        progress=progress,
-    )
+    flavour(run_dir / ORT_INT8, QUANTIZE_ORT_INT8, QUANTIZE_ORT_INT8.config_hash(cfg), q.onnxruntime)
     if q.fp16:
         _fp16(cfg, run_dir, onnx_art, calib, force=force)
     if q.openvino:
@@ -104,50 +91,6 @@ def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = Tru
             cfg, run_dir, onnx_art, calib, key, art, data, out=run_dir / OPENVINO_INT8, force=force
         )
     return art
-
-
-# ----------------------------------------------------------------------------------------------
-# INT8 QDQ with accuracy in the loop (the loop itself: edgefpn.quantize.qdq_loop)
-
-
-def _flavour(
-    cfg: Config,
-    out: Path,
-    onnx_art: Artifact,
-    data,
-    calib: CalibrationSet,
-    key: StageKey,
-    chash: str,
-    inputs: dict[str, str],
-    flavour: str,
-    reference: dict[str, list],
-    *,
-    force: bool,
-    progress: bool,
-) -> Artifact:
-    """The QDQ model ``out`` of ``flavour`` (symmetric: TensorRT's; u8s8: ORT CPU's), reused when up to
-    date."""
-    art = key.fresh(out, config_hash=chash, inputs=inputs, force=force)
-    if art is not None:
-        log(f"[quantize] up to date: {out}")
-        return art
-    from edgefpn.quantize.qdq_loop import qdq_with_accuracy
-
-    return qdq_with_accuracy(
-        cfg,
-        out.parent,
-        onnx_art,
-        data,
-        calib,
-        key,
-        chash,
-        inputs,
-        flavour,
-        out,
-        reference,
-        cache_dir=out.parent / CACHE_DIR,
-        progress=progress,
-    )
 
 
 # ----------------------------------------------------------------------------------------------

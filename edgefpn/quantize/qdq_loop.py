@@ -15,25 +15,33 @@ from edgefpn.stages import StageKey
 
 __all__ = ["map_of_file", "model_batch", "qdq_with_accuracy", "val_evaluator"]
 
+CACHE_DIR = "cache"  # in the run directory: the calibration range caches
+
 
 def qdq_with_accuracy(
     cfg: Config,
-    run_dir: Path,
     onnx_art: Artifact,
-    data,
-    calib: CalibrationSet,
+    out: Path,
     key: StageKey,
     chash: str,
-    inputs: dict[str, str],
     flavour: str,
-    out: Path,
-    reference: dict[str, list],
     *,
-    cache_dir: Path,
+    data,
+    calib: CalibrationSet,
+    inputs: dict[str, str],
+    reference: dict[str, list],
+    force: bool,
     progress: bool,
 ) -> Artifact:
-    """The QDQ model ``out`` of ``flavour`` with its mAP on val measured against PyTorch; while the drop
-    is over ``quantize.max_map_drop``, the most sensitive network parts are kept in float."""
+    """The QDQ model ``out`` of ``flavour`` (symmetric: TensorRT's; u8s8: ORT CPU's), reused when up to
+    date; else made with its mAP on val measured against PyTorch (``reference``: the PyTorch
+    detections, filled once for both flavours), and while the drop is over ``quantize.max_map_drop``
+    the most sensitive network parts are kept in float."""
+    art = key.fresh(out, config_hash=chash, inputs=inputs, force=force)
+    if art is not None:
+        log(f"[quantize] up to date: {out}")
+        return art
+    run_dir, cache_dir = out.parent, out.parent / CACHE_DIR
     import onnx
 
     from edgefpn.models.registry import arch_spec
