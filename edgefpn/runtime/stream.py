@@ -119,6 +119,25 @@ class _Batch:
     left: int = 0
 
 
+@contextmanager
+def _opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's own thread pool at ``n`` threads for the duration (process-wide, restored after).
+
+    The readers are threads of their own already; OpenCV's pool would split each small decode, colour
+    conversion and resize across the cores the engine is using, and its workers wait actively between
+    jobs. Measured on the default model's 320 px val video with a no-op engine: 0.80 ms of host CPU
+    per frame with OpenCV's default pool (2 threads here), 0.42 ms with 1."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+@_opencv_threads(1)
 def run_stream(
     stages: Any,
     sources: Sequence[Source],
@@ -144,50 +163,6 @@ def run_stream(
         batch_wait_s: with an engine batch N > 1, how long a partial batch waits for more frames
             before it is run padded (a live source must not wait for N frames indefinitely).
     """
-    with _opencv_threads(1):
-        return _run_stream(
-            stages,
-            sources,
-            on_frame,
-            requests=requests,
-            queue_size=queue_size,
-            drop_late=drop_late,
-            decode_workers=decode_workers,
-            stop=stop,
-            batch_wait_s=batch_wait_s,
-        )
-
-
-@contextmanager
-def _opencv_threads(n: int) -> Iterator[None]:
-    """OpenCV's own thread pool at ``n`` threads for the duration (process-wide, restored after).
-
-    The readers are threads of their own already; OpenCV's pool would split each small decode, colour
-    conversion and resize across the cores the engine is using, and its workers wait actively between
-    jobs. Measured on the default model's 320 px val video with a no-op engine: 0.80 ms of host CPU
-    per frame with OpenCV's default pool (2 threads here), 0.42 ms with 1."""
-    import cv2
-
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
-
-
-def _run_stream(
-    stages: Any,
-    sources: Sequence[Source],
-    on_frame: Callable[[FrameResult], None],
-    *,
-    requests: int | None,
-    queue_size: int,
-    drop_late: bool,
-    decode_workers: int,
-    stop: threading.Event | None,
-    batch_wait_s: float,
-) -> StreamStats:
     requests = default_requests(stages) if requests is None else requests
     for name, value, low in (
         ("requests", requests, 1),
