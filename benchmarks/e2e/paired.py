@@ -17,13 +17,13 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from edgefpn.backends import EngineSpec, open_runner
 from edgefpn.config import load_config
 from edgefpn.data.coco import load_split
 from edgefpn.inference import detect_file
+from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline.check import ENGINE_FILES
 from edgefpn.pipeline.common import make_prepost, recorded_arch
 
@@ -35,7 +35,7 @@ def main(run_dir: Path, raw: str, pairs: int, block: int = 1) -> None:
     files = {n: (b, p, run_dir / rel) for n, b, p, rel in ENGINE_FILES}
     arch = recorded_arch(cfg, run_dir)
     pipe = make_prepost(cfg, arch=arch, deploy=True)
-    e2e_pipe = replace(pipe, input=cfg.export.input, contract="detections")
+    e2e_pipe = e2e_stage.in_contract(pipe, cfg, f"{raw}-e2e")
     paths = [im.path for im in load_split(cfg.data.root, cfg.data.val_split).images]
     batch, _ = pipe.prepare_file(paths[0])
     model_only, end_to_end, raw_e2e = [], [], []

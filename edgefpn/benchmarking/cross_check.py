@@ -13,7 +13,7 @@ import numpy as np
 from edgefpn.backends import BACKENDS, EngineSpec, open_runner
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.benchmarking.benchmark_app import benchmark_app
-from edgefpn.benchmarking.timing import latency, repeat
+from edgefpn.benchmarking.timing import latency
 from edgefpn.config import Config
 from edgefpn.pipeline.common import log
 from edgefpn.runtime import scenarios as sc
@@ -37,7 +37,7 @@ def single_stream(
 ) -> dict[str, Any]:
     """Model-only samples (``_samples``) and, for OpenVINO, benchmark_app's latency mode interleaved."""
     threads, warmup = cfg.run.threads, cfg.check.warmup
-    full = repeat(feed, batch)
+    full = sc.batched(feed, batch)
     if not BACKENDS[spec.backend].benchmark_app or app_seconds <= 0:
         log(f"[benchmark] {spec.name}: {iters} x single stream")
         return {"_samples": latency(spec, full, threads, warmup, iters)}
@@ -96,7 +96,7 @@ def offline_cross_check(
     record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "input.npy"
-        np.save(npy, np.ascontiguousarray(np.repeat(feed[INPUT_NAME], c["batch"], axis=0), dtype=np.float32))
+        np.save(npy, sc.batched(feed, c["batch"])[INPUT_NAME].astype(np.float32))
         for _ in range(rounds):
             ours = sc.offline_point(
                 spec,

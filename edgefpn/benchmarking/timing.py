@@ -14,11 +14,6 @@ from edgefpn.runtime import scenarios as sc
 __all__ = ["batch_sweep", "end_to_end", "latency"]
 
 
-def repeat(feed: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """A batch-1 feed (float ``images`` or uint8 ``images_u8`` + ``valid_hw``) repeated to batch ``n``."""
-    return {k: np.repeat(v[:1], n, axis=0) for k, v in feed.items()}
-
-
 def latency(
     spec: EngineSpec, feed: dict[str, np.ndarray], threads: int, warmup: int, iters: int
 ) -> list[float]:
@@ -53,7 +48,7 @@ def batch_sweep(
     rows = []
     for n, spec in sorted(family.items()):
         calls = max(10, iters // n)
-        samples = latency(spec, repeat(feed, n), threads, warmup, calls)
+        samples = latency(spec, sc.batched(feed, n), threads, warmup, calls)
         stats = sc.latency_stats(samples)
         best = max(
             (p for p in points if p["conditions"]["batch"] == n and p["engine_path"] == str(spec.path)),

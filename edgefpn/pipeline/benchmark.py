@@ -48,7 +48,6 @@ from edgefpn.benchmarking.cross_check import offline_cross_check, single_stream
 from edgefpn.benchmarking.timing import batch_sweep, end_to_end
 from edgefpn.config import Config
 from edgefpn.errors import ConfigError, ModelFileError
-from edgefpn.inference import PrePost
 from edgefpn.pipeline import e2e as e2e_stage
 from edgefpn.pipeline.check import ENGINE_FILES
 from edgefpn.pipeline.common import log, make_prepost
@@ -164,7 +163,9 @@ def run(
         family = {n: s for n, specs in by_batch.items() for s in specs if s.name == spec.name}
         ss = single_stream(spec, efeed, cfg, iters, app, app_rounds, own)
         if deploy is not None:
-            e2e = end_to_end(spec, _contract(deploy, cfg, spec.name), paths, threads, cfg.check.warmup, iters)
+            e2e = end_to_end(
+                spec, e2e_stage.in_contract(deploy, cfg, spec.name), paths, threads, cfg.check.warmup, iters
+            )
             ss = sc.single_stream(ss.pop("_samples"), threads=threads, batch=own, end_to_end_ms=e2e, **ss)
         else:
             ss = sc.single_stream(ss.pop("_samples"), threads=threads, batch=own, **ss)
@@ -185,8 +186,8 @@ def run(
         scenarios["streaming"] = streaming_scenario(  # {"skipped": why} without val images on disk
             spec,
             {
-                "deploy": _contract(make_prepost(cfg, deploy=True), cfg, spec.name),
-                "eval": _contract(make_prepost(cfg), cfg, spec.name),
+                "deploy": e2e_stage.in_contract(make_prepost(cfg, deploy=True), cfg, spec.name),
+                "eval": e2e_stage.in_contract(make_prepost(cfg), cfg, spec.name),
             },
             video,
             threads=threads,
@@ -273,7 +274,7 @@ def _image(cfg: Config) -> tuple[np.ndarray | None, str, list[Path]]:
 def _engine_feed(cfg: Config, name: str, image: np.ndarray | None) -> dict[str, np.ndarray]:
     """Engine ``name``'s batch-1 feed of ``image`` in its contract (float ``images`` or uint8
     ``images_u8`` + ``valid_hw``); without an image a fixed synthetic input."""
-    pipe = _contract(make_prepost(cfg), cfg, name)
+    pipe = e2e_stage.in_contract(make_prepost(cfg), cfg, name)
     if image is not None:
         return pipe.feed_image(image)[0]
     h, w = cfg.model.input_size
@@ -281,12 +282,6 @@ def _engine_feed(cfg: Config, name: str, image: np.ndarray | None) -> dict[str, 
     if pipe.input == "uint8":
         return pipe.feed_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[0]
     return {INPUT_NAME: rng.standard_normal((1, 3, h, w)).astype(np.float32)}
-
-
-def _contract(pipe: PrePost, cfg: Config, name: str) -> PrePost:
-    """``pipe`` fed and read as engine ``name``'s contract (``e2e_stage.contract_of``)."""
-    input_type, contract = e2e_stage.contract_of(cfg, name)
-    return dataclasses.replace(pipe, input=input_type, contract=contract)
 
 
 def _val_video(cfg: Config, folder: Path, min_frames: int) -> Path | None:

@@ -126,7 +126,7 @@ def evaluate(
     pipe = make_prepost(cfg, arch=arch)
     deploy_pipe = make_prepost(cfg, arch=arch, deploy=True)  # end-to-end latency: what a device runs
     # each engine's own contract: what it is fed and what it returns (raw engines: float in, raw out)
-    pipes = {s.name: _contract(pipe, cfg, s.name) for s in [reference, *engines]}
+    pipes = {s.name: e2e_stage.in_contract(pipe, cfg, s.name) for s in [reference, *engines]}
     twins = {s.name: e2e_stage.raw_twin(s.name) for s in engines if s.name.endswith(e2e_stage.SUFFIX)}
     twin_agreement = {name: DetectionAgreement() for name in twins}
     split = data.split(cfg.data.val_split)
@@ -195,7 +195,11 @@ def evaluate(
         for spec in all_specs:
             log(f"[check] latency: {spec.name}")
             timing = latency(
-                runners[spec.name], pipes[spec.name], _contract(deploy_pipe, cfg, spec.name), records, cfg
+                runners[spec.name],
+                pipes[spec.name],
+                e2e_stage.in_contract(deploy_pipe, cfg, spec.name),
+                records,
+                cfg,
             )
             entry = engine_entry(
                 spec,
@@ -241,14 +245,6 @@ def evaluate(
         },
         "machine": system_info(threads),
     }
-
-
-def _contract(pipe, cfg: Config, name: str):
-    """``pipe`` fed and read as engine ``name``'s contract (edgefpn.pipeline.e2e.contract_of)."""
-    from dataclasses import replace
-
-    input_type, contract = e2e_stage.contract_of(cfg, name)
-    return replace(pipe, input=input_type, contract=contract)
 
 
 def _records(cfg: Config, split) -> tuple:

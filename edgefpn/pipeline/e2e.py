@@ -15,6 +15,7 @@ Every manifest records ``e2e_source`` (the run-dir path of its twin) with that f
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,21 @@ from edgefpn.artifacts import Artifact, atomic_output
 from edgefpn.backend_names import CHECKED
 from edgefpn.backends import BACKENDS
 from edgefpn.config import Config
+from edgefpn.inference import PrePost
 from edgefpn.manifests import Record, record
 from edgefpn.pipeline.common import log, postprocess_params, recorded_arch
 from edgefpn.stages import E2E_ONNX, E2E_OPENVINO, StageKey
 
-__all__ = ["ENGINE_FILES", "ONNX_TWINS", "contract_of", "enabled", "make_onnx", "make_openvino", "raw_twin"]
+__all__ = [
+    "ENGINE_FILES",
+    "ONNX_TWINS",
+    "contract_of",
+    "enabled",
+    "in_contract",
+    "make_onnx",
+    "make_openvino",
+    "raw_twin",
+]
 
 SUFFIX = "-e2e"
 ONNX_TWINS = {
@@ -71,6 +82,12 @@ def contract_of(cfg: Config, name: str) -> tuple[str, str]:
     if not name.endswith(SUFFIX):
         return "float", "raw"
     return cfg.export.input, "detections" if cfg.export.nms else "raw"
+
+
+def in_contract(pipe: PrePost, cfg: Config, name: str) -> PrePost:
+    """``pipe`` fed and read as engine ``name``'s contract (:func:`contract_of`)."""
+    input_type, contract = contract_of(cfg, name)
+    return replace(pipe, input=input_type, contract=contract)
 
 
 def _spec(cfg: Config, run_dir: Path):

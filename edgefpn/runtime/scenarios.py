@@ -25,7 +25,15 @@ import numpy as np
 from edgefpn.backends.base import EngineSpec
 from edgefpn.runtime.conditions import run_conditions
 
-__all__ = ["FPS_DEFINITIONS", "latency_stats", "offline", "offline_point", "single_stream", "time_calls"]
+__all__ = [
+    "FPS_DEFINITIONS",
+    "batched",
+    "latency_stats",
+    "offline",
+    "offline_point",
+    "single_stream",
+    "time_calls",
+]
 
 FPS_DEFINITIONS: Mapping[str, str] = {
     "single_stream": "1000 / mean latency of one image per call, one request, calls back to back (MLPerf "
@@ -82,7 +90,7 @@ def single_stream(
     return row
 
 
-def _batched(feed: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+def batched(feed: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
     """A batch-1 feed (float ``images`` or uint8 ``images_u8`` + ``valid_hw``) repeated to ``batch``."""
     return {k: np.ascontiguousarray(np.repeat(v[:1], batch, axis=0)) for k, v in feed.items()}
 
@@ -112,14 +120,14 @@ def _openvino_point(
     compiled = ov.Core().compile_model(str(ir_xml(spec.path)), "CPU", config)
     nireq = requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     batch = int(compiled.input(0).get_partial_shape()[0].get_length())
-    batched = _batched(feed, batch)
+    feed_n = batched(feed, batch)
     queue = ov.AsyncInferQueue(compiled, nireq)
     for _ in range(nireq):  # warm every request once
-        queue.start_async(batched, share_inputs=True)
+        queue.start_async(feed_n, share_inputs=True)
     queue.wait_all()
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        queue.start_async(batched, share_inputs=True)  # blocks while every request is busy
+        queue.start_async(feed_n, share_inputs=True)  # blocks while every request is busy
         done += 1
     queue.wait_all()
     elapsed = time.perf_counter() - t0
@@ -150,9 +158,9 @@ def _threaded_point(
         for r in runners:
             entered.append(r.__enter__())
         batch = getattr(entered[0], "batch", None) or 1
-        batched = _batched(feed, batch)
+        feed_n = batched(feed, batch)
         for r in entered:
-            r.infer(batched)
+            r.infer(feed_n)
         counts = [0] * requests
         start = threading.Barrier(requests + 1)
         deadline: list[float] = []
@@ -163,7 +171,7 @@ def _threaded_point(
             try:
                 start.wait()
                 while time.perf_counter() < deadline[0]:
-                    entered[i].infer(batched)
+                    entered[i].infer(feed_n)
                     counts[i] += 1
             except BaseException as exc:  # re-raised in the caller's thread below
                 errors.append(exc)
