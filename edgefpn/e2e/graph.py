@@ -45,7 +45,7 @@ from edgefpn.e2e.builder import (
     _outputs,
     _vi,
 )
-from edgefpn.e2e.rcnn import _faster_rcnn, _nms_and_top
+from edgefpn.e2e.rcnn import faster_rcnn_tail
 from edgefpn.postprocess import PostprocessParams
 from edgefpn.postprocess.fcos import _fcos_anchors
 from edgefpn.postprocess.nms import _float32_below
@@ -119,8 +119,8 @@ def detection_tail(
         _one_stage(b, "fcos" if arch == "fcos" else "retinanet", raw_outputs, params, (h, w))
         n = raw_outputs[f"cls_{params.levels[0]}"][0]
     elif arch == "faster_rcnn":
-        n, boxes, scores, labels, m = _faster_rcnn(b, raw_outputs, params, (h, w))
-        _nms_and_top(b, n, m, _num_classes(arch, raw_outputs, params), boxes, scores, labels, params)
+        faster_rcnn_tail(b, raw_outputs, params, (h, w))
+        n = raw_outputs["roi_cls"][0]
     else:
         raise ValueError(
             f"no in-graph decode for arch {arch!r}; valid: fcos, retinanet, retinanet_v2, faster_rcnn"
@@ -135,13 +135,6 @@ def detection_tail(
     ]
     graph = helper.make_graph(b.nodes, "edgefpn_detection_tail", inputs, outputs, b.inits)
     return _model(graph, opset)
-
-
-def _num_classes(arch: str, raw: dict[str, list[int]], params: PostprocessParams) -> int:
-    if arch == "faster_rcnn":
-        return raw["roi_cls"][2] - 1
-    c = raw[f"cls_{params.levels[0]}"][1]
-    return c if arch == "fcos" else c // NUM_ANCHORS
 
 
 def _one_stage(b: _Builder, arch: str, raw: dict[str, list[int]], params: PostprocessParams, size) -> None:

@@ -14,7 +14,10 @@ from edgefpn.postprocess.nms import _float32_below
 _MIN_BOX_SIZE = 1e-2  # faster_rcnn.py's remove_small_boxes
 
 
-def _faster_rcnn(b: _Builder, raw: dict[str, list[int]], params: PostprocessParams, size: tuple[int, int]):
+def faster_rcnn_tail(
+    b: _Builder, raw: dict[str, list[int]], params: PostprocessParams, size: tuple[int, int]
+) -> None:
+    """Faster R-CNN's decode + class-aware NMS + top K -> the outputs."""
     n, k, c1 = raw["roi_cls"]
     c = c1 - 1
     valid = b.op("GreaterOrEqual", ["proposal_scores", b.const(0.0)])  # [N, K]; < 0 pads the static count
@@ -57,7 +60,7 @@ def _faster_rcnn(b: _Builder, raw: dict[str, list[int]], params: PostprocessPara
     keep = b.op("And", [keep, valid_kc])
     masked = b.op("Where", [keep, flat_scores, b.const(_EMPTY)])
     labels = b.const(np.tile(np.arange(c, dtype=np.int64), (n, k)), np.int32, "labels")  # [N, K*C]
-    return n, boxes, masked, labels, k * c
+    _nms_and_top(b, n, k * c, c, boxes, masked, labels, params)
 
 
 def _nms_and_top(
