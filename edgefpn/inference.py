@@ -26,6 +26,7 @@ from edgefpn.postprocess.nms import _float32_below
 # The two engine contracts (README "Engine contracts"): what an engine is fed and what it returns.
 INPUTS = ("float", "uint8")  # float [N, 3, H, W] normalised | uint8 [N, H, W, 3] letterboxed + valid_hw
 CONTRACTS = ("raw", "detections")  # per-level maps decoded here | det_boxes/det_scores/det_labels/num_dets
+THRESH_INPUT = "score_thresh"  # a detections engine's float32 [N] threshold input (edgefpn.e2e.graph)
 
 
 @dataclass(frozen=True)
@@ -61,22 +62,30 @@ class PrePost:
         chw, lb = preprocess_file(path, size=self.input_size, mean=self.mean, std=self.std)
         return chw[None], lb  # [1, 3, H, W]
 
+    def graph_inputs(self, n: int) -> dict[str, np.ndarray]:
+        """The inputs besides the image that an engine of this contract takes, for ``n`` images: a
+        detections engine's ``score_thresh`` [n] (the largest float32 <= ``post.score_thresh``, what
+        the numpy decoder compares against); none for a raw engine."""
+        if self.contract == "raw":
+            return {}
+        return {THRESH_INPUT: np.full((n,), _float32_below(self.post.score_thresh), dtype=np.float32)}
+
     def feed_image(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], Letterbox]:
-        """A decoded ``uint8 [h, w, 3]`` RGB image -> the engine's feed in this ``PrePost``'s ``input``
-        type."""
+        """A decoded ``uint8 [h, w, 3]`` RGB image -> the engine's whole feed in this ``PrePost``'s
+        ``input`` type and ``contract``."""
         if self.input == "uint8":
             u8, valid_hw, lb = letterbox_u8(image, size=self.input_size)
-            return {"images_u8": u8, "valid_hw": valid_hw}, lb
+            return {"images_u8": u8, "valid_hw": valid_hw, **self.graph_inputs(1)}, lb
         batch, lb = self.prepare(image)
-        return {INPUT_NAME: batch}, lb
+        return {INPUT_NAME: batch, **self.graph_inputs(1)}, lb
 
     def feed_file(self, path: str | Path) -> tuple[dict[str, np.ndarray], Letterbox]:
-        """Image file -> the engine's feed in this ``PrePost``'s ``input`` type, and the letterbox."""
+        """Image file -> the engine's whole feed (as :meth:`feed_image`), and the letterbox."""
         if self.input == "uint8":
             image, valid_hw, lb = letterbox_u8_file(path, size=self.input_size)
-            return {"images_u8": image, "valid_hw": valid_hw}, lb
+            return {"images_u8": image, "valid_hw": valid_hw, **self.graph_inputs(1)}, lb
         batch, lb = self.prepare_file(path)
-        return {INPUT_NAME: batch}, lb
+        return {INPUT_NAME: batch, **self.graph_inputs(1)}, lb
 
     def detections(
         self, outputs: Mapping[str, np.ndarray], letterboxes: Sequence[Letterbox]
@@ -93,10 +102,10 @@ class PrePost:
         """An in-graph NMS engine's static outputs -> per image the first ``num_dets`` detections (input
         pixels) whose score passes ``post.score_thresh``.
 
-        The graph was made at ``postprocess.score_thresh``; a higher threshold (deploy's) is applied
-        here, on at most K rows, and gives exactly the numpy decoder's result at that threshold: the
-        boxes it drops rank below every box it keeps, in the per-level top-k, in greedy NMS and at the
-        detection cap alike.
+        The engine was fed that threshold (:meth:`graph_inputs`), so the filter here drops nothing; it
+        stays for outputs of a feed made at a lower threshold, where it gives exactly the numpy
+        decoder's result at this one: the boxes it drops rank below every box it keeps, in the
+        per-level top-k, in greedy NMS and at the detection cap alike.
         """
         thresh = _float32_below(self.post.score_thresh)
         dets = []

@@ -38,10 +38,11 @@ _LATENCY_ROUNDS = 4
 
 def latency(runner, pipe, deploy_pipe, records, cfg: Config) -> dict[str, Any]:
     """Model-only (one fixed input, back to back, as benchmark_app times it) and end to end (image file
-    -> detections, cycling through the val images) at the deployment score threshold; end to end at
-    the evaluation threshold too where the two differ. ``check.latency_iters`` samples of each."""
+    -> detections, cycling through the val images) at the deployment score threshold (a detections
+    engine's model-only call too: its threshold is an input); end to end at the evaluation threshold
+    too where the two differ. ``check.latency_iters`` samples of each."""
     c = cfg.check
-    one, _ = pipe.feed_file(records[0].path)  # in the engine's contract (float or uint8 feed)
+    one, _ = deploy_pipe.feed_file(records[0].path)  # in the engine's contract (float or uint8 feed)
     # model-only: one full engine batch per call (export.batch copies of the image); end to end: one
     # image file per call, as a device handles a single camera (the runner fills the batch)
     feed = {k: np.repeat(v, cfg.export.batch, axis=0) for k, v in one.items()}

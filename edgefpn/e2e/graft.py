@@ -22,7 +22,7 @@ import onnx
 
 from edgefpn.backends.base import INPUT_NAME
 from edgefpn.e2e.builder import _MIN_OPSET
-from edgefpn.e2e.graph import DET_OUTPUTS, detection_tail, uint8_head
+from edgefpn.e2e.graph import DET_OUTPUTS, THRESH_INPUT, detection_tail, uint8_head
 from edgefpn.postprocess import PostprocessParams
 
 __all__ = ["E2ESpec", "e2e_parts", "graft_onnx", "graft_openvino", "metadata"]
@@ -116,6 +116,8 @@ def graft_onnx(network: onnx.ModelProto, spec: E2ESpec) -> onnx.ModelProto:
         g.node.extend(nodes)
         g.initializer.extend(head.graph.initializer)
     if tail is not None:
+        produced = {o.name for o in g.output}
+        g.input.extend(i for i in tail.graph.input if i.name not in produced)  # score_thresh
         del g.output[:]
         g.output.extend(tail.graph.output)
         g.node.extend(tail.graph.node)
@@ -177,6 +179,9 @@ def graft_openvino(ir_xml: Path, network_onnx: onnx.ModelProto, spec: E2ESpec, o
                 for name in r.output(0).get_names() | src.get_names():
                     produced[name] = src
             for p in tail_ov.get_parameters():
+                if THRESH_INPUT in p.output(0).get_names():  # the tail's own input: the model's too
+                    params.append(p)
+                    continue
                 (name,) = [n for n in p.output(0).get_names() if n in produced][:1] or [None]
                 if name is None:
                     raise ValueError(f"{ir_xml}: the IR has no output {sorted(p.output(0).get_names())}")

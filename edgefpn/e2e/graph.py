@@ -3,7 +3,10 @@
 ``detection_tail`` builds a graph whose inputs are a raw engine's outputs (``cls_p3``..., or Faster
 R-CNN's ``proposals``/``roi_*``) and whose outputs are the static detections ``det_boxes`` [N, K, 4]
 (input pixels), ``det_scores`` [N, K], ``det_labels`` [N, K] (int32, -1 past ``num_dets``) and
-``num_dets`` [N] (int32), K = ``detections_per_img``. ``uint8_head`` builds a graph from the
+``num_dets`` [N] (int32), K = ``detections_per_img``. Its one more input, ``score_thresh`` float32 [N],
+is each image's score threshold (the largest float32 <= the threshold, as the numpy decoder compares):
+one engine serves mAP's low threshold and deploy's higher one, and at deploy's it skips the work that
+only low scores need (the per-level top-k cut, most of NMS). ``uint8_head`` builds a graph from the
 letterboxed ``uint8 [N, H, W, 3]`` RGB image (``images_u8``) and the resized image's ``valid_hw``
 [N, 2] (int32 rows, cols) to the float ``images`` [N, 3, H, W] the network takes. ``edgefpn.e2e.graft``
 joins them to a network.
@@ -48,19 +51,20 @@ from edgefpn.e2e.builder import (
 from edgefpn.e2e.rcnn import faster_rcnn_tail
 from edgefpn.postprocess import PostprocessParams
 from edgefpn.postprocess.fcos import _fcos_anchors
-from edgefpn.postprocess.nms import _float32_below
 from edgefpn.postprocess.retinanet import NUM_ANCHORS, _anchor_geometry
 
-__all__ = ["DET_OUTPUTS", "GRAPH_VERSION", "U8_INPUTS", "detection_tail", "uint8_head"]
+__all__ = ["DET_OUTPUTS", "GRAPH_VERSION", "THRESH_INPUT", "U8_INPUTS", "detection_tail", "uint8_head"]
 
 # Part of every e2e artifact's config hash: bump it whenever the graph this module emits changes, so
 # that e2e files made by an older edgefpn are rebuilt rather than found up to date.
 # 3: the head masks the padding before its Transpose; 4: the one-stage tail runs on all levels at once,
-# its per-level top-k only where it binds (If)
-GRAPH_VERSION = 4
+# its per-level top-k only where it binds (If); 5: the score threshold is an input (score_thresh), the
+# head works on [N, H, W*3]
+GRAPH_VERSION = 5
 
 DET_OUTPUTS = ("det_boxes", "det_scores", "det_labels", "num_dets")
 U8_INPUTS = ("images_u8", "valid_hw")
+THRESH_INPUT = "score_thresh"  # float32 [N]: fed by edgefpn.inference.PrePost at its post.score_thresh
 
 
 def uint8_head(
@@ -75,18 +79,22 @@ def uint8_head(
     """
     h, w = input_size
     b = _Builder("e2e_head")
-    x = b.op("Cast", ["images_u8"], to=TensorProto.FLOAT)
-    x = b.op("Mul", [x, b.const(coef[0].reshape(1, 1, 1, 3), hint="scale")])
-    x = b.op("Add", [x, b.const(coef[1].reshape(1, 1, 1, 3), hint="offset")])
-    vh = b.reshape(b.slice("valid_hw", 0, 1, 1), [batch, 1, 1, 1])
-    vw = b.reshape(b.slice("valid_hw", 1, 2, 1), [batch, 1, 1, 1])
-    rows = b.op("Less", [b.const(np.arange(h).reshape(1, h, 1, 1), np.int32, "rows"), vh])
-    cols = b.op("Less", [b.const(np.arange(w).reshape(1, 1, w, 1), np.int32, "cols"), vw])
-    x = b.op("Where", [b.op("And", [rows, cols]), x, b.const(0.0, hint="zero")])  # [N, H, W, 3]
+    # The element-wise work runs on [N, H, W*3] (a row of interleaved RGB), so every broadcast is over
+    # a long contiguous span: ONNX Runtime's broadcasting kernels crawl over a trailing dim of 3 or 1
+    # (measured on the default INT8 graph: the [N, H, W, 3] mask Where alone took 1.5 ms, 0.1 ms here),
+    # and its layout optimiser pushes a Transpose put first back through the element-wise ops.
+    x = b.op("Cast", [b.reshape("images_u8", [batch, h, w * 3])], to=TensorProto.FLOAT)  # [N, H, W*3]
+    x = b.op("Mul", [x, b.const(np.tile(coef[0], w).reshape(1, 1, w * 3), hint="scale")])
+    x = b.op("Add", [x, b.const(np.tile(coef[1], w).reshape(1, 1, w * 3), hint="offset")])
+    vh = b.reshape(b.slice("valid_hw", 0, 1, 1), [batch, 1, 1])
+    vw = b.reshape(b.slice("valid_hw", 1, 2, 1), [batch, 1, 1])
+    rows = b.op("Less", [b.const(np.arange(h).reshape(1, h, 1), np.int32, "rows"), vh])  # [N, H, 1]
+    cols = b.op("Less", [b.const((np.arange(w * 3) // 3).reshape(1, 1, w * 3), np.int32, "cols"), vw])
+    x = b.op("Where", [b.op("And", [rows, cols]), x, b.const(0.0, hint="zero")])  # [N, H, W*3]
     # The layout change last, right before the network: OpenVINO then merges it with the reorder its
     # first convolution does anyway (measured on the default INT8 IR: the head's Transpose went from
     # ~0.11 ms to under 0.01 ms); with the mask after it, both ran as separate passes.
-    b.op("Transpose", [x], perm=[0, 3, 1, 2], out=out)  # [N, 3, H, W]
+    b.op("Transpose", [b.reshape(x, [batch, h, w, 3])], perm=[0, 3, 1, 2], out=out)  # [N, 3, H, W]
     graph = helper.make_graph(
         b.nodes,
         "edgefpn_uint8_head",
@@ -108,7 +116,9 @@ def detection_tail(
     *,
     opset: int = 17,
 ) -> onnx.ModelProto:
-    """The decode + NMS graph of ``arch`` on the raw outputs ``raw_outputs`` (name -> static shape).
+    """The decode + NMS graph of ``arch`` on the raw outputs ``raw_outputs`` (name -> static shape) and
+    ``score_thresh`` [N]. ``params.score_thresh`` is only recorded (the metadata's default); the graph
+    compares against its input.
 
     Raises:
         ValueError: an arch without an in-graph decoder, or outputs that do not fit it.
@@ -127,6 +137,7 @@ def detection_tail(
         )
     k = params.detections_per_img
     inputs = [_vi(name, TensorProto.FLOAT, shape) for name, shape in raw_outputs.items()]
+    inputs.append(_vi(THRESH_INPUT, TensorProto.FLOAT, [n]))
     outputs = [
         _vi("det_boxes", TensorProto.FLOAT, [n, k, 4]),
         _vi("det_scores", TensorProto.FLOAT, [n, k]),
@@ -175,7 +186,7 @@ def _one_stage(b: _Builder, arch: str, raw: dict[str, list[int]], params: Postpr
     if arch == "fcos":  # torchvision's FCOS score: sqrt(cls * ctr)
         ctrs = b.op("Sigmoid", [b.op("Concat", ctr, axis=2)])  # [N, 1, P]
         score = b.op("Sqrt", [b.op("Mul", [score, ctrs])])
-    passing = b.op("Greater", [score, b.const(_float32_below(params.score_thresh))])
+    passing = b.op("Greater", [score, b.reshape(THRESH_INPUT, [n, 1, 1])])  # per image
     masked = _level_topk(b, b.op("Where", [passing, score, b.const(_EMPTY)]), n, c, spans, params)
     deltas = b.op("Transpose", [b.op("Concat", codes, axis=2)], perm=[0, 2, 1])  # [N, P, 4]
     a_ctr = b.const(np.concatenate(actr), hint="anchor_ctr")

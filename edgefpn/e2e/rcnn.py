@@ -9,7 +9,6 @@ from onnx import TensorProto
 from edgefpn.e2e.builder import _BBOX_XFORM_CLIP, _EMPTY, _Builder, _clip, _nms, _outputs
 from edgefpn.postprocess import PostprocessParams
 from edgefpn.postprocess.faster_rcnn import RCNN_BOX_WEIGHTS
-from edgefpn.postprocess.nms import _float32_below
 
 _MIN_BOX_SIZE = 1e-2  # faster_rcnn.py's remove_small_boxes
 
@@ -50,7 +49,7 @@ def faster_rcnn_tail(
     bw = b.reshape(b.op("Sub", [b.slice(boxes, 2, 3, 2), b.slice(boxes, 0, 1, 2)]), [n, k * c])
     bh = b.reshape(b.op("Sub", [b.slice(boxes, 3, 4, 2), b.slice(boxes, 1, 2, 2)]), [n, k * c])
     min_size = b.const(np.float32(_MIN_BOX_SIZE), hint="min_size")
-    keep = b.op("Greater", [flat_scores, b.const(_float32_below(params.score_thresh))])
+    keep = b.op("Greater", [flat_scores, b.reshape("score_thresh", [n, 1])])  # graph.THRESH_INPUT, per image
     keep = b.op("And", [keep, b.op("GreaterOrEqual", [bw, min_size])])
     keep = b.op("And", [keep, b.op("GreaterOrEqual", [bh, min_size])])
     valid_kc = b.reshape(

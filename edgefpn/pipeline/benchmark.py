@@ -273,15 +273,16 @@ def _image(cfg: Config) -> tuple[np.ndarray | None, str, list[Path]]:
 
 def _engine_feed(cfg: Config, name: str, image: np.ndarray | None) -> dict[str, np.ndarray]:
     """Engine ``name``'s batch-1 feed of ``image`` in its contract (float ``images`` or uint8
-    ``images_u8`` + ``valid_hw``); without an image a fixed synthetic input."""
-    pipe = e2e_stage.in_contract(make_prepost(cfg), cfg, name)
+    ``images_u8`` + ``valid_hw``; a detections engine's ``score_thresh`` at the deployment threshold);
+    without an image a fixed synthetic input."""
+    pipe = e2e_stage.in_contract(make_prepost(cfg, deploy=True), cfg, name)
     if image is not None:
         return pipe.feed_image(image)[0]
     h, w = cfg.model.input_size
     rng = np.random.default_rng(0)
     if pipe.input == "uint8":
         return pipe.feed_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[0]
-    return {INPUT_NAME: rng.standard_normal((1, 3, h, w)).astype(np.float32)}
+    return {INPUT_NAME: rng.standard_normal((1, 3, h, w)).astype(np.float32), **pipe.graph_inputs(1)}
 
 
 def _val_video(cfg: Config, folder: Path, min_frames: int) -> Path | None:

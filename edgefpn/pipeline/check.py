@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,11 +163,16 @@ def evaluate(
             lbs = [lb for _, lb in prepared]
             feeds = {"float": {INPUT_NAME: batch}}
             if u8_pipe is not None:  # an in-graph twin's uint8 contract: the same images, letterboxed only
-                u8 = [u8_pipe.feed_image(image)[0] for image in images]
+                u8 = [replace(u8_pipe, contract="raw").feed_image(image)[0] for image in images]  # image only
                 feeds["uint8"] = {k: np.concatenate([f[k] for f in u8]) for k in u8[0]}
             ref_out = runners[reference.name].infer({INPUT_NAME: batch})
             ref_dets = pipe.decode(ref_out, lbs)
-            outs = {spec.name: runners[spec.name].infer(feeds[pipes[spec.name].input]) for spec in engines}
+            outs = {
+                spec.name: runners[spec.name].infer(
+                    {**feeds[pipes[spec.name].input], **pipes[spec.name].graph_inputs(len(chunk))}
+                )
+                for spec in engines
+            }
             for i, rec in enumerate(chunk):
                 ref_i = {name: value[i : i + 1] for name, value in ref_out.items()}
                 results[reference.name].extend(detections_to_coco(ref_dets[i], rec.id, split.category_ids))

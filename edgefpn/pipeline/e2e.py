@@ -215,13 +215,13 @@ def _parts(spec) -> list[str]:
 
 
 def _describe(spec) -> dict[str, Any]:
-    from edgefpn.e2e.graph import DET_OUTPUTS, U8_INPUTS
+    from edgefpn.e2e.graph import DET_OUTPUTS, THRESH_INPUT, U8_INPUTS
 
     d = spec.describe()
     return {
         "e2e": d,
         "contract": "detections" if spec.nms else "raw",
         "input_type": d["input"],
-        "input_names": list(U8_INPUTS) if spec.uint8 else ["images"],
+        "input_names": [*(U8_INPUTS if spec.uint8 else ["images"]), *([THRESH_INPUT] if spec.nms else [])],
         "output_names": list(DET_OUTPUTS) if spec.nms else None,
     }

@@ -44,7 +44,7 @@ from edgefpn.backend_names import BUNDLED
 from edgefpn.backends import BACKENDS
 from edgefpn.backends.base import BatchedRunner, EngineSpec, Runner
 from edgefpn.errors import BackendUnavailable, ModelFileError
-from edgefpn.inference import PrePost, detect_file
+from edgefpn.inference import THRESH_INPUT, PrePost, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
 from edgefpn.runtime import schema
 
@@ -255,12 +255,13 @@ class FrameStages:
 
     def stack(self, feeds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Batch-1 feeds -> one feed of the engine's N, zero-padded past ``len(feeds)`` (padding items
-        are decoded by nobody: :meth:`decode` cuts them off)."""
+        are decoded by nobody: :meth:`decode` cuts them off; their score threshold is 1.0, which no
+        score passes, so they cost a detections engine no NMS)."""
         if self.batch == 1 and len(feeds) == 1:
             return dict(feeds[0])
         out = {}
         for name, first in feeds[0].items():
-            array = np.zeros((self.batch, *first.shape[1:]), dtype=first.dtype)
+            array = np.full((self.batch, *first.shape[1:]), 1.0 if name == THRESH_INPUT else 0, first.dtype)
             for k, feed in enumerate(feeds):
                 array[k] = feed[name][0]
             out[name] = array

@@ -15,9 +15,10 @@ import pytest
 
 from edgefpn.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_coefficients, preprocess
 from edgefpn.e2e.graft import E2ESpec, graft_onnx
-from edgefpn.e2e.graph import DET_OUTPUTS, detection_tail, uint8_head
+from edgefpn.e2e.graph import DET_OUTPUTS, THRESH_INPUT, detection_tail, uint8_head
 from edgefpn.lint import lint_onnx
 from edgefpn.postprocess import PostprocessParams, decode, decoder_for
+from edgefpn.postprocess.nms import _float32_below
 
 SIZE = (96, 128)
 
@@ -109,14 +110,21 @@ def test_in_graph_decode_and_nms_equal_the_numpy_decoder(
         bound["cap"] += len(ref) == params.detections_per_img
         bound["nms"] += len(loose) > len(ref)
         bound["topk"] += arch != "faster_rcnn" and max(_passing(arch, raw, params)) > topk
-        out = _run_onnx(tail, raw) if backend == "onnxruntime" else _run_openvino(tail, raw, tmp_path)
-        n = int(out["num_dets"][0])
-        assert n == len(ref) > 0
-        np.testing.assert_array_equal(out["det_labels"][0, :n], ref.labels)
-        np.testing.assert_allclose(out["det_scores"][0, :n], ref.scores, rtol=0, atol=2e-6)
-        np.testing.assert_allclose(out["det_boxes"][0, :n], ref.boxes, rtol=0, atol=2e-3)
-        # past num_dets: zeros and label -1, a fixed shape for the device
-        assert (out["det_labels"][0, n:] == -1).all() and not out["det_scores"][0, n:].any()
+        # the threshold is an input: the one graph at the params' threshold and at a higher one
+        for thresh in (params.score_thresh, 0.6):
+            if thresh != params.score_thresh:
+                p_hi = PostprocessParams(**{**params.__dict__, "score_thresh": thresh})
+                ref = decode(arch, raw, p_hi, image_size=SIZE)[0]
+            feed = {**raw, THRESH_INPUT: np.array([_float32_below(thresh)], np.float32)}
+            out = _run_onnx(tail, feed) if backend == "onnxruntime" else _run_openvino(tail, feed, tmp_path)
+            n = int(out["num_dets"][0])
+            assert n == len(ref) > 0
+            assert thresh == params.score_thresh or ref.scores.min() > thresh
+            np.testing.assert_array_equal(out["det_labels"][0, :n], ref.labels)
+            np.testing.assert_allclose(out["det_scores"][0, :n], ref.scores, rtol=0, atol=2e-6)
+            np.testing.assert_allclose(out["det_boxes"][0, :n], ref.boxes, rtol=0, atol=2e-3)
+            # past num_dets: zeros and label -1, a fixed shape for the device
+            assert (out["det_labels"][0, n:] == -1).all() and not out["det_scores"][0, n:].any()
     assert bound["nms"] == 3 and (arch == "faster_rcnn" or bound["cap"] >= 1), bound  # each part ran
     if arch != "faster_rcnn":  # k=40: the cut runs on every seed; the larger k: the graph skips it
         assert bound["topk"] == (3 if topk == 40 else 0), bound

@@ -14,8 +14,9 @@ import pytest
 from edgefpn.backends import EngineSpec
 from edgefpn.backends.tensorrt import TensorRTRunner, build_engine
 from edgefpn.config import TensorRTConfig
-from edgefpn.e2e.graph import detection_tail
+from edgefpn.e2e.graph import THRESH_INPUT, detection_tail
 from edgefpn.postprocess import PostprocessParams, decode, decoder_for
+from edgefpn.postprocess.nms import _float32_below
 from tests.e2e.test_graph import SIZE, _raw
 
 
@@ -48,7 +49,7 @@ def test_tensorrt_builds_and_runs_the_in_graph_decode_and_nms(trt, arch: str, tm
     )
     ref = decode(arch, raw, params, image_size=SIZE)[0]
     with TensorRTRunner(EngineSpec("trt", "tensorrt", "fp16", engine), threads=1) as r:
-        out = r.infer(raw)
+        out = r.infer({**raw, THRESH_INPUT: np.array([_float32_below(params.score_thresh)], np.float32)})
     n = int(out["num_dets"][0])
     assert out["det_labels"].dtype == np.int32 and n == len(ref) > 0
     np.testing.assert_array_equal(out["det_labels"][0, :n], ref.labels)

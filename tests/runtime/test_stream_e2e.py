@@ -74,7 +74,11 @@ def test_camera_stand_in_batches_an_in_graph_engine(packaged_e2e, frames):
     rgb = [cv2.imread(str(p))[:, :, ::-1].copy() for p in sorted(folder.iterdir())]
     with BundleSession(art.path, engine="openvino-fp32-e2e", threads=1, hint="throughput") as s:
         stages = s.stages
-        assert stages.prepost.input == "uint8" and set(stages.prepare(rgb[0])[0]) == {"images_u8", "valid_hw"}
+        assert stages.prepost.input == "uint8" and set(stages.prepare(rgb[0])[0]) == {
+            "images_u8",
+            "valid_hw",
+            "score_thresh",
+        }
         want = [s.detect_image(im) for im in rgb]
         got = []
         run_stream(stages, [ArraySource(rgb)], lambda r: got.append(r.detections), requests=2)
