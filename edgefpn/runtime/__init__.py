@@ -447,6 +447,11 @@ def _check_engine_io(
             f"{bundle}: engine {name!r} is recorded as returning detections but has no "
             "det_boxes output; refusing the bundle"
         )
+    if entry.get("contract", "raw") == "detections" and THRESH_INPUT not in shapes:
+        raise ModelFileError(
+            f"{bundle}: engine {name!r} returns detections but takes no {THRESH_INPUT} input (an "
+            "in-graph engine from an older edgefpn, its threshold fixed); rebuild and repackage it"
+        )
     if got is None or tuple(got) != want:
         raise ModelFileError(
             f"{bundle}: pipeline.json preprocess.input_size [{h}, {w}] disagrees with engine "

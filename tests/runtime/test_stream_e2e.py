@@ -113,3 +113,24 @@ def test_benchmark_runs_every_scenario_on_in_graph_engines(packaged_e2e, tmp_pat
             )
         assert "benchmark_app" not in sc["offline"]  # raw engines only: it feeds one float input
     assert "| openvino-fp32-e2e |" in (run_dir / "benchmark.md").read_text()
+
+
+def test_a_detections_engine_without_a_threshold_input_is_refused_up_front(tmp_path: Path) -> None:
+    """An in-graph engine from before the threshold became an input would fail on the first frame
+    (an unknown feed name); the bundle check names it instead."""
+    from edgefpn.errors import ModelFileError
+    from edgefpn.runtime import _check_engine_io
+
+    shapes = {
+        "images_u8": (1, 64, 64, 3),
+        "valid_hw": (1, 2),
+        "det_boxes": (1, 100, 4),
+        "det_scores": (1, 100),
+        "det_labels": (1, 100),
+        "num_dets": (1,),
+    }
+    params = {"preprocess": {"input_size": [64, 64]}, "classes": {"num_classes": 2}}
+    entry = {"name": "openvino-fp32-e2e", "input": "uint8", "contract": "detections"}
+    with pytest.raises(ModelFileError, match="'openvino-fp32-e2e' returns detections but takes no score_thr"):
+        _check_engine_io(shapes, params, tmp_path, entry)
+    assert _check_engine_io({**shapes, "score_thresh": (1,)}, params, tmp_path, entry) == 1
