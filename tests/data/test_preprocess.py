@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import edgefpn.data.images as images
 import edgefpn.data.preprocess as pp
 from edgefpn.data.preprocess import (
     IMAGENET_MEAN,
@@ -148,7 +149,7 @@ def test_load_image_truncated(tmp_path):
 def test_load_image_decompression_bomb(tmp_path, monkeypatch):
     p = tmp_path / "bomb.png"
     Image.new("RGB", (40, 40)).save(p)
-    monkeypatch.setattr(pp, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # our own limit still holds
     with pytest.raises(DataError, match=r"bomb\.png: .*decompression bomb"):
         load_image(p)
@@ -211,23 +212,23 @@ def _jpeg_bytes(h: int = 40, w: int = 56, **save) -> bytes:
 
 def test_jpeg_frame_header_is_read_without_pillow():
     data = _jpeg_bytes(40, 56)
-    assert pp._jpeg_frame(data) == (40, 56, 3)
-    assert pp._jpeg_frame(_jpeg_bytes(40, 56, exif=Image.Exif())) == (40, 56, 3)  # past an APP1 segment
+    assert images._jpeg_frame(data) == (40, 56, 3)
+    assert images._jpeg_frame(_jpeg_bytes(40, 56, exif=Image.Exif())) == (40, 56, 3)  # past an APP1 segment
     grey = io.BytesIO()
     Image.fromarray(_image(8, 8)[:, :, 0]).save(grey, format="JPEG")
-    assert pp._jpeg_frame(grey.getvalue()) is None  # 1 component: Pillow's path
+    assert images._jpeg_frame(grey.getvalue()) is None  # 1 component: Pillow's path
     png = io.BytesIO()
     Image.fromarray(_image(8, 8)).save(png, format="PNG")
     for other in (png.getvalue(), b"", b"\xff\xd8", b"\xff\xd8\xff\xe0\x00\x01", data[:20]):
-        assert pp._jpeg_frame(other) is None
+        assert images._jpeg_frame(other) is None
 
 
 def test_jpeg_decompression_bomb_refused_from_its_header(tmp_path, monkeypatch):
     p = tmp_path / "bomb.jpg"
     p.write_bytes(_jpeg_bytes(40, 40))
-    monkeypatch.setattr(pp, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)
     decoded = []
-    monkeypatch.setattr(pp, "_decode_jpeg_rgb", lambda *a: decoded.append(a))
+    monkeypatch.setattr(images, "_decode_jpeg_rgb", lambda *a: decoded.append(a))
     with pytest.raises(DataError, match=r"bomb\.jpg: image is 40x40 pixels.*decompression bomb"):
         load_image(p)
     assert not decoded
@@ -237,7 +238,7 @@ def test_frame_header_past_the_scanned_head_takes_pillows_path(tmp_path):
     # a 70 KB ICC profile segment pushes the frame header past the first 64 KiB
     p = tmp_path / "icc.jpg"
     p.write_bytes(_jpeg_bytes(33, 47, icc_profile=bytes(70_000)))
-    assert pp._jpeg_frame(p.read_bytes()[: pp._JPEG_HEAD_BYTES]) is None
+    assert images._jpeg_frame(p.read_bytes()[: images._JPEG_HEAD_BYTES]) is None
     with Image.open(p) as im:
         np.testing.assert_array_equal(load_image(p), np.asarray(im.convert("RGB")))
 
@@ -247,7 +248,7 @@ def test_jpeg_with_a_huge_tail_is_not_read_whole(tmp_path, monkeypatch):
     p = tmp_path / "tail.jpg"
     p.write_bytes(_jpeg_bytes(40, 56) + bytes(1 << 20))
     decoded = []
-    monkeypatch.setattr(pp, "_decode_jpeg_rgb", lambda *a: decoded.append(a))
+    monkeypatch.setattr(images, "_decode_jpeg_rgb", lambda *a: decoded.append(a))
     assert load_image(p).shape == (40, 56, 3)
     assert not decoded
 
@@ -346,7 +347,13 @@ def test_affine_is_cached_and_read_only():
 
 def test_preprocess_module_imports_without_torch():
     code = (
-        "import sys; import edgefpn.data.preprocess, edgefpn.data.coco, edgefpn.data; "
+        "import sys; import edgefpn.data.preprocess, edgefpn.data.images, edgefpn.data.coco, edgefpn.data; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_file_reading_is_reexported_as_the_same_objects():
+    # old import paths keep working, and the end-to-end path gets no wrapper layer around load_image
+    for name in ("load_image", "image_size", "MAX_IMAGE_PIXELS"):
+        assert name in pp.__all__ and getattr(pp, name) is getattr(images, name)
