@@ -124,11 +124,11 @@ def test_auto_amp_is_bf16_only_where_onednn_has_bf16_kernels(monkeypatch):
 
 def test_each_rank_prints_only_its_own_errors(monkeypatch, tmp_path):
     """Under torchrun, a config error is said by rank 0 only; a rank's own error is said with its rank."""
-    import edgefpn.cli
+    import edgefpn.cli_support
     from tests.security.harness import cli
 
     missing = tmp_path / "nowhere"
-    monkeypatch.setattr(edgefpn.cli, "RANK0_GRACE_S", 0.0)  # the torchrun test covers the wait itself
+    monkeypatch.setattr(edgefpn.cli_support, "RANK0_GRACE_S", 0.0)  # the torchrun test covers the wait itself
     for rank, bad_config, said in ((0, True, True), (1, True, False), (1, False, True)):
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("RANK", str(rank))
