@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefpn.data import synth
+from edgefpn.data import synth, synth_render
 from edgefpn.data.coco import load_split
 from edgefpn.data.preprocess import load_image
 from edgefpn.errors import DataError
@@ -82,7 +82,7 @@ def test_boxes_valid_and_sizes_span_fpn_levels(dataset):
     for rec in split.images:
         assert 224 <= rec.width <= 384 and 224 <= rec.height <= 384
         image_sizes.add((rec.width, rec.height))
-        assert 1 <= len(rec.boxes) <= synth.MAX_OBJECTS
+        assert 1 <= len(rec.boxes) <= synth_render.MAX_OBJECTS
         b = rec.boxes
         assert np.all(b[:, 0] >= 0) and np.all(b[:, 1] >= 0)
         assert np.all(b[:, 2] <= rec.width) and np.all(b[:, 3] <= rec.height)
@@ -119,13 +119,13 @@ def test_objects_contrast_with_their_surroundings(dataset):
 
 def test_box_is_tight_to_drawn_shape(monkeypatch):
     # Paint every object pure white on black, so a pixel's value is its coverage * 255.
-    monkeypatch.setattr(synth, "_texture", lambda *args: np.full(3, 255.0, dtype=np.float32))
+    monkeypatch.setattr(synth_render, "_texture", lambda *args: np.full(3, 255.0, dtype=np.float32))
     rng = np.random.default_rng(0)
     canvas = np.zeros((100, 100, 3), dtype=np.float32)
     owner = np.full((100, 100), -1, dtype=np.int16)
     for label in range(len(synth.CLASS_NAMES)):
         canvas[:] = 0
-        obj = synth._place_object(rng, canvas, owner, 0, label, 40.0, [])
+        obj = synth_render._place_object(rng, canvas, owner, 0, label, 40.0, [])
         assert obj is not None
         _, (x0, y0, x1, y1), mask, area = obj
         drawn = np.argwhere(canvas[:, :, 0] >= 127.5)  # pixels at least half covered
@@ -140,11 +140,11 @@ def test_box_is_tight_to_drawn_shape(monkeypatch):
 def test_occluded_objects_are_dropped(monkeypatch):
     # With the visibility threshold at 100%, any partly hidden object loses its annotation.
     def count(min_visible: float) -> int:
-        monkeypatch.setattr(synth, "MIN_VISIBLE", min_visible)
+        monkeypatch.setattr(synth_render, "MIN_VISIBLE", min_visible)
         total = 0
         for i in range(30):
             rng = np.random.default_rng([1, 0, i])
-            total += len(synth._render(rng, 256, 256)[1])
+            total += len(synth_render.render(rng, 256, 256)[1])
         return total
 
     assert count(1.0) < count(0.4)
