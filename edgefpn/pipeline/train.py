@@ -1,12 +1,12 @@
 """Stage `train`: train the detector (one process or under torchrun) or load `model.weights`; write
 `model.pt`.
 
-The loop, sampler and distributed plumbing live in :mod:`edgefpn.training`."""
+The loop, sampler and distributed plumbing live in :mod:`edgefpn.training`; building the detector, its
+recorded meta and how a new ``model.pt`` replaces the old in :mod:`edgefpn.training.model_file`."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from edgefpn.pipeline import common
 from edgefpn.pipeline import data as data_stage
 from edgefpn.pipeline.common import log, seed_everything, training_refused_by
 from edgefpn.stages import DATA, TRAIN, TRAIN_FROM_WEIGHTS
+from edgefpn.training import model_file
+from edgefpn.training.model_file import build as _build  # noqa: F401 -- tests and benchmarks import it here
 from edgefpn.training.settings import (
     model_config_hash,
     model_settings,
@@ -32,40 +34,6 @@ from edgefpn.training.settings import (
 
 ARTIFACT = "model.pt"
 RESUME = "train.last.pt"
-
-
-def _meta(
-    cfg: Config, num_classes: int, class_names: tuple[str, ...] | None, category_ids: tuple[int, ...] | None
-) -> dict[str, Any]:
-    from edgefpn.models.registry import arch_spec
-
-    m = cfg.model
-    return {
-        "arch": m.arch,
-        "build": arch_spec(m.arch).build_kwargs(m),  # the builder's arguments: loading rebuilds from these
-        "backbone_name": m.backbone,
-        "backbone_width": m.backbone_width,
-        "neck": m.neck,
-        "norm": "frozen_bn" if m.backbone_weights else m.norm,  # as registry._backbone_kwargs builds it
-        "fpn_channels": m.fpn_channels,
-        "head_convs": m.head_convs,
-        "num_classes": num_classes,
-        "class_names": list(class_names) if class_names else None,
-        "category_ids": list(category_ids) if category_ids else None,
-        "input_size": list(m.input_size),
-        "mean": list(m.mean),
-        "std": list(m.std),
-    }
-
-
-def _build(cfg: Config, num_classes: int):
-    from edgefpn.models.registry import arch_spec
-
-    spec = arch_spec(cfg.model.arch)
-    try:
-        return spec.builder(num_classes=num_classes, **spec.build_kwargs(cfg.model))
-    except ValueError as exc:  # a combination the builder refuses (e.g. mobilenet_v3_large + variant v2)
-        raise ConfigError(f"{cfg.source}: model: {exc}") from None
 
 
 def run(cfg: Config, run_dir: Path, *, force: bool = False, progress: bool = True) -> Artifact:
@@ -180,35 +148,6 @@ def refused_settings(cfg: Config, run_dir: Path, command: str) -> None:
         raise refusal(out, why, command)
 
 
-def _keep_previous(out: Path, new: Path) -> None:
-    """Before ``new`` replaces ``out``: keep ``out`` and its manifest as ``model.prev-<UTC time>.pt``.
-
-    Hard links where the file system allows (no copy; the replace then only renames over the name),
-    so a write that fails still leaves ``out`` in place. Nothing is kept when the bytes are the same.
-    """
-    if not out.is_file() or sha256_file(out) == sha256_file(new):
-        return
-    dest = _free_name(out, "prev")
-    for src, dst in ((out, dest), (manifest_path(out), manifest_path(dest))):
-        if src.is_file():
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-    log(f"[train] the previous {out.name} is kept as {dest} (with its manifest)")
-
-
-def _free_name(path: Path, tag: str) -> Path:
-    """``<stem>.<tag>-<UTC time>[-n]<suffix>`` beside ``path``, not yet taken (manifest included)."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    stem, suffix = path.stem, path.suffix
-    for n in range(1, 1000):
-        cand = path.with_name(f"{stem}.{tag}-{stamp}{'' if n == 1 else f'-{n}'}{suffix}")
-        if not os.path.lexists(cand) and not os.path.lexists(manifest_path(cand)):
-            return cand
-    raise ConfigError(f"{path.parent}: too many kept models named {stem}.{tag}-{stamp}*; remove some")
-
-
 def _load_weights(
     cfg: Config, weights: Path, out: Path, chash: str, inputs: dict[str, str], settings: dict[str, Any]
 ) -> Artifact:
@@ -227,13 +166,13 @@ def _load_weights(
     category_ids = tuple((meta_in or {}).get("category_ids") or ()) or None
     if category_ids is None and (offset := arch_spec(cfg.model.arch).label_offset):
         category_ids = tuple(range(offset, int(num_classes) + offset))  # torchvision's labels
-    model = _build(cfg, int(num_classes))
+    model = model_file.build(cfg, int(num_classes))
     load_weights(model, weights)
-    meta = _meta(cfg, int(num_classes), class_names, category_ids)
+    meta = model_file.meta(cfg, int(num_classes), class_names, category_ids)
     meta["source"] = {"weights": str(weights), "sha256": inputs["weights"]}
     with atomic_output(out) as tmp:
         save_checkpoint(tmp, model, meta=meta)
-        _keep_previous(out, tmp)
+        model_file.keep_previous(out, tmp)
     log(f"[train] loaded {weights} -> {out}")
     return TRAIN_FROM_WEIGHTS.record(
         out, config_hash=chash, inputs=inputs, extra={"meta": meta, "settings": settings}
@@ -266,10 +205,12 @@ def _train(
     train_split = data.split(cfg.data.train_split)
     _refuse_zero_steps(cfg, train_split, out)
     num_classes = cfg.model.num_classes or len(train_split.class_names)
-    meta = _meta(cfg, num_classes, cfg.model.class_names or train_split.class_names, train_split.category_ids)
-    module = _build(cfg, num_classes)
+    meta = model_file.meta(
+        cfg, num_classes, cfg.model.class_names or train_split.class_names, train_split.category_ids
+    )
+    module = model_file.build(cfg, num_classes)
     if cfg.model.backbone_weights:
-        _load_backbone(cfg, module)
+        model_file.load_backbone(cfg, module)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     module = module.to(dist.device, memory_format=memory_format)
     dataset = DetectionDataset(
@@ -334,7 +275,7 @@ def _train(
         }
         with atomic_output(out) as tmp:
             save_checkpoint(tmp, module, meta=meta)
-            _keep_previous(out, tmp)
+            model_file.keep_previous(out, tmp)
         art = TRAIN.record(out, config_hash=chash, inputs=inputs, extra={"meta": meta, "settings": settings})
         for stale in (resume, resume.with_name(resume.name + ".manifest.json")):
             stale.unlink(missing_ok=True)
@@ -368,7 +309,7 @@ def _resume_or_set_aside(
     elif (
         dist.is_main and resume.is_file()
     ):  # another run's partial training: the first epoch would overwrite it
-        kept = _free_name(resume, "prev")
+        kept = model_file.free_name(resume, "prev")
         if manifest_path(resume).is_file():
             os.replace(manifest_path(resume), manifest_path(kept))
         os.replace(resume, kept)
@@ -399,16 +340,3 @@ def _refuse_zero_steps(cfg: Config, split, out: Path) -> None:
             f"{ann}: no usable annotations on the {len(split.images)} training images{skipped}: "
             "nothing to learn"
         )
-
-
-def _load_backbone(cfg: Config, model) -> None:
-    """ImageNet weights into the backbone, then torchvision's frozen stages."""
-    from edgefpn.models.pretrained import DEFAULT_TRAINABLE_LAYERS, freeze_backbone, load_backbone_weights
-
-    m = cfg.model
-    if not m.backbone_weights:  # the caller loads only when it is set
-        return
-    load_backbone_weights(model, m.backbone_weights, backbone=m.backbone)
-    layers = DEFAULT_TRAINABLE_LAYERS if m.trainable_layers is None else m.trainable_layers
-    freeze_backbone(model, backbone=m.backbone, trainable_layers=layers)
-    log(f"[train] backbone weights from {m.backbone_weights}; {layers} trainable backbone stages, frozen BN")
