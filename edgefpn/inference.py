@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefpn.backends.base import INPUT_NAME, Runner
+from edgefpn.backends.base import INPUT_NAME, THRESH_INPUT, Runner
 from edgefpn.data.preprocess import (
     Letterbox,
     boxes_to_original,
@@ -26,7 +26,6 @@ from edgefpn.postprocess.nms import _float32_below
 # The two engine contracts (README "Engine contracts"): what an engine is fed and what it returns.
 INPUTS = ("float", "uint8")  # float [N, 3, H, W] normalised | uint8 [N, H, W, 3] letterboxed + valid_hw
 CONTRACTS = ("raw", "detections")  # per-level maps decoded here | det_boxes/det_scores/det_labels/num_dets
-THRESH_INPUT = "score_thresh"  # a detections engine's float32 [N] threshold input (edgefpn.e2e.graph)
 
 
 @dataclass(frozen=True)

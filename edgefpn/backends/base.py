@@ -14,6 +14,8 @@ import numpy as np
 from edgefpn.errors import BackendUnavailable
 
 INPUT_NAME = "images"
+# a detections engine's float32 [N] score threshold input (edgefpn.e2e.graph; fed by edgefpn.inference)
+THRESH_INPUT = "score_thresh"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from edgefpn.backends.base import THRESH_INPUT
 from edgefpn.e2e.builder import (
     _BBOX_XFORM_CLIP,
     _EMPTY,
@@ -64,7 +65,6 @@ GRAPH_VERSION = 5
 
 DET_OUTPUTS = ("det_boxes", "det_scores", "det_labels", "num_dets")
 U8_INPUTS = ("images_u8", "valid_hw")
-THRESH_INPUT = "score_thresh"  # float32 [N]: fed by edgefpn.inference.PrePost at its post.score_thresh
 
 
 def uint8_head(

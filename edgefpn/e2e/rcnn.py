@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from edgefpn.backends.base import THRESH_INPUT
 from edgefpn.e2e.builder import _BBOX_XFORM_CLIP, _EMPTY, _Builder, _clip, _nms, _outputs
 from edgefpn.postprocess import PostprocessParams
 from edgefpn.postprocess.faster_rcnn import RCNN_BOX_WEIGHTS
@@ -49,7 +50,7 @@ def faster_rcnn_tail(
     bw = b.reshape(b.op("Sub", [b.slice(boxes, 2, 3, 2), b.slice(boxes, 0, 1, 2)]), [n, k * c])
     bh = b.reshape(b.op("Sub", [b.slice(boxes, 3, 4, 2), b.slice(boxes, 1, 2, 2)]), [n, k * c])
     min_size = b.const(np.float32(_MIN_BOX_SIZE), hint="min_size")
-    keep = b.op("Greater", [flat_scores, b.reshape("score_thresh", [n, 1])])  # graph.THRESH_INPUT, per image
+    keep = b.op("Greater", [flat_scores, b.reshape(THRESH_INPUT, [n, 1])])  # per image
     keep = b.op("And", [keep, b.op("GreaterOrEqual", [bw, min_size])])
     keep = b.op("And", [keep, b.op("GreaterOrEqual", [bh, min_size])])
     valid_kc = b.reshape(

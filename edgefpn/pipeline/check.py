@@ -153,7 +153,8 @@ def evaluate(
         # export.batch images per engine call (the engines' static batch; the last chunk is filled by
         # the runner); every statistic stays per image, so batch 1 and batch N report alike
         step = cfg.export.batch
-        u8_pipe = next((p for p in pipes.values() if p.input == "uint8"), None)
+        # an in-graph twin's uint8 image feed (its threshold is added per engine below)
+        u8_pipe = next((replace(p, contract="raw") for p in pipes.values() if p.input == "uint8"), None)
         for start in range(0, len(records), step):
             chunk = records[start : start + step]
             # each image decoded once, whatever contracts the engines take
@@ -163,7 +164,7 @@ def evaluate(
             lbs = [lb for _, lb in prepared]
             feeds = {"float": {INPUT_NAME: batch}}
             if u8_pipe is not None:  # an in-graph twin's uint8 contract: the same images, letterboxed only
-                u8 = [replace(u8_pipe, contract="raw").feed_image(image)[0] for image in images]  # image only
+                u8 = [u8_pipe.feed_image(image)[0] for image in images]
                 feeds["uint8"] = {k: np.concatenate([f[k] for f in u8]) for k in u8[0]}
             ref_out = runners[reference.name].infer({INPUT_NAME: batch})
             ref_dets = pipe.decode(ref_out, lbs)

@@ -30,9 +30,9 @@ import numpy as np
 
 from edgefpn import bundle as bundle_io
 from edgefpn.backends import BACKENDS
-from edgefpn.backends.base import BatchedRunner, EngineSpec, Runner
+from edgefpn.backends.base import THRESH_INPUT, BatchedRunner, EngineSpec, Runner
 from edgefpn.errors import BackendUnavailable, ModelFileError
-from edgefpn.inference import THRESH_INPUT, PrePost, detect_file
+from edgefpn.inference import PrePost, detect_file
 from edgefpn.postprocess import Detections, PostprocessParams
 from edgefpn.runtime import schema
 from edgefpn.runtime.choice import (
