@@ -1,6 +1,7 @@
 """Paired, interleaved: the in-graph engine end to end vs its raw twin model-only, in one process.
 
-    .venv/bin/python benchmarks/e2e/paired.py RUN_DIR ENGINE [PAIRS [BLOCK]]   (ENGINE: e.g. openvino-int8)
+    .venv/bin/python benchmarks/e2e/paired.py RUN_DIR ENGINE [PAIRS [BLOCK [DATA_ROOT]]]
+    (ENGINE: e.g. openvino-int8)
 
 check times engines one after another, so on a loaded machine two engines' figures come from different
 minutes; here each pair is (raw twin: one model-only call on a fixed val image) then (ENGINE-e2e: one
@@ -10,6 +11,9 @@ Settings as the run: --set keys of benchmarks/e2e/measure.sh.
 BLOCK (default 1) alternates blocks of BLOCK calls instead of single calls: two compiled OpenVINO models
 called in strict alternation each find the cores, caches and thread pool as the other left them, which
 adds to both (measured: see README.md); blocks of 25 still see the same minutes of a shared machine.
+
+DATA_ROOT (default: the config's data.root) reads the val images from another copy of the dataset, e.g.
+the same pixels stored with other JPEG settings (README.md).
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from edgefpn.pipeline.common import make_prepost, recorded_arch
 SETS = ["export.input=uint8", "export.nms=true"]
 
 
-def main(run_dir: Path, raw: str, pairs: int, block: int = 1) -> None:
-    cfg = load_config(Path("configs/default.yaml"), SETS)
+def main(run_dir: Path, raw: str, pairs: int, block: int = 1, data_root: str | None = None) -> None:
+    cfg = load_config(Path("configs/default.yaml"), SETS + ([f"data.root={data_root}"] if data_root else []))
     files = {n: (b, p, run_dir / rel) for n, b, p, rel in ENGINE_FILES}
     arch = recorded_arch(cfg, run_dir)
     pipe = make_prepost(cfg, arch=arch, deploy=True)
@@ -72,4 +76,5 @@ if __name__ == "__main__":
         sys.argv[2],
         int(sys.argv[3]) if len(sys.argv) > 3 else 200,
         int(sys.argv[4]) if len(sys.argv) > 4 else 1,
+        sys.argv[5] if len(sys.argv) > 5 else None,
     )
