@@ -25,6 +25,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,15 @@ from edgefpn.backends.base import Backend, BaseRunner, EngineSpec
 from edgefpn.backends.building import BuildSource, engine_extra
 from edgefpn.errors import ModelFileError
 
-__all__ = ["BACKEND", "IR_NAME", "OpenVinoRunner", "ir_xml", "onnx_to_openvino", "openvino_version"]
+__all__ = [
+    "BACKEND",
+    "IR_NAME",
+    "OpenVinoRunner",
+    "ir_xml",
+    "onnx_to_openvino",
+    "openvino_version",
+    "shared_core",
+]
 
 IR_NAME = "model.xml"
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -49,6 +58,30 @@ def openvino_version() -> str:
     import openvino as ov
 
     return ov.get_version()
+
+
+_CORE_LOCK = threading.Lock()
+_CORE: Any = None
+
+
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``: every engine edgefpn compiles comes from it.
+
+    Why one: each Core's CPU plugin installs an alternate signal stack on the thread that creates it
+    and, when it is destroyed, puts back the one it found and unmaps its own (OpenVINO 2026.4). Two
+    plugins released out of order (A and B created, A released first) leave that thread's alternate
+    stack pointing at unmapped memory, and the next signal Python handles there (Ctrl-C; SIGCHLD once
+    torch's DataLoader has set a handler) kills the process with SIGSEGV or corrupts its heap. One
+    Core kept for the life of the process means one plugin, created once and never released early
+    (``tests/backends/test_openvino_signals.py``).
+    """
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino as ov
+
+            _CORE = ov.Core()
+        return _CORE
 
 
 def ir_xml(path: Path) -> Path:
@@ -157,9 +190,8 @@ class OpenVinoRunner(BaseRunner):
         if self.use_cache:
             self.cache_dir = self._cache_dir(xml, bin_, config, ov.get_version())
             config["CACHE_DIR"] = str(self.cache_dir)
-        core = ov.Core()
         try:
-            self.compiled = core.compile_model(str(xml), "CPU", config)
+            self.compiled = shared_core().compile_model(str(xml), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError for anything from a bad IR to a bad config
             raise ModelFileError(f"{xml}: OpenVINO cannot compile it: {_first_line(exc)}") from exc
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT")

@@ -159,8 +159,10 @@ def graft_openvino(ir_xml: Path, network_onnx: onnx.ModelProto, spec: E2ESpec, o
     """
     import openvino as ov
 
+    from edgefpn.backends.openvino import shared_core
+
     head, tail = e2e_parts(network_onnx, spec)
-    net = ov.Core().read_model(str(ir_xml))
+    net = shared_core().read_model(str(ir_xml))
     params = list(net.get_parameters())
     results = list(net.get_results())
     with tempfile.TemporaryDirectory() as tmp:

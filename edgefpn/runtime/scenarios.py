@@ -108,7 +108,7 @@ def _openvino_point(
     AsyncInferQueue."""
     import openvino as ov
 
-    from edgefpn.backends.openvino import ir_xml
+    from edgefpn.backends.openvino import ir_xml, shared_core
 
     config: dict[str, Any] = {
         "INFERENCE_NUM_THREADS": threads,
@@ -117,7 +117,7 @@ def _openvino_point(
     }
     if streams is not None:
         config["NUM_STREAMS"] = streams
-    compiled = ov.Core().compile_model(str(ir_xml(spec.path)), "CPU", config)
+    compiled = shared_core().compile_model(str(ir_xml(spec.path)), "CPU", config)
     nireq = requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     batch = int(compiled.input(0).get_partial_shape()[0].get_length())
     feed_n = batched(feed, batch)

@@ -62,7 +62,9 @@ def _run_openvino(model: onnx.ModelProto, feed: dict[str, np.ndarray], tmp: Path
     import openvino as ov
 
     onnx.save(model, tmp / "m.onnx")
-    compiled = ov.Core().compile_model(
+    from edgefpn.backends.openvino import shared_core  # one Core per process: see shared_core
+
+    compiled = shared_core().compile_model(
         ov.convert_model(str(tmp / "m.onnx")),
         "CPU",
         {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1},

@@ -202,11 +202,13 @@ def test_export_is_static_matches_torch_and_has_no_auxiliary_path(tmp_path) -> N
 
 @pytest.mark.openvino
 def test_export_runs_on_openvino(tmp_path) -> None:
-    ov = pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
+    pytest.importorskip("openvino", reason="needs the openvino extra: pip install 'edgefpn[openvino]'")
     wrapper = FCOSExportWrapper(_augfpn_fcos().eval()).eval()
     path = tmp_path / "augfpn.onnx"
     export_onnx(wrapper, path, input_size=(160, 160), opset=17)
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from edgefpn.backends.openvino import shared_core  # one Core per process: see shared_core
+
+    compiled = shared_core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     x = torch.randn(1, 3, 160, 160)
     got = compiled({"images": x.numpy()})
     with torch.no_grad():

@@ -189,8 +189,10 @@ def test_static_onnx_runs_in_onnxruntime_and_openvino(tmp_path: Path) -> None:
     got = dict(zip(names, session.run(None, {"images": images.numpy()}), strict=True))
     _assert_same_detections(ref, faster_rcnn_decode(got, PARAMS, image_size=SIZE)[0])
 
-    ov = pytest.importorskip("openvino")
-    core = ov.Core()
+    pytest.importorskip("openvino")
+    from edgefpn.backends.openvino import shared_core  # one Core per process: see shared_core
+
+    core = shared_core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     result = compiled({"images": images.numpy()})
     got_ov = {n: result[compiled.output(n)] for n in names}
