@@ -102,3 +102,37 @@ def trt():
     if cuda_device() is None:
         pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is false)")
     return module
+
+
+def _alternate_stack_state() -> str:
+    """``none``, ``mapped`` or ``unmapped``: this thread's alternate signal stack (Linux only)."""
+    import ctypes
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    st = StackT()
+    if ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st)) != 0 or st.flags & 2:  # 2: SS_DISABLE
+        return "none"
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= (st.sp or 0) < hi:
+                return "mapped"
+    return "unmapped"
+
+
+@pytest.fixture(autouse=True)
+def _signals_stay_deliverable():
+    """Fail the test that leaves the main thread's alternate signal stack pointing at unmapped memory.
+
+    The next signal Python handles would then segfault the suite (or corrupt its heap) in whatever
+    test runs later; OpenVINO CPU plugins released out of order did that (see
+    ``edgefpn.backends.openvino.shared_core``), and this names the test that does it.
+    """
+    yield
+    if sys.platform.startswith("linux"):
+        assert _alternate_stack_state() != "unmapped", (
+            "the main thread's alternate signal stack was unmapped during this test: the next "
+            "signal with a Python handler would crash the process"
+        )
