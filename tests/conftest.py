@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.altstack import alternate_stack_state
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # as the CLI does: OpenVINO's converter would otherwise fork a process to post usage statistics
 if os.environ.get("EDGEFPN_VENDOR_TELEMETRY") != "1":
@@ -104,24 +106,6 @@ def trt():
     return module
 
 
-def _alternate_stack_state() -> str:
-    """``none``, ``mapped`` or ``unmapped``: this thread's alternate signal stack (Linux only)."""
-    import ctypes
-
-    class StackT(ctypes.Structure):
-        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
-
-    st = StackT()
-    if ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st)) != 0 or st.flags & 2:  # 2: SS_DISABLE
-        return "none"
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-            if lo <= (st.sp or 0) < hi:
-                return "mapped"
-    return "unmapped"
-
-
 @pytest.fixture(autouse=True)
 def _signals_stay_deliverable():
     """Fail the test that leaves the main thread's alternate signal stack pointing at unmapped memory.
@@ -132,7 +116,7 @@ def _signals_stay_deliverable():
     """
     yield
     if sys.platform.startswith("linux"):
-        assert _alternate_stack_state() != "unmapped", (
+        assert alternate_stack_state() != "unmapped", (
             "the main thread's alternate signal stack was unmapped during this test: the next "
             "signal with a Python handler would crash the process"
         )

@@ -30,23 +30,10 @@ pytestmark = [
 
 SCRIPT = textwrap.dedent(
     """
-    import ctypes, os, signal, sys
+    import os, signal, sys
     from pathlib import Path
     from edgefpn.backends import EngineSpec, open_runner
-
-    class StackT(ctypes.Structure):
-        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
-
-    def alt_stack():
-        st = StackT()
-        ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st))
-        if st.flags & 2:  # SS_DISABLE
-            return "none"
-        for line in open("/proc/self/maps"):
-            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-            if lo <= (st.sp or 0) < hi:
-                return "mapped"
-        return "unmapped"
+    from tests.altstack import alternate_stack_state
 
     spec = EngineSpec("openvino-fp32", "openvino", "fp32", Path(sys.argv[1]))
     a = open_runner(spec, threads=1).__enter__()
@@ -54,7 +41,7 @@ SCRIPT = textwrap.dedent(
     a.__exit__(None, None, None)  # out of order: the first one opened is the first one closed
     b.__exit__(None, None, None)
     del a, b
-    print("alternate stack:", alt_stack(), flush=True)
+    print("alternate stack:", alternate_stack_state(), flush=True)
     signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))
     os.kill(os.getpid(), signal.SIGUSR1)
     print("alive", flush=True)
